@@ -1,0 +1,1 @@
+"""@njit CPU kernels, one module per layer family. See docs/kernels.md."""

@@ -1,0 +1,366 @@
+"""The layer contract, symbolic tensors for the functional API, and Input.
+
+A layer is a small class with explicit forward and backward (no autograd tape):
+
+    layer.build(input_shape)            create params (initializers + the layer's RNG)
+    layer.compute_output_shape(shape)   shape inference, batch dimension as None
+    y = layer.forward(x, training)      keeps what backward needs on self
+    dx = layer.backward(dy)             after forward(training=True); writes layer.grads
+
+``params`` (trainable) and ``grads`` share keys and shapes; ``state`` holds
+non-trainable arrays (moving statistics). Keys and their order are the Keras
+names and the Keras ``get_weights`` order. Multi-input layers take and return
+tuples. Layers never import numba: kernels come from ``self.kernels(family)``.
+
+Writing params and grads in place (``arr[...] = ...``, ``np.dot(..., out=)``)
+matters: a Model packs every param and grad into one flat buffer (one optimizer
+kernel, one allreduce) and the arrays in ``params``/``grads`` are views into it.
+A layer that rebinds ``self.grads[k]`` to a new array still works (the model
+copies it back) but costs a copy.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+
+import numpy as np
+
+from .. import config, initializers
+from ..backend import get_device
+
+_uid = itertools.count()
+_name_counts: dict[str, itertools.count] = {}
+
+
+def _auto_name(cls_name: str) -> str:
+    base = re.sub(r"(?<!^)(?=[A-Z])", "_", cls_name).lower()
+    counter = _name_counts.setdefault(base, itertools.count())
+    n = next(counter)
+    return base if n == 0 else f"{base}_{n}"
+
+
+def reset_names() -> None:
+    """Restart automatic layer naming (dense, dense_1, ...)."""
+    _name_counts.clear()
+
+
+class KTensor:
+    """A symbolic tensor of the functional API: a shape (batch as None) and the
+    node that produces it."""
+
+    def __init__(self, shape, dtype, node=None, index=0):
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.node = node          # Node that produced it; None for an Input
+        self.index = index        # which output of that node
+        self.id = next(_uid)
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    def __repr__(self):
+        src = self.node.layer.name if self.node is not None else "input"
+        return f"<KTensor shape={self.shape} dtype={self.dtype.name} from {src}>"
+
+
+class Node:
+    """One call of a layer on symbolic inputs."""
+
+    def __init__(self, layer, inputs, outputs, kwargs):
+        self.layer = layer
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+        self.kwargs = dict(kwargs)
+
+
+class Layer:
+    """Base class of every layer; subclass it to write your own (see docs/kernels.md)."""
+
+    def __init__(self, name=None, dtype=None, trainable=True, input_shape=None, seed=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}: unexpected keyword arguments {sorted(kwargs)}")
+        self.name = name or _auto_name(type(self).__name__)
+        self.dtype = config.standardize_dtype(dtype)
+        self._dtype_given = dtype is not None
+        self.trainable = trainable
+        self.input_shape_arg = None if input_shape is None else tuple(input_shape)
+        self.seed = seed
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.state: dict[str, np.ndarray] = {}
+        self.built = False
+        self.built_input_shape = None
+        self.device = get_device("cpu")
+        self.rng = initializers.layer_rng(seed)
+        self._nodes: list[Node] = []
+
+    # ----------------------------------------------------------------- contract
+    def build(self, input_shape) -> None:
+        """Create params for ``input_shape`` (batch dimension included, may be None)."""
+        self.built_input_shape = input_shape
+        self.built = True
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def forward(self, x, training=False):
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+
+    def backward(self, dy):
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+
+    # ------------------------------------------------------------------ helpers
+    def kernels(self, family: str):
+        """Kernel module of ``family`` on this layer's device."""
+        return self.device.kernels(family)
+
+    def add_param(self, name, shape, initializer, dtype=None):
+        """Create a trainable param (and its zero grad) with the layer's RNG."""
+        init = initializers.get(initializer, self.name)
+        value = np.ascontiguousarray(init(tuple(shape), dtype or self.dtype, self.rng))
+        self.params[name] = value
+        self.grads[name] = np.zeros_like(value)
+        self.__dict__.setdefault("_inits", {})[name] = init
+        return value
+
+    def add_state(self, name, shape, initializer):
+        init = initializers.get(initializer, self.name)
+        value = np.ascontiguousarray(init(tuple(shape), self.dtype, self.rng))
+        self.state[name] = value
+        self.__dict__.setdefault("_inits", {})[name] = init
+        return value
+
+    def reinitialize(self, rng) -> None:
+        """Draw every param and state again from ``rng`` (in place), then the
+        sublayers' from child generators. Model(seed=...) uses it so that the
+        same seed gives bit-identical weights."""
+        self.rng = rng
+        inits = self.__dict__.get("_inits", {})
+        for d in (self.params, self.state):
+            for name, arr in d.items():
+                if name in inits:
+                    arr[...] = inits[name](arr.shape, arr.dtype, rng)
+        for i, sub in enumerate(self.sublayers()):
+            sub.reinitialize(np.random.default_rng(rng.integers(2**63)))
+
+    def ensure_built(self, input_shape):
+        if not self.built:
+            self.build(input_shape)
+
+    def check_input(self, x, ndim=None, min_ndim=None, last_dim=None, what="input"):
+        """Validate one input array; raise an error that names this layer.
+
+        Returns ``x`` as a C-contiguous array of this layer's dtype.
+        """
+        x = as_float_array(x, self.name, self.dtype, what)
+        if ndim is not None and x.ndim != ndim:
+            raise ValueError(f"{self.name}: expected {what} of rank {ndim}, got shape {x.shape}")
+        if min_ndim is not None and x.ndim < min_ndim:
+            raise ValueError(f"{self.name}: expected {what} of rank >= {min_ndim}, got shape {x.shape}")
+        if last_dim is not None and x.shape[-1] != last_dim:
+            raise ValueError(f"{self.name}: expected {what} with last dimension {last_dim}, "
+                             f"got shape {x.shape}")
+        if check_finite_enabled() and not np.isfinite(x).all():
+            raise ValueError(f"{self.name}: {what} contains NaN or infinity")
+        return x
+
+    def workspace(self, key, shape, dtype=None):
+        """A reusable scratch array: allocated once per (key, shape), then reused."""
+        ws = self.__dict__.setdefault("_workspaces", {})
+        shape = tuple(int(s) for s in shape)
+        arr = ws.get(key)
+        if arr is None or arr.shape != shape or (dtype is not None and arr.dtype != dtype):
+            arr = np.empty(shape, dtype or self.dtype)
+            ws[key] = arr
+        return arr
+
+    def clear_workspaces(self):
+        self.__dict__.pop("_workspaces", None)
+
+    def cast(self, dtype):
+        """Convert params, grads and state to ``dtype`` (used by gradcheck)."""
+        dt = config.standardize_dtype(dtype)
+        self.dtype = dt
+        for d in (self.params, self.grads, self.state):
+            for k in list(d):
+                d[k] = np.ascontiguousarray(d[k], dtype=dt)
+        self.clear_workspaces()
+        for sub in self.sublayers():
+            sub.cast(dt)
+        return self
+
+    def sublayers(self) -> list["Layer"]:
+        """Layers owned by a composite layer (TransformerEncoder, Bidirectional)."""
+        return []
+
+    # ------------------------------------------------------------- weights I/O
+    def weight_arrays(self) -> list[np.ndarray]:
+        """Arrays in Keras ``get_weights`` order: params, then state."""
+        return list(self.params.values()) + list(self.state.values())
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [np.array(w, copy=True) for w in self.weight_arrays()]
+
+    def set_weights(self, weights) -> None:
+        own = self.weight_arrays()
+        if len(weights) != len(own):
+            raise ValueError(f"{self.name}: expected {len(own)} weight arrays, got {len(weights)}")
+        for i, (dst, src) in enumerate(zip(own, weights)):
+            src = np.asarray(src)
+            if src.shape != dst.shape:
+                raise ValueError(f"{self.name}: weight {i} has shape {src.shape}, expected {dst.shape}")
+            dst[...] = src  # in place: params may be views into a model's flat buffer
+
+    def count_params(self) -> int:
+        return int(sum(p.size for p in self.params.values()) + sum(s.size for s in self.state.values()))
+
+    def get_config(self) -> dict:
+        """Constructor arguments that rebuild this layer (saved with the model)."""
+        cfg = {"name": self.name, "trainable": self.trainable}
+        if self._dtype_given:
+            cfg["dtype"] = self.dtype.name
+        if self.input_shape_arg is not None:
+            cfg["input_shape"] = list(self.input_shape_arg)
+        if self.seed is not None:
+            cfg["seed"] = self.seed
+        return cfg
+
+    @classmethod
+    def from_config(cls, cfg):
+        return cls(**cfg)
+
+    # --------------------------------------------------------- functional API
+    def __call__(self, *args, **kwargs):
+        first = args[0] if args else None
+        flat = list(first) if isinstance(first, (list, tuple)) else [first]
+        flat += [a for a in args[1:]]
+        if any(isinstance(t, KTensor) for t in flat):
+            return self._symbolic_call(args, kwargs)
+        # eager call on arrays, like Keras: build on first use, inference mode
+        x = first if len(args) == 1 else tuple(args)
+        if not self.built:
+            self.build(shape_of(x))
+        training = kwargs.pop("training", False)
+        return self.forward(x, training=training, **kwargs)
+
+    def _symbolic_call(self, args, kwargs):
+        if len(args) == 1:
+            inputs = args[0]
+        else:
+            inputs = tuple(args)
+        multi = isinstance(inputs, (list, tuple))
+        tensors = list(inputs) if multi else [inputs]
+        for t in tensors:
+            if not isinstance(t, KTensor):
+                raise TypeError(f"{self.name}: mixed symbolic and concrete inputs")
+        shapes = tuple(t.shape for t in tensors) if multi else tensors[0].shape
+        if self.built:
+            self.validate_build_shape(shapes)
+        else:
+            self.build(shapes)
+        out_shape = self.compute_output_shape(shapes)
+        node = Node(self, tensors, [], kwargs)
+        if isinstance(out_shape, list):  # several outputs
+            outs = [KTensor(s, self.dtype, node, i) for i, s in enumerate(out_shape)]
+            node.outputs = outs
+            self._nodes.append(node)
+            return outs
+        out = KTensor(out_shape, self.dtype, node, 0)
+        node.outputs = [out]
+        self._nodes.append(node)
+        return out
+
+    def validate_build_shape(self, shapes):
+        """Called when a built layer is called again on symbolic inputs."""
+        if self.built_input_shape is not None and _strip(shapes) != _strip(self.built_input_shape):
+            raise ValueError(f"{self.name}: already built for input shape {self.built_input_shape}, "
+                             f"called on {shapes}")
+
+    def __repr__(self):
+        return f"<{type(self).__name__} name={self.name!r}>"
+
+
+def _strip(shapes):
+    """Shapes without the batch dimension, for comparisons."""
+    if isinstance(shapes, tuple) and shapes and isinstance(shapes[0], tuple):
+        return tuple(tuple(s[1:]) for s in shapes)
+    if isinstance(shapes, (tuple, list)):
+        return tuple(shapes[1:])
+    return shapes
+
+
+def shape_of(x):
+    if isinstance(x, (list, tuple)):
+        return tuple(tuple(np.shape(a)) for a in x)
+    return tuple(np.shape(x))
+
+
+_CHECK_FINITE = [True]
+
+
+def check_finite_enabled() -> bool:
+    return _CHECK_FINITE[0]
+
+
+class finite_checks:
+    """Context manager that turns the per-layer NaN/inf input check on or off.
+
+    Model.fit validates the whole data set once, then runs its layers with the
+    check off so that a training step does not rescan every activation.
+    """
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def __enter__(self):
+        self.prev = _CHECK_FINITE[0]
+        _CHECK_FINITE[0] = self.enabled
+
+    def __exit__(self, *exc):
+        _CHECK_FINITE[0] = self.prev
+
+
+def as_float_array(x, layer_name, dtype, what="input"):
+    """``x`` as a C-contiguous float array of ``dtype``; TypeError for non-numeric input."""
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"{layer_name}: expected a numeric {what}, got dtype {arr.dtype}")
+    if arr.dtype != dtype or not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr, dtype=dtype)
+    return arr
+
+
+class InputLayer(Layer):
+    """Placeholder layer that marks a model input."""
+
+    def __init__(self, shape=None, batch_size=None, dtype=None, name=None, input_shape=None, **kw):
+        if shape is None:
+            shape = input_shape
+        if shape is None:
+            raise ValueError("Input: a shape (without the batch dimension) is required")
+        super().__init__(name=name, **kw)
+        self.dtype = np.dtype(dtype or config.floatx())  # integer inputs (token ids) allowed
+        self._dtype_given = dtype is not None
+        self.shape = (batch_size,) + tuple(int(s) if s is not None else None for s in shape)
+        self.built = True
+
+    def forward(self, x, training=False):
+        return x
+
+    def backward(self, dy):
+        return dy
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["shape"] = list(self.shape[1:])
+        return cfg
+
+
+def Input(shape=None, batch_size=None, dtype=None, name=None):
+    """A symbolic model input of ``shape`` (batch excluded)."""
+    layer = InputLayer(shape=shape, batch_size=batch_size, dtype=dtype, name=name)
+    t = KTensor(layer.shape, layer.dtype, None, 0)
+    t.input_layer = layer
+    layer.tensor = t
+    return t
