@@ -92,6 +92,9 @@ class Layer:
         self.built = False
         self.built_input_shape = None
         self.device = get_device("cpu")
+        # False when the layer's input is a model input: backward may then skip
+        # computing dx (and return None), e.g. one GEMM less in the first Dense.
+        self.input_grad_needed = True
         self.rng = initializers.layer_rng(seed)
         self._nodes: list[Node] = []
 
@@ -189,6 +192,14 @@ class Layer:
         for sub in self.sublayers():
             sub.cast(dt)
         return self
+
+    def bind_param(self, name, param, grad) -> None:
+        """Make ``param``/``grad`` (views into a model's flat buffers, already
+        holding the current values) the arrays behind ``params[name]`` and
+        ``grads[name]``. Composite layers override this to reach the sub-layer
+        that owns the array."""
+        self.params[name] = param
+        self.grads[name] = grad
 
     def sublayers(self) -> list["Layer"]:
         """Layers owned by a composite layer (TransformerEncoder, Bidirectional)."""

@@ -78,11 +78,12 @@ class Dense(Layer):
             self.kernels("activations").softmax_rows_backward(y, dy2, dz)
             dy2, code = dz, act_codes.LINEAR
         dz = self.workspace("dz", dy2.shape)
-        dx = self.workspace("dx", x2.shape)
+        need_dx = self.input_grad_needed
+        dx = self.workspace("dx", x2.shape if need_dx else (0, 0))
         dbias = self.grads["bias"] if self.use_bias else kernel[0, :0]
-        self.kernels("dense").dense_backward(x2, kernel, pre, y, dy2, code, self.use_bias, True,
+        self.kernels("dense").dense_backward(x2, kernel, pre, y, dy2, code, self.use_bias, need_dx,
                                              dz, self.grads["kernel"], dbias, dx)
-        return dx.reshape(lead + (kernel.shape[0],))
+        return dx.reshape(lead + (kernel.shape[0],)) if need_dx else None
 
     def get_config(self):
         cfg = super().get_config()
