@@ -1,0 +1,38 @@
+"""Reference normalization layers (float64 NumPy, written for clarity)."""
+import numpy as np
+
+
+def batch_norm_train(x, gamma, beta, epsilon):
+    """BatchNormalization in training mode over every axis but the last.
+
+    Returns (y, batch mean, batch variance); the variance is the biased one
+    (divided by the count), which is also what updates the moving variance.
+    """
+    x = np.asarray(x, np.float64)
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axis=axes)
+    var = x.var(axis=axes)
+    y = (x - mean) / np.sqrt(var + epsilon) * gamma + beta
+    return y, mean, var
+
+
+def batch_norm_infer(x, gamma, beta, moving_mean, moving_variance, epsilon):
+    x = np.asarray(x, np.float64)
+    return (x - moving_mean) / np.sqrt(moving_variance + epsilon) * gamma + beta
+
+
+def batch_norm_train_backward(x, gamma, dy, epsilon):
+    """(dx, dgamma, dbeta) of batch_norm_train, written out from the chain rule."""
+    x = np.asarray(x, np.float64)
+    dy = np.asarray(dy, np.float64)
+    axes = tuple(range(x.ndim - 1))
+    m = x.size // x.shape[-1]
+    mean = x.mean(axis=axes)
+    var = x.var(axis=axes)
+    inv = 1.0 / np.sqrt(var + epsilon)
+    xhat = (x - mean) * inv
+    dgamma = (dy * xhat).sum(axis=axes)
+    dbeta = dy.sum(axis=axes)
+    dxhat = dy * gamma
+    dx = inv / m * (m * dxhat - dxhat.sum(axis=axes) - xhat * (dxhat * xhat).sum(axis=axes))
+    return dx, dgamma, dbeta
