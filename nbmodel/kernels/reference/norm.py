@@ -36,3 +36,32 @@ def batch_norm_train_backward(x, gamma, dy, epsilon):
     dxhat = dy * gamma
     dx = inv / m * (m * dxhat - dxhat.sum(axis=axes) - xhat * (dxhat * xhat).sum(axis=axes))
     return dx, dgamma, dbeta
+
+
+def layer_norm(x, gamma, beta, epsilon):
+    """LayerNormalization over the last axis (biased variance, like Keras)."""
+    x = np.asarray(x, np.float64)
+    mean = x.mean(axis=-1, keepdims=True)
+    var = x.var(axis=-1, keepdims=True)
+    y = (x - mean) / np.sqrt(var + epsilon)
+    if gamma is not None:
+        y = y * gamma
+    if beta is not None:
+        y = y + beta
+    return y
+
+
+def layer_norm_backward(x, gamma, dy, epsilon):
+    """(dx, dgamma, dbeta) of layer_norm, written out from the chain rule."""
+    x = np.asarray(x, np.float64)
+    dy = np.asarray(dy, np.float64)
+    d = x.shape[-1]
+    mean = x.mean(axis=-1, keepdims=True)
+    inv = 1.0 / np.sqrt(x.var(axis=-1, keepdims=True) + epsilon)
+    xhat = (x - mean) * inv
+    lead = tuple(range(x.ndim - 1))
+    dgamma = (dy * xhat).sum(axis=lead)
+    dbeta = dy.sum(axis=lead)
+    g = dy * (1.0 if gamma is None else gamma)
+    dx = inv / d * (d * g - g.sum(axis=-1, keepdims=True) - xhat * (g * xhat).sum(axis=-1, keepdims=True))
+    return dx, dgamma, dbeta
