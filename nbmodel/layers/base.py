@@ -72,6 +72,7 @@ class Node:
         self.inputs = list(inputs)
         self.outputs = list(outputs)
         self.kwargs = dict(kwargs)
+        self.nested = len(self.inputs) > 1
 
 
 class Layer:
@@ -272,6 +273,7 @@ class Layer:
             self.build(shapes)
         out_shape = self.compute_output_shape(shapes)
         node = Node(self, tensors, [], kwargs)
+        node.nested = multi  # called with a list/tuple: forward gets a tuple
         if isinstance(out_shape, list):  # several outputs
             outs = [KTensor(s, self.dtype, node, i) for i, s in enumerate(out_shape)]
             node.outputs = outs

@@ -1,0 +1,6 @@
+"""``python -m nbmodel ...`` is the ``nbmodel`` command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,437 @@
+"""Callbacks (Keras 3 names, arguments and semantics).
+
+``fit`` calls, in order: on_train_begin, then per epoch on_epoch_begin,
+on_train_batch_begin/on_train_batch_end per step, on_epoch_end (logs include
+the ``val_`` entries), and finally on_train_end. A callback stops training by
+setting ``self.model.stop_training = True``.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+import warnings
+
+import numpy as np
+
+
+class Callback:
+    def __init__(self):
+        self.model = None
+        self.params = {}
+
+    def set_model(self, model):
+        self.model = model
+
+    def set_params(self, params):
+        self.params = params
+
+    def on_train_begin(self, logs=None): pass
+    def on_train_end(self, logs=None): pass
+    def on_epoch_begin(self, epoch, logs=None): pass
+    def on_epoch_end(self, epoch, logs=None): pass
+    def on_train_batch_begin(self, batch, logs=None): pass
+    def on_train_batch_end(self, batch, logs=None): pass
+
+
+class History(Callback):
+    """Records the epoch logs: ``history.history['loss']`` etc., ``history.epoch``."""
+
+    def __init__(self):
+        super().__init__()
+        self.history: dict[str, list] = {}
+        self.epoch: list[int] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.append(epoch)
+        for k, v in (logs or {}).items():
+            self.history.setdefault(k, []).append(v)
+
+
+def _fmt(logs, skip=("samples_per_s",)):
+    return " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k not in skip)
+
+
+class ProgbarLogger(Callback):
+    """verbose=1: a progress bar per epoch (loss, metrics, samples/s); verbose=2: one line per epoch."""
+
+    def __init__(self, verbose=1):
+        super().__init__()
+        self.verbose = verbose
+        self._bar = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+        epochs = self.params.get("epochs")
+        if self.verbose == 1:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.params.get("steps"), desc=f"Epoch {epoch + 1}/{epochs}",
+                             unit="step", leave=True, dynamic_ncols=True)
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._bar is not None:
+            logs = logs or {}
+            post = {k: f"{v:.4f}" for k, v in logs.items() if k != "samples_per_s"}
+            if "samples_per_s" in logs:
+                post["samples/s"] = f"{logs['samples_per_s']:.0f}"
+            self._bar.set_postfix(post, refresh=False)
+            self._bar.update(1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self._bar is not None:
+            self._bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k != "samples_per_s"})
+            self._bar.close()
+            self._bar = None
+        elif self.verbose == 2:
+            dt = time.perf_counter() - self._t0
+            print(f"Epoch {epoch + 1}/{self.params.get('epochs')} - {dt:.2f}s - {_fmt(logs)}", flush=True)
+
+    def on_train_end(self, logs=None):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class _MonitorMixin:
+    """Shared 'is this value better' logic of EarlyStopping, ModelCheckpoint, ReduceLROnPlateau."""
+
+    def _init_monitor(self, monitor, mode, min_delta=0.0):
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"{type(self).__name__}: mode must be 'auto', 'min' or 'max', got {mode!r}")
+        self.monitor = monitor
+        if mode == "auto":
+            mode = "max" if ("acc" in monitor or monitor.endswith("auc")) else "min"
+        self.mode = mode
+        self.min_delta = abs(float(min_delta))
+
+    def _better(self, current, reference):
+        if reference is None:
+            return True
+        if self.mode == "min":
+            return current < reference - self.min_delta
+        return current > reference + self.min_delta
+
+    def _initial_best(self):
+        return math.inf if self.mode == "min" else -math.inf
+
+    def _value(self, logs):
+        v = (logs or {}).get(self.monitor)
+        if v is None:
+            warnings.warn(f"{type(self).__name__}: metric {self.monitor!r} is not in the logs "
+                          f"(available: {sorted(logs or {})})", stacklevel=3)
+        return v
+
+
+class EarlyStopping(Callback, _MonitorMixin):
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs."""
+
+    def __init__(self, monitor="val_loss", min_delta=0, patience=0, verbose=0, mode="auto", baseline=None,
+                 restore_best_weights=False, start_from_epoch=0):
+        super().__init__()
+        self._init_monitor(monitor, mode, min_delta)
+        self.patience = int(patience)
+        self.verbose = verbose
+        self.baseline = baseline
+        self.restore_best_weights = restore_best_weights
+        self.start_from_epoch = int(start_from_epoch)
+
+    def on_train_begin(self, logs=None):
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best = self._initial_best()
+        self.best_weights = None
+        self.best_epoch = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = self._value(logs)
+        if current is None or epoch < self.start_from_epoch:
+            return
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights = self.model.get_weights()
+        self.wait += 1
+        if self._better(current, self.best):
+            self.best = current
+            self.best_epoch = epoch
+            if self.restore_best_weights:
+                self.best_weights = self.model.get_weights()
+            if self.baseline is None or self._better(current, self.baseline):
+                self.wait = 0
+            return
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.stopped_epoch > 0 and self.verbose:
+            print(f"Epoch {self.stopped_epoch + 1}: early stopping")
+        if self.restore_best_weights and self.best_weights is not None and self.stopped_epoch > 0:
+            if self.verbose:
+                print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
+            self.model.set_weights(self.best_weights)
+
+
+class ModelCheckpoint(Callback, _MonitorMixin):
+    """Save the model (or weights) at the end of every epoch, or only when ``monitor`` improves.
+
+    ``filepath`` may hold ``str.format`` fields: ``epoch`` (1-based) and any log
+    key, e.g. ``"ckpt-{epoch:02d}-{val_loss:.3f}.nbm"``. Files are written atomically.
+    """
+
+    def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False, save_weights_only=False,
+                 mode="auto", save_freq="epoch", initial_value_threshold=None):
+        super().__init__()
+        self._init_monitor(monitor, mode)
+        if save_freq != "epoch":
+            raise ValueError("ModelCheckpoint: only save_freq='epoch' is supported")
+        self.filepath = os.fspath(filepath)
+        self.verbose = verbose
+        self.save_best_only = save_best_only
+        self.save_weights_only = save_weights_only
+        self.best = initial_value_threshold
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        try:
+            path = self.filepath.format(epoch=epoch + 1, **logs)
+        except KeyError as e:
+            raise KeyError(f"ModelCheckpoint: filepath {self.filepath!r} uses {e}, which is not in the logs "
+                           f"(available: epoch, {', '.join(sorted(logs))})") from None
+        if self.save_best_only:
+            current = self._value(logs)
+            if current is None or not self._better(current, self.best):
+                return
+            if self.verbose:
+                print(f"Epoch {epoch + 1}: {self.monitor} improved from {self.best} to {current}, saving to {path}")
+            self.best = current
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if self.save_weights_only:
+            self.model.save_weights(path)
+        else:
+            self.model.save(path)
+
+
+class LearningRateScheduler(Callback):
+    """At each epoch start, set the learning rate to ``schedule(epoch, lr)``."""
+
+    def __init__(self, schedule, verbose=0):
+        super().__init__()
+        self.schedule = schedule
+        self.verbose = verbose
+
+    def on_epoch_begin(self, epoch, logs=None):
+        opt = self.model.optimizer
+        lr = float(self.schedule(epoch, float(opt.current_learning_rate)))
+        if not math.isfinite(lr):
+            raise ValueError(f"LearningRateScheduler: schedule returned {lr} at epoch {epoch}")
+        opt.learning_rate = lr
+        if self.verbose:
+            print(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {lr}.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(self.model.optimizer.current_learning_rate)
+
+
+class ReduceLROnPlateau(Callback, _MonitorMixin):
+    """Multiply the learning rate by ``factor`` when ``monitor`` stalls for ``patience`` epochs."""
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto", min_delta=1e-4,
+                 cooldown=0, min_lr=0.0):
+        super().__init__()
+        if factor >= 1.0:
+            raise ValueError(f"ReduceLROnPlateau: factor must be < 1, got {factor}")
+        self._init_monitor(monitor, mode, min_delta)
+        self.factor = float(factor)
+        self.patience = int(patience)
+        self.verbose = verbose
+        self.cooldown = int(cooldown)
+        self.min_lr = float(min_lr)
+
+    def on_train_begin(self, logs=None):
+        self.best = self._initial_best()
+        self.wait = 0
+        self.cooldown_counter = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        opt = self.model.optimizer
+        logs["learning_rate"] = float(opt.current_learning_rate)
+        current = self._value(logs)
+        if current is None:
+            return
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._better(current, self.best):
+            self.best = current
+            self.wait = 0
+        elif self.cooldown_counter <= 0:
+            self.wait += 1
+            if self.wait >= self.patience:
+                old = float(opt.current_learning_rate)
+                if old > self.min_lr:
+                    new = max(old * self.factor, self.min_lr)
+                    opt.learning_rate = new
+                    if self.verbose:
+                        print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new}.")
+                    self.cooldown_counter = self.cooldown
+                    self.wait = 0
+
+
+class TerminateOnNaN(Callback):
+    """Stop training (without an error) when the loss becomes NaN or infinite.
+
+    Without this callback, ``fit`` raises FloatingPointError naming the step.
+    Either way the step with the non-finite loss does not update the weights.
+    """
+
+    def on_nonfinite(self, message):
+        print(f"TerminateOnNaN: {message}; stopping training.")
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            self.model.stop_training = True
+
+
+class CSVLogger(Callback):
+    """Append one row per epoch (epoch + every log) to a CSV file."""
+
+    def __init__(self, filename, separator=",", append=False):
+        super().__init__()
+        self.filename = os.fspath(filename)
+        self.sep = separator
+        self.append = append
+        self._keys = None
+
+    def on_train_begin(self, logs=None):
+        exists = self.append and os.path.exists(self.filename) and os.path.getsize(self.filename) > 0
+        self._file = open(self.filename, "a" if self.append else "w", newline="")
+        self._keys = None
+        if exists:
+            with open(self.filename) as f:
+                header = f.readline().strip()
+            self._keys = header.split(self.sep)[1:] if header else None
+        self._writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {k: v for k, v in (logs or {}).items() if k != "samples_per_s"}
+        if self._keys is None:
+            self._keys = sorted(logs)
+            self._file.write(self.sep.join(["epoch"] + self._keys) + "\n")
+        row = [str(epoch)] + [repr(float(logs[k])) if k in logs else "NA" for k in self._keys]
+        self._file.write(self.sep.join(row) + "\n")
+        self._file.flush()
+
+    def on_train_end(self, logs=None):
+        if getattr(self, "_file", None) is not None:
+            self._file.close()
+            self._file = None
+
+
+class LambdaCallback(Callback):
+    """A callback from plain functions: ``LambdaCallback(on_epoch_end=lambda epoch, logs: ...)``."""
+
+    def __init__(self, on_epoch_begin=None, on_epoch_end=None, on_train_begin=None, on_train_end=None,
+                 on_train_batch_begin=None, on_train_batch_end=None):
+        super().__init__()
+        for name, fn in dict(on_epoch_begin=on_epoch_begin, on_epoch_end=on_epoch_end,
+                             on_train_begin=on_train_begin, on_train_end=on_train_end,
+                             on_train_batch_begin=on_train_batch_begin,
+                             on_train_batch_end=on_train_batch_end).items():
+            if fn is not None:
+                setattr(self, name, fn)
+
+
+class BackupAndRestore(Callback):
+    """Back up the whole training state each epoch; a restarted ``fit`` resumes from it.
+
+    The backup (``backup_dir/latest.nbm``: weights, optimizer state, the epoch
+    reached) is written atomically, so a crash mid-save leaves the previous one.
+    It is deleted when training ends normally (``delete_checkpoint=True``).
+    """
+
+    def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True):
+        super().__init__()
+        if save_freq != "epoch":
+            raise ValueError("BackupAndRestore: only save_freq='epoch' is supported")
+        self.backup_dir = os.fspath(backup_dir)
+        self.delete_checkpoint = delete_checkpoint
+        self.path = os.path.join(self.backup_dir, "latest.nbm")
+
+    def on_train_begin(self, logs=None):
+        from . import io
+
+        self.resume_epoch = None
+        if os.path.exists(self.path):
+            meta = io.restore_training_state(self.model, self.path)
+            self.resume_epoch = int(meta["epoch"]) + 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        from . import io
+
+        os.makedirs(self.backup_dir, exist_ok=True)
+        io.save_model(self.model, self.path, extra={"epoch": int(epoch)})
+
+    def on_train_end(self, logs=None):
+        # only reached when fit ends normally: after a crash the backup stays for the restart
+        if self.delete_checkpoint and os.path.exists(self.path):
+            os.remove(self.path)
+
+
+class CallbackList:
+    """Calls every callback in order; adds History and the progress logger like Keras."""
+
+    def __init__(self, callbacks, model, history, verbose, epochs, steps, samples):
+        cbs = list(callbacks or [])
+        for cb in cbs:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"fit: callbacks must be Callback instances, got {type(cb).__name__}")
+        if verbose:
+            cbs.insert(0, ProgbarLogger(verbose))
+        cbs.append(history)
+        self.callbacks = cbs
+        params = {"epochs": epochs, "steps": steps, "samples": samples, "verbose": verbose}
+        for cb in cbs:
+            cb.set_model(model)
+            cb.set_params(params)
+        self.model = model
+
+    def has(self, cls):
+        return any(isinstance(cb, cls) for cb in self.callbacks)
+
+    def start_epoch(self, initial_epoch):
+        resumed = [cb.resume_epoch for cb in self.callbacks
+                   if isinstance(cb, BackupAndRestore) and cb.resume_epoch is not None]
+        return max([initial_epoch] + resumed)
+
+    def on_nonfinite(self, message):
+        for cb in self.callbacks:
+            if isinstance(cb, TerminateOnNaN):
+                cb.on_nonfinite(message)
+
+    def _call(self, name, *args):
+        for cb in self.callbacks:
+            getattr(cb, name)(*args)
+
+    def on_train_begin(self):
+        self._call("on_train_begin", {})
+
+    def on_train_end(self):
+        self._call("on_train_end", {})
+
+    def on_epoch_begin(self, epoch):
+        self._call("on_epoch_begin", epoch, {})
+
+    def on_epoch_end(self, epoch, logs):
+        self._call("on_epoch_end", epoch, logs)
+
+    def on_train_batch_begin(self, step):
+        self._call("on_train_batch_begin", step, {})
+
+    def on_train_batch_end(self, step, logs):
+        self._call("on_train_batch_end", step, logs)

@@ -1,0 +1,261 @@
+"""Command line: ``nbmodel train CONFIG.toml``, ``nbmodel info``, ``nbmodel bench``.
+
+A training config is a TOML file with four tables (see examples/digits_mlp.toml):
+
+    [data]     dataset = "digits" | "npz" (path = "file.npz" with x_train, y_train, x_test, y_test)
+    [model]    seed, and [[model.layers]] entries: class = "Dense", then the layer's arguments
+    [compile]  optimizer = "adam" or {class = "Adam", learning_rate = 1e-3}, loss, metrics
+    [fit]      epochs, batch_size, validation_split, shuffle, verbose
+
+``--out DIR`` receives model.nbm, history.csv and (with matplotlib) history.png.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A problem in a training config file."""
+
+
+# ------------------------------------------------------------------ config
+def load_config(path):
+    try:
+        with open(path, "rb") as f:
+            cfg = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    for table in ("model", "compile"):
+        if table not in cfg:
+            raise ConfigError(f"{path}: missing [{table}] table")
+    unknown = set(cfg) - {"data", "model", "compile", "fit", "output"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown tables {sorted(unknown)}")
+    return cfg
+
+
+def load_data(cfg):
+    import numpy as np
+
+    from . import datasets
+
+    data = cfg.get("data", {"dataset": "digits"})
+    kind = data.get("dataset", "digits")
+    if kind == "digits":
+        return datasets.load_digits()
+    if kind == "npz":
+        if "path" not in data:
+            raise ConfigError("[data] dataset = 'npz' needs path = '...'")
+        with np.load(data["path"]) as z:
+            missing = {"x_train", "y_train", "x_test", "y_test"} - set(z.files)
+            if missing:
+                raise ConfigError(f"{data['path']}: missing arrays {sorted(missing)}")
+            return (z["x_train"], z["y_train"]), (z["x_test"], z["y_test"])
+    raise ConfigError(f"[data] unknown dataset {kind!r}: expected 'digits' or 'npz'")
+
+
+def build_model(cfg, input_shape, input_dtype=None, device="cpu"):
+    from . import layers as L
+    from .model import Sequential
+
+    mcfg = cfg["model"]
+    specs = mcfg.get("layers")
+    if not specs:
+        raise ConfigError("[model] needs at least one [[model.layers]] entry")
+    built = [L.Input(tuple(input_shape), dtype=input_dtype)]
+    for i, spec in enumerate(specs):
+        spec = dict(spec)
+        cls_name = spec.pop("class", None)
+        cls = getattr(L, cls_name, None) if isinstance(cls_name, str) else None
+        if cls is None or not isinstance(cls, type) or not issubclass(cls, L.Layer):
+            raise ConfigError(f"[[model.layers]] entry {i + 1}: unknown layer class {cls_name!r}")
+        try:
+            built.append(cls(**spec))
+        except TypeError as e:
+            raise ConfigError(f"[[model.layers]] entry {i + 1} ({cls_name}): {e}") from None
+    return Sequential(built, seed=mcfg.get("seed", 0), device=device)
+
+
+def compile_model(model, cfg):
+    from . import optimizers
+
+    ccfg = dict(cfg["compile"])
+    opt = ccfg.pop("optimizer", "adam")
+    if isinstance(opt, dict):
+        opt = dict(opt)
+        name = opt.pop("class", None)
+        cls = getattr(optimizers, str(name), None)
+        if cls is None:
+            raise ConfigError(f"[compile] unknown optimizer class {name!r}")
+        opt = cls(**opt)
+    model.compile(optimizer=opt, loss=ccfg.pop("loss", None), metrics=ccfg.pop("metrics", None))
+    if ccfg:
+        raise ConfigError(f"[compile] unknown keys {sorted(ccfg)}")
+
+
+def write_history(history, out_dir):
+    """history.csv always; history.png when matplotlib is installed."""
+    from .io import atomic_write
+
+    keys = list(history.history)
+    lines = [",".join(["epoch"] + keys)]
+    for i, epoch in enumerate(history.epoch):
+        lines.append(",".join([str(epoch + 1)] + [repr(float(history.history[k][i])) for k in keys]))
+    atomic_write(os.path.join(out_dir, "history.csv"), lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    metrics = [k for k in keys if not k.startswith("val_") and k != "learning_rate"]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.5), squeeze=False)
+    epochs = [e + 1 for e in history.epoch]
+    for ax, k in zip(axes[0], metrics):
+        ax.plot(epochs, history.history[k], label=k)
+        if "val_" + k in history.history:
+            ax.plot(epochs, history.history["val_" + k], label="val_" + k)
+        ax.set_xlabel("epoch")
+        ax.set_title(k)
+        ax.legend()
+    fig.tight_layout()
+    path = os.path.join(out_dir, "history.png")
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+    return path
+
+
+def cmd_train(args):
+    import numpy as np
+
+    cfg = load_config(args.config)
+    (x_train, y_train), (x_test, y_test) = load_data(cfg)
+    fit_cfg = dict(cfg.get("fit", {}))
+    epochs = args.epochs if args.epochs is not None else fit_cfg.pop("epochs", 1)
+    fit_cfg.pop("epochs", None)
+    verbose = args.verbose if args.verbose is not None else fit_cfg.pop("verbose", 2)
+    fit_cfg.pop("verbose", None)
+    allowed = {"batch_size", "validation_split", "shuffle"}
+    if set(fit_cfg) - allowed:
+        raise ConfigError(f"[fit] unknown keys {sorted(set(fit_cfg) - allowed)}")
+    distributed = args.distributed
+    rank0 = True
+    if distributed == "mpi":
+        from .parallel.mpi import is_root
+
+        rank0 = is_root()
+    int_input = np.asarray(x_train).dtype.kind in "iu"
+    model = build_model(cfg, np.shape(x_train)[1:], "int64" if int_input else None, device=args.device)
+    compile_model(model, cfg)
+    if rank0:
+        model.summary()
+    t0 = time.perf_counter()
+    history = model.fit(x_train, y_train, epochs=int(epochs), verbose=verbose if rank0 else 0,
+                        workers=args.workers, distributed=distributed, **fit_cfg)
+    dt = time.perf_counter() - t0
+    result = model.evaluate(x_test, y_test, verbose=0, return_dict=True)
+    if rank0:
+        acc = {k: v for k, v in result.items() if "acc" in k}
+        print(f"trained {len(history.epoch)} epochs in {dt:.1f} s")
+        print("test " + " - ".join(f"{k}: {v:.4f}" for k, v in result.items()))
+        if acc:
+            print(f"test accuracy: {next(iter(acc.values())):.4f}")
+        if args.out:
+            os.makedirs(args.out, exist_ok=True)
+            model.save(os.path.join(args.out, "model.nbm"))
+            png = write_history(history, args.out)
+            print(f"wrote {os.path.join(args.out, 'model.nbm')}, history.csv" + (", history.png" if png else ""))
+    return 0
+
+
+def cmd_info(args):
+    import platform
+
+    import numpy as np
+
+    from . import __version__, config
+
+    lines = [f"nbmodel {__version__}", f"python {platform.python_version()} ({sys.executable})",
+             f"numpy {np.__version__}"]
+    for mod in ("numba", "llvmlite", "scipy", "threadpoolctl", "tqdm", "torch", "mpi4py"):
+        try:
+            m = __import__(mod)
+            lines.append(f"{mod} {getattr(m, '__version__', '?')}")
+        except ImportError:
+            lines.append(f"{mod} not installed")
+    import numba
+    from threadpoolctl import threadpool_info
+
+    config.ensure_thread_policy()
+    lines.append(f"cores available: {config.available_cores()}; nbmodel threads: {config.get_num_threads()}; "
+                 f"numba threads: {numba.get_num_threads()}; threading layer: {numba.config.THREADING_LAYER}")
+    for info in threadpool_info():
+        lines.append(f"{info.get('user_api')}: {info.get('internal_api')} {info.get('version')} "
+                     f"threads={info.get('num_threads')} ({os.path.basename(info.get('filepath', ''))})")
+    try:
+        from numba import cuda
+
+        ok = cuda.is_available()
+        lines.append(f"cuda available: {ok}" + (f" ({cuda.get_current_device().name})" if ok else ""))
+    except Exception as e:  # noqa: BLE001 - any failure means no usable CUDA
+        lines.append(f"cuda available: False ({type(e).__name__})")
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_bench(args):
+    here = os.path.abspath(args.repo)
+    if not os.path.isfile(os.path.join(here, "benchmarks", "peer.py")):
+        print("nbmodel bench runs the suite in benchmarks/ of a source checkout; "
+              f"none found under {here} (use --repo)", file=sys.stderr)
+        return 2
+    sys.path.insert(0, here)
+    from benchmarks import peer
+
+    argv = ["--threads", str(args.threads)] + (["--vs", args.vs] if args.vs else [])
+    if args.models:
+        argv += ["--models", args.models]
+    return peer.main(argv)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="nbmodel", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train a model described by a TOML config")
+    p.add_argument("config")
+    p.add_argument("--workers", type=int, default=1, help="data-parallel worker processes on this machine")
+    p.add_argument("--distributed", choices=["mpi"], default=None, help="data-parallel over MPI ranks")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--epochs", type=int, default=None, help="override [fit] epochs")
+    p.add_argument("--verbose", type=int, default=None, choices=[0, 1, 2])
+    p.add_argument("--out", default=None, help="directory for model.nbm, history.csv, history.png")
+    p.set_defaults(fn=cmd_train)
+    p = sub.add_parser("info", help="versions, threads, BLAS libraries, CUDA availability")
+    p.set_defaults(fn=cmd_info)
+    p = sub.add_parser("bench", help="time the reference models (and PyTorch with --vs torch)")
+    p.add_argument("--vs", choices=["torch"], default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--models", default=None, help="comma-separated reference model names")
+    p.add_argument("--repo", default=".", help="source checkout holding benchmarks/")
+    p.set_defaults(fn=cmd_bench)
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, ValueError, TypeError, FileNotFoundError, NotImplementedError) as e:
+        print(f"nbmodel {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Turning user data into validated arrays, batches, shuffles and splits."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _as_list(v):
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def _by_name(model, data, tensors, what):
+    """Dict inputs/targets keyed by layer name -> list in model order."""
+    from .model import _output_name
+
+    names = [_output_name(t) for t in tensors]
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise ValueError(f"{what}: no data for {missing}; got keys {sorted(data)}")
+    return [data[n] for n in names]
+
+
+def check_numeric(arr, what):
+    a = np.asarray(arr)
+    if a.dtype.kind not in "fiub":
+        raise TypeError(f"{what}: expected a numeric array, got dtype {a.dtype}")
+    return a
+
+
+def standardize_inputs(model, x, where):
+    """Model inputs as C-contiguous arrays of the input dtype, checked against the model."""
+    if x is None:
+        raise ValueError(f"{where}: x is required")
+    graph = model._graph
+    xs = _by_name(model, x, graph.inputs, where) if isinstance(x, dict) else _as_list(x)
+    if len(xs) != len(graph.inputs):
+        raise ValueError(f"{where}: the model has {len(graph.inputs)} inputs, got {len(xs)} arrays")
+    out = []
+    for t, a in zip(graph.inputs, xs):
+        name = t.input_layer.name
+        a = check_numeric(a, f"{where}: input {name!r}")
+        if a.ndim != len(t.shape) or any(s is not None and s != d for s, d in zip(t.shape[1:], a.shape[1:])):
+            raise ValueError(f"{where}: input {name!r} expects shape {t.shape} (batch first), "
+                             f"got {a.shape}")
+        if t.dtype.kind in "iu":
+            if a.dtype.kind == "f":
+                if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
+                    raise ValueError(f"{where}: input {name!r} expects integer ids, got non-integer values")
+            a = np.ascontiguousarray(a, dtype=t.dtype)
+        else:
+            a = np.ascontiguousarray(a, dtype=t.dtype)
+            if not np.isfinite(a).all():
+                raise ValueError(f"{where}: input {name!r} contains NaN or infinity")
+        out.append(a)
+    n = out[0].shape[0]
+    for t, a in zip(graph.inputs, out):
+        if a.shape[0] != n:
+            raise ValueError(f"{where}: inputs have different numbers of samples "
+                             f"({[b.shape[0] for b in out]})")
+    return out
+
+
+def standardize_targets(model, y, n, where):
+    """Targets as contiguous arrays, one per output, with n samples each."""
+    graph = model._graph
+    ys = _by_name(model, y, graph.outputs, where) if isinstance(y, dict) else _as_list(y)
+    if len(ys) != len(graph.outputs):
+        raise ValueError(f"{where}: the model has {len(graph.outputs)} outputs, got {len(ys)} target arrays")
+    out = []
+    for a in ys:
+        a = check_numeric(a, f"{where}: y")
+        if a.shape[0] != n:
+            raise ValueError(f"{where}: x and y have different numbers of samples ({n} and {a.shape[0]})")
+        if a.dtype.kind == "f":
+            if not np.isfinite(a).all():
+                raise ValueError(f"{where}: y contains NaN or infinity")
+        out.append(np.ascontiguousarray(a))
+    return out
+
+
+def class_weights_to_sample_weights(class_weight, y):
+    """Per-sample weights from a {class: weight} dict and labels (sparse or one-hot)."""
+    y = np.asarray(y)
+    if y.ndim >= 2 and y.shape[-1] > 1:
+        labels = np.argmax(y, axis=-1)
+    else:
+        labels = y.reshape(y.shape[0], -1)[:, 0] if y.ndim > 1 else y
+        if y.dtype.kind == "f":  # binary targets 0./1.
+            labels = np.round(labels)
+    labels = labels.astype(np.int64)
+    present = np.unique(labels)
+    unknown = [int(c) for c in present if int(c) not in class_weight]
+    if unknown:
+        raise ValueError(f"fit: class_weight has no entry for classes {unknown}")
+    lut = np.zeros(int(max(max(class_weight), present.max())) + 1)
+    for c, w in class_weight.items():
+        lut[int(c)] = float(w)
+    w = lut[labels]
+    return w.reshape(labels.shape[0], -1)[:, 0] if w.ndim > 1 else w
+
+
+def split_validation(xs, ys, sw, validation_split, validation_data, model):
+    """Keras: validation_data wins; else the LAST validation_split of the samples."""
+    if validation_data is not None:
+        if not isinstance(validation_data, (list, tuple)) or len(validation_data) not in (2, 3):
+            raise ValueError("fit: validation_data must be (x_val, y_val) or (x_val, y_val, sample_weight)")
+        vx, vy = validation_data[0], validation_data[1]
+        vsw = validation_data[2] if len(validation_data) == 3 else None
+        vxs, vys, vsw = model._standardize(vx, vy, vsw, "fit (validation_data)")
+        return (xs, ys, sw), (vxs, vys, vsw)
+    if not validation_split:
+        return (xs, ys, sw), None
+    if not 0.0 < validation_split < 1.0:
+        raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split}")
+    n = xs[0].shape[0]
+    n_train = int(n * (1.0 - validation_split))
+    if n_train == 0 or n_train == n:
+        raise ValueError(f"fit: validation_split={validation_split} leaves no training or validation samples")
+    cut = lambda arrs: ([a[:n_train] for a in arrs], [a[n_train:] for a in arrs])  # noqa: E731
+    xt, xv = cut(xs)
+    yt, yv = cut(ys)
+    swt, swv = (None, None) if sw is None else (sw[:n_train], sw[n_train:])
+    return (xt, yt, swt), (xv, yv, swv)
+
+
+class BatchIterator:
+    """Index batches for one epoch; shuffled with the model's seeded RNG."""
+
+    def __init__(self, n, batch_size, shuffle, rng):
+        self.n, self.batch_size, self.shuffle, self.rng = n, batch_size, shuffle, rng
+
+    def __len__(self):
+        return (self.n + self.batch_size - 1) // self.batch_size
+
+    def epoch(self):
+        order = self.rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        for start in range(0, self.n, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            yield np.sort(idx) if self.shuffle else idx
+
+
+def batches(n, batch_size):
+    """Contiguous slices covering range(n) (for evaluate/predict)."""
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))

@@ -1,0 +1,25 @@
+"""Inspecting what a model learned."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def saliency(model, x, class_index, output_index=0):
+    """Gradient of the score of ``class_index`` with respect to the input.
+
+    ``x``: a batch for a single-input model; ``class_index``: an int or one int
+    per sample. Returns an array shaped like ``x`` (float64 of the model's
+    dtype). The score is the model output before any loss: for a softmax
+    output it is the class probability.
+    """
+    x = np.asarray(x)
+    preds = model.predict(x, batch_size=max(len(x), 1))
+    outs = preds if isinstance(preds, list) else [preds]
+    out = outs[output_index]
+    idx = np.broadcast_to(np.asarray(class_index, dtype=np.int64), (out.shape[0],))
+    if idx.min() < 0 or idx.max() >= out.shape[-1]:
+        raise ValueError(f"saliency: class_index must be in [0, {out.shape[-1]}), got {class_index}")
+    dys = [np.zeros_like(o) for o in outs]
+    dys[output_index].reshape(out.shape[0], -1, out.shape[-1])[np.arange(out.shape[0]), :, idx] = 1.0
+    grads = model.input_gradient(x, dys if len(dys) > 1 else dys[0])
+    return grads

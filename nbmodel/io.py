@@ -1,0 +1,259 @@
+"""Saving and loading: one file holds architecture, weights and optimizer state.
+
+The file is a NumPy ``.npz`` archive (zip): ``__meta__`` is UTF-8 JSON
+(format version, model config, compile config, optimizer config, extras),
+``w/<i>`` the weights in ``get_weights`` order, ``opt/<key>`` the optimizer
+state. Every write goes to a temporary file in the same directory, is fsynced,
+then renamed over the target, so a crash mid-save leaves the previous file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+FORMAT = "nbmodel"
+VERSION = 1
+
+
+# ----------------------------------------------------------------- atomic I/O
+def atomic_write(path, write_fn):
+    """Call ``write_fn(fileobj)`` on a temp file beside ``path``, then rename it over ``path``."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _write_archive(path, meta, arrays):
+    payload = dict(arrays)
+    payload["__meta__"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    atomic_write(path, lambda f: np.savez(f, **payload))
+
+
+def _read_archive(path):
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such model file: {path!r}")
+    with np.load(path, allow_pickle=False) as z:
+        if "__meta__" not in z.files:
+            raise ValueError(f"{path!r} is not an nbmodel file")
+        meta = json.loads(bytes(z["__meta__"]).decode("utf-8"))
+        arrays = {k: z[k] for k in z.files if k != "__meta__"}
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path!r} is not an nbmodel file")
+    if meta.get("version", 0) > VERSION:
+        raise ValueError(f"{path!r} was written by a newer nbmodel (format {meta['version']})")
+    return meta, arrays
+
+
+# ------------------------------------------------------------- architecture
+def _layer_entry(layer):
+    return {"class": type(layer).__name__, "config": layer.get_config()}
+
+
+def _encode_kwarg(v, ref):
+    from .layers.base import KTensor
+
+    if isinstance(v, KTensor):
+        return {"__tensor__": ref(v)}
+    if isinstance(v, (list, tuple)) and any(isinstance(e, KTensor) for e in v):
+        return [_encode_kwarg(e, ref) for e in v]
+    if isinstance(v, np.ndarray):
+        raise ValueError("models whose layer calls take constant arrays cannot be saved; use an Input")
+    return v
+
+
+def model_config(model) -> dict:
+    from .model import Sequential
+
+    model._require_graph()
+    if isinstance(model, Sequential):
+        t = model._input
+        return {"class": "Sequential", "name": model.name, "seed": model.seed,
+                "input": {"shape": list(t.shape[1:]), "dtype": t.dtype.name, "name": t.input_layer.name},
+                "layers": [_layer_entry(layer) for layer in model._layers]}
+
+    def ref(t):
+        return [t.node.layer.name if t.node is not None else t.input_layer.name, t.index]
+
+    g = model._graph
+    return {
+        "class": "Model", "name": model.name, "seed": model.seed,
+        "inputs": [{"shape": list(t.shape[1:]), "dtype": t.dtype.name, "name": t.input_layer.name}
+                   for t in g.inputs],
+        "nodes": [{"layer": _layer_entry(n.layer), "inputs": [ref(t) for t in n.inputs],
+                   "nested": n.nested,
+                   "kwargs": {k: _encode_kwarg(v, ref) for k, v in n.kwargs.items()}}
+                  for n in g.nodes],
+        "outputs": [ref(t) for t in g.outputs],
+        "inputs_nested": model._inputs_nested, "outputs_nested": model._outputs_nested,
+    }
+
+
+def _layer_classes(custom_objects=None):
+    from . import layers
+    from .layers.base import Layer
+
+    classes = {name: getattr(layers, name) for name in layers.__all__
+               if isinstance(getattr(layers, name), type) and issubclass(getattr(layers, name), Layer)}
+    classes.update(custom_objects or {})
+    return classes
+
+
+def _make_layer(entry, classes):
+    cls = classes.get(entry["class"])
+    if cls is None:
+        raise ValueError(f"unknown layer class {entry['class']!r}; pass it in custom_objects")
+    return cls.from_config(dict(entry["config"]))
+
+
+def model_from_config(cfg, custom_objects=None):
+    from .layers.base import Input
+    from .model import Model, Sequential
+
+    classes = _layer_classes(custom_objects)
+    if cfg["class"] == "Sequential":
+        inp = cfg["input"]
+        dtype = inp["dtype"] if np.dtype(inp["dtype"]).kind in "iu" else None
+        layers = [Input(tuple(inp["shape"]), dtype=dtype, name=inp["name"])]
+        layers += [_make_layer(e, classes) for e in cfg["layers"]]
+        return Sequential(layers, name=cfg["name"], seed=None)
+    tensors = {}
+    inputs = []
+    for spec in cfg["inputs"]:
+        dtype = spec["dtype"] if np.dtype(spec["dtype"]).kind in "iu" else None
+        t = Input(tuple(spec["shape"]), dtype=dtype, name=spec["name"])
+        tensors[(spec["name"], 0)] = t
+        inputs.append(t)
+
+    def decode(v):
+        if isinstance(v, dict) and "__tensor__" in v:
+            return tensors[tuple(v["__tensor__"])]
+        if isinstance(v, list):
+            return [decode(e) for e in v]
+        return v
+
+    for node in cfg["nodes"]:
+        layer = _make_layer(node["layer"], classes)
+        args = [tensors[tuple(r)] for r in node["inputs"]]
+        kwargs = {k: decode(v) for k, v in node["kwargs"].items()}
+        out = layer(args if node["nested"] else args[0], **kwargs)
+        outs = out if isinstance(out, list) else [out]
+        for i, t in enumerate(outs):
+            tensors[(layer.name, i)] = t
+    outputs = [tensors[tuple(r)] for r in cfg["outputs"]]
+    return Model(inputs=inputs if cfg["inputs_nested"] else inputs[0],
+                 outputs=outputs if cfg["outputs_nested"] else outputs[0], name=cfg["name"])
+
+
+# ------------------------------------------------------------ compile state
+def _compile_meta(model):
+    if not getattr(model, "compiled", False) or getattr(model, "_deferred_compile", False):
+        return None
+    opt = model.optimizer
+    return {
+        "optimizer": {"class": type(opt).__name__, "config": opt.get_config()},
+        "losses": [{"class": type(lo).__name__, "config": lo.get_config()} for lo in model._losses],
+        "loss_weights": model._loss_weights,
+        "metrics": _jsonable_metrics(model._metric_specs),
+    }
+
+
+def _jsonable_metrics(specs):
+    out = []
+    for per_output in specs:
+        names = []
+        for m in per_output:
+            if isinstance(m, str):
+                names.append(m)
+            elif hasattr(m, "get_config"):
+                names.append({"class": type(m).__name__, "config": m.get_config()})
+            else:
+                raise ValueError(f"metric {m!r} cannot be saved")
+        out.append(names)
+    return out
+
+
+def _restore_compile(model, meta, arrays):
+    from . import losses, metrics, optimizers
+
+    comp = meta.get("compile")
+    if comp is None:
+        return
+    opt_cls = getattr(optimizers, comp["optimizer"]["class"])
+    opt = opt_cls.from_config(dict(comp["optimizer"]["config"]))
+    loss_objs = [getattr(losses, lo["class"]).from_config(dict(lo["config"])) for lo in comp["losses"]]
+    specs = []
+    for per_output in comp["metrics"]:
+        specs.append([m if isinstance(m, str) else getattr(metrics, m["class"]).from_config(dict(m["config"]))
+                      for m in per_output])
+    n_out = len(model._graph.outputs)
+    metric_arg = specs[0] if n_out == 1 else specs
+    model.compile(optimizer=opt, loss=loss_objs if n_out > 1 else loss_objs[0], metrics=metric_arg,
+                  loss_weights=comp["loss_weights"])
+    state = {k[4:]: v for k, v in arrays.items() if k.startswith("opt/")}
+    if state:
+        model.optimizer.set_state(state)
+
+
+# -------------------------------------------------------------- public API
+def save_model(model, path, extra=None):
+    meta = {"format": FORMAT, "version": VERSION, "kind": "model", "model": model_config(model),
+            "compile": _compile_meta(model), "extra": extra or {}}
+    arrays = {f"w/{i}": w for i, w in enumerate(model.get_weights())}
+    if meta["compile"] is not None:
+        for k, v in model.optimizer.get_state().items():
+            arrays[f"opt/{k}"] = np.asarray(v)
+    _write_archive(path, meta, arrays)
+
+
+def _weights_from(arrays):
+    n = sum(1 for k in arrays if k.startswith("w/"))
+    return [arrays[f"w/{i}"] for i in range(n)]
+
+
+def load_model(path, custom_objects=None, compile=True):
+    """Rebuild a model saved with ``model.save``: same predictions, same optimizer state."""
+    meta, arrays = _read_archive(path)
+    if meta.get("kind") != "model":
+        raise ValueError(f"{os.fspath(path)!r} holds only weights; build the model and use load_weights")
+    model = model_from_config(meta["model"], custom_objects)
+    model.seed = meta["model"].get("seed")
+    model.set_weights(_weights_from(arrays))
+    if compile:
+        _restore_compile(model, meta, arrays)
+    return model
+
+
+def restore_training_state(model, path):
+    """Load weights and optimizer state of a backup into an existing, compiled model."""
+    meta, arrays = _read_archive(path)
+    model.set_weights(_weights_from(arrays))
+    state = {k[4:]: v for k, v in arrays.items() if k.startswith("opt/")}
+    if state and model.optimizer is not None:
+        model.optimizer.set_state(state)
+    return meta.get("extra", {})
+
+
+def save_weights(model, path):
+    meta = {"format": FORMAT, "version": VERSION, "kind": "weights",
+            "shapes": [list(w.shape) for w in model.get_weights()]}
+    _write_archive(path, meta, {f"w/{i}": w for i, w in enumerate(model.get_weights())})
+
+
+def load_weights(model, path):
+    meta, arrays = _read_archive(path)
+    model.set_weights(_weights_from(arrays))

@@ -1,0 +1,682 @@
+"""Model (a graph of layer calls) and Sequential (its chain case).
+
+compile / fit / evaluate / predict / train_on_batch / test_on_batch follow
+Keras 3. One training step is: forward (training=True), each loss's fused
+forward+backward (gradient of the summed loss), backward through the graph
+into one flat gradient buffer, one optimizer kernel over one flat parameter
+buffer with ``grad_scale = 1 / count``. Keeping the summed gradient and the
+count apart is what makes data-parallel training exact (see parallel/).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from . import config
+from .backend import get_device
+from .graph import Graph
+from .layers.base import Input, InputLayer, KTensor, Layer, finite_checks
+
+
+class Model:
+    """A functional model: ``Model(inputs=x, outputs=y)`` over symbolic tensors."""
+
+    def __init__(self, inputs=None, outputs=None, name=None, device="cpu", seed=None):
+        self.name = name or type(self).__name__.lower()
+        self.seed = seed
+        self.compiled = False
+        self.stop_training = False
+        self.history = None
+        self.optimizer = None
+        self._device = get_device(device)
+        if self._device.name != "cpu":
+            raise NotImplementedError(f"{self.name}: device {device!r} is not available in this version "
+                                      "of nbmodel; only 'cpu' kernels exist")
+        self._rng = np.random.default_rng(seed)
+        self._graph = None
+        if inputs is not None or outputs is not None:
+            if inputs is None or outputs is None:
+                raise ValueError("Model: both inputs and outputs are required")
+            self._init_graph(inputs, outputs)
+
+    # ----------------------------------------------------------------- graph
+    def _init_graph(self, inputs, outputs):
+        self._inputs_nested = isinstance(inputs, (list, tuple))
+        self._outputs_nested = isinstance(outputs, (list, tuple))
+        ins = list(inputs) if self._inputs_nested else [inputs]
+        outs = list(outputs) if self._outputs_nested else [outputs]
+        for t in ins + outs:
+            if not isinstance(t, KTensor):
+                raise TypeError(f"{self.name}: inputs and outputs must be symbolic tensors from "
+                                f"layers.Input(...) and layer calls, got {type(t).__name__}")
+        for t in ins:
+            if t.node is not None:
+                raise ValueError(f"{self.name}: model inputs must come from layers.Input(...)")
+        self._graph = Graph(ins, outs)
+        self.input_layers = [t.input_layer for t in ins]
+        if self.seed is not None:
+            for i, layer in enumerate(self._graph.layers):
+                layer.reinitialize(np.random.default_rng([self.seed, i]))
+        self._packed = None
+
+    @property
+    def inputs(self):
+        self._require_graph()
+        return list(self._graph.inputs)
+
+    @property
+    def outputs(self):
+        self._require_graph()
+        return list(self._graph.outputs)
+
+    @property
+    def layers(self) -> list[Layer]:
+        """Every layer, inputs first, in execution order (Keras functional order)."""
+        if self._graph is None:
+            return []
+        return list(self.input_layers) + self._graph.layers
+
+    def get_layer(self, name=None, index=None) -> Layer:
+        if index is not None:
+            return self.layers[index]
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"{self.name}: no layer named {name!r}")
+
+    def _require_graph(self):
+        if self._graph is None:
+            raise ValueError(f"{self.name}: the model has no input shape yet; add a layers.Input, pass "
+                             "input_shape= to the first layer, or call fit/predict/build first")
+
+    def build(self, input_shape):
+        """Build a model that has no known input shape yet (Sequential)."""
+        self._require_graph()
+
+    @property
+    def trainable_layers(self):
+        return [layer for layer in self._graph.layers if layer.trainable and layer.params]
+
+    # ------------------------------------------------------------ flat buffers
+    def _pack(self):
+        """Move every trainable param/grad into one flat buffer (views stay in the layers)."""
+        entries = []
+        for layer in self.trainable_layers:
+            for key, arr in layer.params.items():
+                entries.append((layer, key, arr))
+        dtypes = {arr.dtype for _, _, arr in entries}
+        if len(dtypes) > 1:
+            raise ValueError(f"{self.name}: trainable params have several dtypes {sorted(map(str, dtypes))}")
+        dtype = dtypes.pop() if dtypes else config.standardize_dtype(None)
+        total = sum(arr.size for _, _, arr in entries)
+        flat_p = np.empty(total, dtype)
+        flat_g = np.zeros(total, dtype)
+        segments, views, off = [], [], 0
+        for layer, key, arr in entries:
+            n = arr.size
+            flat_p[off:off + n] = arr.reshape(-1)
+            p = flat_p[off:off + n].reshape(arr.shape)
+            g = flat_g[off:off + n].reshape(arr.shape)
+            layer.bind_param(key, p, g)
+            segments.append((off, n))
+            views.append((layer, key, g))
+            off += n
+        self._packed = {"params": flat_p, "grads": flat_g, "segments": segments, "views": views,
+                        "layers": {id(layer) for layer, _, _ in entries}}
+        return self._packed
+
+    def _collect_grads(self, ran_layers):
+        """Make the flat grad buffer hold this step's gradients."""
+        for layer, key, g in self._packed["views"]:
+            cur = layer.grads[key]
+            if id(layer) not in ran_layers:
+                g[...] = 0  # no gradient reached this layer in this step
+            elif cur is not g:
+                g[...] = cur  # the layer rebound its grad array: copy it back
+                layer.bind_param(key, layer.params[key], g)
+
+    # --------------------------------------------------------------- compile
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None):
+        from . import losses as losses_mod
+        from . import optimizers as optimizers_mod
+
+        self._require_graph()
+        n_out = len(self._graph.outputs)
+        self.optimizer = optimizers_mod.get(optimizer)
+        if loss is None:
+            raise ValueError(f"{self.name}: compile needs a loss")
+        if isinstance(loss, dict):
+            loss = [loss[_output_name(t)] for t in self._graph.outputs]
+        loss_list = list(loss) if isinstance(loss, (list, tuple)) else [loss] * n_out
+        if len(loss_list) != n_out:
+            raise ValueError(f"{self.name}: {len(loss_list)} losses given for {n_out} outputs")
+        self.loss = loss
+        self._losses = [losses_mod.get(lo) for lo in loss_list]
+        if loss_weights is None:
+            loss_weights = [1.0] * n_out
+        elif isinstance(loss_weights, dict):
+            loss_weights = [loss_weights.get(_output_name(t), 1.0) for t in self._graph.outputs]
+        if len(loss_weights) != n_out:
+            raise ValueError(f"{self.name}: {len(loss_weights)} loss_weights given for {n_out} outputs")
+        self._loss_weights = [float(w) for w in loss_weights]
+        # metrics: one list per output; resolved against real data on first use
+        if metrics is None:
+            metrics = []
+        if isinstance(metrics, dict):
+            per_output = [list(np.atleast_1d(metrics.get(_output_name(t), []))) for t in self._graph.outputs]
+        elif n_out > 1 and metrics and all(isinstance(m, (list, tuple)) for m in metrics):
+            per_output = [list(m) for m in metrics]
+        else:
+            per_output = [list(metrics)] + [[] for _ in range(n_out - 1)]
+        self._metric_specs = per_output
+        self._metrics = None
+        self._compile_config = {"optimizer": optimizer if isinstance(optimizer, str) else None,
+                                "loss": loss_list, "metrics": metrics, "loss_weights": self._loss_weights}
+        self._pack()
+        self.optimizer.build(self._packed["params"], self._packed["segments"])
+        self.compiled = True
+
+    def _require_compiled(self):
+        if not self.compiled:
+            raise RuntimeError(f"{self.name}: call compile(optimizer, loss, metrics) before training or evaluating")
+
+    def _build_metrics(self, ys, preds):
+        from . import metrics as metrics_mod
+
+        self._metrics = []
+        multi = len(self._graph.outputs) > 1
+        for k, specs in enumerate(self._metric_specs):
+            for spec in specs:
+                m = metrics_mod.get(spec, loss=self._losses[k], y_true=ys[k], y_pred=preds[k])
+                prefix = _output_name(self._graph.outputs[k]) + "_" if multi else ""
+                self._metrics.append((k, prefix + m.name, m))
+
+    @property
+    def metrics_names(self):
+        names = ["loss"]
+        if self._metrics:
+            names += [name for _, name, _ in self._metrics]
+        return names
+
+    # ------------------------------------------------------------------ data
+    def _standardize(self, x, y=None, sample_weight=None, where="fit"):
+        """Lists of validated, contiguous arrays for inputs and targets."""
+        from .data import standardize_inputs, standardize_targets
+
+        xs = standardize_inputs(self, x, where)
+        ys = standardize_targets(self, y, xs[0].shape[0], where) if y is not None else None
+        if sample_weight is not None:
+            sample_weight = np.asarray(sample_weight, dtype=np.float64)
+            if sample_weight.shape[0] != xs[0].shape[0]:
+                raise ValueError(f"{where}: sample_weight has {sample_weight.shape[0]} entries for "
+                                 f"{xs[0].shape[0]} samples")
+        return xs, ys, sample_weight
+
+    # ------------------------------------------------------------- one step
+    def _forward(self, xs, training):
+        return self._graph.forward(xs, training)
+
+    def _loss_and_grads(self, ys, preds, sample_weight):
+        """Summed loss and its gradients w.r.t. each output, scaled for the optimizer.
+
+        Returns (loss value in Keras reduction, [dy per output])."""
+        value = 0.0
+        dys = []
+        for k, (loss, w) in enumerate(zip(self._losses, self._loss_weights)):
+            total, count, dy = loss.forward_backward(ys[k], preds[k], sample_weight)
+            value += w * total / count
+            scale = w / count
+            if scale != 1.0:
+                dy *= dy.dtype.type(scale)
+            dys.append(dy)
+        return value, dys
+
+    def _train_step(self, xs, ys, sample_weight=None, step_name=""):
+        preds = self._forward(xs, training=True)
+        loss_value, dys = self._loss_and_grads(ys, preds, sample_weight)
+        if not np.isfinite(loss_value):
+            return loss_value, preds, False
+        ran = self._graph.backward(dys)
+        self._collect_grads(ran)
+        self.optimizer.apply(self._packed["params"], self._packed["grads"], 1.0)
+        return loss_value, preds, True
+
+    def _update_metrics(self, ys, preds, sample_weight):
+        if self._metrics is None:
+            self._build_metrics(ys, preds)
+        for k, _, m in self._metrics:
+            m.update(ys[k], preds[k], sample_weight)
+
+    def _reset_metrics(self):
+        for _, _, m in self._metrics or []:
+            m.reset()
+
+    def _logs(self, loss_sum, n_seen, prefix=""):
+        logs = {prefix + "loss": loss_sum / max(n_seen, 1)}
+        for _, name, m in self._metrics or []:
+            logs[prefix + name] = m.result()
+        return logs
+
+    # ------------------------------------------------------------------- fit
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose=1, callbacks=None,
+            validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
+            sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_batch_size=None,
+            validation_freq=1, workers=1, distributed=None):
+        """Train for ``epochs`` epochs; returns a History (``history.history`` dict of lists)."""
+        from . import callbacks as cb_mod
+        from .data import BatchIterator, class_weights_to_sample_weights, split_validation
+
+        self._require_compiled()
+        if workers != 1 or distributed is not None:
+            from .parallel import fit_parallel
+
+            return fit_parallel(self, x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
+                                callbacks=callbacks, validation_split=validation_split,
+                                validation_data=validation_data, shuffle=shuffle,
+                                class_weight=class_weight, sample_weight=sample_weight,
+                                initial_epoch=initial_epoch, workers=workers, distributed=distributed)
+        batch_size = 32 if batch_size is None else int(batch_size)
+        if batch_size < 1:
+            raise ValueError(f"fit: batch_size must be >= 1, got {batch_size}")
+        xs, ys, sample_weight = self._standardize(x, y, sample_weight, "fit")
+        if ys is None:
+            raise ValueError("fit: targets y are required")
+        if class_weight is not None:
+            cw = class_weights_to_sample_weights(class_weight, ys[0])
+            sample_weight = cw if sample_weight is None else sample_weight * cw
+        (xs, ys, sample_weight), val = split_validation(xs, ys, sample_weight, validation_split,
+                                                         validation_data, self)
+        n = xs[0].shape[0]
+        if n == 0:
+            raise ValueError("fit: no training samples (after the validation split)")
+        batches = BatchIterator(n, batch_size, shuffle, self._rng)
+        steps = len(batches) if steps_per_epoch is None else min(int(steps_per_epoch), len(batches))
+
+        self.history = cb_mod.History()
+        cbs = cb_mod.CallbackList(callbacks, model=self, history=self.history, verbose=verbose,
+                                  epochs=epochs, steps=steps, samples=n)
+        self.stop_training = False
+        stop_on_nan = cbs.has(cb_mod.TerminateOnNaN)
+        cbs.on_train_begin()
+        epoch = initial_epoch
+        with finite_checks(False):
+            for epoch in range(cbs.start_epoch(initial_epoch), epochs):
+                cbs.on_epoch_begin(epoch)
+                self._reset_metrics()
+                loss_sum, n_seen, t0 = 0.0, 0, time.perf_counter()
+                for step, idx in enumerate(batches.epoch()):
+                    if step >= steps:
+                        break
+                    cbs.on_train_batch_begin(step)
+                    bx = [a[idx] for a in xs]
+                    by = [a[idx] for a in ys]
+                    bw = None if sample_weight is None else sample_weight[idx]
+                    loss_value, preds, ok = self._train_step(bx, by, bw)
+                    if not ok:
+                        msg = (f"fit: non-finite loss {loss_value} at epoch {epoch + 1}, step {step + 1} "
+                               f"(batch of {len(idx)} samples); the weights were not updated")
+                        if stop_on_nan:
+                            cbs.on_nonfinite(msg)
+                            self.stop_training = True
+                            break
+                        raise FloatingPointError(msg)
+                    self._update_metrics(by, preds, bw)
+                    loss_sum += loss_value * len(idx)
+                    n_seen += len(idx)
+                    logs = self._logs(loss_sum, n_seen)
+                    logs["samples_per_s"] = n_seen / max(time.perf_counter() - t0, 1e-9)
+                    cbs.on_train_batch_end(step, logs)
+                    if self.stop_training:
+                        break
+                logs = self._logs(loss_sum, n_seen)
+                if val is not None and n_seen and (epoch + 1) % validation_freq == 0:
+                    val_logs = self.evaluate(val[0], val[1], sample_weight=val[2],
+                                             batch_size=validation_batch_size or batch_size,
+                                             verbose=0, return_dict=True, _standardized=True)
+                    logs.update({"val_" + k: v for k, v in val_logs.items()})
+                if n_seen:
+                    cbs.on_epoch_end(epoch, logs)
+                if self.stop_training:
+                    break
+        cbs.on_train_end()
+        return self.history
+
+    # -------------------------------------------------------------- evaluate
+    def evaluate(self, x=None, y=None, batch_size=None, verbose=0, sample_weight=None, return_dict=False,
+                 callbacks=None, _standardized=False):
+        """Loss (and metrics) over the data, in inference mode."""
+        self._require_compiled()
+        batch_size = 32 if batch_size is None else int(batch_size)
+        if _standardized:
+            xs, ys = x, y
+        else:
+            xs, ys, sample_weight = self._standardize(x, y, sample_weight, "evaluate")
+        if ys is None:
+            raise ValueError("evaluate: targets y are required")
+        n = xs[0].shape[0]
+        saved = [(m.totals().copy()) for _, _, m in self._metrics or []]
+        self._reset_metrics()
+        loss_sum = 0.0
+        with finite_checks(False):
+            for start in range(0, n, batch_size):
+                sl = slice(start, min(start + batch_size, n))
+                bx = [a[sl] for a in xs]
+                by = [a[sl] for a in ys]
+                bw = None if sample_weight is None else sample_weight[sl]
+                preds = self._forward(bx, training=False)
+                value = 0.0
+                for k, (loss, w) in enumerate(zip(self._losses, self._loss_weights)):
+                    total, count, _ = loss.forward_backward(by[k], preds[k], bw)
+                    value += w * total / count
+                loss_sum += value * (sl.stop - sl.start)
+                self._update_metrics(by, preds, bw)
+        logs = self._logs(loss_sum, n)
+        for (_, _, m), tot in zip(self._metrics or [], saved):  # keep fit's running metrics intact
+            m.reset()
+            m.merge_totals(tot)
+        if verbose:
+            print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
+        if return_dict:
+            return logs
+        values = list(logs.values())
+        return values[0] if len(values) == 1 else values
+
+    # --------------------------------------------------------------- predict
+    def predict(self, x, batch_size=None, verbose=0):
+        """Outputs for ``x`` in inference mode (a list for several outputs)."""
+        self._require_graph()
+        batch_size = 32 if batch_size is None else int(batch_size)
+        xs, _, _ = self._standardize(x, None, None, "predict")
+        n = xs[0].shape[0]
+        results = None
+        with finite_checks(False):
+            for start in range(0, n, batch_size):
+                sl = slice(start, min(start + batch_size, n))
+                outs = self._forward([a[sl] for a in xs], training=False)
+                if results is None:
+                    results = [np.empty((n,) + tuple(o.shape[1:]), o.dtype) for o in outs]
+                for r, o in zip(results, outs):
+                    r[sl] = o  # copy: layer outputs are reused workspaces
+        if results is None:
+            results = [np.empty((0,) + tuple(t.shape[1:]), t.dtype) for t in self._graph.outputs]
+        return results if self._outputs_nested else results[0]
+
+    def __call__(self, x, training=False):
+        xs, _, _ = self._standardize(x, None, None, "call")
+        outs = [np.array(o) for o in self._forward(xs, training)]
+        return outs if self._outputs_nested else outs[0]
+
+    def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
+        """One optimizer step on one batch; returns the loss (and metrics) of that batch."""
+        from .data import class_weights_to_sample_weights
+
+        self._require_compiled()
+        xs, ys, sample_weight = self._standardize(x, y, sample_weight, "train_on_batch")
+        if class_weight is not None:
+            cw = class_weights_to_sample_weights(class_weight, ys[0])
+            sample_weight = cw if sample_weight is None else sample_weight * cw
+        with finite_checks(False):
+            loss_value, preds, ok = self._train_step(xs, ys, sample_weight)
+        if not ok:
+            raise FloatingPointError(f"train_on_batch: non-finite loss {loss_value}; the weights were not updated")
+        return self._batch_logs(loss_value, ys, preds, sample_weight, return_dict)
+
+    def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
+        self._require_compiled()
+        xs, ys, sample_weight = self._standardize(x, y, sample_weight, "test_on_batch")
+        with finite_checks(False):
+            preds = self._forward(xs, training=False)
+        value = 0.0
+        for k, (loss, w) in enumerate(zip(self._losses, self._loss_weights)):
+            total, count, _ = loss.forward_backward(ys[k], preds[k], sample_weight)
+            value += w * total / count
+        return self._batch_logs(value, ys, preds, sample_weight, return_dict)
+
+    def _batch_logs(self, loss_value, ys, preds, sample_weight, return_dict):
+        if self._metrics is None:
+            self._build_metrics(ys, preds)
+        if not self._metrics:
+            return {"loss": loss_value} if return_dict else loss_value
+        self._reset_metrics()
+        self._update_metrics(ys, preds, sample_weight)
+        logs = {"loss": loss_value}
+        logs.update({name: m.result() for _, name, m in self._metrics})
+        return logs if return_dict else list(logs.values())
+
+    # --------------------------------------------------------------- weights
+    def get_weights(self) -> list[np.ndarray]:
+        """All weights, layer by layer, each layer's in Keras order (copies)."""
+        return [w for layer in self.layers for w in layer.get_weights()]
+
+    def set_weights(self, weights) -> None:
+        weights = list(weights)
+        expected = sum(len(layer.weight_arrays()) for layer in self.layers)
+        if len(weights) != expected:
+            raise ValueError(f"{self.name}: set_weights expected {expected} arrays, got {len(weights)}")
+        i = 0
+        for layer in self.layers:
+            k = len(layer.weight_arrays())
+            layer.set_weights(weights[i:i + k])
+            i += k
+
+    def count_params(self) -> int:
+        return int(sum(layer.count_params() for layer in self.layers))
+
+    def summary(self, print_fn=print, line_length=78):
+        """Print one line per layer: name (type), output shape, param count."""
+        self._require_graph()
+        rows = [("Layer (type)", "Output Shape", "Param #")]
+        out_shapes = {}
+        for node in self._graph.nodes:
+            out_shapes[id(node.layer)] = [t.shape for t in node.outputs]
+        for layer in self.layers:
+            if isinstance(layer, InputLayer):
+                shape = layer.shape
+            else:
+                shapes = out_shapes.get(id(layer), [])
+                shape = shapes[0] if len(shapes) == 1 else shapes
+            rows.append((f"{layer.name} ({type(layer).__name__})", str(shape), str(layer.count_params())))
+        w1 = max(len(r[0]) for r in rows) + 2
+        w2 = max(len(r[1]) for r in rows) + 2
+        lines = [f'Model: "{self.name}"', "=" * (w1 + w2 + 10)]
+        for i, r in enumerate(rows):
+            lines.append(f"{r[0]:<{w1}}{r[1]:<{w2}}{r[2]:>8}")
+            if i == 0:
+                lines.append("-" * (w1 + w2 + 10))
+        trainable = sum(p.size for layer in self.layers if layer.trainable for p in layer.params.values())
+        total = self.count_params()
+        lines += ["=" * (w1 + w2 + 10), f"Total params: {total:,}", f"Trainable params: {trainable:,}",
+                  f"Non-trainable params: {total - trainable:,}"]
+        print_fn("\n".join(lines))
+
+    # ------------------------------------------------------------ inspection
+    def get_activations(self, x, layer):
+        """Output of ``layer`` (a Layer or its name) for ``x``, in inference mode."""
+        self._require_graph()
+        if isinstance(layer, str):
+            layer = self.get_layer(layer)
+        xs, _, _ = self._standardize(x, None, None, "get_activations")
+        with finite_checks(False):
+            self._forward(xs, training=False)
+        if isinstance(layer, InputLayer):
+            return np.array(xs[self.input_layers.index(layer)])
+        for node in self._graph.nodes:
+            if node.layer is layer:
+                outs = [np.array(self._graph.value_of(t)) for t in node.outputs]
+                return outs[0] if len(outs) == 1 else outs
+        raise ValueError(f"{self.name}: layer {layer.name!r} is not part of this model")
+
+    def input_gradient(self, x, output_grads):
+        """Gradient of sum(outputs * output_grads) w.r.t. each input (inference mode)."""
+        xs, _, _ = self._standardize(x, None, None, "input_gradient")
+        saved = [(layer, layer.input_grad_needed) for layer in self._graph.layers]
+        for layer in self._graph.layers:
+            layer.input_grad_needed = True
+        try:
+            with finite_checks(False):
+                outs = self._forward(xs, training=False)
+                dys = output_grads if isinstance(output_grads, list) else [output_grads]
+                dys = [np.ascontiguousarray(d, dtype=o.dtype) for d, o in zip(dys, outs)]
+                grads = self._input_grads(dys)
+        finally:
+            for layer, flag in saved:
+                layer.input_grad_needed = flag
+        return grads if self._inputs_nested else grads[0]
+
+    def _input_grads(self, dys):
+        """Backward pass that keeps the gradient of every model input."""
+        g = self._graph
+        grads: dict[int, np.ndarray] = {}
+        for t, d in zip(g.outputs, dys):
+            grads[t.id] = d
+        for node in reversed(g.nodes):
+            douts = [grads.get(t.id) for t in node.outputs]
+            if all(d is None for d in douts):
+                continue
+            dx = node.layer.backward(douts[0] if len(douts) == 1 else douts)
+            dxs = list(dx) if node.nested else [dx]
+            for t, d in zip(node.inputs, dxs):
+                if d is not None:
+                    grads[t.id] = np.array(d) if t.id not in grads else grads[t.id] + d
+        return [np.array(grads[t.id]) if t.id in grads else None for t in g.inputs]
+
+    # ------------------------------------------------------------------- I/O
+    def save(self, filepath):
+        """One file: architecture, weights and optimizer state (written atomically)."""
+        from . import io
+
+        io.save_model(self, filepath)
+
+    def save_weights(self, filepath):
+        from . import io
+
+        io.save_weights(self, filepath)
+
+    def load_weights(self, filepath):
+        from . import io
+
+        io.load_weights(self, filepath)
+
+    def to(self, device):
+        dev = get_device(device)
+        if dev.name != "cpu":
+            raise NotImplementedError(f"{self.name}: device {device!r} is not available in this version "
+                                      "of nbmodel; only 'cpu' kernels exist")
+        return self
+
+    def get_config(self):
+        from . import io
+
+        return io.model_config(self)
+
+
+def _output_name(t: KTensor) -> str:
+    return t.node.layer.name if t.node is not None else t.input_layer.name
+
+
+class Sequential(Model):
+    """A linear stack of layers: ``Sequential([Input(shape), Dense(...), ...])``."""
+
+    def __init__(self, layers=None, name=None, device="cpu", seed=None):
+        super().__init__(name=name, device=device, seed=seed)
+        self._layers: list[Layer] = []
+        self._input = None
+        for layer in layers or []:
+            self.add(layer)
+
+    def add(self, layer):
+        if isinstance(layer, KTensor) and getattr(layer, "input_layer", None) is not None:
+            if self._layers or self._input is not None:
+                raise ValueError(f"{self.name}: an Input can only be the first element")
+            self._input = layer
+            return
+        if isinstance(layer, InputLayer):
+            self._input = layer.tensor if hasattr(layer, "tensor") else Input(layer.shape[1:])
+            return
+        if not isinstance(layer, Layer):
+            raise TypeError(f"{self.name}: expected a Layer, got {type(layer).__name__}")
+        self._layers.append(layer)
+        self._graph = None
+        if self._input is None and len(self._layers) == 1 and layer.input_shape_arg is not None:
+            self._input = Input(layer.input_shape_arg)
+        if self._input is not None:
+            self._build_chain()
+
+    def pop(self):
+        if not self._layers:
+            raise ValueError(f"{self.name}: there are no layers to pop")
+        layer = self._layers.pop()
+        if self._input is not None and self._layers:
+            self._rebuild_from_scratch()
+        return layer
+
+    def _rebuild_from_scratch(self):
+        for layer in self._layers:
+            layer._nodes.clear()
+        self._build_chain()
+
+    def _build_chain(self):
+        x = self._input
+        for layer in self._layers:
+            layer._nodes.clear()
+            x = layer(x)
+            if isinstance(x, list):
+                raise ValueError(f"{self.name}: layer {layer.name!r} has several outputs; "
+                                 "use the functional Model API")
+        self._init_graph(self._input, x)
+
+    def build(self, input_shape=None):
+        if self._graph is not None:
+            return
+        if input_shape is None:
+            raise ValueError(f"{self.name}: build needs an input shape")
+        self._input = Input(tuple(input_shape)[1:])
+        self._build_chain()
+
+    def _ensure_built_from(self, x):
+        if self._graph is None:
+            if not self._layers:
+                raise ValueError(f"{self.name}: the model has no layers")
+            arr = x[0] if isinstance(x, (list, tuple)) else x
+            shape = np.shape(arr)
+            if len(shape) < 1:
+                raise ValueError(f"{self.name}: input must have a batch dimension")
+            dtype = np.asarray(arr).dtype
+            self._input = Input(shape[1:], dtype=dtype if dtype.kind in "iu" else None)
+            self._build_chain()
+
+    @property
+    def layers(self):
+        return list(self._layers)
+
+    def compile(self, *args, **kwargs):
+        self._compile_args = (args, kwargs)
+        if self._graph is None:
+            self.compiled = True  # finished on first data
+            self._deferred_compile = True
+            return
+        self._deferred_compile = False
+        super().compile(*args, **kwargs)
+
+    def _standardize(self, x, y=None, sample_weight=None, where="fit"):
+        self._ensure_built_from(x)
+        if getattr(self, "_deferred_compile", False):
+            self._deferred_compile = False
+            args, kwargs = self._compile_args
+            Model.compile(self, *args, **kwargs)
+        return super()._standardize(x, y, sample_weight, where)
+
+    def get_weights(self):
+        return [w for layer in self._layers for w in layer.get_weights()]
+
+    def set_weights(self, weights):
+        weights = list(weights)
+        expected = sum(len(layer.weight_arrays()) for layer in self._layers)
+        if len(weights) != expected:
+            raise ValueError(f"{self.name}: set_weights expected {expected} arrays, got {len(weights)}")
+        i = 0
+        for layer in self._layers:
+            k = len(layer.weight_arrays())
+            layer.set_weights(weights[i:i + k])
+            i += k
