@@ -8,3 +8,15 @@ from .core import *  # noqa: F401,F403
 from . import core as _core
 
 __all__ = ["Input", "InputLayer", "KTensor", "Layer"] + list(_core.__all__)
+from .normalization import *  # noqa: F401,F403
+from . import normalization as _normalization
+__all__ += list(_normalization.__all__)
+from .attention import *  # noqa: F401,F403
+from . import attention as _attention
+__all__ += list(_attention.__all__)
+from .recurrent import *  # noqa
+from . import recurrent as _recurrent
+__all__ += list(_recurrent.__all__)
+from .embedding import *  # noqa
+from . import embedding as _embedding
+__all__ += list(_embedding.__all__)

@@ -1,0 +1,253 @@
+"""Multi-head attention and positional embedding kernels.
+
+Layout. The projections are GEMMs over the flattened tokens: ``x (n, d) @
+W (d, heads*dim)``; one pass after each GEMM adds the bias, applies the
+1/sqrt(key_dim) scale (query only) and transposes to head-major ``(batch,
+heads, time, dim)`` so that every (batch, head) block is a contiguous matrix
+for the BLAS products of the attention core:
+
+    S = Qs K^T           (BLAS, per (batch, head))
+    P = softmax(mask(S)) (one fused pass per row: mask, max, exp, sum, scale)
+    O = P V              (BLAS, written straight into the (n, heads*value_dim)
+                          layout the output GEMM reads)
+
+Backward mirrors it with the softmax backward fused into one pass per row.
+The probabilities of every block are kept only when backward or the caller
+needs them (``keep``); in inference one (q_len, k_len) block is reused.
+
+A row with no key to attend to gives probabilities of zero (not NaN), so its
+output is the output bias. Masks are (mask_batch, mask_heads, q_len, k_len)
+with mask_batch in {1, batch} and mask_heads in {1, heads} (broadcast by
+indexing, never materialized per head).
+
+np.dot inside these kernels goes to BLAS; the (batch, head) loop is serial on
+purpose (BLAS must not be called from prange).
+"""
+import math
+
+import numpy as np
+
+from ._jit import jit
+
+
+@jit
+def _project_heads(x, w, b, use_bias, scale, batch, t, heads, dim, tmp, out):
+    """out[b, h, i, :] = (x @ w + b)[b*t + i, h*dim:(h+1)*dim] * scale."""
+    np.dot(x, w, tmp)
+    for bb in range(batch):
+        for i in range(t):
+            r = bb * t + i
+            for h in range(heads):
+                c0 = h * dim
+                for e in range(dim):
+                    v = tmp[r, c0 + e]
+                    if use_bias:
+                        v += b[c0 + e]
+                    out[bb, h, i, e] = v * scale
+
+
+@jit
+def _softmax_block(s, mask, has_mask, mb, mh, causal):
+    """In place masked softmax of the rows of one (q_len, k_len) block."""
+    tq, tk = s.shape
+    one = s.dtype.type(1)
+    zero = one - one
+    for i in range(tq):
+        mx = zero
+        cnt = 0
+        for j in range(tk):
+            if causal and j > i:
+                continue
+            if has_mask and not mask[mb, mh, i, j]:
+                continue
+            if cnt == 0 or s[i, j] > mx:
+                mx = s[i, j]
+            cnt += 1
+        if cnt == 0:
+            s[i, :] = zero  # nothing to attend to: zeros, not NaN
+            continue
+        tot = zero
+        for j in range(tk):
+            if (causal and j > i) or (has_mask and not mask[mb, mh, i, j]):
+                s[i, j] = zero
+            else:
+                e = math.exp(s[i, j] - mx)
+                s[i, j] = e
+                tot += e
+        inv = one / tot
+        for j in range(tk):
+            s[i, j] *= inv
+
+
+@jit
+def mha_forward(q2, k2, v2, wq, bq, wk, bk, wv, bv, wo, bo, use_bias, scale, batch, tq, tk,
+                heads, kd, vd, mask, has_mask, causal, keep, rate, u,
+                qtmp, ktmp, vtmp, qh, kh, vh, probs, pdrop, otmp, o2, out):
+    """Forward of multi-head attention on flattened inputs.
+
+    q2 (batch*tq, dq), k2 (batch*tk, dk), v2 (batch*tk, dv); w* are the kernels
+    reshaped to 2-D ((d, heads*dim), output (heads*vd, dout)); b* the biases
+    flattened. Writes qh/kh/vh (head-major projections, qh scaled), probs
+    ((batch, heads, tq, tk) when keep, else one (1, 1, tq, tk) block), o2
+    ((batch*tq, heads*vd), the attention output before the output GEMM) and
+    out (batch*tq, dout). Dropout (rate > 0) multiplies the probabilities by
+    (u >= rate) / (1 - rate), u uniform of probs' shape; pdrop is a (tq, tk)
+    workspace.
+    """
+    one = out.dtype.type(1)
+    _project_heads(q2, wq, bq, use_bias, scale, batch, tq, heads, kd, qtmp, qh)
+    _project_heads(k2, wk, bk, use_bias, one, batch, tk, heads, kd, ktmp, kh)
+    _project_heads(v2, wv, bv, use_bias, one, batch, tk, heads, vd, vtmp, vh)
+    mbn = mask.shape[0]
+    mhn = mask.shape[1]
+    inv_keep = one / (one - rate)
+    zero = one - one
+    for b in range(batch):
+        mb = b if mbn > 1 else 0
+        for h in range(heads):
+            mh = h if mhn > 1 else 0
+            p = probs[b, h] if keep else probs[0, 0]
+            np.dot(qh[b, h], kh[b, h].T, p)
+            _softmax_block(p, mask, has_mask, mb, mh, causal)
+            if rate > zero:
+                ub = u[b, h]
+                for i in range(tq):
+                    for j in range(tk):
+                        pdrop[i, j] = p[i, j] * inv_keep if ub[i, j] >= rate else zero
+                np.dot(pdrop, vh[b, h], otmp)
+            else:
+                np.dot(p, vh[b, h], otmp)
+            c0 = h * vd
+            for i in range(tq):
+                r = b * tq + i
+                for e in range(vd):
+                    o2[r, c0 + e] = otmp[i, e]
+    np.dot(o2, wo, out)
+    if use_bias:
+        n, m = out.shape
+        for r in range(n):
+            for c in range(m):
+                out[r, c] += bo[c]
+
+
+@jit
+def _project_backward(x, w, g, use_bias, need_dx, dw, db, dx):
+    """dw = x^T g, db = sum_rows(g), dx = g w^T for one projection GEMM."""
+    np.dot(x.T, g, dw)
+    if use_bias:
+        db[:] = 0
+        n, m = g.shape
+        for r in range(n):
+            for c in range(m):
+                db[c] += g[r, c]
+    if need_dx:
+        np.dot(g, w.T, dx)
+
+
+@jit
+def mha_backward(q2, k2, v2, wq, wk, wv, wo, use_bias, scale, batch, tq, tk, heads, kd, vd,
+                 rate, u, qh, kh, vh, probs, o2, dout, dscores, has_dscores, need_dx,
+                 do2, dotmp, dp, pdrop, tvtmp, tqtmp, tktmp, dq2, dk2, dv2,
+                 dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo, dxq, dxk, dxv):
+    """Gradients of mha_forward (kept probs required) for the summed loss.
+
+    dout (batch*tq, dout); dscores (batch, heads, tq, tk) is the gradient
+    reaching the returned attention scores (has_dscores). Param gradients are
+    overwritten; dq2/dk2/dv2 hold the gradients of the projections (before
+    bias), dxq/dxk/dxv the input gradients (when need_dx).
+    """
+    one = dout.dtype.type(1)
+    zero = one - one
+    inv_keep = one / (one - rate)
+    # output projection
+    np.dot(o2.T, dout, dwo)
+    if use_bias:
+        dbo[:] = zero
+        n, m = dout.shape
+        for r in range(n):
+            for c in range(m):
+                dbo[c] += dout[r, c]
+    np.dot(dout, wo.T, do2)
+    for b in range(batch):
+        for h in range(heads):
+            p = probs[b, h]
+            cv = h * vd
+            for i in range(tq):
+                r = b * tq + i
+                for e in range(vd):
+                    dotmp[i, e] = do2[r, cv + e]
+            np.dot(dotmp, vh[b, h].T, dp)
+            if rate > zero:
+                ub = u[b, h]
+                for i in range(tq):
+                    for j in range(tk):
+                        keepij = ub[i, j] >= rate
+                        pdrop[i, j] = p[i, j] * inv_keep if keepij else zero
+                        dp[i, j] = dp[i, j] * inv_keep if keepij else zero
+                np.dot(pdrop.T, dotmp, tvtmp)
+            else:
+                np.dot(p.T, dotmp, tvtmp)
+            for j in range(tk):
+                r = b * tk + j
+                for e in range(vd):
+                    dv2[r, cv + e] = tvtmp[j, e]
+            # softmax backward, fused: dS = P * (dP - sum_j P dP)
+            for i in range(tq):
+                dot = zero
+                for j in range(tk):
+                    g = dp[i, j]
+                    if has_dscores:
+                        g += dscores[b, h, i, j]
+                        dp[i, j] = g
+                    dot += p[i, j] * g
+                for j in range(tk):
+                    dp[i, j] = p[i, j] * (dp[i, j] - dot)
+            np.dot(dp, kh[b, h], tqtmp)
+            np.dot(dp.T, qh[b, h], tktmp)
+            ck = h * kd
+            for i in range(tq):
+                r = b * tq + i
+                for e in range(kd):
+                    dq2[r, ck + e] = tqtmp[i, e] * scale
+            for j in range(tk):
+                r = b * tk + j
+                for e in range(kd):
+                    dk2[r, ck + e] = tktmp[j, e]
+    _project_backward(q2, wq, dq2, use_bias, need_dx, dwq, dbq, dxq)
+    _project_backward(k2, wk, dk2, use_bias, need_dx, dwk, dbk, dxk)
+    _project_backward(v2, wv, dv2, use_bias, need_dx, dwv, dbv, dxv)
+
+
+@jit
+def add_into(a, b, out):
+    """out = a + b over flat arrays (residual connections, summed input gradients)."""
+    for i in range(out.size):
+        out[i] = a[i] + b[i]
+
+
+@jit
+def pos_embed_forward(ids, tok, pos, out):
+    """out[b, t] = tok[ids[b, t]] + pos[t]; ids (batch, t), out (batch, t, d)."""
+    nb, t = ids.shape
+    d = tok.shape[1]
+    for b in range(nb):
+        for i in range(t):
+            k = ids[b, i]
+            for e in range(d):
+                out[b, i, e] = tok[k, e] + pos[i, e]
+
+
+@jit
+def pos_embed_backward(ids, dy, dtok, dpos):
+    """Scatter-add dy into the used token rows; sum dy over the batch for positions."""
+    nb, t = ids.shape
+    d = dtok.shape[1]
+    dtok[:, :] = 0
+    dpos[:, :] = 0
+    for b in range(nb):
+        for i in range(t):
+            k = ids[b, i]
+            for e in range(d):
+                g = dy[b, i, e]
+                dtok[k, e] += g
+                dpos[i, e] += g

@@ -1,0 +1,566 @@
+"""Attention layers: MultiHeadAttention, TransformerEncoder, PositionalEmbedding.
+
+Kernels: nbmodel/kernels/cpu/attention.py (LayerNormalization's in norm.py).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import MutableMapping
+
+import numpy as np
+
+from .. import activations as act_codes
+from .base import Layer, finite_checks
+from .core import Dense, Dropout
+from .normalization import LayerNormalization
+
+__all__ = ["MultiHeadAttention", "TransformerEncoder", "PositionalEmbedding"]
+
+
+def _pos_int(layer, value, what):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{layer}: {what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _is_shape(s):
+    return isinstance(s, (tuple, list)) and all(v is None or isinstance(v, (int, np.integer)) for v in s)
+
+
+def _view2(arr, rows, cols, layer, what):
+    """A 2-D view of a param/grad array; in-place writes must reach the original."""
+    v = arr.reshape(rows, cols)
+    if not np.shares_memory(v, arr):
+        raise RuntimeError(f"{layer}: {what} must be a contiguous array")
+    return v
+
+
+class MultiHeadAttention(Layer):
+    """Multi-head attention (Keras 3 semantics).
+
+    ``forward((query, value[, key]), training, attention_mask=None,
+    use_causal_mask=False, return_attention_scores=False)``; the key defaults
+    to the value. ``attention_mask`` is boolean (True = attend), broadcastable
+    to (batch, heads, q_len, k_len); a 3-D mask is (batch, q_len, k_len) like
+    Keras. A query row with nothing to attend to gets zero attention weights.
+    ``backward(dy)`` returns one gradient per input given; ``dy`` may be
+    ``(d_output, d_scores)`` when the scores were returned.
+
+    Params (Keras ``get_weights`` order): query_kernel (dq, h, key_dim),
+    query_bias (h, key_dim), key_kernel (dk, h, key_dim), key_bias,
+    value_kernel (dv, h, value_dim), value_bias (h, value_dim),
+    output_kernel (h, value_dim, *output_shape), output_bias (output_shape).
+    """
+
+    def __init__(self, num_heads, key_dim, value_dim=None, dropout=0.0, use_bias=True, output_shape=None,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = _pos_int(self.name, num_heads, "num_heads")
+        self.key_dim = _pos_int(self.name, key_dim, "key_dim")
+        self.value_dim = self.key_dim if value_dim is None else _pos_int(self.name, value_dim, "value_dim")
+        self._value_dim_arg = value_dim
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"{self.name}: dropout must be in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
+        self.use_bias = bool(use_bias)
+        if output_shape is None:
+            self._output_shape_arg = None
+        elif isinstance(output_shape, (int, np.integer)):
+            self._output_shape_arg = (_pos_int(self.name, output_shape, "output_shape"),)
+        else:
+            self._output_shape_arg = tuple(_pos_int(self.name, v, "output_shape") for v in output_shape)
+            if not self._output_shape_arg:
+                raise ValueError(f"{self.name}: output_shape must not be empty")
+        self.output_shape_arg = output_shape
+        self.kernel_initializer = kernel_initializer
+        self.bias_initializer = bias_initializer
+        self._symbolic_scores = False
+        self._cache = None
+
+    # ---------------------------------------------------------------- shapes
+    def _split_shapes(self, input_shape):
+        if (isinstance(input_shape, (tuple, list)) and len(input_shape) in (2, 3)
+                and all(_is_shape(s) for s in input_shape)):
+            shapes = [tuple(s) for s in input_shape]
+        else:
+            raise ValueError(f"{self.name}: expected the shapes (query_shape, value_shape[, key_shape]), "
+                             f"got {input_shape}")
+        q, v = shapes[0], shapes[1]
+        k = shapes[2] if len(shapes) == 3 else v
+        for what, s in (("query", q), ("value", v), ("key", k)):
+            if len(s) != 3 or s[-1] is None:
+                raise ValueError(f"{self.name}: expected {what} of shape (batch, time, features) with known "
+                                 f"features, got {s}")
+        if v[1] is not None and k[1] is not None and v[1] != k[1]:
+            raise ValueError(f"{self.name}: key and value must have the same length, got {k} and {v}")
+        return q, v, k
+
+    def build(self, input_shape):
+        q, v, k = self._split_shapes(input_shape)
+        h, kd, vd = self.num_heads, self.key_dim, self.value_dim
+        self._dq, self._dv, self._dk = int(q[-1]), int(v[-1]), int(k[-1])
+        self._out_tail = self._output_shape_arg or (self._dq,)
+        ki, bi = self.kernel_initializer, self.bias_initializer
+        self.add_param("query_kernel", (self._dq, h, kd), ki)
+        if self.use_bias:
+            self.add_param("query_bias", (h, kd), bi)
+        self.add_param("key_kernel", (self._dk, h, kd), ki)
+        if self.use_bias:
+            self.add_param("key_bias", (h, kd), bi)
+        self.add_param("value_kernel", (self._dv, h, vd), ki)
+        if self.use_bias:
+            self.add_param("value_bias", (h, vd), bi)
+        self.add_param("output_kernel", (h, vd) + self._out_tail, ki)
+        if self.use_bias:
+            self.add_param("output_bias", self._out_tail, bi)
+        super().build(tuple(input_shape))
+
+    def compute_output_shape(self, input_shape):
+        q, v, k = self._split_shapes(input_shape)
+        tail = self._output_shape_arg or (q[-1],)
+        out = (q[0], q[1]) + tuple(tail)
+        if self._symbolic_scores:
+            return [out, (q[0], self.num_heads, q[1], v[1])]
+        return out
+
+    def __call__(self, *args, **kwargs):
+        # Keras call(query, value, key=None, ...): fold value=/key= keywords into the inputs
+        args = list(args)
+        if len(args) == 1 and isinstance(args[0], (list, tuple)):
+            args = list(args[0])
+        for name in ("value", "key"):
+            if kwargs.get(name) is not None:
+                args.append(kwargs.pop(name))
+            else:
+                kwargs.pop(name, None)
+        if len(args) < 2:
+            raise ValueError(f"{self.name}: expected query and value (and optionally key)")
+        self._symbolic_scores = bool(kwargs.get("return_attention_scores", False))
+        try:
+            return super().__call__(tuple(args), **kwargs)
+        finally:
+            self._symbolic_scores = False
+
+    # ----------------------------------------------------------------- masks
+    def _mask_array(self, mask, b, tq, tk):
+        m = np.asarray(mask)
+        if m.dtype.kind not in "biuf":
+            raise TypeError(f"{self.name}: attention_mask must be boolean or numeric, got dtype {m.dtype}")
+        if m.ndim == 3:  # Keras: (batch, q_len, k_len), broadcast over heads
+            m = m[:, None]
+        elif m.ndim == 2:
+            m = m[None, None]
+        elif m.ndim != 4:
+            raise ValueError(f"{self.name}: attention_mask must be broadcastable to (batch, heads, q_len, "
+                             f"k_len) = {(b, self.num_heads, tq, tk)}, got shape {np.shape(mask)}")
+        target = (b, self.num_heads, tq, tk)
+        if any(s not in (1, t) for s, t in zip(m.shape, target)):
+            raise ValueError(f"{self.name}: attention_mask of shape {np.shape(mask)} is not broadcastable "
+                             f"to (batch, heads, q_len, k_len) = {target}")
+        full = (m.shape[0], m.shape[1], tq, tk)
+        return np.ascontiguousarray(np.broadcast_to(m != 0, full))
+
+    # --------------------------------------------------------------- forward
+    def _inputs(self, inputs, key):
+        if not isinstance(inputs, (list, tuple)) or len(inputs) not in (2, 3):
+            raise ValueError(f"{self.name}: expected inputs (query, value[, key]), got "
+                             f"{type(inputs).__name__}")
+        inputs = list(inputs)
+        if key is not None:
+            if len(inputs) == 3:
+                raise ValueError(f"{self.name}: key given twice")
+            inputs.append(key)
+        return inputs
+
+    def forward(self, inputs, training=False, attention_mask=None, use_causal_mask=False,
+                return_attention_scores=False, key=None):
+        inputs = self._inputs(inputs, key)
+        self.ensure_built(tuple(np.shape(a) for a in inputs))
+        query = self.check_input(inputs[0], ndim=3, last_dim=self._dq, what="query")
+        value = self.check_input(inputs[1], ndim=3, last_dim=self._dv, what="value")
+        has_key = len(inputs) == 3
+        key_ = self.check_input(inputs[2], ndim=3, last_dim=self._dk, what="key") if has_key else value
+        b, tq, _ = query.shape
+        tk = value.shape[1]
+        if value.shape[0] != b or key_.shape[0] != b:
+            raise ValueError(f"{self.name}: query, value and key must have the same batch size, got "
+                             f"{query.shape}, {value.shape}, {key_.shape}")
+        if key_.shape[1] != tk:
+            raise ValueError(f"{self.name}: key and value must have the same length, got {key_.shape} "
+                             f"and {value.shape}")
+        h, kd, vd = self.num_heads, self.key_dim, self.value_dim
+        dt = self.dtype.type
+        has_mask = attention_mask is not None
+        mask = self._mask_array(attention_mask, b, tq, tk) if has_mask else np.ones((1, 1, 1, 1), bool)
+        rate = self.dropout if (training and self.dropout > 0.0) else 0.0
+        keep = bool(training) or bool(return_attention_scores)
+        ws = self.workspace
+        dout = int(np.prod(self._out_tail))
+        p = self.params
+        zero_b = ws("nobias", (1,))
+        args = (
+            query.reshape(b * tq, self._dq), key_.reshape(b * tk, self._dk), value.reshape(b * tk, self._dv),
+            p["query_kernel"].reshape(self._dq, h * kd), p["query_bias"].reshape(-1) if self.use_bias else zero_b,
+            p["key_kernel"].reshape(self._dk, h * kd), p["key_bias"].reshape(-1) if self.use_bias else zero_b,
+            p["value_kernel"].reshape(self._dv, h * vd), p["value_bias"].reshape(-1) if self.use_bias else zero_b,
+            p["output_kernel"].reshape(h * vd, dout), p["output_bias"].reshape(-1) if self.use_bias else zero_b,
+        )
+        u = ws("u", (b, h, tq, tk)) if rate > 0.0 else ws("nou", (1, 1, 1, 1))
+        if rate > 0.0:
+            self.rng.random(dtype=self.dtype, out=u)
+        qh, kh, vh = ws("qh", (b, h, tq, kd)), ws("kh", (b, h, tk, kd)), ws("vh", (b, h, tk, vd))
+        probs = ws("probs", (b, h, tq, tk)) if keep else ws("probs1", (1, 1, tq, tk))
+        o2 = ws("o2", (b * tq, h * vd))
+        out = ws("out", (b * tq, dout))
+        self.kernels("attention").mha_forward(
+            *args, self.use_bias, dt(1.0 / math.sqrt(kd)), b, tq, tk, h, kd, vd, mask, has_mask,
+            bool(use_causal_mask), keep, dt(rate), u,
+            ws("qtmp", (b * tq, h * kd)), ws("ktmp", (b * tk, h * kd)), ws("vtmp", (b * tk, h * vd)),
+            qh, kh, vh, probs, ws("pdrop", (tq, tk) if rate > 0.0 else (1, 1)), ws("otmp", (tq, vd)), o2, out)
+        self._cache = (args[:3], has_key, b, tq, tk, rate, u, qh, kh, vh, probs, o2) if training else None
+        y = out.reshape((b, tq) + self._out_tail)
+        if return_attention_scores:
+            return y, probs
+        return y
+
+    # -------------------------------------------------------------- backward
+    def backward(self, dy):
+        if self._cache is None:
+            raise RuntimeError(f"{self.name}: backward needs a forward pass with training=True first")
+        (q2, k2, v2), has_key, b, tq, tk, rate, u, qh, kh, vh, probs, o2 = self._cache
+        dscores = None
+        if isinstance(dy, (list, tuple)):
+            dy, dscores = dy[0], (dy[1] if len(dy) > 1 else None)
+        h, kd, vd = self.num_heads, self.key_dim, self.value_dim
+        dout = int(np.prod(self._out_tail))
+        dt = self.dtype.type
+        ws = self.workspace
+        dy2 = np.ascontiguousarray(dy, dtype=self.dtype).reshape(b * tq, dout)
+        has_ds = dscores is not None
+        ds = (np.ascontiguousarray(dscores, dtype=self.dtype).reshape(b, h, tq, tk) if has_ds
+              else ws("nods", (1, 1, 1, 1)))
+        need_dx = bool(self.input_grad_needed)
+        p, g = self.params, self.grads
+        zero_b = ws("nobias", (1,))
+        name = self.name
+
+        def gb(k):
+            return g[k].reshape(-1) if self.use_bias else zero_b
+
+        dxq = ws("dxq", (b * tq, self._dq) if need_dx else (1, 1))
+        dxk = ws("dxk", (b * tk, self._dk) if need_dx else (1, 1))
+        dxv = ws("dxv", (b * tk, self._dv) if need_dx else (1, 1))
+        self.kernels("attention").mha_backward(
+            q2, k2, v2, p["query_kernel"].reshape(self._dq, h * kd), p["key_kernel"].reshape(self._dk, h * kd),
+            p["value_kernel"].reshape(self._dv, h * vd), p["output_kernel"].reshape(h * vd, dout),
+            self.use_bias, dt(1.0 / math.sqrt(kd)), b, tq, tk, h, kd, vd, dt(rate), u, qh, kh, vh, probs, o2,
+            dy2, ds, has_ds, need_dx,
+            ws("do2", (b * tq, h * vd)), ws("dotmp", (tq, vd)), ws("dp", (tq, tk)),
+            ws("pdrop", (tq, tk) if rate > 0.0 else (1, 1)), ws("tvtmp", (tk, vd)), ws("tqtmp", (tq, kd)),
+            ws("tktmp", (tk, kd)), ws("dq2", (b * tq, h * kd)), ws("dk2", (b * tk, h * kd)),
+            ws("dv2", (b * tk, h * vd)),
+            _view2(g["query_kernel"], self._dq, h * kd, name, "grads['query_kernel']"), gb("query_bias"),
+            _view2(g["key_kernel"], self._dk, h * kd, name, "grads['key_kernel']"), gb("key_bias"),
+            _view2(g["value_kernel"], self._dv, h * vd, name, "grads['value_kernel']"), gb("value_bias"),
+            _view2(g["output_kernel"], h * vd, dout, name, "grads['output_kernel']"), gb("output_bias"),
+            dxq, dxk, dxv)
+        if not need_dx:
+            return None
+        dq = dxq.reshape(b, tq, self._dq)
+        if has_key:
+            return dq, dxv.reshape(b, tk, self._dv), dxk.reshape(b, tk, self._dk)
+        dv = ws("dv_total", (b * tk, self._dv))
+        self.kernels("attention").add_into(dxv.reshape(-1), dxk.reshape(-1), dv.reshape(-1))
+        return dq, dv.reshape(b, tk, self._dv)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(num_heads=self.num_heads, key_dim=self.key_dim, value_dim=self._value_dim_arg,
+                   dropout=self.dropout, use_bias=self.use_bias,
+                   output_shape=(list(self._output_shape_arg) if self._output_shape_arg else None),
+                   kernel_initializer=_init_name(self, self.kernel_initializer),
+                   bias_initializer=_init_name(self, self.bias_initializer))
+        return cfg
+
+
+def _init_name(layer, init):
+    if isinstance(init, str):
+        return init
+    raise ValueError(f"{layer.name}: only initializers given by name can be saved with the model")
+
+
+class _SublayerDict(MutableMapping):
+    """Live view of the sub-layers' params/grads/state under prefixed names.
+
+    Reading ``d["attention/query_kernel"]`` returns the sub-layer's own array
+    (the same object); assigning rebinds it in the sub-layer's dict, so a
+    model that replaces arrays with views into its flat buffers reaches the
+    arrays the sub-layers compute with.
+    """
+
+    def __init__(self, owner, attr):
+        self._owner = owner
+        self._attr = attr
+
+    def _locate(self, key):
+        prefix, sep, rest = str(key).partition("/")
+        sub = self._owner._subs.get(prefix) if sep else None
+        d = getattr(sub, self._attr) if sub is not None else None
+        if d is None or rest not in d:
+            raise KeyError(key)
+        return d, rest
+
+    def __getitem__(self, key):
+        d, rest = self._locate(key)
+        return d[rest]
+
+    def __setitem__(self, key, value):
+        d, rest = self._locate(key)
+        d[rest] = value
+
+    def __delitem__(self, key):
+        raise TypeError(f"{self._owner.name}: params of a composite layer cannot be deleted")
+
+    def __iter__(self):
+        for prefix, sub in self._owner._subs.items():
+            for k in getattr(sub, self._attr):
+                yield f"{prefix}/{k}"
+
+    def __len__(self):
+        return sum(len(getattr(sub, self._attr)) for sub in self._owner._subs.values())
+
+    def __repr__(self):
+        return repr({k: getattr(v, "shape", v) for k, v in self.items()})
+
+
+def _live(attr):
+    def get(self):
+        return self.__dict__["_live"][attr]
+
+    def set_(self, value):
+        # Layer.__init__ assigns {}; anything else is written through to the sub-layers
+        for k, v in dict(value).items():
+            self.__dict__["_live"][attr][k] = v
+
+    return property(get, set_)
+
+
+class TransformerEncoder(Layer):
+    """One transformer encoder block over (batch, time, features) -> same shape.
+
+    Post-norm (default): ``h = LN1(x + Dropout(MHA(x, x)))``,
+    ``y = LN2(h + Dropout(Dense2(Dense1(h))))``. Pre-norm (``norm_first``):
+    ``h = x + Dropout(MHA(LN1(x)))``, ``y = h + Dropout(Dense2(Dense1(LN2(h))))``.
+    Dense1 has ``ff_dim`` units and ``activation``; Dense2 projects back to the
+    input width. The attention has ``num_heads`` heads of ``key_dim`` and the
+    same dropout. ``layer_norm_epsilon`` defaults to 1e-5 (transformer practice).
+
+    Params: the sub-layers' under prefixed names, in this order:
+    ``attention/*`` (MultiHeadAttention), ``norm1/gamma``, ``norm1/beta``,
+    ``norm2/gamma``, ``norm2/beta``, ``dense1/kernel``, ``dense1/bias``,
+    ``dense2/kernel``, ``dense2/bias``. ``params``/``grads`` are live views of
+    the sub-layers' dicts; ``bind_param`` forwards to the owning sub-layer.
+    """
+
+    def __init__(self, num_heads, key_dim, ff_dim, dropout=0.0, activation="relu", norm_first=False,
+                 use_causal_mask=False, layer_norm_epsilon=1e-5, **kwargs):
+        self.__dict__["_live"] = {a: _SublayerDict(self, a) for a in ("params", "grads", "state")}
+        self._subs = {}
+        super().__init__(**kwargs)
+        self.num_heads = _pos_int(self.name, num_heads, "num_heads")
+        self.key_dim = _pos_int(self.name, key_dim, "key_dim")
+        self.ff_dim = _pos_int(self.name, ff_dim, "ff_dim")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"{self.name}: dropout must be in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
+        act_codes.get(activation, self.name)
+        self.activation = activation
+        self.norm_first = bool(norm_first)
+        self.use_causal_mask = bool(use_causal_mask)
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        dt = self.dtype.name
+
+        def seed():
+            return int(self.rng.integers(2 ** 62))
+
+        n = self.name
+        self.attention = MultiHeadAttention(self.num_heads, self.key_dim, dropout=self.dropout,
+                                            name=f"{n}/attention", dtype=dt, seed=seed())
+        self.norm1 = LayerNormalization(epsilon=self.layer_norm_epsilon, name=f"{n}/norm1", dtype=dt, seed=seed())
+        self.norm2 = LayerNormalization(epsilon=self.layer_norm_epsilon, name=f"{n}/norm2", dtype=dt, seed=seed())
+        self.dense1 = Dense(self.ff_dim, activation=activation, name=f"{n}/dense1", dtype=dt, seed=seed())
+        self.dense2 = None  # its width is the input's: created in build
+        self.drop1 = Dropout(self.dropout, name=f"{n}/dropout1", dtype=dt, seed=seed())
+        self.drop2 = Dropout(self.dropout, name=f"{n}/dropout2", dtype=dt, seed=seed())
+        self._dense2_seed = seed()
+        self._subs = {"attention": self.attention, "norm1": self.norm1, "norm2": self.norm2,
+                      "dense1": self.dense1}
+
+    params = _live("params")
+    grads = _live("grads")
+    state = _live("state")
+
+    def sublayers(self):
+        return [s for s in (self.attention, self.norm1, self.norm2, self.dense1, self.dense2,
+                            self.drop1, self.drop2) if s is not None]
+
+    def bind_param(self, name, param, grad):
+        prefix, _, rest = name.partition("/")
+        sub = self._subs.get(prefix)
+        if sub is None or rest not in sub.params:
+            raise KeyError(f"{self.name}: no param {name!r}")
+        sub.bind_param(rest, param, grad)
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 3 or input_shape[-1] is None:
+            raise ValueError(f"{self.name}: expected input of shape (batch, time, features) with known "
+                             f"features, got {input_shape}")
+        d = int(input_shape[-1])
+        self._d = d
+        self.dense2 = Dense(d, name=f"{self.name}/dense2", dtype=self.dtype.name, seed=self._dense2_seed)
+        self._subs["dense2"] = self.dense2
+        self.attention.build((input_shape, input_shape))
+        self.norm1.build(input_shape)
+        self.norm2.build(input_shape)
+        self.dense1.build(input_shape)
+        self.dense2.build(input_shape[:2] + (self.ff_dim,))
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def forward(self, x, training=False, attention_mask=None):
+        self.ensure_built(np.shape(x))
+        x = self.check_input(x, ndim=3, last_dim=self._d)
+        training = bool(training)
+        causal = self.use_causal_mask
+        with finite_checks(False):  # sub-layer inputs come from x, already checked
+            if self.norm_first:
+                a_in = self.norm1.forward(x, training)
+                a = self.attention.forward((a_in, a_in), training, attention_mask=attention_mask,
+                                           use_causal_mask=causal)
+                a = self.drop1.forward(a, training)
+                h1 = self._add("h1", x, a)
+                f = self.dense2.forward(self.dense1.forward(self.norm2.forward(h1, training), training), training)
+                f = self.drop2.forward(f, training)
+                y = self._add("y", h1, f)
+            else:
+                a = self.attention.forward((x, x), training, attention_mask=attention_mask,
+                                           use_causal_mask=causal)
+                a = self.drop1.forward(a, training)
+                h1 = self.norm1.forward(self._add("s1", x, a), training)
+                f = self.dense2.forward(self.dense1.forward(h1, training), training)
+                f = self.drop2.forward(f, training)
+                y = self.norm2.forward(self._add("s2", h1, f), training)
+        return y
+
+    def _add(self, key, a, b):
+        out = self.workspace(key, a.shape)
+        self.kernels("attention").add_into(a.reshape(-1), np.ascontiguousarray(b).reshape(-1), out.reshape(-1))
+        return out
+
+    def backward(self, dy):
+        dy = np.ascontiguousarray(dy, dtype=self.dtype)
+        need_dx = bool(self.input_grad_needed)
+        if self.norm_first:
+            df = self.drop2.backward(dy)
+            dn2 = self.dense1.backward(self.dense2.backward(df))
+            dh1 = self._add("dh1", dy, self.norm2.backward(dn2))
+            da = self.drop1.backward(dh1)
+            self.attention.input_grad_needed = True
+            dq, dv = self.attention.backward(da)
+            dxn = self.norm1.backward(self._add("da_in", dq, dv))
+            return self._add("dx", dh1, dxn) if need_dx else None
+        ds2 = self.norm2.backward(dy)
+        dh = self.dense1.backward(self.dense2.backward(self.drop2.backward(ds2)))
+        ds1 = self.norm1.backward(self._add("dh1", ds2, dh))
+        self.attention.input_grad_needed = need_dx
+        grads = self.attention.backward(self.drop1.backward(ds1))
+        if not need_dx:
+            return None
+        dq, dv = grads
+        dx = self._add("dx", ds1, dq)
+        dx += dv
+        return dx
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(num_heads=self.num_heads, key_dim=self.key_dim, ff_dim=self.ff_dim, dropout=self.dropout,
+                   activation=self.activation, norm_first=self.norm_first,
+                   use_causal_mask=self.use_causal_mask, layer_norm_epsilon=self.layer_norm_epsilon)
+        return cfg
+
+
+class PositionalEmbedding(Layer):
+    """Token embeddings plus learned position embeddings.
+
+    Input: integer token ids (batch, time) with time <= sequence_length.
+    Output: (batch, time, output_dim) = token_embeddings[ids] + position_embeddings[:time].
+    Params: token_embeddings (input_dim, output_dim), position_embeddings
+    (sequence_length, output_dim).
+    """
+
+    def __init__(self, sequence_length, input_dim, output_dim, embeddings_initializer="random_uniform",
+                 position_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.sequence_length = _pos_int(self.name, sequence_length, "sequence_length")
+        self.input_dim = _pos_int(self.name, input_dim, "input_dim")
+        self.output_dim = _pos_int(self.name, output_dim, "output_dim")
+        self.embeddings_initializer = embeddings_initializer
+        self.position_initializer = position_initializer
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        if len(input_shape) != 2:
+            raise ValueError(f"{self.name}: expected token ids of shape (batch, time), got {input_shape}")
+        if input_shape[1] is not None and input_shape[1] > self.sequence_length:
+            raise ValueError(f"{self.name}: sequences of length {input_shape[1]} exceed sequence_length "
+                             f"{self.sequence_length}")
+        self.add_param("token_embeddings", (self.input_dim, self.output_dim), self.embeddings_initializer)
+        self.add_param("position_embeddings", (self.sequence_length, self.output_dim),
+                       self.position_initializer)
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape) + (self.output_dim,)
+
+    def _ids(self, x):
+        a = np.asarray(x)
+        if a.dtype.kind not in "iuf" or a.dtype.kind == "b":
+            raise TypeError(f"{self.name}: expected integer token ids, got dtype {a.dtype}")
+        if a.ndim != 2:
+            raise ValueError(f"{self.name}: expected token ids of rank 2 (batch, time), got shape {a.shape}")
+        if a.shape[1] > self.sequence_length:
+            raise ValueError(f"{self.name}: sequences of length {a.shape[1]} exceed sequence_length "
+                             f"{self.sequence_length}")
+        if a.dtype.kind == "f":
+            if not np.isfinite(a).all() or (a != np.round(a)).any():
+                raise ValueError(f"{self.name}: token ids must be whole numbers")
+        if a.size and (a.min() < 0 or a.max() >= self.input_dim):
+            raise ValueError(f"{self.name}: token ids must be in [0, {self.input_dim}), got values in "
+                             f"[{a.min()}, {a.max()}]")
+        return np.ascontiguousarray(a, dtype=np.int64)
+
+    def forward(self, x, training=False):
+        self.ensure_built(np.shape(x))
+        ids = self._ids(x)
+        out = self.workspace("y", ids.shape + (self.output_dim,))
+        self.kernels("attention").pos_embed_forward(ids, self.params["token_embeddings"],
+                                                    self.params["position_embeddings"], out)
+        self._ids_cache = ids
+        return out
+
+    def backward(self, dy):
+        ids = self._ids_cache
+        dy = np.ascontiguousarray(dy, dtype=self.dtype).reshape(ids.shape + (self.output_dim,))
+        self.kernels("attention").pos_embed_backward(ids, dy, self.grads["token_embeddings"],
+                                                     self.grads["position_embeddings"])
+        return None  # integer inputs have no gradient
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(sequence_length=self.sequence_length, input_dim=self.input_dim, output_dim=self.output_dim,
+                   embeddings_initializer=_init_name(self, self.embeddings_initializer),
+                   position_initializer=_init_name(self, self.position_initializer))
+        return cfg
