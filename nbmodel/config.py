@@ -60,6 +60,10 @@ def set_num_threads(n: int) -> None:
     from threadpoolctl import threadpool_limits
 
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:  # load the BLAS numba's np.dot calls (SciPy's) now, so the limit below reaches it
+        import scipy.linalg.cython_blas  # noqa: F401
+    except ImportError:  # pragma: no cover - numba then has no BLAS at all
+        pass
     threadpool_limits(limits=n, user_api="blas")
     _num_threads = n
 
