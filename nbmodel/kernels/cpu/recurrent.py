@@ -1,0 +1,494 @@
+"""SimpleRNN, LSTM and GRU: forward and backward through time.
+
+Layout. The layer passes batch-major arrays (batch, time, features); inside,
+the kernels work time-major so that every step's slice is one contiguous
+(batch, features) matrix that BLAS can use directly:
+
+- the input projection of all steps is ONE GEMM, ``xs (T*B, D) @ kernel``,
+  into ``G (T, B, n_gates*u)``;
+- each step is one recurrent GEMM ``h_{t-1} @ recurrent_kernel`` into a
+  preallocated ``rec`` plus one fused pass that adds the biases, applies every
+  gate nonlinearity, updates the cell and writes h (and the batch-major output
+  row when the full sequence is returned). The activated gates overwrite the
+  projection in ``G`` (what backward needs), so no extra storage is touched;
+- backward through time runs one fused gate-gradient pass and one GEMM
+  (``dz_t @ recurrent_kernel.T``) per step, writes every step's gate gradients
+  into ``dZ (T, B, n_gates*u)``, and after the loop computes the weight
+  gradients and the input gradient as three large GEMMs over all T*B rows.
+
+``go_backwards`` only reverses time when ``x`` is copied to time-major and when
+``dx`` is copied back; outputs stay in processing order (Keras semantics).
+
+tanh and sigmoid: libm's scalar calls cannot be vectorized, and the gate pass
+evaluates five of them per unit and step. In float32 they are computed with a
+rational approximation of tanh (max abs error ~3e-7, about float32 rounding)
+that LLVM turns into SIMD code; float64 (the gradient checks) uses math.tanh
+and math.exp. The choice is made at compile time from the argument type.
+"""
+import math
+
+import numpy as np
+from numba import types
+from numba.extending import overload
+
+from ...activations import SIGMOID, TANH
+from .activations import act_grad_scalar, act_scalar, sigmoid_scalar
+from ._jit import inline, jit
+
+# tanh(x) ~= x * P(x^2) / Q(x^2) on |x| <= 9 (fitted for this module; beyond 9
+# tanh is 1 to float32 precision).
+_TP0 = np.float32(9.99999906e-01)
+_TP1 = np.float32(1.33731325e-01)
+_TP2 = np.float32(3.48650327e-03)
+_TP3 = np.float32(2.04704934e-05)
+_TP4 = np.float32(1.31823135e-08)
+_TQ1 = np.float32(4.67064294e-01)
+_TQ2 = np.float32(2.58416831e-02)
+_TQ3 = np.float32(3.27125483e-04)
+_TQ4 = np.float32(7.70189213e-07)
+_TCLIP = np.float32(9.0)
+_F1 = np.float32(1.0)
+_FHALF = np.float32(0.5)
+
+
+def ftanh(v):
+    """tanh; vectorizable rational approximation for float32 (see module doc)."""
+    return math.tanh(v)
+
+
+def fsigmoid(v):
+    """Logistic sigmoid; float32 goes through the fast tanh."""
+    return 1.0 / (1.0 + math.exp(-v))
+
+
+@overload(ftanh)
+def _ftanh_impl(v):
+    if v == types.float32:
+        def impl(v):
+            x = min(max(v, -_TCLIP), _TCLIP)
+            s = x * x
+            p = (((_TP4 * s + _TP3) * s + _TP2) * s + _TP1) * s + _TP0
+            q = (((_TQ4 * s + _TQ3) * s + _TQ2) * s + _TQ1) * s + _F1
+            r = x * p / q
+            return min(max(r, -_F1), _F1)
+        return impl
+
+    def impl(v):
+        return math.tanh(v)
+    return impl
+
+
+@overload(fsigmoid)
+def _fsigmoid_impl(v):
+    if v == types.float32:
+        def impl(v):
+            return _FHALF + _FHALF * ftanh(_FHALF * v)
+        return impl
+
+    def impl(v):
+        return sigmoid_scalar(v, v - v + 1)
+    return impl
+
+
+# The other activations are called, not inlined: inlining the full switch at
+# every gate multiplies the compile time of these kernels for rare cases.
+@jit
+def _act_call(code, v, one):
+    return act_scalar(code, v, one)
+
+
+@jit
+def _act_grad_call(code, y, one):
+    return act_grad_scalar(code, y, y, one)
+
+
+@inline
+def ract(code, v, one):
+    """Activation ``code`` of one value, with the fast tanh/sigmoid."""
+    if code == TANH:
+        return ftanh(v)
+    if code == SIGMOID:
+        return fsigmoid(v)
+    return _act_call(code, v, one)
+
+
+@inline
+def ract_grad(code, y, one):
+    """Derivative of activation ``code`` from its output (the layers only allow
+    activations whose derivative is a function of the output)."""
+    if code == TANH:
+        return one - y * y
+    if code == SIGMOID:
+        return y * (one - y)
+    return _act_grad_call(code, y, one)
+
+
+# ----------------------------------------------------------------- layout
+@jit
+def to_time_major(x, reverse, out):
+    """out[t, b] = x[b, t] (x[b, T-1-t] when reverse); x (B, T, D), out (T, B, D)."""
+    B, T, D = x.shape
+    for t in range(T):
+        src = T - 1 - t if reverse else t
+        for b in range(B):
+            for k in range(D):
+                out[t, b, k] = x[b, src, k]
+
+
+@jit
+def from_time_major(src, reverse, out):
+    """Inverse of to_time_major: out[b, t] = src[t, b] (src[T-1-t, b] when reverse)."""
+    T, B, D = src.shape
+    for b in range(B):
+        for t in range(T):
+            s = T - 1 - t if reverse else t
+            for k in range(D):
+                out[b, t, k] = src[s, b, k]
+
+
+@inline
+def _bias_colsum(dZ2, db):
+    n, m = dZ2.shape
+    for j in range(m):
+        db[j] = 0
+    for i in range(n):
+        for j in range(m):
+            db[j] += dZ2[i, j]
+
+
+# ------------------------------------------------------------------- LSTM
+@inline
+def _lstm_gates(G, H, C, TC, rec, bias, y, t, use_rec, ret_seq, act, rec_act, one):
+    """One step: gates from projection + recurrence + bias, cell and h update."""
+    B = rec.shape[0]
+    u = H.shape[2]
+    zero = one - one
+    for b in range(B):
+        g = G[t, b]
+        r = rec[b]
+        cp = C[t, b]
+        cn = C[t + 1, b]
+        hn = H[t + 1, b]
+        tc = TC[t, b]
+        for j in range(u):
+            zi = g[j] + bias[j] + (r[j] if use_rec else zero)
+            zf = g[u + j] + bias[u + j] + (r[u + j] if use_rec else zero)
+            zc = g[2 * u + j] + bias[2 * u + j] + (r[2 * u + j] if use_rec else zero)
+            zo = g[3 * u + j] + bias[3 * u + j] + (r[3 * u + j] if use_rec else zero)
+            i = ract(rec_act, zi, one)
+            f = ract(rec_act, zf, one)
+            c_hat = ract(act, zc, one)
+            o = ract(rec_act, zo, one)
+            c = f * cp[j] + i * c_hat
+            a = ract(act, c, one)
+            h = o * a
+            g[j] = i
+            g[u + j] = f
+            g[2 * u + j] = c_hat
+            g[3 * u + j] = o
+            cn[j] = c
+            tc[j] = a
+            hn[j] = h
+            if ret_seq:
+                y[b, t, j] = h
+
+
+@jit
+def lstm_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act, rec_act, ret_seq,
+                 xs, G, H, C, TC, rec, y):
+    """LSTM over all steps (gate order i, f, c, o).
+
+    x (B, T, D) batch-major; xs (T, B, D) workspace; G (T, B, 4u) activated
+    gates; H, C (T+1, B, u) with H[0], C[0] the initial state (filled by the
+    caller, zeros when there is none; ``use_init`` False skips the first
+    recurrent GEMM); TC (T, B, u) activation(c); rec (B, 4u) workspace;
+    y (B, T, u) the output sequence when ``ret_seq``.
+    """
+    B, T, D = x.shape
+    one = x.dtype.type(1)
+    to_time_major(x, reverse, xs)
+    np.dot(xs.reshape(T * B, D), kernel, G.reshape(T * B, G.shape[2]))
+    std = act == TANH and rec_act == SIGMOID
+    for t in range(T):
+        use_rec = t > 0 or use_init
+        if use_rec:
+            np.dot(H[t], recurrent_kernel, rec)
+        if std:  # constant codes: the branches fold and the loop vectorizes
+            _lstm_gates(G, H, C, TC, rec, bias, y, t, use_rec, ret_seq, TANH, SIGMOID, one)
+        else:
+            _lstm_gates(G, H, C, TC, rec, bias, y, t, use_rec, ret_seq, act, rec_act, one)
+
+
+@inline
+def _lstm_gates_backward(G, C, TC, dy, dh, dc, dZ, t, has_seq, act, rec_act, one):
+    B = dh.shape[0]
+    u = dh.shape[1]
+    for b in range(B):
+        g = G[t, b]
+        cp = C[t, b]
+        tc = TC[t, b]
+        dz = dZ[t, b]
+        dhb = dh[b]
+        dcb = dc[b]
+        for j in range(u):
+            dht = dhb[j] + dy[b, t, j] if has_seq else dhb[j]
+            i = g[j]
+            f = g[u + j]
+            c_hat = g[2 * u + j]
+            o = g[3 * u + j]
+            a = tc[j]
+            dct = dcb[j] + dht * o * ract_grad(act, a, one)
+            dz[j] = dct * c_hat * ract_grad(rec_act, i, one)
+            dz[u + j] = dct * cp[j] * ract_grad(rec_act, f, one)
+            dz[2 * u + j] = dct * i * ract_grad(act, c_hat, one)
+            dz[3 * u + j] = dht * a * ract_grad(rec_act, o, one)
+            dcb[j] = dct * f
+
+
+@jit
+def lstm_backward(xs, reverse, kernel, recurrent_kernel, G, H, C, TC, dy, has_seq, act, rec_act,
+                  use_init, need_dx, dh, dc, dZ, dkernel, drecurrent, dbias, dxs, dx):
+    """Backward through time of lstm_forward.
+
+    dh, dc (B, u): on entry the gradients reaching the last step (last output
+    and final states); on exit the gradients of the initial state. dy
+    (B, T, u) the output-sequence gradient when ``has_seq``. Param gradients
+    are written into dkernel, drecurrent, dbias; dx (B, T, D) when need_dx.
+    """
+    T, B, D = xs.shape
+    n4 = G.shape[2]
+    u = n4 // 4
+    one = xs.dtype.type(1)
+    std = act == TANH and rec_act == SIGMOID
+    for t in range(T - 1, -1, -1):
+        if std:
+            _lstm_gates_backward(G, C, TC, dy, dh, dc, dZ, t, has_seq, TANH, SIGMOID, one)
+        else:
+            _lstm_gates_backward(G, C, TC, dy, dh, dc, dZ, t, has_seq, act, rec_act, one)
+        if t > 0 or use_init:
+            np.dot(dZ[t], recurrent_kernel.T, dh)
+        else:
+            dh[:, :] = 0
+    dZ2 = dZ.reshape(T * B, n4)
+    np.dot(xs.reshape(T * B, D).T, dZ2, dkernel)
+    # h_{t-1} rows against dz_t rows; without an initial state h_{-1} = 0
+    s = 0 if use_init else 1
+    if T > s:
+        np.dot(H[s:T].reshape((T - s) * B, u).T, dZ[s:T].reshape((T - s) * B, n4), drecurrent)
+    else:
+        drecurrent[:, :] = 0
+    _bias_colsum(dZ2, dbias)
+    if need_dx:
+        np.dot(dZ2, kernel.T, dxs.reshape(T * B, D))
+        from_time_major(dxs, reverse, dx)
+
+
+# -------------------------------------------------------------------- GRU
+@inline
+def _gru_gates(G, H, RH, rec, b_in, b_rec, y, t, use_rec, ret_seq, act, rec_act, one):
+    """One GRU step (reset_after): z, r from projection + recurrence, candidate
+    act(x_h + r * (h_{t-1} U_h + b_rec_h)), h = z * h_{t-1} + (1 - z) * hh."""
+    B = rec.shape[0]
+    u = H.shape[2]
+    zero = one - one
+    for b in range(B):
+        g = G[t, b]
+        r_ = rec[b]
+        hp = H[t, b]
+        hn = H[t + 1, b]
+        rh_ = RH[t, b]
+        for j in range(u):
+            zz = g[j] + b_in[j] + b_rec[j] + (r_[j] if use_rec else zero)
+            zr = g[u + j] + b_in[u + j] + b_rec[u + j] + (r_[u + j] if use_rec else zero)
+            rh = b_rec[2 * u + j] + (r_[2 * u + j] if use_rec else zero)
+            z = ract(rec_act, zz, one)
+            r = ract(rec_act, zr, one)
+            hh = ract(act, g[2 * u + j] + b_in[2 * u + j] + r * rh, one)
+            h = z * hp[j] + (one - z) * hh
+            g[j] = z
+            g[u + j] = r
+            g[2 * u + j] = hh
+            rh_[j] = rh
+            hn[j] = h
+            if ret_seq:
+                y[b, t, j] = h
+
+
+@jit
+def gru_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act, rec_act, ret_seq,
+                xs, G, H, RH, rec, y):
+    """GRU (reset_after=True, gate order z, r, h) over all steps.
+
+    bias (2, 3u): row 0 input bias, row 1 recurrent bias. G (T, B, 3u) holds
+    the activated z, r, hh; RH (T, B, u) the recurrent candidate term
+    h_{t-1} U_h + b_rec_h that the reset gate multiplies. Other arguments as
+    in lstm_forward.
+    """
+    B, T, D = x.shape
+    one = x.dtype.type(1)
+    to_time_major(x, reverse, xs)
+    np.dot(xs.reshape(T * B, D), kernel, G.reshape(T * B, G.shape[2]))
+    b_in = bias[0]
+    b_rec = bias[1]
+    std = act == TANH and rec_act == SIGMOID
+    for t in range(T):
+        use_rec = t > 0 or use_init
+        if use_rec:
+            np.dot(H[t], recurrent_kernel, rec)
+        if std:
+            _gru_gates(G, H, RH, rec, b_in, b_rec, y, t, use_rec, ret_seq, TANH, SIGMOID, one)
+        else:
+            _gru_gates(G, H, RH, rec, b_in, b_rec, y, t, use_rec, ret_seq, act, rec_act, one)
+
+
+@inline
+def _gru_gates_backward(G, H, RH, dy, dh, dhz, dZ, dR, t, has_seq, act, rec_act, one):
+    B = dh.shape[0]
+    u = dh.shape[1]
+    for b in range(B):
+        g = G[t, b]
+        hp = H[t, b]
+        rh_ = RH[t, b]
+        dz = dZ[t, b]
+        dr = dR[t, b]
+        dhb = dh[b]
+        dhzb = dhz[b]
+        for j in range(u):
+            dht = dhb[j] + dhzb[j]
+            if has_seq:
+                dht += dy[b, t, j]
+            z = g[j]
+            r = g[u + j]
+            hh = g[2 * u + j]
+            dpz = dht * (hp[j] - hh) * ract_grad(rec_act, z, one)
+            dph = dht * (one - z) * ract_grad(act, hh, one)
+            dpr = dph * rh_[j] * ract_grad(rec_act, r, one)
+            dz[j] = dpz
+            dz[u + j] = dpr
+            dz[2 * u + j] = dph
+            dr[j] = dpz
+            dr[u + j] = dpr
+            dr[2 * u + j] = dph * r
+            dhzb[j] = dht * z
+
+
+@jit
+def gru_backward(xs, reverse, kernel, recurrent_kernel, G, H, RH, dy, has_seq, act, rec_act,
+                 use_init, need_dx, dh, dhz, dZ, dR, dkernel, drecurrent, dbias, dxs, dx):
+    """Backward through time of gru_forward.
+
+    dh (B, u): on entry the gradient reaching the last step, on exit that of
+    the initial state; dhz (B, u) workspace. dZ (T, B, 3u) gradients of the
+    input projection, dR (T, B, 3u) of the recurrent product (they differ in
+    the candidate block by the reset gate). dbias (2, 3u).
+    """
+    T, B, D = xs.shape
+    n3 = G.shape[2]
+    u = n3 // 3
+    one = xs.dtype.type(1)
+    dhz[:, :] = 0
+    std = act == TANH and rec_act == SIGMOID
+    for t in range(T - 1, -1, -1):
+        if std:
+            _gru_gates_backward(G, H, RH, dy, dh, dhz, dZ, dR, t, has_seq, TANH, SIGMOID, one)
+        else:
+            _gru_gates_backward(G, H, RH, dy, dh, dhz, dZ, dR, t, has_seq, act, rec_act, one)
+        # dh_{t-1} = dhz (direct path through z) + dR_t @ U.T; dhz is added at
+        # the start of the next step's pass
+        if t > 0 or use_init:
+            np.dot(dR[t], recurrent_kernel.T, dh)
+        else:
+            dh[:, :] = 0
+    dh += dhz
+    dZ2 = dZ.reshape(T * B, n3)
+    dR2 = dR.reshape(T * B, n3)
+    np.dot(xs.reshape(T * B, D).T, dZ2, dkernel)
+    s = 0 if use_init else 1
+    if T > s:
+        np.dot(H[s:T].reshape((T - s) * B, u).T, dR[s:T].reshape((T - s) * B, n3), drecurrent)
+    else:
+        drecurrent[:, :] = 0
+    _bias_colsum(dZ2, dbias[0])
+    _bias_colsum(dR2, dbias[1])
+    if need_dx:
+        np.dot(dZ2, kernel.T, dxs.reshape(T * B, D))
+        from_time_major(dxs, reverse, dx)
+
+
+# -------------------------------------------------------------- SimpleRNN
+@inline
+def _rnn_step(P, H, rec, bias, y, t, use_rec, ret_seq, act, one):
+    B = rec.shape[0]
+    u = H.shape[2]
+    zero = one - one
+    for b in range(B):
+        p = P[t, b]
+        r = rec[b]
+        hn = H[t + 1, b]
+        for j in range(u):
+            h = ract(act, p[j] + bias[j] + (r[j] if use_rec else zero), one)
+            hn[j] = h
+            if ret_seq:
+                y[b, t, j] = h
+
+
+@jit
+def simple_rnn_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act, ret_seq,
+                       xs, P, H, rec, y):
+    """h_t = act(x_t kernel + h_{t-1} recurrent_kernel + bias) over all steps.
+
+    P (T, B, u) the input projection; H (T+1, B, u) with H[0] the initial state.
+    """
+    B, T, D = x.shape
+    one = x.dtype.type(1)
+    to_time_major(x, reverse, xs)
+    np.dot(xs.reshape(T * B, D), kernel, P.reshape(T * B, P.shape[2]))
+    for t in range(T):
+        use_rec = t > 0 or use_init
+        if use_rec:
+            np.dot(H[t], recurrent_kernel, rec)
+        if act == TANH:
+            _rnn_step(P, H, rec, bias, y, t, use_rec, ret_seq, TANH, one)
+        else:
+            _rnn_step(P, H, rec, bias, y, t, use_rec, ret_seq, act, one)
+
+
+@inline
+def _rnn_step_backward(H, dy, dh, dZ, t, has_seq, act, one):
+    B = dh.shape[0]
+    u = dh.shape[1]
+    for b in range(B):
+        h = H[t + 1, b]
+        dz = dZ[t, b]
+        for j in range(u):
+            dht = dh[b, j] + dy[b, t, j] if has_seq else dh[b, j]
+            dz[j] = dht * ract_grad(act, h[j], one)
+
+
+@jit
+def simple_rnn_backward(xs, reverse, kernel, recurrent_kernel, H, dy, has_seq, act, use_init,
+                        need_dx, dh, dZ, dkernel, drecurrent, dbias, dxs, dx):
+    """Backward through time of simple_rnn_forward (arguments as lstm_backward)."""
+    T, B, D = xs.shape
+    u = H.shape[2]
+    one = xs.dtype.type(1)
+    for t in range(T - 1, -1, -1):
+        if act == TANH:
+            _rnn_step_backward(H, dy, dh, dZ, t, has_seq, TANH, one)
+        else:
+            _rnn_step_backward(H, dy, dh, dZ, t, has_seq, act, one)
+        if t > 0 or use_init:
+            np.dot(dZ[t], recurrent_kernel.T, dh)
+        else:
+            dh[:, :] = 0
+    dZ2 = dZ.reshape(T * B, u)
+    np.dot(xs.reshape(T * B, D).T, dZ2, dkernel)
+    s = 0 if use_init else 1
+    if T > s:
+        np.dot(H[s:T].reshape((T - s) * B, u).T, dZ[s:T].reshape((T - s) * B, u), drecurrent)
+    else:
+        drecurrent[:, :] = 0
+    _bias_colsum(dZ2, dbias)
+    if need_dx:
+        np.dot(dZ2, kernel.T, dxs.reshape(T * B, D))
+        from_time_major(dxs, reverse, dx)

@@ -1,0 +1,66 @@
+"""Reference SimpleRNN, LSTM and GRU (float64 NumPy, step by step, written for clarity).
+
+Each function takes batch-major x (batch, time, features) and Keras-layout
+weights and returns (outputs (batch, time, units) in processing order,
+final states list). ``go_backwards`` processes the steps from last to first.
+"""
+import numpy as np
+
+from .dense import activation
+
+
+def _steps(x, go_backwards):
+    T = x.shape[1]
+    return range(T - 1, -1, -1) if go_backwards else range(T)
+
+
+def simple_rnn(x, kernel, recurrent_kernel, bias, h0=None, activation_name="tanh", go_backwards=False):
+    x = np.asarray(x, np.float64)
+    B = x.shape[0]
+    u = kernel.shape[1]
+    h = np.zeros((B, u)) if h0 is None else np.asarray(h0, np.float64)
+    outs = []
+    for t in _steps(x, go_backwards):
+        h = activation(activation_name, x[:, t] @ kernel + h @ recurrent_kernel + bias)
+        outs.append(h)
+    return np.stack(outs, axis=1), [h]
+
+
+def lstm(x, kernel, recurrent_kernel, bias, h0=None, c0=None, activation_name="tanh",
+         recurrent_activation="sigmoid", go_backwards=False):
+    """Keras LSTM, gate order i, f, c, o."""
+    x = np.asarray(x, np.float64)
+    B = x.shape[0]
+    u = recurrent_kernel.shape[0]
+    h = np.zeros((B, u)) if h0 is None else np.asarray(h0, np.float64)
+    c = np.zeros((B, u)) if c0 is None else np.asarray(c0, np.float64)
+    outs = []
+    for t in _steps(x, go_backwards):
+        z = x[:, t] @ kernel + h @ recurrent_kernel + bias
+        i = activation(recurrent_activation, z[:, :u])
+        f = activation(recurrent_activation, z[:, u:2 * u])
+        g = activation(activation_name, z[:, 2 * u:3 * u])
+        o = activation(recurrent_activation, z[:, 3 * u:])
+        c = f * c + i * g
+        h = o * activation(activation_name, c)
+        outs.append(h)
+    return np.stack(outs, axis=1), [h, c]
+
+
+def gru(x, kernel, recurrent_kernel, bias, h0=None, activation_name="tanh",
+        recurrent_activation="sigmoid", go_backwards=False):
+    """Keras GRU with reset_after=True, gate order z, r, h; bias (2, 3u)."""
+    x = np.asarray(x, np.float64)
+    B = x.shape[0]
+    u = recurrent_kernel.shape[0]
+    h = np.zeros((B, u)) if h0 is None else np.asarray(h0, np.float64)
+    outs = []
+    for t in _steps(x, go_backwards):
+        xp = x[:, t] @ kernel + bias[0]
+        hp = h @ recurrent_kernel + bias[1]
+        z = activation(recurrent_activation, xp[:, :u] + hp[:, :u])
+        r = activation(recurrent_activation, xp[:, u:2 * u] + hp[:, u:2 * u])
+        hh = activation(activation_name, xp[:, 2 * u:] + r * hp[:, 2 * u:])
+        h = z * h + (1.0 - z) * hh
+        outs.append(h)
+    return np.stack(outs, axis=1), [h]

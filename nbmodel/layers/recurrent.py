@@ -1,0 +1,601 @@
+"""Recurrent layers: SimpleRNN, LSTM, GRU and the Bidirectional wrapper.
+
+Keras 3 semantics and weight layouts: sequences are batch-major (batch, time,
+features); LSTM gates i, f, c, o; GRU reset_after=True, gates z, r, h, bias
+(2, 3u). Kernels: nbmodel/kernels/cpu/recurrent.py (one GEMM for the input
+projection of every step, one recurrent GEMM + one fused gate pass per step,
+weight gradients as large GEMMs after the backward loop).
+
+Multi-output: with ``return_state=True`` forward returns ``[output, *states]``
+and backward takes one gradient per output (None = unused output). With an
+``initial_state`` backward returns ``(dx, [d_state, ...])``.
+"""
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+
+import numpy as np
+
+from .. import activations as act_codes
+from .base import Layer, as_float_array, check_finite_enabled
+
+__all__ = ["SimpleRNN", "LSTM", "GRU", "Bidirectional"]
+
+# The backward kernels take activation derivatives from the activation's output.
+_Y_ONLY = frozenset({act_codes.LINEAR, act_codes.RELU, act_codes.SIGMOID, act_codes.TANH,
+                     act_codes.LEAKY_RELU, act_codes.ELU})
+
+
+def _act_code(layer_name, activation, what):
+    code = act_codes.get(activation, layer_name)
+    if code not in _Y_ONLY:
+        raise ValueError(f"{layer_name}: {what} {activation!r} is not supported in recurrent layers; "
+                         f"use one of tanh, sigmoid, relu, linear, leaky_relu, elu")
+    return code
+
+
+def _forget_bias_init(units, base):
+    """Keras unit_forget_bias: the bias initializer, then ones on the forget block."""
+    def init(shape, dtype, rng):
+        b = np.array(base(shape, dtype, rng), dtype=dtype)
+        b[units:2 * units] = 1
+        return b
+    return init
+
+
+class _RNN(Layer):
+    """Shared machinery of SimpleRNN, LSTM and GRU."""
+
+    _gates = 1      # blocks of `units` columns in kernel / recurrent_kernel
+    _n_states = 1   # h (and c for LSTM)
+    _family = "recurrent"
+
+    def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
+                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
+                 bias_initializer="zeros", dropout=0.0, recurrent_dropout=0.0, return_sequences=False,
+                 return_state=False, go_backwards=False, stateful=False, unroll=False, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(units, (int, np.integer)) or units <= 0:
+            raise ValueError(f"{self.name}: units must be a positive integer, got {units!r}")
+        self.units = int(units)
+        self.activation = activation
+        self.recurrent_activation = recurrent_activation
+        self.act = _act_code(self.name, activation, "activation")
+        self.rec_act = _act_code(self.name, recurrent_activation, "recurrent_activation")
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = kernel_initializer
+        self.recurrent_initializer = recurrent_initializer
+        self.bias_initializer = bias_initializer
+        if dropout or recurrent_dropout:
+            raise ValueError(f"{self.name}: dropout and recurrent_dropout are not supported; "
+                             "put a Dropout layer before or after the recurrent layer")
+        if stateful:
+            raise ValueError(f"{self.name}: stateful=True is not supported; pass initial_state instead")
+        self.return_sequences = bool(return_sequences)
+        self.return_state = bool(return_state)
+        self.go_backwards = bool(go_backwards)
+        self.unroll = bool(unroll)  # accepted for Keras compatibility; the kernel loop is the same
+
+    # ------------------------------------------------------------------ shapes
+    def _bias_shape(self):
+        return (self._gates * self.units,)
+
+    def _bias_initializer(self):
+        return self.bias_initializer
+
+    def build(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(f"{self.name}: expected input of rank 3 (batch, time, features), "
+                             f"got shape {tuple(input_shape)}")
+        d = input_shape[-1]
+        if d is None:
+            raise ValueError(f"{self.name}: the feature dimension must be known, got {tuple(input_shape)}")
+        n = self._gates * self.units
+        self.add_param("kernel", (d, n), self.kernel_initializer)
+        self.add_param("recurrent_kernel", (self.units, n), self.recurrent_initializer)
+        if self.use_bias:
+            self.add_param("bias", self._bias_shape(), self._bias_initializer())
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        b = input_shape[0]
+        out = (b, input_shape[1], self.units) if self.return_sequences else (b, self.units)
+        if self.return_state:
+            return [out] + [(b, self.units)] * self._n_states
+        return out
+
+    # ----------------------------------------------------------------- helpers
+    def _check(self, x):
+        self.ensure_built(np.shape(x))
+        d = self.params["kernel"].shape[0]
+        x = self.check_input(x, ndim=3, last_dim=d)
+        if x.shape[1] < 1:
+            raise ValueError(f"{self.name}: expected at least one time step, got shape {x.shape}")
+        return x
+
+    def _bias(self):
+        if self.use_bias:
+            return self.params["bias"]
+        z = self.workspace("zero_bias", self._bias_shape())
+        z[...] = 0
+        return z
+
+    def _dbias(self):
+        return self.grads["bias"] if self.use_bias else self.workspace("dzero_bias", self._bias_shape())
+
+    def _initial_states(self, initial_state, B):
+        """The initial states as (B, units) arrays of the layer dtype, or None."""
+        if initial_state is None:
+            return None
+        states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
+        if len(states) != self._n_states:
+            raise ValueError(f"{self.name}: expected {self._n_states} initial state array(s), got {len(states)}")
+        out = []
+        for i, s in enumerate(states):
+            s = as_float_array(s, self.name, self.dtype, f"initial_state[{i}]")
+            if s.shape != (B, self.units):
+                raise ValueError(f"{self.name}: initial_state[{i}] must have shape {(B, self.units)}, "
+                                 f"got {s.shape}")
+            if check_finite_enabled() and not np.isfinite(s).all():
+                raise ValueError(f"{self.name}: initial_state[{i}] contains NaN or infinity")
+            out.append(s)
+        return out
+
+    def _outputs(self, y, states):
+        out = y if self.return_sequences else states[0]
+        if self.return_state:
+            return [out] + list(states)
+        return out
+
+    def _split_dy(self, dy, B, T):
+        """(d_seq or None, dh_last (B, u) workspace, [d_state...]) from the output gradient(s)."""
+        if self.return_state:
+            if not isinstance(dy, (list, tuple)) or len(dy) != 1 + self._n_states:
+                raise ValueError(f"{self.name}: backward expects {1 + self._n_states} gradients "
+                                 "(output and states)")
+            d_out, d_states = dy[0], list(dy[1:])
+        else:
+            d_out, d_states = dy, [None] * self._n_states
+        u = self.units
+        dh = self.workspace("dh", (B, u))
+        dh[...] = 0
+        d_seq = None
+        if d_out is not None:
+            d_out = np.asarray(d_out)
+            if self.return_sequences:
+                if d_out.shape != (B, T, u):
+                    raise ValueError(f"{self.name}: output gradient has shape {d_out.shape}, expected {(B, T, u)}")
+                d_seq = np.ascontiguousarray(d_out, dtype=self.dtype)
+            else:
+                if d_out.shape != (B, u):
+                    raise ValueError(f"{self.name}: output gradient has shape {d_out.shape}, expected {(B, u)}")
+                dh += d_out
+        if d_states[0] is not None:
+            dh += d_states[0]
+        return d_seq, dh, d_states
+
+    def _finish_backward(self, dx, states_grads):
+        dx = dx if self._need_dx else None
+        if self._has_init:
+            return dx, [np.array(s) for s in states_grads]
+        return dx
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(units=self.units, activation=self.activation, use_bias=self.use_bias,
+                   kernel_initializer=_init_name(self.name, self.kernel_initializer),
+                   recurrent_initializer=_init_name(self.name, self.recurrent_initializer),
+                   bias_initializer=_init_name(self.name, self.bias_initializer),
+                   return_sequences=self.return_sequences, return_state=self.return_state,
+                   go_backwards=self.go_backwards, unroll=self.unroll)
+        return cfg
+
+
+def _init_name(layer, init):
+    if isinstance(init, str):
+        return init
+    raise ValueError(f"{layer}: only initializers given by name can be saved with the model")
+
+
+class SimpleRNN(_RNN):
+    """Fully connected recurrence ``h_t = activation(x_t W + h_{t-1} U + b)``.
+
+    Params: ``kernel`` (in, u), ``recurrent_kernel`` (u, u), ``bias`` (u,).
+    """
+
+    def __init__(self, units, activation="tanh", use_bias=True, kernel_initializer="glorot_uniform",
+                 recurrent_initializer="orthogonal", bias_initializer="zeros", **kwargs):
+        super().__init__(units, activation=activation, recurrent_activation="sigmoid", use_bias=use_bias,
+                         kernel_initializer=kernel_initializer, recurrent_initializer=recurrent_initializer,
+                         bias_initializer=bias_initializer, **kwargs)
+
+    def forward(self, x, training=False, initial_state=None):
+        x = self._check(x)
+        B, T, D = x.shape
+        u = self.units
+        init = self._initial_states(initial_state, B)
+        xs = self.workspace("xs", (T, B, D))
+        P = self.workspace("P", (T, B, u))
+        H = self.workspace("H", (T + 1, B, u))
+        rec = self.workspace("rec", (B, u))
+        y = self.workspace("y", (B, T, u)) if self.return_sequences else self.workspace("dummy", (1, 1, 1))
+        if init is None:
+            H[0] = 0
+        else:
+            H[0] = init[0]
+        self.kernels("recurrent").simple_rnn_forward(
+            x, self.go_backwards, self.params["kernel"], self.params["recurrent_kernel"], self._bias(),
+            init is not None, self.act, self.return_sequences, xs, P, H, rec, y)
+        self._has_init = init is not None
+        self._shape = (B, T, D)
+        return self._outputs(y, [H[T]])
+
+    def backward(self, dy):
+        B, T, D = self._shape
+        u = self.units
+        d_seq, dh, _ = self._split_dy(dy, B, T)
+        self._need_dx = self.input_grad_needed
+        dZ = self.workspace("dZ", (T, B, u))
+        dxs = self.workspace("dxs", (T, B, D))
+        dx = self.workspace("dx", (B, T, D))
+        has_seq = d_seq is not None
+        self.kernels("recurrent").simple_rnn_backward(
+            self.workspace("xs", (T, B, D)), self.go_backwards, self.params["kernel"],
+            self.params["recurrent_kernel"], self.workspace("H", (T + 1, B, u)),
+            d_seq if has_seq else self.workspace("dummy", (1, 1, 1)), has_seq, self.act, self._has_init,
+            self._need_dx, dh, dZ, self.grads["kernel"], self.grads["recurrent_kernel"], self._dbias(), dxs, dx)
+        return self._finish_backward(dx, [dh])
+
+    def get_config(self):
+        return super().get_config()
+
+
+class LSTM(_RNN):
+    """Long short-term memory, Keras layout (gate order i, f, c, o).
+
+    Params: ``kernel`` (in, 4u), ``recurrent_kernel`` (u, 4u), ``bias`` (4u,).
+    ``unit_forget_bias`` sets the forget-gate bias to 1 at initialization.
+    """
+
+    _gates = 4
+    _n_states = 2
+
+    def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
+                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
+                 bias_initializer="zeros", unit_forget_bias=True, **kwargs):
+        super().__init__(units, activation=activation, recurrent_activation=recurrent_activation,
+                         use_bias=use_bias, kernel_initializer=kernel_initializer,
+                         recurrent_initializer=recurrent_initializer, bias_initializer=bias_initializer,
+                         **kwargs)
+        self.unit_forget_bias = bool(unit_forget_bias)
+
+    def _bias_initializer(self):
+        if not self.unit_forget_bias:
+            return self.bias_initializer
+        from .. import initializers
+
+        return _forget_bias_init(self.units, initializers.get(self.bias_initializer, self.name))
+
+    def forward(self, x, training=False, initial_state=None):
+        x = self._check(x)
+        B, T, D = x.shape
+        u = self.units
+        init = self._initial_states(initial_state, B)
+        xs = self.workspace("xs", (T, B, D))
+        G = self.workspace("G", (T, B, 4 * u))
+        H = self.workspace("H", (T + 1, B, u))
+        C = self.workspace("C", (T + 1, B, u))
+        TC = self.workspace("TC", (T, B, u))
+        rec = self.workspace("rec", (B, 4 * u))
+        y = self.workspace("y", (B, T, u)) if self.return_sequences else self.workspace("dummy", (1, 1, 1))
+        if init is None:
+            H[0] = 0
+            C[0] = 0
+        else:
+            H[0] = init[0]
+            C[0] = init[1]
+        self.kernels("recurrent").lstm_forward(
+            x, self.go_backwards, self.params["kernel"], self.params["recurrent_kernel"], self._bias(),
+            init is not None, self.act, self.rec_act, self.return_sequences, xs, G, H, C, TC, rec, y)
+        self._has_init = init is not None
+        self._shape = (B, T, D)
+        return self._outputs(y, [H[T], C[T]])
+
+    def backward(self, dy):
+        B, T, D = self._shape
+        u = self.units
+        d_seq, dh, d_states = self._split_dy(dy, B, T)
+        dc = self.workspace("dc", (B, u))
+        if d_states[1] is not None:
+            dc[...] = d_states[1]
+        else:
+            dc[...] = 0
+        self._need_dx = self.input_grad_needed
+        ws = self.workspace
+        has_seq = d_seq is not None
+        dx = ws("dx", (B, T, D))
+        self.kernels("recurrent").lstm_backward(
+            ws("xs", (T, B, D)), self.go_backwards, self.params["kernel"], self.params["recurrent_kernel"],
+            ws("G", (T, B, 4 * u)), ws("H", (T + 1, B, u)), ws("C", (T + 1, B, u)), ws("TC", (T, B, u)),
+            d_seq if has_seq else ws("dummy", (1, 1, 1)), has_seq, self.act, self.rec_act, self._has_init,
+            self._need_dx, dh, dc, ws("dZ", (T, B, 4 * u)), self.grads["kernel"],
+            self.grads["recurrent_kernel"], self._dbias(), ws("dxs", (T, B, D)), dx)
+        return self._finish_backward(dx, [dh, dc])
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(recurrent_activation=self.recurrent_activation, unit_forget_bias=self.unit_forget_bias)
+        return cfg
+
+
+class GRU(_RNN):
+    """Gated recurrent unit, Keras 3 layout (reset_after=True, gate order z, r, h).
+
+    Params: ``kernel`` (in, 3u), ``recurrent_kernel`` (u, 3u), ``bias`` (2, 3u)
+    (row 0 input bias, row 1 recurrent bias).
+    """
+
+    _gates = 3
+    _n_states = 1
+
+    def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
+                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
+                 bias_initializer="zeros", reset_after=True, **kwargs):
+        super().__init__(units, activation=activation, recurrent_activation=recurrent_activation,
+                         use_bias=use_bias, kernel_initializer=kernel_initializer,
+                         recurrent_initializer=recurrent_initializer, bias_initializer=bias_initializer,
+                         **kwargs)
+        if not reset_after:
+            raise ValueError(f"{self.name}: only reset_after=True (the Keras 3 default) is supported")
+        self.reset_after = True
+
+    def _bias_shape(self):
+        return (2, 3 * self.units)
+
+    def forward(self, x, training=False, initial_state=None):
+        x = self._check(x)
+        B, T, D = x.shape
+        u = self.units
+        init = self._initial_states(initial_state, B)
+        xs = self.workspace("xs", (T, B, D))
+        G = self.workspace("G", (T, B, 3 * u))
+        H = self.workspace("H", (T + 1, B, u))
+        RH = self.workspace("RH", (T, B, u))
+        rec = self.workspace("rec", (B, 3 * u))
+        y = self.workspace("y", (B, T, u)) if self.return_sequences else self.workspace("dummy", (1, 1, 1))
+        if init is None:
+            H[0] = 0
+        else:
+            H[0] = init[0]
+        self.kernels("recurrent").gru_forward(
+            x, self.go_backwards, self.params["kernel"], self.params["recurrent_kernel"], self._bias(),
+            init is not None, self.act, self.rec_act, self.return_sequences, xs, G, H, RH, rec, y)
+        self._has_init = init is not None
+        self._shape = (B, T, D)
+        return self._outputs(y, [H[T]])
+
+    def backward(self, dy):
+        B, T, D = self._shape
+        u = self.units
+        d_seq, dh, _ = self._split_dy(dy, B, T)
+        self._need_dx = self.input_grad_needed
+        ws = self.workspace
+        has_seq = d_seq is not None
+        dx = ws("dx", (B, T, D))
+        self.kernels("recurrent").gru_backward(
+            ws("xs", (T, B, D)), self.go_backwards, self.params["kernel"], self.params["recurrent_kernel"],
+            ws("G", (T, B, 3 * u)), ws("H", (T + 1, B, u)), ws("RH", (T, B, u)),
+            d_seq if has_seq else ws("dummy", (1, 1, 1)), has_seq, self.act, self.rec_act, self._has_init,
+            self._need_dx, dh, ws("dhz", (B, u)), ws("dZ", (T, B, 3 * u)), ws("dR", (T, B, 3 * u)),
+            self.grads["kernel"], self.grads["recurrent_kernel"], self._dbias(), ws("dxs", (T, B, D)), dx)
+        return self._finish_backward(dx, [dh])
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(recurrent_activation=self.recurrent_activation, reset_after=self.reset_after)
+        return cfg
+
+
+# ----------------------------------------------------------- Bidirectional
+class _Prefixed(MutableMapping):
+    """params/grads/state of a composite layer: the sub-layers' dicts under
+    prefixed names, read and written through (a Model that rebinds an entry
+    rebinds the sub-layer's array)."""
+
+    def __init__(self, parts, attr):
+        self._parts = parts  # [(prefix, layer)]
+        self._attr = attr
+
+    def _locate(self, key):
+        for prefix, layer in self._parts:
+            if key.startswith(prefix):
+                d = getattr(layer, self._attr)
+                name = key[len(prefix):]
+                if name in d:
+                    return d, name
+        raise KeyError(key)
+
+    def __getitem__(self, key):
+        d, name = self._locate(key)
+        return d[name]
+
+    def __setitem__(self, key, value):
+        d, name = self._locate(key)
+        d[name] = value
+
+    def __delitem__(self, key):
+        raise TypeError("params of a composite layer cannot be deleted")
+
+    def __iter__(self):
+        for prefix, layer in self._parts:
+            for name in getattr(layer, self._attr):
+                yield prefix + name
+
+    def __len__(self):
+        return sum(len(getattr(layer, self._attr)) for _, layer in self._parts)
+
+
+class Bidirectional(Layer):
+    """Runs a recurrent layer forward and a copy of it backward in time and
+    merges the two outputs (``merge_mode`` "concat", "sum", "mul" or "ave").
+
+    Params: the forward layer's as ``forward_<name>``, then the backward
+    layer's as ``backward_<name>`` (Keras get_weights order). With
+    ``return_sequences`` the backward output is flipped back to input order
+    before merging, as in Keras. ``initial_state``: the forward layer's states
+    then the backward layer's.
+    """
+
+    _MODES = ("concat", "sum", "mul", "ave")
+
+    def __init__(self, layer, merge_mode="concat", backward_layer=None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(layer, _RNN):
+            raise ValueError(f"{self.name}: expected a SimpleRNN, LSTM or GRU layer, got {layer!r}")
+        if merge_mode not in self._MODES:
+            raise ValueError(f"{self.name}: merge_mode must be one of {self._MODES}, got {merge_mode!r}")
+        if layer.built:
+            raise ValueError(f"{self.name}: the wrapped layer must not be built yet")
+        self.merge_mode = merge_mode
+        self.forward_layer = layer
+        if backward_layer is None:
+            cfg = dict(layer.get_config())
+            cfg["go_backwards"] = not layer.go_backwards
+            cfg["name"] = "backward_" + layer.name
+            cfg.pop("seed", None)
+            backward_layer = type(layer).from_config(cfg)
+            backward_layer.rng = np.random.default_rng(self.rng.integers(2 ** 63))
+        elif (not isinstance(backward_layer, _RNN) or backward_layer.units != layer.units
+              or backward_layer.return_sequences != layer.return_sequences
+              or backward_layer.return_state != layer.return_state
+              or type(backward_layer) is not type(layer)):
+            raise ValueError(f"{self.name}: backward_layer must be the same kind of layer as layer, with the "
+                             "same units, return_sequences and return_state")
+        self.backward_layer = backward_layer
+        self.return_sequences = layer.return_sequences
+        self.return_state = layer.return_state
+        parts = [("forward_", self.forward_layer), ("backward_", self.backward_layer)]
+        self.params = _Prefixed(parts, "params")
+        self.grads = _Prefixed(parts, "grads")
+        self.state = _Prefixed(parts, "state")
+
+    def sublayers(self):
+        return [self.forward_layer, self.backward_layer]
+
+    def bind_param(self, name, param, grad):
+        for prefix, layer in (("forward_", self.forward_layer), ("backward_", self.backward_layer)):
+            if name.startswith(prefix) and name[len(prefix):] in layer.params:
+                layer.bind_param(name[len(prefix):], param, grad)
+                return
+        raise KeyError(name)
+
+    def build(self, input_shape):
+        for layer in self.sublayers():
+            if layer.dtype != self.dtype and not layer._dtype_given:
+                layer.dtype = self.dtype
+            layer.build(input_shape)
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        f = self.forward_layer.compute_output_shape(input_shape)
+        b = self.backward_layer.compute_output_shape(input_shape)
+        fo, bo = (f[0], b[0]) if self.return_state else (f, b)
+        out = tuple(fo[:-1]) + (fo[-1] + bo[-1],) if self.merge_mode == "concat" else tuple(fo)
+        if self.return_state:
+            return [out] + list(f[1:]) + list(b[1:])
+        return out
+
+    def forward(self, x, training=False, initial_state=None):
+        self.ensure_built(np.shape(x))
+        x = self.check_input(x, ndim=3, last_dim=self.forward_layer.params["kernel"].shape[0])
+        init_f = init_b = None
+        if initial_state is not None:
+            states = list(initial_state)
+            n = self.forward_layer._n_states
+            if len(states) != 2 * n:
+                raise ValueError(f"{self.name}: expected {2 * n} initial state arrays (forward then backward), "
+                                 f"got {len(states)}")
+            init_f, init_b = states[:n], states[n:]
+        of = self.forward_layer.forward(x, training, initial_state=init_f)
+        ob = self.backward_layer.forward(x, training, initial_state=init_b)
+        yf, sf = (of[0], of[1:]) if self.return_state else (of, [])
+        yb, sb = (ob[0], ob[1:]) if self.return_state else (ob, [])
+        if self.return_sequences:
+            yb = yb[:, ::-1]
+        self._yf, self._yb = yf, yb
+        self._has_init = initial_state is not None
+        out = self.workspace("y", yf.shape[:-1] + ((2 * yf.shape[-1],) if self.merge_mode == "concat"
+                                                   else (yf.shape[-1],)))
+        u = yf.shape[-1]
+        if self.merge_mode == "concat":
+            out[..., :u] = yf
+            out[..., u:] = yb
+        elif self.merge_mode == "sum":
+            np.add(yf, yb, out=out)
+        elif self.merge_mode == "mul":
+            np.multiply(yf, yb, out=out)
+        else:
+            np.add(yf, yb, out=out)
+            out *= self.dtype.type(0.5)
+        if self.return_state:
+            return [out] + list(sf) + list(sb)
+        return out
+
+    def backward(self, dy):
+        n = self.forward_layer._n_states
+        if self.return_state:
+            d_out, d_sf, d_sb = dy[0], list(dy[1:1 + n]), list(dy[1 + n:])
+        else:
+            d_out, d_sf, d_sb = dy, [], []
+        yf, yb = self._yf, self._yb
+        u = yf.shape[-1]
+        if d_out is None:
+            dyf = dyb = None
+        else:
+            d_out = np.asarray(d_out, dtype=self.dtype)
+            if self.merge_mode == "concat":
+                dyf, dyb = d_out[..., :u], d_out[..., u:]
+            elif self.merge_mode == "sum":
+                dyf = dyb = d_out
+            elif self.merge_mode == "mul":
+                dyf, dyb = d_out * yb, d_out * yf
+            else:
+                dyf = dyb = d_out * self.dtype.type(0.5)
+            if self.return_sequences:
+                dyb = dyb[:, ::-1]
+            dyf = np.ascontiguousarray(dyf)
+            dyb = np.ascontiguousarray(dyb)
+        for layer in self.sublayers():
+            layer.input_grad_needed = self.input_grad_needed
+        rf = self.forward_layer.backward([dyf] + d_sf if self.return_state else dyf)
+        rb = self.backward_layer.backward([dyb] + d_sb if self.return_state else dyb)
+        if self._has_init:
+            (dxf, gf), (dxb, gb) = rf, rb
+        else:
+            dxf, dxb, gf, gb = rf, rb, [], []
+        dx = None
+        if dxf is not None:
+            dx = self.workspace("dx", dxf.shape)
+            np.add(dxf, dxb, out=dx)
+        if self._has_init:
+            return dx, list(gf) + list(gb)
+        return dx
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["merge_mode"] = self.merge_mode
+        cfg["layer"] = {"class": type(self.forward_layer).__name__, "config": self.forward_layer.get_config()}
+        cfg["backward_layer"] = {"class": type(self.backward_layer).__name__,
+                                 "config": self.backward_layer.get_config()}
+        return cfg
+
+    @classmethod
+    def from_config(cls, cfg):
+        from .. import layers
+
+        cfg = dict(cfg)
+        spec = cfg.pop("layer")
+        layer = getattr(layers, spec["class"]).from_config(dict(spec["config"]))
+        bspec = cfg.pop("backward_layer", None)
+        backward = None if bspec is None else getattr(layers, bspec["class"]).from_config(dict(bspec["config"]))
+        return cls(layer, backward_layer=backward, **cfg)
