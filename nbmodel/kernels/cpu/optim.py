@@ -1,0 +1,188 @@
+"""Optimizer updates: one fused pass over the model's flat parameter buffer.
+
+Each step kernel reads the raw gradient sum once and, per element, scales it
+(1/count times the clipnorm or global_clipnorm factor), clips it by value,
+applies decoupled weight decay and the optimizer's update to the parameter and
+its slots. The buffer is cut into ``bounds`` segments (one per variable when
+clipnorm is set, else one), each with its own gradient scale ``scales[s]``.
+
+Large buffers are split into fixed chunks run with ``prange``; each element is
+updated independently, so the result does not depend on the thread count.
+All scalars arrive in the parameters' float type (the Python side casts them),
+so float32 stays float32.
+"""
+import math
+
+import numpy as np
+
+from ._jit import inline, jit, pjit, prange
+
+CHUNK = 1 << 14
+PAR_MIN = 1 << 16
+
+
+@inline
+def _segment_of(bounds, i):
+    """Index s with bounds[s] <= i < bounds[s + 1] (binary search)."""
+    lo = 0
+    hi = bounds.size - 2
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if bounds[mid] <= i:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+@inline
+def _grad(g, i, sc, use_cv, cv):
+    v = g[i] * sc
+    if use_cv:  # written as branches so that NaN stays NaN
+        if v > cv:
+            v = cv
+        elif v < -cv:
+            v = -cv
+    return v
+
+
+@inline
+def _sgd_range(start, stop, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, momentum, nesterov, m):
+    zero = p.dtype.type(0)
+    s = _segment_of(bounds, start)
+    i = start
+    while i < stop:
+        end = min(stop, bounds[s + 1])
+        sc = scales[s]
+        for j in range(i, end):
+            gj = _grad(g, j, sc, use_cv, cv)
+            pj = p[j]
+            if use_wd:
+                pj -= pj * wd_lr
+            if momentum != zero:
+                mj = momentum * m[j] - gj * lr
+                m[j] = mj
+                if nesterov:
+                    pj += momentum * mj - gj * lr
+                else:
+                    pj += mj
+            else:
+                pj -= gj * lr
+            p[j] = pj
+        i = end
+        s += 1
+
+
+@pjit
+def sgd_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, momentum, nesterov, m):
+    """SGD (Keras 3): m = momentum m - lr g; p += m (nesterov: p += momentum m - lr g);
+    without momentum p -= lr g. ``m`` is unused (may be 1 element) when momentum is 0."""
+    n = p.size
+    if n < PAR_MIN:
+        _sgd_range(0, n, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, momentum, nesterov, m)
+    else:
+        for c in prange((n + CHUNK - 1) // CHUNK):
+            _sgd_range(c * CHUNK, min(n, (c + 1) * CHUNK), p, g, bounds, scales, use_cv, cv, use_wd,
+                       wd_lr, lr, momentum, nesterov, m)
+
+
+@inline
+def _adam_range(start, stop, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, alpha, one_m_b1, one_m_b2,
+                eps, amsgrad, m, v, vhat):
+    s = _segment_of(bounds, start)
+    i = start
+    while i < stop:
+        end = min(stop, bounds[s + 1])
+        sc = scales[s]
+        for j in range(i, end):
+            gj = _grad(g, j, sc, use_cv, cv)
+            pj = p[j]
+            if use_wd:
+                pj -= pj * wd_lr
+            mj = m[j] + (gj - m[j]) * one_m_b1
+            vj = v[j] + (gj * gj - v[j]) * one_m_b2
+            m[j] = mj
+            v[j] = vj
+            if amsgrad:
+                if vj > vhat[j]:
+                    vhat[j] = vj
+                vj = vhat[j]
+            p[j] = pj - (mj * alpha) / (math.sqrt(vj) + eps)
+        i = end
+        s += 1
+
+
+@pjit
+def adam_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, alpha, one_m_b1, one_m_b2, eps, amsgrad,
+              m, v, vhat):
+    """Adam / AdamW (Keras 3): m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2);
+    p -= alpha m / (sqrt(v) + eps) with alpha = lr sqrt(1 - b2^t) / (1 - b1^t);
+    AdamW first decays p -= p wd lr. ``vhat`` (amsgrad) may be 1 element when unused."""
+    n = p.size
+    if n < PAR_MIN:
+        _adam_range(0, n, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, alpha, one_m_b1, one_m_b2,
+                    eps, amsgrad, m, v, vhat)
+    else:
+        for c in prange((n + CHUNK - 1) // CHUNK):
+            _adam_range(c * CHUNK, min(n, (c + 1) * CHUNK), p, g, bounds, scales, use_cv, cv, use_wd,
+                        wd_lr, alpha, one_m_b1, one_m_b2, eps, amsgrad, m, v, vhat)
+
+
+@inline
+def _rmsprop_range(start, stop, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, rho, one_m_rho,
+                   momentum, eps, centered, vel, mom, avg):
+    zero = p.dtype.type(0)
+    s = _segment_of(bounds, start)
+    i = start
+    while i < stop:
+        end = min(stop, bounds[s + 1])
+        sc = scales[s]
+        for j in range(i, end):
+            gj = _grad(g, j, sc, use_cv, cv)
+            pj = p[j]
+            if use_wd:
+                pj -= pj * wd_lr
+            vj = rho * vel[j] + one_m_rho * (gj * gj)
+            vel[j] = vj
+            if centered:
+                aj = rho * avg[j] + one_m_rho * gj
+                avg[j] = aj
+                den = vj - aj * aj + eps
+            else:
+                den = vj + eps
+            inc = (lr * gj) / math.sqrt(den)
+            if momentum > zero:
+                mj = momentum * mom[j] + inc
+                mom[j] = mj
+                p[j] = pj - mj
+            else:
+                p[j] = pj - inc
+        i = end
+        s += 1
+
+
+@pjit
+def rmsprop_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, rho, one_m_rho, momentum, eps,
+                 centered, vel, mom, avg):
+    """RMSprop (Keras 3): vel = rho vel + (1 - rho) g^2; inc = lr g / sqrt(vel + eps)
+    (centered: sqrt(vel - avg^2 + eps), avg = rho avg + (1 - rho) g);
+    with momentum: mom = momentum mom + inc, p -= mom; else p -= inc."""
+    n = p.size
+    if n < PAR_MIN:
+        _rmsprop_range(0, n, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, rho, one_m_rho,
+                       momentum, eps, centered, vel, mom, avg)
+    else:
+        for c in prange((n + CHUNK - 1) // CHUNK):
+            _rmsprop_range(c * CHUNK, min(n, (c + 1) * CHUNK), p, g, bounds, scales, use_cv, cv, use_wd,
+                           wd_lr, lr, rho, one_m_rho, momentum, eps, centered, vel, mom, avg)
+
+
+@jit
+def segment_sumsq(g, bounds, out):
+    """out[s] = sum of g^2 over segment s, accumulated in float64 (for clip norms)."""
+    for s in range(bounds.size - 1):
+        acc = 0.0
+        for j in range(bounds[s], bounds[s + 1]):
+            x = np.float64(g[j])
+            acc += x * x
+        out[s] = acc

@@ -1,0 +1,388 @@
+"""Optimizers (Keras 3 names, defaults and update rules) over one flat parameter buffer.
+
+The model packs every trainable variable into one contiguous 1-D array and
+their gradients into another; an optimizer keeps its slots (momentum,
+velocity, ...) as flat arrays of the same size and updates everything with one
+fused kernel call per step:
+
+    opt.build(params_flat, segments)       # segments: (offset, size) of each variable, Keras order
+    opt.apply(params_flat, grads_flat, grad_scale=1 / count)
+
+``apply`` reads the gradient SUM and scales it by ``grad_scale`` inside the
+kernel (``grads_flat`` is not modified), then, like Keras: clips (clipnorm per
+variable, or global_clipnorm over all, or clipvalue elementwise: Keras allows
+only one of the three), applies weight decay (``p -= p * weight_decay * lr``),
+applies the update rule, and counts the step. The learning rate of a step is
+``schedule(iterations)`` read before the step.
+
+This module does not import numba: kernels come from the device on first use.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from . import schedules as schedules_module
+from .backend import get_device
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get", "serialize", "deserialize"]
+
+
+def _opt_float(cls_name, arg, value, allow_none=True, positive=False):
+    if value is None:
+        if allow_none:
+            return None
+        raise ValueError(f"{cls_name}: argument `{arg}` is required")
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise ValueError(f"{cls_name}: argument `{arg}` must be a number, got {value!r}")
+    value = float(value)
+    if value < 0 or (positive and value == 0) or not math.isfinite(value):
+        raise ValueError(f"{cls_name}: argument `{arg}` must be {'> 0' if positive else '>= 0'}, got {value}")
+    return value
+
+
+class Optimizer:
+    """Base class. Subclasses declare ``_slot_names()`` and implement ``_update``."""
+
+    def __init__(self, learning_rate, clipnorm=None, clipvalue=None, global_clipnorm=None, name=None,
+                 weight_decay=None):
+        cls = type(self).__name__
+        self.name = name or cls.lower()
+        self._learning_rate = self._check_lr(learning_rate)
+        self.weight_decay = _opt_float(cls, "weight_decay", weight_decay)
+        self.clipnorm = _opt_float(cls, "clipnorm", clipnorm)
+        self.clipvalue = _opt_float(cls, "clipvalue", clipvalue)
+        self.global_clipnorm = _opt_float(cls, "global_clipnorm", global_clipnorm)
+        given = [k for k, v in (("clipnorm", clipnorm), ("clipvalue", clipvalue),
+                                ("global_clipnorm", global_clipnorm)) if v is not None]
+        if len(given) > 1:
+            raise ValueError(f"{cls}: only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be "
+                             f"set; got {given}")
+        self.iterations = 0
+        self.built = False
+        self.slots: dict[str, np.ndarray] = {}
+        self._pending_state = None
+
+    # ------------------------------------------------------------ learning rate
+    def _check_lr(self, lr):
+        if isinstance(lr, numbers.Real) and not isinstance(lr, bool):
+            lr = float(lr)
+            if not lr >= 0 or not math.isfinite(lr):
+                raise ValueError(f"{type(self).__name__}: learning_rate must be >= 0, got {lr}")
+            return lr
+        if callable(lr):
+            return lr
+        raise ValueError(f"{type(self).__name__}: learning_rate must be a float or a schedule "
+                         f"(callable step -> lr), got {lr!r}")
+
+    @property
+    def current_learning_rate(self) -> float:
+        """The rate the next step uses: the schedule at ``iterations``, or the float."""
+        lr = self._learning_rate
+        return float(lr(self.iterations)) if callable(lr) else lr
+
+    @property
+    def learning_rate(self) -> float:
+        """Like Keras: reads the current rate; setting a float replaces a float rate
+        (TypeError when the optimizer was made with a schedule), setting a schedule replaces it."""
+        return self.current_learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        if callable(value):
+            self._learning_rate = value
+            return
+        if callable(self._learning_rate):
+            raise TypeError(f"{type(self).__name__}: this optimizer was created with a learning-rate "
+                            f"schedule, so its learning rate is not settable; create it with a float "
+                            f"learning_rate to change the rate during training")
+        self._learning_rate = self._check_lr(value)
+
+    # ------------------------------------------------------------------ build
+    def _slot_names(self) -> list[str]:
+        return []
+
+    def build(self, params_flat, segments=None):
+        """Allocate the slots for ``params_flat`` (1-D, float32/float64).
+
+        ``segments``: (offset, size) of each trainable variable, in Keras
+        order; None means one variable covering the buffer. clipnorm clips
+        each segment separately.
+        """
+        p = params_flat
+        cls = type(self).__name__
+        if not isinstance(p, np.ndarray) or p.ndim != 1 or p.dtype not in (np.float32, np.float64):
+            raise ValueError(f"{cls}: params_flat must be a 1-D float32/float64 array, got "
+                             f"{type(p).__name__} {getattr(p, 'shape', '')} {getattr(p, 'dtype', '')}")
+        n = p.size
+        if segments is None:
+            segments = [(0, n)]
+        segs = sorted((int(o), int(s)) for o, s in segments)
+        bounds = [0]
+        real = []  # True for a variable's segment, False for a gap between variables
+        for off, size in segs:
+            if size < 0 or off < bounds[-1] or off + size > n:
+                raise ValueError(f"{cls}: segment (offset={off}, size={size}) overlaps another or lies "
+                                 f"outside the buffer of {n} elements")
+            if off > bounds[-1]:
+                bounds.append(off)
+                real.append(False)
+            bounds.append(off + size)
+            real.append(True)
+        if bounds[-1] < n:
+            bounds.append(n)
+            real.append(False)
+        if len(bounds) == 1:  # empty buffer
+            bounds.append(0)
+            real.append(False)
+        self._n = n
+        self._dtype = p.dtype
+        self._segments = [(o, s) for o, s in segments]
+        self._seg_bounds = np.asarray(bounds, np.int64)
+        self._seg_real = np.asarray(real, bool)
+        self._seg_scales = np.empty(len(real), p.dtype)
+        self._seg_sumsq = np.empty(len(real), np.float64)
+        self._one_bounds = np.asarray([0, n], np.int64)
+        self._one_scale = np.empty(1, p.dtype)
+        self._dummy = np.zeros(1, p.dtype)
+        self.slots = {k: np.zeros(n, p.dtype) for k in self._slot_names()}
+        self.built = True
+        if self._pending_state is not None:
+            state, self._pending_state = self._pending_state, None
+            self.set_state(state)
+
+    # ------------------------------------------------------------------ apply
+    def apply(self, params_flat, grads_flat, grad_scale=1.0):
+        """One step, in place on ``params_flat`` and the slots; ``grads_flat`` is only read.
+
+        The gradient used is grads_flat * grad_scale (then clipped); builds on
+        first use with one segment when build was not called.
+        """
+        if not self.built:
+            self.build(params_flat)
+        cls = type(self).__name__
+        if params_flat.shape != (self._n,) or params_flat.dtype != self._dtype:
+            raise ValueError(f"{cls}: built for {self._n} {self._dtype} parameters, got "
+                             f"{params_flat.shape} {params_flat.dtype}")
+        if grads_flat.shape != params_flat.shape or grads_flat.dtype != params_flat.dtype:
+            raise ValueError(f"{cls}: grads_flat {grads_flat.shape} {grads_flat.dtype} does not match "
+                             f"params_flat {params_flat.shape} {params_flat.dtype}")
+        kern = get_device("cpu").kernels("optim")
+        lr = self.current_learning_rate
+        scale = float(grad_scale)
+        if self.clipnorm:
+            # Keras: g * clipnorm / max(||g||, clipnorm), per variable
+            kern.segment_sumsq(grads_flat, self._seg_bounds, self._seg_sumsq)
+            norms = np.sqrt(self._seg_sumsq) * abs(scale)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                factor = np.where(self._seg_real, self.clipnorm / np.maximum(norms, self.clipnorm), 1.0)
+            self._seg_scales[:] = scale * factor
+            bounds, scales = self._seg_bounds, self._seg_scales
+        else:
+            factor = 1.0
+            if self.global_clipnorm:
+                kern.segment_sumsq(grads_flat, self._one_bounds, self._seg_sumsq[:1])
+                norm = math.sqrt(self._seg_sumsq[0]) * abs(scale)
+                c = self.global_clipnorm
+                # Keras: c * min(1 / norm, 1 / c), and NaN when the norm is not finite
+                factor = (c * min(1.0 / norm, 1.0 / c) if norm > 0 else 1.0) if math.isfinite(norm) else math.nan
+            self._one_scale[0] = scale * factor
+            bounds, scales = self._one_bounds, self._one_scale
+        t = self._dtype.type
+        use_cv = bool(self.clipvalue)
+        cv = t(self.clipvalue or 0.0)
+        use_wd = bool(self.weight_decay)
+        wd_lr = t((self.weight_decay or 0.0) * lr)
+        self._update(kern, params_flat, grads_flat, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, t)
+        self.iterations += 1
+
+    def _update(self, kern, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, t):
+        raise NotImplementedError(f"{type(self).__name__} does not implement its update")
+
+    # ------------------------------------------------------------------ state
+    def get_state(self) -> dict:
+        """Copies of the slots (Keras names) and ``iterations``."""
+        state = {k: v.copy() for k, v in self.slots.items()}
+        state["iterations"] = np.array(self.iterations, np.int64)
+        return state
+
+    def set_state(self, state: dict) -> None:
+        """Restore get_state()'s dict (before build it is kept and applied by build)."""
+        if not self.built:
+            self._pending_state = dict(state)
+            if "iterations" in state:
+                self.iterations = int(np.asarray(state["iterations"]))
+            return
+        cls = type(self).__name__
+        unknown = set(state) - set(self.slots) - {"iterations"}
+        missing = set(self.slots) - set(state)
+        if unknown or missing:
+            raise ValueError(f"{cls}: optimizer state has slots {sorted(set(state) - {'iterations'})}, "
+                             f"expected {sorted(self.slots)}")
+        for k, arr in self.slots.items():
+            src = np.asarray(state[k])
+            if src.size != arr.size:
+                raise ValueError(f"{cls}: slot {k!r} has {src.size} elements, expected {arr.size}")
+            arr[:] = src.reshape(-1)
+        if "iterations" in state:
+            self.iterations = int(np.asarray(state["iterations"]))
+
+    # ----------------------------------------------------------------- config
+    def get_config(self) -> dict:
+        lr = self._learning_rate
+        return {"name": self.name,
+                "learning_rate": schedules_module.serialize(lr) if callable(lr) else lr,
+                "weight_decay": self.weight_decay, "clipnorm": self.clipnorm,
+                "global_clipnorm": self.global_clipnorm, "clipvalue": self.clipvalue}
+
+    @classmethod
+    def from_config(cls, cfg, custom_objects=None):
+        cfg = dict(cfg)
+        lr = cfg.get("learning_rate")
+        if isinstance(lr, dict):
+            cfg["learning_rate"] = schedules_module.deserialize(lr, custom_objects)
+        return cls(**cfg)
+
+    def __repr__(self):
+        return f"<{type(self).__name__} name={self.name!r} learning_rate={self._learning_rate!r}>"
+
+
+class SGD(Optimizer):
+    """Gradient descent with optional (Nesterov) momentum, Keras 3 form:
+    m = momentum * m - lr * g; p += m (nesterov: p += momentum * m - lr * g)."""
+
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, weight_decay=None, clipnorm=None,
+                 clipvalue=None, global_clipnorm=None, name="SGD"):
+        super().__init__(learning_rate, clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, name=name, weight_decay=weight_decay)
+        momentum = _opt_float("SGD", "momentum", momentum, allow_none=False)
+        if momentum > 1:
+            raise ValueError(f"SGD: argument `momentum` must be in [0, 1], got {momentum}")
+        self.momentum = momentum
+        self.nesterov = bool(nesterov)
+
+    def _slot_names(self):
+        return ["momentum"] if self.momentum != 0 else []
+
+    def _update(self, kern, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, t):
+        m = self.slots.get("momentum", self._dummy)
+        kern.sgd_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, t(lr), t(self.momentum),
+                      self.nesterov, m)
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
+
+
+class Adam(Optimizer):
+    """Adam, Keras 3 form: alpha = lr * sqrt(1 - b2^t) / (1 - b1^t);
+    p -= alpha * m / (sqrt(v) + epsilon) (epsilon outside the bias correction)."""
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False,
+                 weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None, name="adam"):
+        super().__init__(learning_rate, clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, name=name, weight_decay=weight_decay)
+        cls = type(self).__name__
+        for arg, v in (("beta_1", beta_1), ("beta_2", beta_2)):
+            if not isinstance(v, numbers.Real) or not 0 <= v < 1:
+                raise ValueError(f"{cls}: argument `{arg}` must be in [0, 1), got {v!r}")
+        self.beta_1 = float(beta_1)
+        self.beta_2 = float(beta_2)
+        self.epsilon = _opt_float(cls, "epsilon", epsilon, allow_none=False)
+        self.amsgrad = bool(amsgrad)
+
+    def _slot_names(self):
+        return ["momentum", "velocity"] + (["velocity_hat"] if self.amsgrad else [])
+
+    def _update(self, kern, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, t):
+        step = self.iterations + 1
+        alpha = lr * math.sqrt(1.0 - self.beta_2 ** step) / (1.0 - self.beta_1 ** step)
+        vhat = self.slots.get("velocity_hat", self._dummy)
+        kern.adam_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, t(alpha), t(1.0 - self.beta_1),
+                       t(1.0 - self.beta_2), t(self.epsilon), self.amsgrad, self.slots["momentum"],
+                       self.slots["velocity"], vhat)
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
+                "epsilon": self.epsilon, "amsgrad": self.amsgrad}
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Keras 3): p -= p * weight_decay * lr, then the Adam step."""
+
+    def __init__(self, learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                 amsgrad=False, clipnorm=None, clipvalue=None, global_clipnorm=None, name="adamw"):
+        if weight_decay is None:
+            raise ValueError("AdamW: argument `weight_decay` must be a float, got None")
+        super().__init__(learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, amsgrad=amsgrad,
+                         weight_decay=weight_decay, clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, name=name)
+
+
+class RMSprop(Optimizer):
+    """RMSprop, Keras 3 form: v = rho v + (1 - rho) g^2; inc = lr g / sqrt(v + epsilon)
+    (centered: sqrt(v - a^2 + epsilon)); with momentum: m = momentum m + inc, p -= m."""
+
+    def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False,
+                 weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None, name="rmsprop"):
+        super().__init__(learning_rate, clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, name=name, weight_decay=weight_decay)
+        if not isinstance(rho, numbers.Real) or not 0 <= rho < 1:
+            raise ValueError(f"RMSprop: argument `rho` must be in [0, 1), got {rho!r}")
+        self.rho = float(rho)
+        self.momentum = _opt_float("RMSprop", "momentum", momentum, allow_none=False)
+        self.epsilon = _opt_float("RMSprop", "epsilon", epsilon, allow_none=False)
+        self.centered = bool(centered)
+
+    def _slot_names(self):
+        return (["velocity"] + (["momentum"] if self.momentum > 0 else [])
+                + (["average_gradient"] if self.centered else []))
+
+    def _update(self, kern, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, t):
+        kern.rmsprop_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, t(lr), t(self.rho),
+                          t(1.0 - self.rho), t(self.momentum), t(self.epsilon), self.centered,
+                          self.slots["velocity"], self.slots.get("momentum", self._dummy),
+                          self.slots.get("average_gradient", self._dummy))
+
+    def get_config(self):
+        return {**super().get_config(), "rho": self.rho, "momentum": self.momentum,
+                "epsilon": self.epsilon, "centered": self.centered}
+
+
+_BY_NAME = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
+_CLASSES = {c.__name__: c for c in (SGD, Adam, AdamW, RMSprop)}
+
+
+def get(identifier) -> Optimizer:
+    """An optimizer from a name ("sgd", "adam", "adamw", "rmsprop", case-insensitive; Keras
+    defaults), a serialize() dict, or an Optimizer instance (returned as is)."""
+    if isinstance(identifier, Optimizer):
+        return identifier
+    if isinstance(identifier, str):
+        cls = _BY_NAME.get(identifier.lower())
+        if cls is not None:
+            return cls()
+    elif isinstance(identifier, dict):
+        return deserialize(identifier)
+    raise ValueError(f"Unknown optimizer {identifier!r}: argument `optimizer` must be one of "
+                     f"{sorted(_BY_NAME)} or a nbmodel.optimizers.Optimizer instance")
+
+
+def serialize(optimizer: Optimizer) -> dict:
+    return {"class_name": type(optimizer).__name__, "config": optimizer.get_config()}
+
+
+def _subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _subclasses(sub)
+
+
+def deserialize(cfg: dict, custom_objects=None) -> Optimizer:
+    classes = {**_CLASSES, **{c.__name__: c for c in _subclasses(Optimizer)}, **(custom_objects or {})}
+    cls = classes.get(cfg.get("class_name"))
+    if cls is None:
+        raise ValueError(f"optimizer: unknown optimizer class {cfg.get('class_name')!r}; "
+                         f"known: {sorted(_CLASSES)}")
+    return cls.from_config(dict(cfg.get("config", {})), custom_objects)
