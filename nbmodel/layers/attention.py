@@ -434,55 +434,101 @@ class TransformerEncoder(Layer):
         self.ensure_built(np.shape(x))
         x = self.check_input(x, ndim=3, last_dim=self._d)
         training = bool(training)
+        shape = x.shape
+        n, d, ff = shape[0] * shape[1], self._d, self.ff_dim
+        x2 = x.reshape(n, d)
+        ws = self.workspace
+        k, kn = self.kernels("attention"), self.kernels("norm")
+        eps = self.dtype.type(self.layer_norm_epsilon)
+        code = act_codes.get(self.activation, self.name)
+        keep_pre = code in act_codes.NEEDS_PREACTIVATION
+        p1, p2 = self.dense1.params, self.dense2.params
+        g1, be1 = self.norm1.params["gamma"], self.norm1.params["beta"]
+        g2, be2 = self.norm2.params["gamma"], self.norm2.params["beta"]
+        mean1, rstd1, mean2, rstd2 = ws("mean1", (n,)), ws("rstd1", (n,)), ws("mean2", (n,)), ws("rstd2", (n,))
+        hid = ws("hid", (n, ff))
+        pre = ws("pre", (n, ff)) if keep_pre else hid
+        f = ws("f", (n, d))
+        y = ws("y", (n, d))
         causal = self.use_causal_mask
         with finite_checks(False):  # sub-layer inputs come from x, already checked
             if self.norm_first:
-                a_in = self.norm1.forward(x, training)
-                a = self.attention.forward((a_in, a_in), training, attention_mask=attention_mask,
+                n1 = ws("n1", (n, d))
+                kn.layer_norm_forward(x2, g1, be1, eps, True, True, n1, mean1, rstd1)
+                n13 = n1.reshape(shape)
+                a = self.attention.forward((n13, n13), training, attention_mask=attention_mask,
                                            use_causal_mask=causal)
                 a = self.drop1.forward(a, training)
-                h1 = self._add("h1", x, a)
-                f = self.dense2.forward(self.dense1.forward(self.norm2.forward(h1, training), training), training)
-                f = self.drop2.forward(f, training)
-                y = self._add("y", h1, f)
+                h1 = ws("h1", (n, d))
+                k.add_into(x2.reshape(-1), np.ascontiguousarray(a).reshape(-1), h1.reshape(-1))
+                n2 = ws("n2", (n, d))
+                kn.layer_norm_forward(h1, g2, be2, eps, True, True, n2, mean2, rstd2)
+                k.ffn_forward(n2, p1["kernel"], p1["bias"], p2["kernel"], p2["bias"], code, keep_pre, pre, hid, f)
+                fo = self.drop2.forward(f, training)
+                k.add_into(h1.reshape(-1), np.ascontiguousarray(fo).reshape(-1), y.reshape(-1))
+                self._cache = (x2, n1, h1, n2, pre, hid, mean1, rstd1, mean2, rstd2, code, shape)
             else:
                 a = self.attention.forward((x, x), training, attention_mask=attention_mask,
                                            use_causal_mask=causal)
-                a = self.drop1.forward(a, training)
-                h1 = self.norm1.forward(self._add("s1", x, a), training)
-                f = self.dense2.forward(self.dense1.forward(h1, training), training)
-                f = self.drop2.forward(f, training)
-                y = self.norm2.forward(self._add("s2", h1, f), training)
-        return y
-
-    def _add(self, key, a, b):
-        out = self.workspace(key, a.shape)
-        self.kernels("attention").add_into(a.reshape(-1), np.ascontiguousarray(b).reshape(-1), out.reshape(-1))
-        return out
+                a = np.ascontiguousarray(self.drop1.forward(a, training)).reshape(n, d)
+                s1, h1 = ws("s1", (n, d)), ws("h1", (n, d))
+                kn.add_layer_norm_forward(x2, a, g1, be1, eps, s1, h1, mean1, rstd1)
+                k.ffn_forward(h1, p1["kernel"], p1["bias"], p2["kernel"], p2["bias"], code, keep_pre, pre, hid, f)
+                fo = np.ascontiguousarray(self.drop2.forward(f, training)).reshape(n, d)
+                s2 = ws("s2", (n, d))
+                kn.add_layer_norm_forward(h1, fo, g2, be2, eps, s2, y, mean2, rstd2)
+                self._cache = (x2, s1, h1, s2, pre, hid, mean1, rstd1, mean2, rstd2, code, shape)
+        return y.reshape(shape)
 
     def backward(self, dy):
-        dy = np.ascontiguousarray(dy, dtype=self.dtype)
+        x2, s1, h1, s2, pre, hid, mean1, rstd1, mean2, rstd2, code, shape = self._cache
+        n, d = x2.shape
+        dy = np.ascontiguousarray(dy, dtype=self.dtype).reshape(n, d)
         need_dx = bool(self.input_grad_needed)
+        ws = self.workspace
+        k, kn = self.kernels("attention"), self.kernels("norm")
+        p1, p2 = self.dense1.params, self.dense2.params
+        gd1, gd2 = self.dense1.grads, self.dense2.grads
+        gn1, gn2 = self.norm1.grads, self.norm2.grads
+        g1, g2 = self.norm1.params["gamma"], self.norm2.params["gamma"]
+        dz = ws("dz", hid.shape)
+        dffin = ws("dffin", (n, d))
         if self.norm_first:
-            df = self.drop2.backward(dy)
-            dn2 = self.dense1.backward(self.dense2.backward(df))
-            dh1 = self._add("dh1", dy, self.norm2.backward(dn2))
-            da = self.drop1.backward(dh1)
+            n1, n2 = s1, s2
+            df = np.ascontiguousarray(self.drop2.backward(dy)).reshape(n, d)
+            k.ffn_backward(n2, p1["kernel"], p2["kernel"], pre, hid, df, code, True, dz, gd1["kernel"],
+                           gd1["bias"], gd2["kernel"], gd2["bias"], dffin)
+            dln = ws("dln", (n, d))
+            kn.layer_norm_backward(h1, g2, mean2, rstd2, dffin, True, True, dln, gn2["gamma"], gn2["beta"])
+            dh1 = ws("dh1", (n, d))
+            k.add_into(dy.reshape(-1), dln.reshape(-1), dh1.reshape(-1))
+            da = np.ascontiguousarray(self.drop1.backward(dh1.reshape(shape)))
             self.attention.input_grad_needed = True
             dq, dv = self.attention.backward(da)
-            dxn = self.norm1.backward(self._add("da_in", dq, dv))
-            return self._add("dx", dh1, dxn) if need_dx else None
-        ds2 = self.norm2.backward(dy)
-        dh = self.dense1.backward(self.dense2.backward(self.drop2.backward(ds2)))
-        ds1 = self.norm1.backward(self._add("dh1", ds2, dh))
+            dn1 = ws("dn1", (n, d))
+            k.add_into(dq.reshape(-1), dv.reshape(-1), dn1.reshape(-1))
+            kn.layer_norm_backward(x2, g1, mean1, rstd1, dn1, True, True, dln, gn1["gamma"], gn1["beta"])
+            if not need_dx:
+                return None
+            dx = ws("dx", (n, d))
+            k.add_into(dh1.reshape(-1), dln.reshape(-1), dx.reshape(-1))
+            return dx.reshape(shape)
+        ds2 = ws("ds2", (n, d))
+        kn.layer_norm_backward(s2, g2, mean2, rstd2, dy, True, True, ds2, gn2["gamma"], gn2["beta"])
+        df = np.ascontiguousarray(self.drop2.backward(ds2)).reshape(n, d)
+        k.ffn_backward(h1, p1["kernel"], p2["kernel"], pre, hid, df, code, True, dz, gd1["kernel"],
+                       gd1["bias"], gd2["kernel"], gd2["bias"], dffin)
+        ds1 = ws("ds1", (n, d))
+        kn.layer_norm_backward_sum(s1, g1, mean1, rstd1, dffin, ds2, ds1, gn1["gamma"], gn1["beta"])
         self.attention.input_grad_needed = need_dx
-        grads = self.attention.backward(self.drop1.backward(ds1))
+        grads = self.attention.backward(np.ascontiguousarray(self.drop1.backward(ds1.reshape(shape))))
         if not need_dx:
             return None
         dq, dv = grads
-        dx = self._add("dx", ds1, dq)
-        dx += dv
-        return dx
+        dx = ws("dx", (n, d))
+        k.add_into(ds1.reshape(-1), dq.reshape(-1), dx.reshape(-1))
+        dx += dv.reshape(n, d)
+        return dx.reshape(shape)
 
     def get_config(self):
         cfg = super().get_config()

@@ -27,6 +27,8 @@ import math
 
 import numpy as np
 
+from ...activations import RELU
+from .activations import act_grad_scalar, act_scalar
 from ._jit import jit
 
 
@@ -251,3 +253,65 @@ def pos_embed_backward(ids, dy, dtok, dpos):
                 g = dy[b, i, e]
                 dtok[k, e] += g
                 dpos[i, e] += g
+
+
+@jit
+def ffn_forward(x, w1, b1, w2, b2, code, keep_pre, pre, hid, out):
+    """Feed-forward block: hid = act(x @ w1 + b1), out = hid @ w2 + b2.
+
+    pre (x @ w1 + b1) is written only when keep_pre (activations whose
+    gradient needs it). ReLU gets its own branch-free loop so it vectorizes:
+    a data-dependent branch per element costs more than the GEMM around it.
+    """
+    np.dot(x, w1, hid)
+    n, m = hid.shape
+    one = hid.dtype.type(1)
+    zero = one - one
+    if code == RELU:
+        for i in range(n):
+            for j in range(m):
+                v = hid[i, j] + b1[j]
+                hid[i, j] = max(v, zero)
+    else:
+        for i in range(n):
+            for j in range(m):
+                v = hid[i, j] + b1[j]
+                if keep_pre:
+                    pre[i, j] = v
+                hid[i, j] = act_scalar(code, v, one)
+    np.dot(hid, w2, out)
+    n2, m2 = out.shape
+    for i in range(n2):
+        for j in range(m2):
+            out[i, j] += b2[j]
+
+
+@jit
+def ffn_backward(x, w1, w2, pre, hid, dout, code, need_dx, dz, dw1, db1, dw2, db2, dx):
+    """Gradients of ffn_forward; dz (n, ff) is a workspace."""
+    one = hid.dtype.type(1)
+    zero = one - one
+    np.dot(hid.T, dout, dw2)
+    n2, m2 = dout.shape
+    db2[:] = zero
+    for i in range(n2):
+        for j in range(m2):
+            db2[j] += dout[i, j]
+    np.dot(dout, w2.T, dz)
+    n, m = dz.shape
+    db1[:] = zero
+    if code == RELU:
+        for i in range(n):
+            for j in range(m):
+                g = dz[i, j] if hid[i, j] > zero else zero
+                dz[i, j] = g
+                db1[j] += g
+    else:
+        for i in range(n):
+            for j in range(m):
+                g = dz[i, j] * act_grad_scalar(code, pre[i, j], hid[i, j], one)
+                dz[i, j] = g
+                db1[j] += g
+    np.dot(x.T, dz, dw1)
+    if need_dx:
+        np.dot(dz, w1.T, dx)

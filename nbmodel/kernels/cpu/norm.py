@@ -79,3 +79,175 @@ def layer_norm_backward(x, gamma, mean, rstd, dy, use_scale, use_center, dx, dga
             xh = (x[i, j] - mu) * r
             g = dy[i, j] * gamma[j] if use_scale else dy[i, j]
             dx[i, j] = r * (g - sg - xh * sgx)
+
+
+@jit
+def add_layer_norm_forward(a, b, gamma, beta, eps, s, out, mean, rstd):
+    """Residual + layer norm in one pass: s = a + b (kept for backward), out = LN(s).
+
+    a, b, s, out (n, d); gamma, beta (d,); mean, rstd (n,).
+    """
+    n, d = a.shape
+    one = a.dtype.type(1)
+    zero = one - one
+    inv_d = one / d
+    for i in range(n):
+        t = zero
+        for j in range(d):
+            v = a[i, j] + b[i, j]
+            s[i, j] = v
+            t += v
+        mu = t * inv_d
+        v2 = zero
+        for j in range(d):
+            c = s[i, j] - mu
+            v2 += c * c
+        r = one / math.sqrt(v2 * inv_d + eps)
+        mean[i] = mu
+        rstd[i] = r
+        for j in range(d):
+            out[i, j] = (s[i, j] - mu) * r * gamma[j] + beta[j]
+
+
+@jit
+def layer_norm_backward_sum(x, gamma, mean, rstd, dya, dyb, dx, dgamma, dbeta):
+    """layer_norm_backward (scale and center on) for dy = dya + dyb, the sum of
+    two incoming gradients (a residual branch and its skip), formed on the fly."""
+    n, d = x.shape
+    one = x.dtype.type(1)
+    zero = one - one
+    inv_d = one / d
+    dgamma[:] = zero
+    dbeta[:] = zero
+    for i in range(n):
+        mu = mean[i]
+        r = rstd[i]
+        sg = zero
+        sgx = zero
+        for j in range(d):
+            xh = (x[i, j] - mu) * r
+            gy = dya[i, j] + dyb[i, j]
+            dgamma[j] += gy * xh
+            dbeta[j] += gy
+            g = gy * gamma[j]
+            sg += g
+            sgx += g * xh
+        sg *= inv_d
+        sgx *= inv_d
+        for j in range(d):
+            xh = (x[i, j] - mu) * r
+            dx[i, j] = r * ((dya[i, j] + dyb[i, j]) * gamma[j] - sg - xh * sgx)
+
+
+# ---------------------------------------------------------------- BatchNormalization
+# x is (m, c): every axis but the channel axis flattened into rows. Column sums
+# run in blocks of rows (a float32 partial per block, then added up) so float32
+# statistics over tens of thousands of rows keep their precision.
+
+_BN_BLOCK = 256
+
+
+@jit
+def batch_norm_stats(x, work, mean, var):
+    """mean and biased variance of each column of x; work (c,) is scratch."""
+    m, c = x.shape
+    one = x.dtype.type(1)
+    zero = one - one
+    inv_m = one / m
+    mean[:] = zero
+    for r0 in range(0, m, _BN_BLOCK):
+        work[:] = zero
+        for r in range(r0, min(m, r0 + _BN_BLOCK)):
+            for j in range(c):
+                work[j] += x[r, j]
+        for j in range(c):
+            mean[j] += work[j]
+    for j in range(c):
+        mean[j] *= inv_m
+    var[:] = zero
+    for r0 in range(0, m, _BN_BLOCK):
+        work[:] = zero
+        for r in range(r0, min(m, r0 + _BN_BLOCK)):
+            for j in range(c):
+                d = x[r, j] - mean[j]
+                work[j] += d * d
+        for j in range(c):
+            var[j] += work[j]
+    for j in range(c):
+        var[j] *= inv_m
+
+
+@jit
+def batch_norm_forward(x, gamma, beta, eps, momentum, training, use_scale, use_center,
+                       moving_mean, moving_var, work, mean, rstd, out):
+    """out = (x - mean) * rstd * gamma + beta over columns of x (m, c).
+
+    training: mean/variance of this batch (biased), and the moving statistics
+    are updated in place: moving = moving * momentum + batch * (1 - momentum).
+    Otherwise the moving statistics are used. mean and rstd (c,) are written
+    for backward; work (c,) is scratch.
+    """
+    m, c = x.shape
+    one = x.dtype.type(1)
+    if training:
+        batch_norm_stats(x, work, mean, rstd)  # rstd holds the variance for now
+        for j in range(c):
+            moving_mean[j] = moving_mean[j] * momentum + mean[j] * (one - momentum)
+            moving_var[j] = moving_var[j] * momentum + rstd[j] * (one - momentum)
+            rstd[j] = one / np.sqrt(rstd[j] + eps)
+    else:
+        for j in range(c):
+            mean[j] = moving_mean[j]
+            rstd[j] = one / np.sqrt(moving_var[j] + eps)
+    # out = x * a + b with a = rstd * gamma, b = beta - mean * a
+    for j in range(c):
+        a = rstd[j] * gamma[j] if use_scale else rstd[j]
+        work[j] = a
+    for r in range(m):
+        for j in range(c):
+            v = (x[r, j] - mean[j]) * work[j]
+            out[r, j] = v + beta[j] if use_center else v
+
+
+@jit
+def batch_norm_backward(x, dy, gamma, mean, rstd, training, use_scale, use_center, work,
+                        dx, dgamma, dbeta):
+    """Gradients of batch_norm_forward; dgamma/dbeta (c,) overwritten.
+
+    training: dx = g * rstd / m * (m * dy - sum(dy) - xhat * sum(dy * xhat)),
+    g = gamma; in inference mode the statistics are constants: dx = dy * g * rstd.
+    work (4, c) is scratch.
+    """
+    m, c = x.shape
+    one = x.dtype.type(1)
+    zero = one - one
+    sdy = dbeta if use_center else work[2]
+    sdx = dgamma if use_scale else work[3]
+    sdy[:] = zero
+    sdx[:] = zero
+    for r0 in range(0, m, _BN_BLOCK):
+        for j in range(c):
+            work[0, j] = zero
+            work[1, j] = zero
+        for r in range(r0, min(m, r0 + _BN_BLOCK)):
+            for j in range(c):
+                g = dy[r, j]
+                work[0, j] += g
+                work[1, j] += g * (x[r, j] - mean[j])
+        for j in range(c):
+            sdy[j] += work[0, j]
+            sdx[j] += work[1, j] * rstd[j]
+    inv_m = one / m
+    for j in range(c):
+        a = rstd[j] * gamma[j] if use_scale else rstd[j]
+        work[0, j] = a
+        work[1, j] = sdy[j] * inv_m
+    if training:
+        for r in range(m):
+            for j in range(c):
+                xh = (x[r, j] - mean[j]) * rstd[j]
+                dx[r, j] = work[0, j] * (dy[r, j] - work[1, j] - xh * sdx[j] * inv_m)
+    else:
+        for r in range(m):
+            for j in range(c):
+                dx[r, j] = dy[r, j] * work[0, j]
