@@ -216,7 +216,8 @@ class MultiHeadAttention(Layer):
             *args, self.use_bias, dt(1.0 / math.sqrt(kd)), b, tq, tk, h, kd, vd, mask, has_mask,
             bool(use_causal_mask), keep, dt(rate), u,
             ws("qtmp", (b * tq, h * kd)), ws("ktmp", (b * tk, h * kd)), ws("vtmp", (b * tk, h * vd)),
-            qh, kh, vh, probs, ws("pdrop", (tq, tk) if rate > 0.0 else (1, 1)), ws("otmp", (tq, vd)), o2, out)
+            qh, kh, vh, probs, ws("pdrop", (tq, tk) if rate > 0.0 else (1, 1)), ws("otmp", (tq, vd)),
+            ws("nscr", (tk,), np.int32), o2, out)
         self._cache = (args[:3], has_key, b, tq, tk, rate, u, qh, kh, vh, probs, o2) if training else None
         y = out.reshape((b, tq) + self._out_tail)
         if return_attention_scores:

@@ -49,42 +49,92 @@ def _project_heads(x, w, b, use_bias, scale, batch, t, heads, dim, tmp, out):
 
 
 @jit
-def _softmax_block(s, mask, has_mask, mb, mh, causal):
-    """In place masked softmax of the rows of one (q_len, k_len) block."""
+def _exp_row_f32(s, i, n, mx, nscr):
+    """s[i, :n] = exp(s[i, :n] - mx) in float32 without a libm call per element.
+
+    exp(x) = 2^k * p(r), k = round(x / ln 2), r = x - k ln 2 (two-part ln 2),
+    p a degree-6 Taylor polynomial (error ~1e-7 relative on |r| <= ln2/2);
+    2^k is added to the exponent bits through an int32 view. Every loop is
+    branch-free so LLVM vectorizes it. x below -87 (masked entries are -inf)
+    gives 0. Returns the row sum.
+    """
+    one = s.dtype.type(1)
+    zero = one - one
+    half = one / (one + one)
+    log2e = s.dtype.type(1.4426950408889634)
+    ln2hi = s.dtype.type(0.693359375)
+    ln2lo = s.dtype.type(-2.12194440e-4)
+    lo = s.dtype.type(-87.0)
+    c3 = s.dtype.type(1.0 / 6.0)
+    c4 = s.dtype.type(1.0 / 24.0)
+    c5 = s.dtype.type(1.0 / 120.0)
+    c6 = s.dtype.type(1.0 / 720.0)
+    for j in range(n):
+        x = s[i, j] - mx
+        keep = x > lo
+        x = max(x, lo)
+        k = np.floor(x * log2e + half)
+        r = x - k * ln2hi - k * ln2lo
+        pr = one + r * (one + r * (half + r * (c3 + r * (c4 + r * (c5 + r * c6)))))
+        s[i, j] = pr if keep else zero
+        nscr[j] = np.int32(k) << 23 if keep else 0
+    si = s[i].view(np.int32)
+    for j in range(n):
+        si[j] += nscr[j]
+    tot = zero
+    for j in range(n):
+        tot += s[i, j]
+    return tot
+
+
+@jit
+def _softmax_block(s, mask, has_mask, mb, mh, causal, nscr):
+    """In place masked softmax of the rows of one (q_len, k_len) block.
+
+    Causal rows are the prefix j <= i; masked entries become -inf before the
+    max so they give exp = 0; a row with nothing to attend to is all zeros.
+    nscr is an int32 scratch of length k_len.
+    """
     tq, tk = s.shape
     one = s.dtype.type(1)
     zero = one - one
+    ninf = s.dtype.type(-np.inf)
+    f32 = s.itemsize == 4
     for i in range(tq):
-        mx = zero
-        cnt = 0
-        for j in range(tk):
-            if causal and j > i:
+        n = min(i + 1, tk) if causal else tk
+        for j in range(n, tk):
+            s[i, j] = zero
+        if has_mask:
+            cnt = 0
+            for j in range(n):
+                if mask[mb, mh, i, j]:
+                    cnt += 1
+                else:
+                    s[i, j] = ninf
+            if cnt == 0:
+                for j in range(n):
+                    s[i, j] = zero  # nothing to attend to: zeros, not NaN
                 continue
-            if has_mask and not mask[mb, mh, i, j]:
-                continue
-            if cnt == 0 or s[i, j] > mx:
-                mx = s[i, j]
-            cnt += 1
-        if cnt == 0:
-            s[i, :] = zero  # nothing to attend to: zeros, not NaN
-            continue
-        tot = zero
-        for j in range(tk):
-            if (causal and j > i) or (has_mask and not mask[mb, mh, i, j]):
-                s[i, j] = zero
-            else:
+        mx = s[i, 0]
+        for j in range(n):
+            mx = max(mx, s[i, j])
+        if f32:
+            tot = _exp_row_f32(s, i, n, mx, nscr)
+        else:
+            tot = zero
+            for j in range(n):
                 e = math.exp(s[i, j] - mx)
                 s[i, j] = e
                 tot += e
         inv = one / tot
-        for j in range(tk):
+        for j in range(n):
             s[i, j] *= inv
 
 
 @jit
 def mha_forward(q2, k2, v2, wq, bq, wk, bk, wv, bv, wo, bo, use_bias, scale, batch, tq, tk,
                 heads, kd, vd, mask, has_mask, causal, keep, rate, u,
-                qtmp, ktmp, vtmp, qh, kh, vh, probs, pdrop, otmp, o2, out):
+                qtmp, ktmp, vtmp, qh, kh, vh, probs, pdrop, otmp, nscr, o2, out):
     """Forward of multi-head attention on flattened inputs.
 
     q2 (batch*tq, dq), k2 (batch*tk, dk), v2 (batch*tk, dv); w* are the kernels
@@ -92,7 +142,7 @@ def mha_forward(q2, k2, v2, wq, bq, wk, bk, wv, bv, wo, bo, use_bias, scale, bat
     flattened. Writes qh/kh/vh (head-major projections, qh scaled), probs
     ((batch, heads, tq, tk) when keep, else one (1, 1, tq, tk) block), o2
     ((batch*tq, heads*vd), the attention output before the output GEMM) and
-    out (batch*tq, dout). Dropout (rate > 0) multiplies the probabilities by
+    out (batch*tq, dout). nscr is an int32 (tk,) scratch. Dropout (rate > 0) multiplies the probabilities by
     (u >= rate) / (1 - rate), u uniform of probs' shape; pdrop is a (tq, tk)
     workspace.
     """
@@ -110,7 +160,7 @@ def mha_forward(q2, k2, v2, wq, bq, wk, bk, wv, bv, wo, bo, use_bias, scale, bat
             mh = h if mhn > 1 else 0
             p = probs[b, h] if keep else probs[0, 0]
             np.dot(qh[b, h], kh[b, h].T, p)
-            _softmax_block(p, mask, has_mask, mb, mh, causal)
+            _softmax_block(p, mask, has_mask, mb, mh, causal, nscr)
             if rate > zero:
                 ub = u[b, h]
                 for i in range(tq):
