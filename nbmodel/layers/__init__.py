@@ -20,3 +20,9 @@ __all__ += list(_recurrent.__all__)
 from .embedding import *  # noqa
 from . import embedding as _embedding
 __all__ += list(_embedding.__all__)
+from .conv import *  # noqa
+from . import conv as _conv
+__all__ += list(_conv.__all__)
+from .pooling import *  # noqa
+from . import pooling as _pooling
+__all__ += list(_pooling.__all__)

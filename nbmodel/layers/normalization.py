@@ -104,3 +104,122 @@ class LayerNormalization(Layer):
         cfg.update(axis=self.axis, epsilon=self.epsilon, center=self.center, scale=self.scale,
                    beta_initializer=self.beta_initializer, gamma_initializer=self.gamma_initializer)
         return cfg
+
+
+class BatchNormalization(Layer):
+    """Normalizes each channel (``axis``, default -1) with batch statistics in
+    training and with moving averages in inference, then scales by ``gamma``
+    and shifts by ``beta``.
+
+    Params: ``gamma``, ``beta`` (channels,); state: ``moving_mean``,
+    ``moving_variance`` (channels,), updated in training as
+    ``moving = moving * momentum + batch * (1 - momentum)`` with the biased
+    batch variance (Keras). A layer with ``trainable=False`` always runs in
+    inference mode, like Keras.
+    """
+
+    def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
+                 beta_initializer="zeros", gamma_initializer="ones", moving_mean_initializer="zeros",
+                 moving_variance_initializer="ones", **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(axis, (int, np.integer)):
+            raise ValueError(f"{self.name}: axis must be an int, got {axis!r}")
+        self.axis = int(axis)
+        self.momentum = float(momentum)
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ValueError(f"{self.name}: momentum must be in [0, 1], got {momentum!r}")
+        self.epsilon = float(epsilon)
+        if not self.epsilon > 0:
+            raise ValueError(f"{self.name}: epsilon must be > 0, got {epsilon!r}")
+        self.center = bool(center)
+        self.scale = bool(scale)
+        self.beta_initializer = beta_initializer
+        self.gamma_initializer = gamma_initializer
+        self.moving_mean_initializer = moving_mean_initializer
+        self.moving_variance_initializer = moving_variance_initializer
+
+    def _channel_axis(self, ndim):
+        if ndim < 2:
+            raise ValueError(f"{self.name}: expected input of rank >= 2, got rank {ndim}")
+        ax = self.axis + ndim if self.axis < 0 else self.axis
+        if not 1 <= ax < ndim:
+            raise ValueError(f"{self.name}: axis {self.axis} is out of range for input of rank {ndim} "
+                             "(the batch axis cannot be normalized over)")
+        return ax
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        ax = self._channel_axis(len(input_shape))
+        c = input_shape[ax]
+        if c is None:
+            raise ValueError(f"{self.name}: the size of axis {self.axis} must be known, got {input_shape}")
+        if self.scale:
+            self.add_param("gamma", (c,), self.gamma_initializer)
+        if self.center:
+            self.add_param("beta", (c,), self.beta_initializer)
+        self.add_state("moving_mean", (c,), self.moving_mean_initializer)
+        self.add_state("moving_variance", (c,), self.moving_variance_initializer)
+        super().build(input_shape)
+
+    def forward(self, x, training=False):
+        self.ensure_built(np.shape(x))
+        c = self.state["moving_mean"].shape[0]
+        x = self.check_input(x, min_ndim=2)
+        ax = self._channel_axis(x.ndim)
+        if x.shape[ax] != c:
+            raise ValueError(f"{self.name}: expected input with {c} channels on axis {self.axis}, "
+                             f"got shape {x.shape}")
+        last = ax == x.ndim - 1
+        xl = x if last else np.ascontiguousarray(np.moveaxis(x, ax, -1))
+        x2 = xl.reshape(-1, c)
+        train = bool(training) and self.trainable
+        if train and x2.shape[0] < 2:
+            raise ValueError(f"{self.name}: batch statistics need at least 2 values per channel, "
+                             f"got input of shape {x.shape}")
+        dt = self.dtype.type
+        gamma = self.params["gamma"] if self.scale else self.state["moving_mean"][:0]
+        beta = self.params["beta"] if self.center else self.state["moving_mean"][:0]
+        mean = self.workspace("mean", (c,))
+        rstd = self.workspace("rstd", (c,))
+        y2 = self.workspace("y", x2.shape)
+        self.kernels("norm").batch_norm_forward(
+            x2, gamma, beta, dt(self.epsilon), dt(self.momentum), train, self.scale, self.center,
+            self.state["moving_mean"], self.state["moving_variance"], self.workspace("work", (c,)),
+            mean, rstd, y2)
+        self._cache = (x2, xl.shape, ax, train)
+        y = y2.reshape(xl.shape)
+        return y if last else np.ascontiguousarray(np.moveaxis(y, -1, ax))
+
+    def backward(self, dy):
+        x2, xl_shape, ax, train = self._cache
+        c = x2.shape[1]
+        dy = np.asarray(dy, dtype=self.dtype)
+        last = ax == len(xl_shape) - 1
+        dyl = np.ascontiguousarray(dy if last else np.moveaxis(dy, ax, -1))
+        dy2 = dyl.reshape(-1, c)
+        if dy2.shape != x2.shape:
+            raise ValueError(f"{self.name}: gradient of shape {dy.shape} does not match the output")
+        dx2 = self.workspace("dx", x2.shape)
+        empty = self.state["moving_mean"][:0]
+        self.kernels("norm").batch_norm_backward(
+            x2, dy2, self.params["gamma"] if self.scale else empty, self.workspace("mean", (c,)),
+            self.workspace("rstd", (c,)), train, self.scale, self.center, self.workspace("bwork", (4, c)),
+            dx2, self.grads["gamma"] if self.scale else self.workspace("dgamma", (c,)),
+            self.grads["beta"] if self.center else self.workspace("dbeta", (c,)))
+        dx = dx2.reshape(xl_shape)
+        return dx if last else np.ascontiguousarray(np.moveaxis(dx, -1, ax))
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(axis=self.axis, momentum=self.momentum, epsilon=self.epsilon, center=self.center,
+                   scale=self.scale)
+        for k in ("beta_initializer", "gamma_initializer", "moving_mean_initializer",
+                  "moving_variance_initializer"):
+            init = getattr(self, k)
+            if not isinstance(init, str):
+                raise ValueError(f"{self.name}: only initializers given by name can be saved with the model")
+            cfg[k] = init
+        return cfg
+
+
+__all__ += ["BatchNormalization"]

@@ -1,0 +1,183 @@
+"""Pooling (max, average, global), forward and backward, channels_last.
+
+x (n, h, w, c); 1-D pooling is 2-D pooling with h = 1. Loops run over output
+pixels with the channel loop innermost (contiguous, vectorized). Max pooling
+records, per output element, the flat spatial index (ih * w + iw) of the
+winning input, so backward is a scatter of dy without re-reading x. Padding
+("same") never wins a max and is not counted in an average, like Keras.
+Flat unsigned indices let numba skip its negative-index checks so the
+channel loops vectorize. Work is split across threads by image, so the
+backward scatters never race.
+"""
+import numpy as np
+
+from ._jit import jit, pjit, prange
+
+
+@pjit
+def max_pool_forward(x, ph, pw, sh, sw, pt, pl, out, arg):
+    """out = window max, arg = flat spatial index of the first maximum (int32)."""
+    n, h, w, c = x.shape
+    _, oh, ow, _ = out.shape
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
+    af = arg.reshape(-1)
+    for r in prange(n * oh):
+        b = r // oh
+        i = r - b * oh
+        h0 = max(i * sh - pt, 0)
+        h1 = min(i * sh - pt + ph, h)
+        for j in range(ow):
+            w0 = max(j * sw - pl, 0)
+            w1 = min(j * sw - pl + pw, w)
+            o = ((b * oh + i) * ow + j) * c
+            s = ((b * h + h0) * w + w0) * c
+            first = h0 * w + w0
+            for ch in range(c):
+                of[np.uint64(o + ch)] = xf[np.uint64(s + ch)]
+                af[np.uint64(o + ch)] = first
+            for ih in range(h0, h1):
+                for iw in range(w0, w1):
+                    s = ((b * h + ih) * w + iw) * c
+                    p = ih * w + iw
+                    for ch in range(c):
+                        v = xf[np.uint64(s + ch)]
+                        if v > of[np.uint64(o + ch)]:
+                            of[np.uint64(o + ch)] = v
+                            af[np.uint64(o + ch)] = p
+
+
+@pjit
+def max_pool_backward(dy, arg, dx):
+    """dx = 0, then dy routed to each window's recorded maximum."""
+    n, h, w, c = dx.shape
+    _, oh, ow, _ = dy.shape
+    dyf = dy.reshape(-1)
+    af = arg.reshape(-1)
+    dxf = dx.reshape(-1)
+    zero = dx.dtype.type(0)
+    per_in = h * w * c
+    per_out = oh * ow * c
+    for b in prange(n):
+        for q in range(per_in):
+            dxf[np.uint64(b * per_in + q)] = zero
+        for q in range(per_out // c):
+            o = b * per_out + q * c
+            for ch in range(c):
+                d = (b * h * w + af[np.uint64(o + ch)]) * c + ch
+                dxf[np.uint64(d)] += dyf[np.uint64(o + ch)]
+
+
+@pjit
+def avg_pool_forward(x, ph, pw, sh, sw, pt, pl, out):
+    """out = mean of the real (unpadded) elements of each window."""
+    n, h, w, c = x.shape
+    _, oh, ow, _ = out.shape
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
+    one = x.dtype.type(1)
+    zero = one - one
+    for r in prange(n * oh):
+        b = r // oh
+        i = r - b * oh
+        h0 = max(i * sh - pt, 0)
+        h1 = min(i * sh - pt + ph, h)
+        for j in range(ow):
+            w0 = max(j * sw - pl, 0)
+            w1 = min(j * sw - pl + pw, w)
+            o = ((b * oh + i) * ow + j) * c
+            for ch in range(c):
+                of[np.uint64(o + ch)] = zero
+            for ih in range(h0, h1):
+                for iw in range(w0, w1):
+                    s = ((b * h + ih) * w + iw) * c
+                    for ch in range(c):
+                        of[np.uint64(o + ch)] += xf[np.uint64(s + ch)]
+            inv = one / ((h1 - h0) * (w1 - w0))
+            for ch in range(c):
+                of[np.uint64(o + ch)] *= inv
+
+
+@pjit
+def avg_pool_backward(dy, ph, pw, sh, sw, pt, pl, dx):
+    """dx = 0, then each window's dy / count spread over its real elements."""
+    n, h, w, c = dx.shape
+    _, oh, ow, _ = dy.shape
+    dyf = dy.reshape(-1)
+    dxf = dx.reshape(-1)
+    one = dx.dtype.type(1)
+    zero = one - one
+    per_in = h * w * c
+    for b in prange(n):
+        for q in range(per_in):
+            dxf[np.uint64(b * per_in + q)] = zero
+        for i in range(oh):
+            h0 = max(i * sh - pt, 0)
+            h1 = min(i * sh - pt + ph, h)
+            for j in range(ow):
+                w0 = max(j * sw - pl, 0)
+                w1 = min(j * sw - pl + pw, w)
+                o = ((b * oh + i) * ow + j) * c
+                inv = one / ((h1 - h0) * (w1 - w0))
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        d = ((b * h + ih) * w + iw) * c
+                        for ch in range(c):
+                            dxf[np.uint64(d + ch)] += dyf[np.uint64(o + ch)] * inv
+
+
+@jit
+def global_avg_forward(x, out):
+    """x (n, s, c) -> out (n, c): mean over s, summed in blocks to limit float32 rounding."""
+    n, s, c = x.shape
+    one = x.dtype.type(1)
+    zero = one - one
+    part = np.empty(c, x.dtype)
+    inv = one / s
+    for b in range(n):
+        out[b, :] = zero
+        for p0 in range(0, s, 256):
+            part[:] = zero
+            for p in range(p0, min(s, p0 + 256)):
+                for ch in range(c):
+                    part[ch] += x[b, p, ch]
+            for ch in range(c):
+                out[b, ch] += part[ch]
+        for ch in range(c):
+            out[b, ch] *= inv
+
+
+@jit
+def global_avg_backward(dy, dx):
+    """dx[b, p, :] = dy[b, :] / s."""
+    n, s, c = dx.shape
+    inv = dx.dtype.type(1) / s
+    for b in range(n):
+        for p in range(s):
+            for ch in range(c):
+                dx[b, p, ch] = dy[b, ch] * inv
+
+
+@jit
+def global_max_forward(x, out, arg):
+    """x (n, s, c) -> out (n, c) max over s; arg (n, c) int32 position of the first maximum."""
+    n, s, c = x.shape
+    for b in range(n):
+        for ch in range(c):
+            out[b, ch] = x[b, 0, ch]
+            arg[b, ch] = 0
+        for p in range(1, s):
+            for ch in range(c):
+                v = x[b, p, ch]
+                if v > out[b, ch]:
+                    out[b, ch] = v
+                    arg[b, ch] = p
+
+
+@jit
+def global_max_backward(dy, arg, dx):
+    n, s, c = dx.shape
+    dx[:] = 0
+    for b in range(n):
+        for ch in range(c):
+            dx[b, arg[b, ch], ch] = dy[b, ch]

@@ -1,0 +1,235 @@
+"""Convolution layers: Conv1D and Conv2D (channels_last, Keras 3 arguments).
+
+Kernels: nbmodel/kernels/cpu/conv.py (im2col + one BLAS GEMM per pass, bias
+and activation fused). Conv1D runs as Conv2D with a height of 1: the same
+kernels, the Keras kernel (k, in, filters) viewed as (1, k, in, filters).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import activations as act_codes
+from .base import Layer
+
+__all__ = ["Conv1D", "Conv2D"]
+
+
+def _tuple(layer, value, n, what):
+    if isinstance(value, (int, np.integer)):
+        value = (int(value),) * n
+    try:
+        value = tuple(int(v) for v in value)
+    except TypeError:
+        raise ValueError(f"{layer}: {what} must be an int or a tuple of {n} ints, got {value!r}") from None
+    if len(value) != n or any(v <= 0 for v in value):
+        raise ValueError(f"{layer}: {what} must be a positive int or a tuple of {n} positive ints, "
+                         f"got {value!r}")
+    return value
+
+
+def padding_amounts(n, k, stride, dilation, padding):
+    """(before, after, out) along one spatial axis, Keras/TF rules.
+
+    "same": out = ceil(n / stride), the odd padding element at the end;
+    "causal": every padding element before (1-D only); "valid": none.
+    """
+    eff = (k - 1) * dilation + 1
+    if padding == "same":
+        out = -(-n // stride)
+        total = max((out - 1) * stride + eff - n, 0)
+        before, after = total // 2, total - total // 2
+    elif padding == "causal":
+        before, after = eff - 1, 0
+    else:
+        before = after = 0
+    return before, after, (n + before + after - eff) // stride + 1
+
+
+def view_as(arr, shape):
+    """A reshaped view of ``arr`` that never silently copies (grads are written through it)."""
+    v = arr.view()
+    v.shape = shape
+    return v
+
+
+class _Conv(Layer):
+    rank = 2
+    paddings = ("valid", "same")
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", data_format=None,
+                 dilation_rate=1, groups=1, activation=None, use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(filters, (int, np.integer)) or filters <= 0:
+            raise ValueError(f"{self.name}: filters must be a positive integer, got {filters!r}")
+        self.filters = int(filters)
+        self.kernel_size = _tuple(self.name, kernel_size, self.rank, "kernel_size")
+        self.strides = _tuple(self.name, strides, self.rank, "strides")
+        self.dilation_rate = _tuple(self.name, dilation_rate, self.rank, "dilation_rate")
+        padding = padding.lower() if isinstance(padding, str) else padding
+        if padding not in self.paddings:
+            raise ValueError(f"{self.name}: padding must be one of {self.paddings}, got {padding!r}")
+        self.padding = padding
+        if data_format not in (None, "channels_last"):
+            raise ValueError(f"{self.name}: only data_format='channels_last' is supported, got {data_format!r}")
+        if groups != 1:
+            raise ValueError(f"{self.name}: only groups=1 is supported, got {groups!r}")
+        self.activation = activation
+        self.code = act_codes.get(activation, self.name)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = kernel_initializer
+        self.bias_initializer = bias_initializer
+
+    # ------------------------------------------------------------ shapes
+    def _spatial4(self, shape):
+        """(h, w) of the 2-D view of a spatial shape (1-D: h = 1)."""
+        return (1, shape[0]) if self.rank == 1 else tuple(shape)
+
+    def _geometry(self, spatial):
+        """Per axis (before, after, out) in the 2-D view; ValueError if the kernel does not fit."""
+        ks = (1,) + self.kernel_size if self.rank == 1 else self.kernel_size
+        st = (1,) + self.strides if self.rank == 1 else self.strides
+        dl = (1,) + self.dilation_rate if self.rank == 1 else self.dilation_rate
+        geo = []
+        for ax, (n, k, s, d) in enumerate(zip(self._spatial4(spatial), ks, st, dl)):
+            pad = "valid" if (self.rank == 1 and ax == 0) else self.padding
+            before, after, out = padding_amounts(n, k, s, d, pad)
+            if out <= 0:
+                raise ValueError(f"{self.name}: kernel of (dilated) size {(k - 1) * d + 1} is larger than "
+                                 f"the padded input of size {n + before + after} along spatial axis "
+                                 f"{ax - (2 - self.rank) + 1}")
+            geo.append((before, after, out))
+        return geo, ks, st, dl
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        if len(input_shape) != self.rank + 2:
+            raise ValueError(f"{self.name}: expected input of rank {self.rank + 2} "
+                             f"(batch, {'steps' if self.rank == 1 else 'height, width'}, channels), "
+                             f"got shape {input_shape}")
+        c = input_shape[-1]
+        if c is None:
+            raise ValueError(f"{self.name}: the channel dimension must be known, got {input_shape}")
+        spatial = input_shape[1:-1]
+        if all(s is not None for s in spatial):
+            self._geometry(spatial)
+        self.add_param("kernel", self.kernel_size + (c, self.filters), self.kernel_initializer)
+        if self.use_bias:
+            self.add_param("bias", (self.filters,), self.bias_initializer)
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        spatial = input_shape[1:-1]
+        if any(s is None for s in spatial):
+            out = [None] * self.rank
+        else:
+            geo, *_ = self._geometry(spatial)
+            out = [g[2] for g in geo][2 - self.rank:]
+        return (input_shape[0],) + tuple(out) + (self.filters,)
+
+    # ------------------------------------------------------------ compute
+    def forward(self, x, training=False):
+        self.ensure_built(np.shape(x))
+        kernel = self.params["kernel"]
+        c = kernel.shape[-2]
+        x = self.check_input(x, ndim=self.rank + 2, last_dim=c)
+        n = x.shape[0]
+        h, w = self._spatial4(x.shape[1:-1])
+        geo, ks, st, dl = self._geometry(x.shape[1:-1])
+        (pt, _, oh), (pl, _, ow) = geo
+        x4 = x.reshape(n, h, w, c)
+        kk = ks[0] * ks[1] * c
+        f = self.filters
+        k2 = view_as(kernel, (kk, f))
+        if self.use_bias:
+            bias = self.params["bias"]
+        else:
+            bias = self.workspace("zero_bias", (f,))
+            bias[:] = 0
+        kmod = self.kernels("conv")
+        chunk = kmod.chunk_images(n, oh, ow, kk, x.itemsize)
+        rows = n * oh * ow
+        cols = self.workspace("cols", (rows if training else min(n, chunk) * oh * ow, kk))
+        code = act_codes.LINEAR if self.code == act_codes.SOFTMAX else self.code
+        keep_pre = code in act_codes.NEEDS_PREACTIVATION
+        y = self.workspace("y", (rows, f))
+        pre = self.workspace("pre", (rows, f)) if keep_pre else y
+        kmod.conv_forward(x4, k2, bias, code, keep_pre, ks[0], ks[1], st[0], st[1], dl[0], dl[1],
+                          pt, pl, oh, ow, chunk, cols, pre, y)
+        if self.code == act_codes.SOFTMAX:
+            self.kernels("activations").softmax_rows(y, y)
+        self._cache = (x4, x.shape, cols, pre, y, (ks, st, dl, pt, pl, oh, ow, chunk), bool(training))
+        out_spatial = (ow,) if self.rank == 1 else (oh, ow)
+        return y.reshape((n,) + out_spatial + (f,))
+
+    def backward(self, dy):
+        x4, x_shape, cols, pre, y, geo, training = self._cache
+        if not training:
+            raise ValueError(f"{self.name}: backward needs a forward pass with training=True")
+        ks, st, dl, pt, pl, oh, ow, chunk = geo
+        kernel = self.params["kernel"]
+        f = self.filters
+        n, h, w, c = x4.shape
+        kk = ks[0] * ks[1] * c
+        dy2 = np.ascontiguousarray(dy, dtype=self.dtype).reshape(-1, f)
+        if dy2.shape[0] != y.shape[0]:
+            raise ValueError(f"{self.name}: gradient of shape {np.shape(dy)} does not match the output")
+        code = self.code
+        if code == act_codes.SOFTMAX:
+            ds = self.workspace("dsoft", dy2.shape)
+            self.kernels("activations").softmax_rows_backward(y, dy2, ds)
+            dy2, code = ds, act_codes.LINEAR
+        dz = self.workspace("dz", dy2.shape) if code != act_codes.LINEAR else dy2
+        need_dx = self.input_grad_needed
+        dcols = self.workspace("dcols", (min(n, chunk) * oh * ow if need_dx else 0, kk))
+        dx = self.workspace("dx", x4.shape if need_dx else (0, 1, 1, c))
+        dbias = self.grads["bias"] if self.use_bias else self.workspace("zero_dbias", (f,))
+        self.kernels("conv").conv_backward(
+            x4, view_as(kernel, (kk, f)), pre, y, dy2, code, self.use_bias, need_dx,
+            ks[0], ks[1], st[0], st[1], dl[0], dl[1], pt, pl, oh, ow, chunk,
+            cols, dz, view_as(self.grads["kernel"], (kk, f)),
+            dbias, dcols, dx)
+        return dx.reshape(x_shape) if need_dx else None
+
+    def get_config(self):
+        cfg = super().get_config()
+        one = self.rank == 1
+        cfg.update(filters=self.filters,
+                   kernel_size=self.kernel_size[0] if one else list(self.kernel_size),
+                   strides=self.strides[0] if one else list(self.strides),
+                   padding=self.padding,
+                   dilation_rate=self.dilation_rate[0] if one else list(self.dilation_rate),
+                   activation=self.activation, use_bias=self.use_bias,
+                   kernel_initializer=_init_name(self.name, self.kernel_initializer),
+                   bias_initializer=_init_name(self.name, self.bias_initializer))
+        return cfg
+
+
+def _init_name(layer, init):
+    if isinstance(init, str):
+        return init
+    raise ValueError(f"{layer}: only initializers given by name can be saved with the model")
+
+
+class Conv2D(_Conv):
+    """2-D convolution over (batch, height, width, channels).
+
+    Params: ``kernel`` (kh, kw, in, filters), ``bias`` (filters,). padding
+    "valid" or "same" (TF rule: output ceil(n / stride), the odd padding row
+    and column at the end).
+    """
+
+    rank = 2
+
+
+class Conv1D(_Conv):
+    """1-D convolution over (batch, steps, channels).
+
+    Params: ``kernel`` (k, in, filters), ``bias`` (filters,). padding "valid",
+    "same" or "causal" (all padding before the sequence: output t sees inputs
+    <= t).
+    """
+
+    rank = 1
+    paddings = ("valid", "same", "causal")
+
