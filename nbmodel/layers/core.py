@@ -56,13 +56,11 @@ class Dense(Layer):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, kernel.shape[0])
         n = x2.shape[0]
-        bias = self.params["bias"] if self.use_bias else kernel[0, :0]
+        bias = self.params["bias"] if self.use_bias else self._zero_bias()
         code = self.code if self.code != act_codes.SOFTMAX else act_codes.LINEAR
-        keep_pre = code in act_codes.NEEDS_PREACTIVATION
         y = self.workspace("y", (n, self.units))
-        pre = self.workspace("pre", (n, self.units)) if keep_pre else y
-        k = self.kernels("dense")
-        k.dense_forward(x2, kernel, bias, self.use_bias, code, keep_pre, pre, y)
+        pre = self.workspace("pre", (n, self.units)) if code in act_codes.NEEDS_PREACTIVATION else y
+        self.kernels("dense").dense_forward(x2, kernel, bias, code, pre, y)
         if self.code == act_codes.SOFTMAX:
             self.kernels("activations").softmax_rows(y, y)
         self._cache = (x2, pre, y, lead)
@@ -80,10 +78,15 @@ class Dense(Layer):
         dz = self.workspace("dz", dy2.shape)
         need_dx = self.input_grad_needed
         dx = self.workspace("dx", x2.shape if need_dx else (0, 0))
-        dbias = self.grads["bias"] if self.use_bias else kernel[0, :0]
-        self.kernels("dense").dense_backward(x2, kernel, pre, y, dy2, code, self.use_bias, need_dx,
+        dbias = self.grads["bias"] if self.use_bias else self.workspace("dbias", (self.units,))
+        self.kernels("dense").dense_backward(x2, kernel, pre, y, dy2, code, need_dx,
                                              dz, self.grads["kernel"], dbias, dx)
         return dx.reshape(lead + (kernel.shape[0],)) if need_dx else None
+
+    def _zero_bias(self):
+        zb = self.workspace("zero_bias", (self.units,))
+        zb[...] = 0
+        return zb
 
     def get_config(self):
         cfg = super().get_config()

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from ...activations import ELU, GELU, LEAKY_RELU, RELU, SIGMOID, SILU, TANH
+from ...activations import ELU, GELU, LEAKY_RELU, LINEAR, RELU, SIGMOID, SILU, TANH
 from ._jit import inline, jit
 
 
@@ -73,6 +73,86 @@ def act_grad_scalar(code, z, y, one):
         s = sigmoid_scalar(z, one)
         return s * (one + z * (one - s))
     return one
+
+
+# ---------------------------------------------------------------------------
+# Fused "bias + activation" passes over a GEMM output, for every layer family.
+# The activation code is a runtime value; a loop that tests it per element does
+# not vectorize (measured: 135 us vs 2.4 us for 128x256 float32 relu). So each
+# public kernel dispatches once on the code to a loop inlined with that code as
+# a constant, which LLVM then specializes and vectorizes.
+# ---------------------------------------------------------------------------
+
+
+@inline
+def _bias_act_loop(out, bias, code, keep_pre, pre, one):
+    n, m = out.shape
+    for i in range(n):
+        for j in range(m):
+            v = out[i, j] + bias[j]
+            if keep_pre:
+                pre[i, j] = v
+            out[i, j] = act_scalar(code, v, one)
+
+
+@jit
+def bias_act(out, bias, code, pre):
+    """In place over a 2-D GEMM output: out = act(out + bias).
+
+    For GELU and SILU, whose gradient needs the pre-activation, pre = out + bias
+    is kept as well (pre is unused, may be ``out``, for the other codes).
+    """
+    one = out.dtype.type(1)
+    if code == RELU:
+        _bias_act_loop(out, bias, RELU, False, pre, one)
+    elif code == SIGMOID:
+        _bias_act_loop(out, bias, SIGMOID, False, pre, one)
+    elif code == TANH:
+        _bias_act_loop(out, bias, TANH, False, pre, one)
+    elif code == GELU:
+        _bias_act_loop(out, bias, GELU, True, pre, one)
+    elif code == LEAKY_RELU:
+        _bias_act_loop(out, bias, LEAKY_RELU, False, pre, one)
+    elif code == ELU:
+        _bias_act_loop(out, bias, ELU, False, pre, one)
+    elif code == SILU:
+        _bias_act_loop(out, bias, SILU, True, pre, one)
+    else:
+        _bias_act_loop(out, bias, LINEAR, False, pre, one)
+
+
+@inline
+def _act_grad_loop(dy, pre, y, code, dz, dbias, one):
+    n, m = dy.shape
+    for j in range(m):
+        dbias[j] = one - one
+    for i in range(n):
+        for j in range(m):
+            g = dy[i, j] * act_grad_scalar(code, pre[i, j], y[i, j], one)
+            dz[i, j] = g
+            dbias[j] += g
+
+
+@jit
+def act_grad_bias(dy, pre, y, code, dz, dbias):
+    """dz = dy * act'(pre, y) over a 2-D array and dbias = sum of dz over rows, in one pass."""
+    one = dy.dtype.type(1)
+    if code == RELU:
+        _act_grad_loop(dy, pre, y, RELU, dz, dbias, one)
+    elif code == SIGMOID:
+        _act_grad_loop(dy, pre, y, SIGMOID, dz, dbias, one)
+    elif code == TANH:
+        _act_grad_loop(dy, pre, y, TANH, dz, dbias, one)
+    elif code == GELU:
+        _act_grad_loop(dy, pre, y, GELU, dz, dbias, one)
+    elif code == LEAKY_RELU:
+        _act_grad_loop(dy, pre, y, LEAKY_RELU, dz, dbias, one)
+    elif code == ELU:
+        _act_grad_loop(dy, pre, y, ELU, dz, dbias, one)
+    elif code == SILU:
+        _act_grad_loop(dy, pre, y, SILU, dz, dbias, one)
+    else:
+        _act_grad_loop(dy, pre, y, LINEAR, dz, dbias, one)
 
 
 @jit
