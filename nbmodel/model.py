@@ -179,7 +179,8 @@ class Model:
 
     def _require_compiled(self):
         if not self.compiled:
-            raise RuntimeError(f"{self.name}: call compile(optimizer, loss, metrics) before training or evaluating")
+            # ValueError like Keras 3 ("You must call `compile()` before ...")
+            raise ValueError(f"{self.name}: call compile(optimizer, loss, metrics) before training or evaluating")
 
     def _build_metrics(self, ys, preds):
         from . import metrics as metrics_mod

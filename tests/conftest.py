@@ -1,0 +1,32 @@
+"""Shared fixtures: a float64 switch that always switches back, and the digits data."""
+import pytest
+
+import nbmodel as nb
+
+
+@pytest.fixture
+def float64():
+    """Build layers in float64 for this test (for finite differences); restores floatx afterwards."""
+    previous = nb.config.floatx()
+    nb.config.set_floatx("float64")
+    try:
+        yield
+    finally:
+        nb.config.set_floatx(previous)
+
+
+@pytest.fixture(autouse=True)
+def _floatx_unchanged():
+    """A test that changes floatx without restoring it would silently change every later test."""
+    previous = nb.config.floatx()
+    yield
+    leaked = nb.config.floatx()
+    if leaked != previous:
+        nb.config.set_floatx(previous)
+        pytest.fail(f"the test left floatx set to {leaked!r}; use the `float64` fixture")
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """``(x_train, y_train), (x_test, y_test)`` of the bundled digits (read once)."""
+    return nb.datasets.load_digits()
