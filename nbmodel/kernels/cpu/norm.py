@@ -22,7 +22,7 @@ def layer_norm_forward(x, gamma, beta, eps, use_scale, use_center, out, mean, rs
     n, d = x.shape
     one = x.dtype.type(1)
     zero = one - one
-    inv_d = one / d
+    inv_d = one / x.dtype.type(d)
     for i in range(n):
         s = zero
         for j in range(d):
@@ -53,7 +53,7 @@ def layer_norm_backward(x, gamma, mean, rstd, dy, use_scale, use_center, dx, dga
     n, d = x.shape
     one = x.dtype.type(1)
     zero = one - one
-    inv_d = one / d
+    inv_d = one / x.dtype.type(d)
     if use_scale:
         dgamma[:] = zero
     if use_center:
@@ -90,7 +90,7 @@ def add_layer_norm_forward(a, b, gamma, beta, eps, s, out, mean, rstd):
     n, d = a.shape
     one = a.dtype.type(1)
     zero = one - one
-    inv_d = one / d
+    inv_d = one / a.dtype.type(d)
     for i in range(n):
         t = zero
         for j in range(d):
@@ -116,7 +116,7 @@ def layer_norm_backward_sum(x, gamma, mean, rstd, dya, dyb, dx, dgamma, dbeta):
     n, d = x.shape
     one = x.dtype.type(1)
     zero = one - one
-    inv_d = one / d
+    inv_d = one / x.dtype.type(d)
     dgamma[:] = zero
     dbeta[:] = zero
     for i in range(n):
