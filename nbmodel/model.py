@@ -195,7 +195,7 @@ class Model:
 
     @property
     def metrics_names(self):
-        names = ["loss"]
+        names = ["loss"] + self._output_loss_names()
         if self._metrics:
             names += [name for _, name, _ in self._metrics]
         return names
@@ -224,9 +224,11 @@ class Model:
         Returns (loss value in Keras reduction, [dy per output])."""
         value = 0.0
         dys = []
+        self._output_losses = []
         for k, (loss, w) in enumerate(zip(self._losses, self._loss_weights)):
             total, count, dy = loss.forward_backward(ys[k], preds[k], sample_weight)
             value += w * total / count
+            self._output_losses.append(total / count)  # unweighted, like Keras' "<output>_loss"
             scale = w / count
             if scale != 1.0:
                 dy *= dy.dtype.type(scale)
@@ -253,8 +255,17 @@ class Model:
         for _, _, m in self._metrics or []:
             m.reset()
 
-    def _logs(self, loss_sum, n_seen, prefix=""):
+    def _output_loss_names(self):
+        """Keras 3 logs each output's unweighted loss as "<output>_loss" when there are several."""
+        if len(self._graph.outputs) < 2:
+            return []
+        return [_output_name(t) + "_loss" for t in self._graph.outputs]
+
+    def _logs(self, loss_sum, n_seen, prefix="", output_sums=None):
         logs = {prefix + "loss": loss_sum / max(n_seen, 1)}
+        if output_sums is not None:
+            for name, v in zip(self._output_loss_names(), output_sums):
+                logs[prefix + name] = v / max(n_seen, 1)
         for _, name, m in self._metrics or []:
             logs[prefix + name] = m.result()
         return logs
@@ -299,6 +310,7 @@ class Model:
                                   epochs=epochs, steps=steps, samples=n)
         self.stop_training = False
         stop_on_nan = cbs.has(cb_mod.TerminateOnNaN)
+        multi_out = len(self._losses) > 1
         cbs.on_train_begin()
         epoch = initial_epoch
         with finite_checks(False):
@@ -306,6 +318,7 @@ class Model:
                 cbs.on_epoch_begin(epoch)
                 self._reset_metrics()
                 loss_sum, n_seen, t0 = 0.0, 0, time.perf_counter()
+                out_sums = np.zeros(len(self._losses)) if multi_out else None
                 for step, idx in enumerate(batches.epoch()):
                     if step >= steps:
                         break
@@ -324,13 +337,15 @@ class Model:
                         raise FloatingPointError(msg)
                     self._update_metrics(by, preds, bw)
                     loss_sum += loss_value * len(idx)
+                    if multi_out:
+                        out_sums += np.asarray(self._output_losses) * len(idx)
                     n_seen += len(idx)
-                    logs = self._logs(loss_sum, n_seen)
+                    logs = self._logs(loss_sum, n_seen, output_sums=out_sums)
                     logs["samples_per_s"] = n_seen / max(time.perf_counter() - t0, 1e-9)
                     cbs.on_train_batch_end(step, logs)
                     if self.stop_training:
                         break
-                logs = self._logs(loss_sum, n_seen)
+                logs = self._logs(loss_sum, n_seen, output_sums=out_sums)
                 if val is not None and n_seen and (epoch + 1) % validation_freq == 0:
                     val_logs = self.evaluate(val[0], val[1], sample_weight=val[2],
                                              batch_size=validation_batch_size or batch_size,
@@ -359,6 +374,7 @@ class Model:
         saved = [(m.totals().copy()) for _, _, m in self._metrics or []]
         self._reset_metrics()
         loss_sum = 0.0
+        out_sums = np.zeros(len(self._losses)) if len(self._losses) > 1 else None
         with finite_checks(False):
             for start in range(0, n, batch_size):
                 sl = slice(start, min(start + batch_size, n))
@@ -370,9 +386,11 @@ class Model:
                 for k, (loss, w) in enumerate(zip(self._losses, self._loss_weights)):
                     total, count, _ = loss.forward_backward(by[k], preds[k], bw)
                     value += w * total / count
+                    if out_sums is not None:
+                        out_sums[k] += total / count * (sl.stop - sl.start)
                 loss_sum += value * (sl.stop - sl.start)
                 self._update_metrics(by, preds, bw)
-        logs = self._logs(loss_sum, n)
+        logs = self._logs(loss_sum, n, output_sums=out_sums)
         for (_, _, m), tot in zip(self._metrics or [], saved):  # keep fit's running metrics intact
             m.reset()
             m.merge_totals(tot)
@@ -429,19 +447,23 @@ class Model:
         with finite_checks(False):
             preds = self._forward(xs, training=False)
         value = 0.0
+        self._output_losses = []
         for k, (loss, w) in enumerate(zip(self._losses, self._loss_weights)):
             total, count, _ = loss.forward_backward(ys[k], preds[k], sample_weight)
             value += w * total / count
+            self._output_losses.append(total / count)
         return self._batch_logs(value, ys, preds, sample_weight, return_dict)
 
     def _batch_logs(self, loss_value, ys, preds, sample_weight, return_dict):
         if self._metrics is None:
             self._build_metrics(ys, preds)
-        if not self._metrics:
+        out_names = self._output_loss_names()
+        if not self._metrics and not out_names:
             return {"loss": loss_value} if return_dict else loss_value
+        logs = {"loss": loss_value}
+        logs.update(zip(out_names, self._output_losses))
         self._reset_metrics()
         self._update_metrics(ys, preds, sample_weight)
-        logs = {"loss": loss_value}
         logs.update({name: m.result() for _, name, m in self._metrics})
         return logs if return_dict else list(logs.values())
 
