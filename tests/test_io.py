@@ -1,0 +1,176 @@
+"""save / load_model / save_weights / load_weights, optimizer state, and atomic writes."""
+import os
+
+import numpy as np
+import pytest
+
+import nbmodel as nb
+from nbmodel import io, layers
+
+
+def blobs(n=48, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.standard_normal((3, 4))[y] * 3 + rng.standard_normal((n, 4))
+    return x.astype("float32"), y
+
+
+def sequential(seed=0):
+    model = nb.Sequential([layers.Input((4,)), layers.Dense(8, activation="relu"), layers.Dropout(0.2),
+                           layers.Dense(3, activation="softmax")], seed=seed)
+    model.compile(nb.optimizers.Adam(0.01), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def functional(seed=0):
+    a = layers.Input((4,), name="a")
+    b = layers.Input((2,), name="b")
+    h = layers.Concatenate()([layers.Dense(5, activation="tanh")(a), b])
+    out1 = layers.Dense(3, activation="softmax", name="cls")(h)
+    out2 = layers.Dense(1, name="reg")(layers.Add()([h, h]))
+    model = nb.Model([a, b], [out1, out2], seed=seed)
+    model.compile(nb.optimizers.RMSprop(0.01, momentum=0.5), loss=["sparse_categorical_crossentropy", "mse"],
+                  loss_weights=[1.0, 0.3], metrics=[["accuracy"], ["mae"]])
+    return model
+
+
+def assert_same_weights(a, b):
+    wa, wb = a.get_weights(), b.get_weights()
+    assert len(wa) == len(wb)
+    for u, v in zip(wa, wb):
+        np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.parametrize("kind", ["sequential", "functional"])
+def test_save_load_same_predictions_and_same_continued_training(tmp_path, kind):
+    x, y = blobs()
+    if kind == "sequential":
+        model, xs, ys = sequential(), x, y
+    else:
+        model = functional()
+        xs, ys = [x, x[:, :2] * 0.5], [y, x[:, :1] - x[:, 1:2]]
+    model.fit(xs, ys, epochs=2, batch_size=8, verbose=0)
+    path = tmp_path / "m.nbm"
+    model.save(path)
+    loaded = nb.load_model(path)
+    assert type(loaded) is type(model)
+    assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers]
+    assert_same_weights(model, loaded)
+    p1, p2 = model.predict(xs), loaded.predict(xs)
+    for u, v in zip(p1 if isinstance(p1, list) else [p1], p2 if isinstance(p2, list) else [p2]):
+        np.testing.assert_array_equal(u, v)
+    assert loaded.optimizer.iterations == model.optimizer.iterations
+    assert loaded.evaluate(xs, ys, return_dict=True) == model.evaluate(xs, ys, return_dict=True)
+    # optimizer slots restored: one more epoch gives the same weights on both
+    # (the Dropout masks come from each layer's RNG; reseed both alike)
+    for m in (model, loaded):
+        for i, layer in enumerate(m.layers):
+            layer.rng = np.random.default_rng(i)
+    model.fit(xs, ys, epochs=1, batch_size=8, shuffle=False, verbose=0)
+    loaded.fit(xs, ys, epochs=1, batch_size=8, shuffle=False, verbose=0)
+    assert_same_weights(model, loaded)
+
+
+def test_fresh_optimizer_state_would_differ(tmp_path):
+    """Control for the test above: without the saved optimizer state training diverges."""
+    x, y = blobs()
+    model = sequential()
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    model.save(tmp_path / "m.nbm")
+    fresh = nb.load_model(tmp_path / "m.nbm", compile=False)
+    fresh.compile(nb.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    for m in (model, fresh):
+        for i, layer in enumerate(m.layers):
+            layer.rng = np.random.default_rng(i)
+        m.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
+    assert not np.array_equal(model.get_weights()[0], fresh.get_weights()[0])
+
+
+def test_load_uncompiled_model_predicts(tmp_path):
+    model = nb.Sequential([layers.Input((4,)), layers.Dense(2)], seed=0)  # never compiled
+    model.save(tmp_path / "m.nbm")
+    loaded = nb.load_model(tmp_path / "m.nbm")
+    x, _ = blobs(n=5)
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+    with pytest.raises(ValueError, match="compile"):
+        loaded.evaluate(x, np.zeros((5, 2)))
+
+
+def test_save_weights_load_weights(tmp_path):
+    x, y = blobs()
+    a = sequential(seed=1)
+    a.fit(x, y, epochs=1, verbose=0)
+    a.save_weights(tmp_path / "w.nbm")
+    b = sequential(seed=2)
+    assert not np.array_equal(a.get_weights()[0], b.get_weights()[0])
+    b.load_weights(tmp_path / "w.nbm")
+    assert_same_weights(a, b)
+    np.testing.assert_array_equal(a.predict(x), b.predict(x))
+    # a weights file is not a model
+    with pytest.raises(ValueError, match="holds only weights"):
+        nb.load_model(tmp_path / "w.nbm")
+    # weights of another architecture are refused
+    other = nb.Sequential([layers.Input((4,)), layers.Dense(5), layers.Dense(3)])
+    with pytest.raises(ValueError, match="shape"):
+        other.load_weights(tmp_path / "w.nbm")
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        nb.load_model(tmp_path / "missing.nbm")
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with pytest.raises(ValueError, match="not an nbmodel file"):
+        nb.load_model(tmp_path / "other.npz")
+
+
+def test_crash_in_the_middle_of_save_keeps_the_previous_file(tmp_path, monkeypatch):
+    x, y = blobs()
+    model = sequential()
+    path = tmp_path / "m.nbm"
+    model.save(path)
+    old_weights = model.get_weights()
+    old_bytes = path.read_bytes()
+    model.fit(x, y, epochs=1, verbose=0)  # new weights
+
+    def crashing_savez(f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half an archive")  # some bytes reach the file, then the writer dies
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", crashing_savez)
+    with pytest.raises(OSError, match="disk full"):
+        model.save(path)
+    with pytest.raises(OSError, match="disk full"):
+        model.save_weights(path)
+    monkeypatch.undo()
+
+    assert path.read_bytes() == old_bytes
+    loaded = nb.load_model(path)
+    for u, v in zip(loaded.get_weights(), old_weights):
+        np.testing.assert_array_equal(u, v)
+    assert sorted(os.listdir(tmp_path)) == ["m.nbm"]  # no temp file left behind
+
+
+def test_custom_layer_needs_custom_objects(tmp_path):
+    class Doubler(layers.Layer):
+        def forward(self, x, training=False):
+            return np.multiply(x, 2, dtype=self.dtype)
+
+        def backward(self, dy):
+            return 2 * dy
+
+    model = nb.Sequential([layers.Input((3,)), Doubler(name="dbl"), layers.Dense(2)], seed=0)
+    model.save(tmp_path / "m.nbm")
+    with pytest.raises(ValueError, match="unknown layer class 'Doubler'"):
+        nb.load_model(tmp_path / "m.nbm")
+    loaded = nb.load_model(tmp_path / "m.nbm", custom_objects={"Doubler": Doubler})
+    x = np.ones((2, 3), "float32")
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+
+
+def test_get_config_round_trip():
+    model = functional()
+    cfg = model.get_config()
+    assert cfg["class"] == "Model" and [i["name"] for i in cfg["inputs"]] == ["a", "b"]
+    rebuilt = io.model_from_config(cfg)
+    assert [layer.name for layer in rebuilt.layers] == [layer.name for layer in model.layers]
+    assert [w.shape for w in rebuilt.get_weights()] == [w.shape for w in model.get_weights()]
