@@ -158,39 +158,47 @@ def _bias_colsum(dZ2, db):
 
 # ------------------------------------------------------------------- LSTM
 @inline
-def _lstm_gates(G, H, C, TC, rec, bias, y, t, use_rec, ret_seq, act, rec_act, one):
-    """One step: gates from projection + recurrence + bias, cell and h update."""
+def _lstm_gates(G, H, C, TC, rec, bias, t, act, rec_act, one):
+    """One step: gates from projection + recurrence + bias, cell and h update.
+
+    Short loops over one contiguous row each, so that LLVM vectorizes them
+    (one long loop touching eight arrays gets no SIMD: too many alias checks).
+    """
     B = rec.shape[0]
     u = H.shape[2]
-    zero = one - one
     for b in range(B):
         g = G[t, b]
         r = rec[b]
+        # loops start at 0 with an offset: numba's range(start, stop) loops
+        # do not vectorize
+        for k in range(4):
+            o = k * u
+            if k == 2:
+                for j in range(u):
+                    g[o + j] = ract(act, g[o + j] + r[o + j] + bias[o + j], one)
+            else:
+                for j in range(u):
+                    g[o + j] = ract(rec_act, g[o + j] + r[o + j] + bias[o + j], one)
         cp = C[t, b]
         cn = C[t + 1, b]
         hn = H[t + 1, b]
         tc = TC[t, b]
         for j in range(u):
-            zi = g[j] + bias[j] + (r[j] if use_rec else zero)
-            zf = g[u + j] + bias[u + j] + (r[u + j] if use_rec else zero)
-            zc = g[2 * u + j] + bias[2 * u + j] + (r[2 * u + j] if use_rec else zero)
-            zo = g[3 * u + j] + bias[3 * u + j] + (r[3 * u + j] if use_rec else zero)
-            i = ract(rec_act, zi, one)
-            f = ract(rec_act, zf, one)
-            c_hat = ract(act, zc, one)
-            o = ract(rec_act, zo, one)
-            c = f * cp[j] + i * c_hat
+            c = g[u + j] * cp[j] + g[j] * g[2 * u + j]
             a = ract(act, c, one)
-            h = o * a
-            g[j] = i
-            g[u + j] = f
-            g[2 * u + j] = c_hat
-            g[3 * u + j] = o
             cn[j] = c
             tc[j] = a
-            hn[j] = h
-            if ret_seq:
-                y[b, t, j] = h
+            hn[j] = g[3 * u + j] * a
+
+
+@inline
+def _copy_step(H, t, y):
+    """y[:, t] = H[t + 1]: the batch-major output sequence."""
+    B = y.shape[0]
+    u = y.shape[2]
+    for b in range(B):
+        for j in range(u):
+            y[b, t, j] = H[t + 1, b, j]
 
 
 @jit
@@ -210,17 +218,21 @@ def lstm_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act, rec_
     np.dot(xs.reshape(T * B, D), kernel, G.reshape(T * B, G.shape[2]))
     std = act == TANH and rec_act == SIGMOID
     for t in range(T):
-        use_rec = t > 0 or use_init
-        if use_rec:
+        if t > 0 or use_init:
             np.dot(H[t], recurrent_kernel, rec)
-        if std:  # constant codes: the branches fold and the loop vectorizes
-            _lstm_gates(G, H, C, TC, rec, bias, y, t, use_rec, ret_seq, TANH, SIGMOID, one)
         else:
-            _lstm_gates(G, H, C, TC, rec, bias, y, t, use_rec, ret_seq, act, rec_act, one)
+            rec[:, :] = 0
+        if std:  # constant codes: the branches fold and the loops vectorize
+            _lstm_gates(G, H, C, TC, rec, bias, t, TANH, SIGMOID, one)
+        else:
+            _lstm_gates(G, H, C, TC, rec, bias, t, act, rec_act, one)
+        if ret_seq:
+            _copy_step(H, t, y)
 
 
 @inline
 def _lstm_gates_backward(G, C, TC, dy, dh, dc, dZ, t, has_seq, act, rec_act, one):
+    """Gate gradients of step t into dZ[t]; dc becomes the gradient of c_{t-1}."""
     B = dh.shape[0]
     u = dh.shape[1]
     for b in range(B):
@@ -230,18 +242,24 @@ def _lstm_gates_backward(G, C, TC, dy, dh, dc, dZ, t, has_seq, act, rec_act, one
         dz = dZ[t, b]
         dhb = dh[b]
         dcb = dc[b]
+        if has_seq:
+            yb = dy[b, t]
+            for j in range(u):
+                dhb[j] += yb[j]
         for j in range(u):
-            dht = dhb[j] + dy[b, t, j] if has_seq else dhb[j]
+            a = tc[j]
+            o = g[3 * u + j]
+            d = dhb[j]
+            dz[3 * u + j] = d * a * ract_grad(rec_act, o, one)
+            dcb[j] += d * o * ract_grad(act, a, one)
+        for j in range(u):
+            dct = dcb[j]
             i = g[j]
             f = g[u + j]
             c_hat = g[2 * u + j]
-            o = g[3 * u + j]
-            a = tc[j]
-            dct = dcb[j] + dht * o * ract_grad(act, a, one)
             dz[j] = dct * c_hat * ract_grad(rec_act, i, one)
             dz[u + j] = dct * cp[j] * ract_grad(rec_act, f, one)
             dz[2 * u + j] = dct * i * ract_grad(act, c_hat, one)
-            dz[3 * u + j] = dht * a * ract_grad(rec_act, o, one)
             dcb[j] = dct * f
 
 
@@ -285,33 +303,27 @@ def lstm_backward(xs, reverse, kernel, recurrent_kernel, G, H, C, TC, dy, has_se
 
 # -------------------------------------------------------------------- GRU
 @inline
-def _gru_gates(G, H, RH, rec, b_in, b_rec, y, t, use_rec, ret_seq, act, rec_act, one):
+def _gru_gates(G, H, RH, rec, b_in, b_rec, t, act, rec_act, one):
     """One GRU step (reset_after): z, r from projection + recurrence, candidate
     act(x_h + r * (h_{t-1} U_h + b_rec_h)), h = z * h_{t-1} + (1 - z) * hh."""
     B = rec.shape[0]
     u = H.shape[2]
-    zero = one - one
     for b in range(B):
         g = G[t, b]
         r_ = rec[b]
+        for j in range(2 * u):
+            g[j] = ract(rec_act, g[j] + b_in[j] + b_rec[j] + r_[j], one)
+        rh_ = RH[t, b]
+        o = 2 * u
+        for j in range(u):
+            rh = r_[o + j] + b_rec[o + j]
+            rh_[j] = rh
+            g[o + j] = ract(act, g[o + j] + b_in[o + j] + g[u + j] * rh, one)
         hp = H[t, b]
         hn = H[t + 1, b]
-        rh_ = RH[t, b]
         for j in range(u):
-            zz = g[j] + b_in[j] + b_rec[j] + (r_[j] if use_rec else zero)
-            zr = g[u + j] + b_in[u + j] + b_rec[u + j] + (r_[u + j] if use_rec else zero)
-            rh = b_rec[2 * u + j] + (r_[2 * u + j] if use_rec else zero)
-            z = ract(rec_act, zz, one)
-            r = ract(rec_act, zr, one)
-            hh = ract(act, g[2 * u + j] + b_in[2 * u + j] + r * rh, one)
-            h = z * hp[j] + (one - z) * hh
-            g[j] = z
-            g[u + j] = r
-            g[2 * u + j] = hh
-            rh_[j] = rh
-            hn[j] = h
-            if ret_seq:
-                y[b, t, j] = h
+            z = g[j]
+            hn[j] = z * hp[j] + (one - z) * g[o + j]
 
 
 @jit
@@ -332,44 +344,52 @@ def gru_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act, rec_a
     b_rec = bias[1]
     std = act == TANH and rec_act == SIGMOID
     for t in range(T):
-        use_rec = t > 0 or use_init
-        if use_rec:
+        if t > 0 or use_init:
             np.dot(H[t], recurrent_kernel, rec)
-        if std:
-            _gru_gates(G, H, RH, rec, b_in, b_rec, y, t, use_rec, ret_seq, TANH, SIGMOID, one)
         else:
-            _gru_gates(G, H, RH, rec, b_in, b_rec, y, t, use_rec, ret_seq, act, rec_act, one)
+            rec[:, :] = 0
+        if std:
+            _gru_gates(G, H, RH, rec, b_in, b_rec, t, TANH, SIGMOID, one)
+        else:
+            _gru_gates(G, H, RH, rec, b_in, b_rec, t, act, rec_act, one)
+        if ret_seq:
+            _copy_step(H, t, y)
 
 
 @inline
 def _gru_gates_backward(G, H, RH, dy, dh, dhz, dZ, dR, t, has_seq, act, rec_act, one):
     B = dh.shape[0]
     u = dh.shape[1]
+    o = 2 * u
     for b in range(B):
         g = G[t, b]
-        hp = H[t, b]
-        rh_ = RH[t, b]
-        dz = dZ[t, b]
-        dr = dR[t, b]
         dhb = dh[b]
         dhzb = dhz[b]
         for j in range(u):
-            dht = dhb[j] + dhzb[j]
-            if has_seq:
-                dht += dy[b, t, j]
+            dhb[j] += dhzb[j]
+        if has_seq:
+            yb = dy[b, t]
+            for j in range(u):
+                dhb[j] += yb[j]
+        hp = H[t, b]
+        dz = dZ[t, b]
+        dr = dR[t, b]
+        for j in range(u):
+            d = dhb[j]
             z = g[j]
-            r = g[u + j]
-            hh = g[2 * u + j]
-            dpz = dht * (hp[j] - hh) * ract_grad(rec_act, z, one)
-            dph = dht * (one - z) * ract_grad(act, hh, one)
-            dpr = dph * rh_[j] * ract_grad(rec_act, r, one)
+            hh = g[o + j]
+            dpz = d * (hp[j] - hh) * ract_grad(rec_act, z, one)
+            dph = d * (one - z) * ract_grad(act, hh, one)
             dz[j] = dpz
-            dz[u + j] = dpr
-            dz[2 * u + j] = dph
+            dz[o + j] = dph
             dr[j] = dpz
+            dr[o + j] = dph * g[u + j]
+            dhzb[j] = d * z
+        rh_ = RH[t, b]
+        for j in range(u):
+            dpr = dz[o + j] * rh_[j] * ract_grad(rec_act, g[u + j], one)
+            dz[u + j] = dpr
             dr[u + j] = dpr
-            dr[2 * u + j] = dph * r
-            dhzb[j] = dht * z
 
 
 @jit
@@ -417,19 +437,15 @@ def gru_backward(xs, reverse, kernel, recurrent_kernel, G, H, RH, dy, has_seq, a
 
 # -------------------------------------------------------------- SimpleRNN
 @inline
-def _rnn_step(P, H, rec, bias, y, t, use_rec, ret_seq, act, one):
+def _rnn_step(P, H, rec, bias, t, act, one):
     B = rec.shape[0]
     u = H.shape[2]
-    zero = one - one
     for b in range(B):
         p = P[t, b]
         r = rec[b]
         hn = H[t + 1, b]
         for j in range(u):
-            h = ract(act, p[j] + bias[j] + (r[j] if use_rec else zero), one)
-            hn[j] = h
-            if ret_seq:
-                y[b, t, j] = h
+            hn[j] = ract(act, p[j] + bias[j] + r[j], one)
 
 
 @jit
@@ -444,13 +460,16 @@ def simple_rnn_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act
     to_time_major(x, reverse, xs)
     np.dot(xs.reshape(T * B, D), kernel, P.reshape(T * B, P.shape[2]))
     for t in range(T):
-        use_rec = t > 0 or use_init
-        if use_rec:
+        if t > 0 or use_init:
             np.dot(H[t], recurrent_kernel, rec)
-        if act == TANH:
-            _rnn_step(P, H, rec, bias, y, t, use_rec, ret_seq, TANH, one)
         else:
-            _rnn_step(P, H, rec, bias, y, t, use_rec, ret_seq, act, one)
+            rec[:, :] = 0
+        if act == TANH:
+            _rnn_step(P, H, rec, bias, t, TANH, one)
+        else:
+            _rnn_step(P, H, rec, bias, t, act, one)
+        if ret_seq:
+            _copy_step(H, t, y)
 
 
 @inline
@@ -460,9 +479,13 @@ def _rnn_step_backward(H, dy, dh, dZ, t, has_seq, act, one):
     for b in range(B):
         h = H[t + 1, b]
         dz = dZ[t, b]
+        dhb = dh[b]
+        if has_seq:
+            yb = dy[b, t]
+            for j in range(u):
+                dhb[j] += yb[j]
         for j in range(u):
-            dht = dh[b, j] + dy[b, t, j] if has_seq else dh[b, j]
-            dz[j] = dht * ract_grad(act, h[j], one)
+            dz[j] = dhb[j] * ract_grad(act, h[j], one)
 
 
 @jit

@@ -1,0 +1,443 @@
+"""SimpleRNN, LSTM, GRU, Bidirectional: reference, finite differences, PyTorch parity, errors."""
+import numpy as np
+import pytest
+
+import nbmodel as nb
+from nbmodel import layers
+from nbmodel.kernels.reference import recurrent as ref
+from nbmodel.testing import gradcheck
+
+B, T, D, U = 2, 3, 3, 4
+
+REFS = {"SimpleRNN": ref.simple_rnn, "LSTM": ref.lstm, "GRU": ref.gru}
+CLASSES = {"SimpleRNN": layers.SimpleRNN, "LSTM": layers.LSTM, "GRU": layers.GRU}
+N_STATES = {"SimpleRNN": 1, "LSTM": 2, "GRU": 1}
+
+
+def _x(seed=0, shape=(B, T, D)):
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+def _randomize(layer, seed=1):
+    """Non-trivial biases too (they start at zeros/ones)."""
+    rng = np.random.default_rng(seed)
+    for k, p in layer.params.items():
+        p[...] = 0.5 * rng.standard_normal(p.shape)
+
+
+def _ref_out(name, layer, x, init=None, **kw):
+    p = layer.params
+    args = [x, p["kernel"], p["recurrent_kernel"], p["bias"]]
+    if init is not None:
+        args += list(init)
+    return REFS[name](*args, go_backwards=layer.go_backwards, **kw)
+
+
+# ------------------------------------------------------------------ forward
+@pytest.mark.parametrize("name", ["SimpleRNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("seq", [False, True])
+@pytest.mark.parametrize("backwards", [False, True])
+def test_forward_matches_reference(name, seq, backwards):
+    x = _x()
+    layer = CLASSES[name](U, return_sequences=seq, go_backwards=backwards, dtype="float64", seed=0)
+    layer.build(x.shape)
+    _randomize(layer)
+    y = layer.forward(x)
+    ys, states = _ref_out(name, layer, x)
+    expect = ys if seq else ys[:, -1]
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y, expect, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(states[0], ys[:, -1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["SimpleRNN", "LSTM", "GRU"])
+def test_float32_forward_close_to_reference(name):
+    x = _x(3, (4, 6, D)) * 2
+    layer = CLASSES[name](U, return_sequences=True, seed=0)
+    layer.build(x.shape)
+    _randomize(layer)
+    y = layer.forward(x.astype(np.float32))
+    assert y.dtype == np.float32
+    ys, _ = _ref_out(name, layer, x)
+    np.testing.assert_allclose(y, ys, rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("name", ["SimpleRNN", "LSTM", "GRU"])
+def test_return_state_outputs(name):
+    x = _x()
+    layer = CLASSES[name](U, return_state=True, dtype="float64", seed=0)
+    out = layer.forward(x)
+    assert isinstance(out, list) and len(out) == 1 + N_STATES[name]
+    ys, states = _ref_out(name, layer, x)
+    np.testing.assert_allclose(out[0], ys[:, -1], atol=1e-12)
+    for got, want in zip(out[1:], states):
+        np.testing.assert_allclose(got, want, atol=1e-12)
+    shapes = layer.compute_output_shape((None, T, D))
+    assert shapes == [(None, U)] * (1 + N_STATES[name])
+
+
+def test_output_shape_and_symbolic_call():
+    inp = layers.Input((T, D))
+    out = layers.LSTM(U, return_sequences=True, return_state=True)(inp)
+    assert [t.shape for t in out] == [(None, T, U), (None, U), (None, U)]
+    out = layers.GRU(U)(inp)
+    assert out.shape == (None, U)
+
+
+# ---------------------------------------------------------------- gradients
+@pytest.mark.parametrize("name", ["SimpleRNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("seq,backwards", [(False, False), (True, False), (True, True), (False, True)])
+def test_gradcheck(name, seq, backwards):
+    layer = CLASSES[name](U, return_sequences=seq, go_backwards=backwards, seed=0)
+    layer.build((B, T, D))
+    _randomize(layer)
+    gradcheck(layer, _x(5))
+
+
+@pytest.mark.parametrize("name", ["SimpleRNN", "LSTM", "GRU"])
+def test_gradcheck_return_state(name):
+    layer = CLASSES[name](U, return_sequences=True, return_state=True, seed=0)
+    layer.build((B, T, D))
+    _randomize(layer)
+    gradcheck(layer, _x(6))
+
+
+def test_backward_none_gradients_mean_unused_outputs():
+    x = _x()
+    layer = layers.LSTM(U, return_state=True, dtype="float64", seed=0)
+    out = layer.forward(x, training=True)
+    dy = np.random.default_rng(0).standard_normal(out[0].shape)
+    dx1 = np.array(layer.backward([dy, None, None]))
+    g1 = {k: v.copy() for k, v in layer.grads.items()}
+    dx2 = np.array(layer.backward([dy, np.zeros_like(dy), np.zeros_like(dy)]))
+    np.testing.assert_allclose(dx1, dx2)
+    for k in g1:
+        np.testing.assert_allclose(g1[k], layer.grads[k])
+
+
+@pytest.mark.parametrize("name", ["SimpleRNN", "LSTM", "GRU"])
+def test_other_activations(name):
+    kw = {"activation": "relu"} if name == "SimpleRNN" else {"activation": "elu",
+                                                             "recurrent_activation": "sigmoid"}
+    layer = CLASSES[name](U, return_sequences=True, seed=0, **kw)
+    layer.build((B, T, D))
+    _randomize(layer)
+    x = _x(7)
+    layer.cast("float64")
+    y = layer.forward(x)
+    extra = {"activation_name": kw["activation"]}
+    ys, _ = _ref_out(name, layer, x, **extra)
+    np.testing.assert_allclose(y, ys, atol=1e-12)
+    gradcheck(layer, x)
+
+
+# ------------------------------------------------------------ initial state
+@pytest.mark.parametrize("name", ["SimpleRNN", "LSTM", "GRU"])
+def test_initial_state_forward_and_gradients(name):
+    x = _x(8)
+    rng = np.random.default_rng(9)
+    init = [rng.standard_normal((B, U)) for _ in range(N_STATES[name])]
+    layer = CLASSES[name](U, return_sequences=True, go_backwards=True, dtype="float64", seed=0)
+    layer.build(x.shape)
+    _randomize(layer)
+    y = layer.forward(x, training=True, initial_state=init)
+    ys, _ = _ref_out(name, layer, x, init)
+    np.testing.assert_allclose(y, ys, atol=1e-12)
+
+    dy = rng.standard_normal(y.shape)
+    dx, dstates = layer.backward(dy)
+    assert len(dstates) == N_STATES[name]
+
+    def objective():
+        return float(np.sum(layer.forward(x, initial_state=init) * dy))
+
+    eps = 1e-6
+    for s, ds in zip(init, dstates):
+        num = np.zeros_like(s)
+        for idx in np.ndindex(s.shape):
+            old = s[idx]
+            s[idx] = old + eps
+            fp = objective()
+            s[idx] = old - eps
+            fm = objective()
+            s[idx] = old
+            num[idx] = (fp - fm) / (2 * eps)
+        np.testing.assert_allclose(ds, num, rtol=1e-6, atol=1e-8)
+    gradcheck(layer, x, forward_kwargs={"initial_state": init})
+
+
+def test_initial_state_bad_shape():
+    layer = layers.LSTM(U, name="enc")
+    with pytest.raises(ValueError, match="^enc: .*2 initial state"):
+        layer.forward(_x(), initial_state=[np.zeros((B, U))])
+    with pytest.raises(ValueError, match="^enc: initial_state\\[1\\]"):
+        layer.forward(_x(), initial_state=[np.zeros((B, U)), np.zeros((B, U + 1))])
+
+
+# ------------------------------------------------------------ Bidirectional
+def _bidi_ref(bi, x, mode):
+    f, b = bi.forward_layer, bi.backward_layer
+    name = type(f).__name__
+    yf, _ = _ref_out(name, f, x)
+    yb, _ = _ref_out(name, b, x)
+    if bi.return_sequences:
+        yb = yb[:, ::-1]
+    else:
+        yf, yb = yf[:, -1], yb[:, -1]
+    return {"concat": np.concatenate([yf, yb], -1), "sum": yf + yb, "mul": yf * yb,
+            "ave": (yf + yb) / 2}[mode]
+
+
+@pytest.mark.parametrize("mode", ["concat", "sum", "mul", "ave"])
+@pytest.mark.parametrize("seq", [False, True])
+def test_bidirectional(mode, seq):
+    x = _x(10)
+    bi = layers.Bidirectional(layers.GRU(U, return_sequences=seq, seed=0), merge_mode=mode, seed=1)
+    bi.build(x.shape)
+    for i, lay in enumerate(bi.sublayers()):
+        _randomize(lay, seed=20 + i)
+    bi.cast("float64")
+    y = bi.forward(x)
+    np.testing.assert_allclose(y, _bidi_ref(bi, x, mode), atol=1e-12)
+    assert y.shape == bi.compute_output_shape((B, T, D))
+    gradcheck(bi, x)
+
+
+def test_bidirectional_params_and_weights():
+    bi = layers.Bidirectional(layers.LSTM(U, seed=0))
+    bi.build((None, T, D))
+    names = list(bi.params)
+    assert names == ["forward_kernel", "forward_recurrent_kernel", "forward_bias",
+                     "backward_kernel", "backward_recurrent_kernel", "backward_bias"]
+    assert list(bi.grads) == names
+    assert bi.params["forward_kernel"] is bi.forward_layer.params["kernel"]
+    assert bi.backward_layer.go_backwards and not bi.forward_layer.go_backwards
+    assert not np.allclose(bi.params["forward_kernel"], bi.params["backward_kernel"])
+    w = bi.get_weights()
+    assert [a.shape for a in w] == [(D, 4 * U), (U, 4 * U), (4 * U,)] * 2
+    # a model rebinds params to views of its flat buffer: the sub-layer must see them
+    p = np.zeros_like(bi.params["backward_bias"])
+    g = np.zeros_like(p)
+    bi.bind_param("backward_bias", p, g)
+    assert bi.backward_layer.params["bias"] is p and bi.backward_layer.grads["bias"] is g
+    assert bi.count_params() == 2 * (D * 4 * U + U * 4 * U + 4 * U)
+    clone = layers.Bidirectional.from_config(bi.get_config())
+    clone.build((None, T, D))
+    assert list(clone.params) == names
+
+
+def test_bidirectional_return_state_and_initial_state():
+    x = _x(11)
+    rng = np.random.default_rng(3)
+    init = [rng.standard_normal((B, U)) for _ in range(4)]
+    bi = layers.Bidirectional(layers.LSTM(U, return_sequences=True, return_state=True, seed=0), seed=2)
+    bi.build(x.shape)
+    bi.cast("float64")
+    out = bi.forward(x, training=True, initial_state=init)
+    assert len(out) == 5
+    f, b = bi.forward_layer, bi.backward_layer
+    yf, sf = _ref_out("LSTM", f, x, init[:2])
+    yb, sb = _ref_out("LSTM", b, x, init[2:])
+    np.testing.assert_allclose(out[0], np.concatenate([yf, yb[:, ::-1]], -1), atol=1e-12)
+    for got, want in zip(out[1:], sf + sb):
+        np.testing.assert_allclose(got, want, atol=1e-12)
+    dx, dstates = bi.backward([np.ones_like(out[0])] + [None] * 4)
+    assert dx.shape == x.shape and len(dstates) == 4
+    assert bi.compute_output_shape((None, T, D)) == [(None, T, 2 * U)] + [(None, U)] * 4
+
+
+# ------------------------------------------------------------- init, config
+def test_keras_initializers():
+    layer = layers.LSTM(8, seed=0)
+    layer.build((None, 5, 3))
+    b = layer.params["bias"]
+    np.testing.assert_array_equal(b[8:16], 1)
+    np.testing.assert_array_equal(np.delete(b, np.s_[8:16]), 0)
+    rk = layer.params["recurrent_kernel"].astype(np.float64)
+    np.testing.assert_allclose(rk @ rk.T, np.eye(8), atol=1e-5)  # orthogonal rows
+    lim = np.sqrt(6 / (3 + 32))
+    assert np.abs(layer.params["kernel"]).max() <= lim
+    g = layers.GRU(8, seed=0)
+    g.build((None, 5, 3))
+    assert g.params["bias"].shape == (2, 24) and not g.params["bias"].any()
+    l2 = layers.LSTM(8, unit_forget_bias=False, seed=0)
+    l2.build((None, 5, 3))
+    assert not l2.params["bias"].any()
+
+
+@pytest.mark.parametrize("name", ["SimpleRNN", "LSTM", "GRU"])
+def test_config_roundtrip(name):
+    layer = CLASSES[name](5, return_sequences=True, go_backwards=True, name="r")
+    clone = CLASSES[name].from_config(layer.get_config())
+    for k in ("units", "return_sequences", "go_backwards", "return_state", "activation"):
+        assert getattr(clone, k) == getattr(layer, k)
+
+
+def test_seeded_layers_are_reproducible():
+    a, b = layers.GRU(4, seed=3), layers.GRU(4, seed=3)
+    a.build((None, 2, 3))
+    b.build((None, 2, 3))
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k])
+
+
+# ------------------------------------------------------------------- errors
+@pytest.mark.parametrize("name", ["SimpleRNN", "LSTM", "GRU"])
+def test_bad_input(name):
+    layer = CLASSES[name](U, name="seq_layer")
+    layer.build((None, T, D))
+    with pytest.raises(ValueError, match="^seq_layer: .*rank 3"):
+        layer.forward(np.zeros((B, D)))
+    with pytest.raises(ValueError, match="^seq_layer: .*last dimension 3"):
+        layer.forward(np.zeros((B, T, D + 1)))
+    bad = np.zeros((B, T, D))
+    bad[0, 1, 2] = np.nan
+    with pytest.raises(ValueError, match="^seq_layer: .*NaN"):
+        layer.forward(bad)
+    with pytest.raises(TypeError, match="^seq_layer: "):
+        layer.forward(np.array([[["a"] * D] * T] * B))
+    with pytest.raises(ValueError, match="^seq_layer: .*rank 3"):
+        CLASSES[name](U, name="seq_layer").build((None, D))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="^lstm_x: .*gelu"):
+        layers.LSTM(4, activation="gelu", name="lstm_x")
+    with pytest.raises(ValueError, match="^gru_x: .*reset_after"):
+        layers.GRU(4, reset_after=False, name="gru_x")
+    with pytest.raises(ValueError, match="units"):
+        layers.SimpleRNN(0)
+    with pytest.raises(ValueError, match="merge_mode"):
+        layers.Bidirectional(layers.LSTM(4), merge_mode="max")
+    with pytest.raises(ValueError, match="^bi: .*expected a SimpleRNN"):
+        layers.Bidirectional(layers.Dense(4), name="bi")
+
+
+# ----------------------------------------------------------- float32 purity
+def test_float32_kernels_stay_float32():
+    from nbmodel import activations as codes
+    from nbmodel.kernels.cpu import recurrent as k
+    from nbmodel.testing import float64_ops
+
+    f = np.float32
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((B, T, D)).astype(f)
+    W = rng.standard_normal((D, 4 * U)).astype(f)
+    R = rng.standard_normal((U, 4 * U)).astype(f)
+    b = np.zeros(4 * U, f)
+    xs = np.empty((T, B, D), f)
+    G = np.empty((T, B, 4 * U), f)
+    H = np.zeros((T + 1, B, U), f)
+    C = np.zeros((T + 1, B, U), f)
+    TC = np.empty((T, B, U), f)
+    rec = np.empty((B, 4 * U), f)
+    y = np.empty((B, T, U), f)
+    tanh, sig = codes.TANH, codes.SIGMOID
+    assert float64_ops(k.lstm_forward, x, False, W, R, b, False, tanh, sig, True, xs, G, H, C, TC, rec, y) == []
+    dh = np.ones((B, U), f)
+    dc = np.zeros((B, U), f)
+    dZ = np.empty_like(G)
+    assert float64_ops(k.lstm_backward, xs, False, W, R, G, H, C, TC, y, True, tanh, sig, False, True, dh, dc,
+                       dZ, np.empty_like(W), np.empty_like(R), np.empty_like(b), np.empty_like(xs),
+                       np.empty_like(x)) == []
+    W3, R3, b3 = W[:, :3 * U].copy(), R[:, :3 * U].copy(), np.zeros((2, 3 * U), f)
+    G3 = np.empty((T, B, 3 * U), f)
+    RH = np.empty((T, B, U), f)
+    rec3 = np.empty((B, 3 * U), f)
+    assert float64_ops(k.gru_forward, x, True, W3, R3, b3, False, tanh, sig, True, xs, G3, H, RH, rec3, y) == []
+    assert float64_ops(k.gru_backward, xs, True, W3, R3, G3, H, RH, y, True, tanh, sig, False, True, dh,
+                       np.empty_like(dh), np.empty_like(G3), np.empty_like(G3), np.empty_like(W3),
+                       np.empty_like(R3), np.empty_like(b3), np.empty_like(xs), np.empty_like(x)) == []
+
+
+def test_input_grad_not_needed_returns_none():
+    layer = layers.GRU(U, seed=0)
+    layer.input_grad_needed = False
+    y = layer.forward(_x().astype(np.float32), training=True)
+    assert layer.backward(np.ones_like(y)) is None
+    assert np.abs(layer.grads["kernel"]).sum() > 0
+
+
+# -------------------------------------------------------------- PyTorch parity
+def _torch_lstm(layer, torch):
+    u = layer.units
+    m = torch.nn.LSTM(layer.params["kernel"].shape[0], u, batch_first=True).double()
+    p = layer.params
+    with torch.no_grad():
+        m.weight_ih_l0.copy_(torch.from_numpy(p["kernel"].T.copy()))
+        m.weight_hh_l0.copy_(torch.from_numpy(p["recurrent_kernel"].T.copy()))
+        m.bias_ih_l0.copy_(torch.from_numpy(p["bias"].copy()))
+        m.bias_hh_l0.zero_()
+    return m
+
+
+def _gru_perm(u):
+    """Keras z, r, h -> torch r, z, n."""
+    return np.concatenate([np.arange(u, 2 * u), np.arange(u), np.arange(2 * u, 3 * u)])
+
+
+def _torch_gru(layer, torch):
+    u = layer.units
+    perm = _gru_perm(u)
+    m = torch.nn.GRU(layer.params["kernel"].shape[0], u, batch_first=True).double()
+    p = layer.params
+    with torch.no_grad():
+        m.weight_ih_l0.copy_(torch.from_numpy(p["kernel"][:, perm].T.copy()))
+        m.weight_hh_l0.copy_(torch.from_numpy(p["recurrent_kernel"][:, perm].T.copy()))
+        m.bias_ih_l0.copy_(torch.from_numpy(p["bias"][0, perm].copy()))
+        m.bias_hh_l0.copy_(torch.from_numpy(p["bias"][1, perm].copy()))
+    return m
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("seq", [False, True])
+def test_matches_torch(kind, seq):
+    torch = pytest.importorskip("torch")
+    x = _x(12, (3, 5, D))
+    layer = CLASSES[kind](U, return_sequences=seq, return_state=True, dtype="float64", seed=0)
+    layer.build(x.shape)
+    _randomize(layer, 4)
+    rng = np.random.default_rng(5)
+    init = [rng.standard_normal((3, U)) for _ in range(N_STATES[kind])]
+    out = layer.forward(x, training=True, initial_state=init)
+    dy = rng.standard_normal(out[0].shape)
+    dstate = rng.standard_normal((3, U))
+    dx, dinit = layer.backward([dy, dstate] + [None] * (N_STATES[kind] - 1))
+
+    m = _torch_lstm(layer, torch) if kind == "LSTM" else _torch_gru(layer, torch)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    it = [torch.from_numpy(s[None]).requires_grad_(True) for s in init]
+    yt, st = m(xt, tuple(it) if kind == "LSTM" else it[0])
+    st = list(st) if kind == "LSTM" else [st]
+    yt_out = yt if seq else yt[:, -1]
+    np.testing.assert_allclose(out[0], yt_out.detach().numpy(), atol=1e-10)
+    for got, want in zip(out[1:], st):
+        np.testing.assert_allclose(got, want[0].detach().numpy(), atol=1e-10)
+    loss = (yt_out * torch.from_numpy(dy)).sum() + (st[0][0] * torch.from_numpy(dstate)).sum()
+    loss.backward()
+    np.testing.assert_allclose(dx, xt.grad.numpy(), atol=1e-10)
+    for got, want in zip(dinit, it):
+        np.testing.assert_allclose(got, want.grad[0].numpy(), atol=1e-10)
+    g = layer.grads
+    if kind == "LSTM":
+        np.testing.assert_allclose(g["kernel"], m.weight_ih_l0.grad.numpy().T, atol=1e-10)
+        np.testing.assert_allclose(g["recurrent_kernel"], m.weight_hh_l0.grad.numpy().T, atol=1e-10)
+        np.testing.assert_allclose(g["bias"], m.bias_ih_l0.grad.numpy(), atol=1e-10)
+    else:
+        inv = np.argsort(_gru_perm(U))
+        np.testing.assert_allclose(g["kernel"], m.weight_ih_l0.grad.numpy().T[:, inv], atol=1e-10)
+        np.testing.assert_allclose(g["recurrent_kernel"], m.weight_hh_l0.grad.numpy().T[:, inv], atol=1e-10)
+        np.testing.assert_allclose(g["bias"][0], m.bias_ih_l0.grad.numpy()[inv], atol=1e-10)
+        np.testing.assert_allclose(g["bias"][1], m.bias_hh_l0.grad.numpy()[inv], atol=1e-10)
+
+
+def test_float32_lstm_matches_torch_at_reference_width():
+    """The fast float32 tanh/sigmoid keep a float32 LSTM within float32 noise of PyTorch."""
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(13).standard_normal((4, 16, 8)).astype(np.float32)
+    layer = layers.LSTM(32, return_sequences=True, seed=0)
+    layer.build(x.shape)
+    y = layer.forward(x)
+    m = _torch_lstm(layer, torch).float()
+    yt, _ = m(torch.from_numpy(x))
+    np.testing.assert_allclose(y, yt.detach().numpy(), atol=2e-6)
