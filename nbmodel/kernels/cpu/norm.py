@@ -153,7 +153,7 @@ def batch_norm_stats(x, work, mean, var):
     m, c = x.shape
     one = x.dtype.type(1)
     zero = one - one
-    inv_m = one / m
+    inv_m = one / x.dtype.type(m)
     mean[:] = zero
     for r0 in range(0, m, _BN_BLOCK):
         work[:] = zero
@@ -237,7 +237,7 @@ def batch_norm_backward(x, dy, gamma, mean, rstd, training, use_scale, use_cente
         for j in range(c):
             sdy[j] += work[0, j]
             sdx[j] += work[1, j] * rstd[j]
-    inv_m = one / m
+    inv_m = one / x.dtype.type(m)
     for j in range(c):
         a = rstd[j] * gamma[j] if use_scale else rstd[j]
         work[0, j] = a

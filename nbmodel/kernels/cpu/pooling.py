@@ -93,7 +93,7 @@ def avg_pool_forward(x, ph, pw, sh, sw, pt, pl, out):
                     s = ((b * h + ih) * w + iw) * c
                     for ch in range(c):
                         of[np.uint64(o + ch)] += xf[np.uint64(s + ch)]
-            inv = one / ((h1 - h0) * (w1 - w0))
+            inv = one / x.dtype.type((h1 - h0) * (w1 - w0))
             for ch in range(c):
                 of[np.uint64(o + ch)] *= inv
 
@@ -118,7 +118,7 @@ def avg_pool_backward(dy, ph, pw, sh, sw, pt, pl, dx):
                 w0 = max(j * sw - pl, 0)
                 w1 = min(j * sw - pl + pw, w)
                 o = ((b * oh + i) * ow + j) * c
-                inv = one / ((h1 - h0) * (w1 - w0))
+                inv = one / dx.dtype.type((h1 - h0) * (w1 - w0))
                 for ih in range(h0, h1):
                     for iw in range(w0, w1):
                         d = ((b * h + ih) * w + iw) * c
@@ -133,7 +133,7 @@ def global_avg_forward(x, out):
     one = x.dtype.type(1)
     zero = one - one
     part = np.empty(c, x.dtype)
-    inv = one / s
+    inv = one / x.dtype.type(s)
     for b in range(n):
         out[b, :] = zero
         for p0 in range(0, s, 256):
@@ -151,7 +151,7 @@ def global_avg_forward(x, out):
 def global_avg_backward(dy, dx):
     """dx[b, p, :] = dy[b, :] / s."""
     n, s, c = dx.shape
-    inv = dx.dtype.type(1) / s
+    inv = dx.dtype.type(1) / dx.dtype.type(s)
     for b in range(n):
         for p in range(s):
             for ch in range(c):
