@@ -70,20 +70,25 @@ class ProgbarLogger(Callback):
             self._bar = tqdm(total=self.params.get("steps"), desc=f"Epoch {epoch + 1}/{epochs}",
                              unit="step", leave=True, dynamic_ncols=True)
         self._epoch = epoch
+        self._rate = None
 
     def on_train_batch_end(self, batch, logs=None):
         if self._bar is not None:
             logs = logs or {}
             post = {k: f"{v:.4f}" for k, v in logs.items() if k != "samples_per_s"}
             if "samples_per_s" in logs:
-                post["samples/s"] = f"{logs['samples_per_s']:.0f}"
+                self._rate = logs["samples_per_s"]
+                post["samples/s"] = f"{self._rate:.0f}"
             self._bar.set_postfix(post, refresh=False)
             self._bar.update(1)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         if self._bar is not None:
-            self._bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k != "samples_per_s"})
+            post = {k: f"{v:.4f}" for k, v in logs.items() if k != "samples_per_s"}
+            if self._rate is not None:  # the final line keeps the epoch's throughput
+                post["samples/s"] = f"{self._rate:.0f}"
+            self._bar.set_postfix(post)
             self._bar.close()
             self._bar = None
         elif self.verbose == 2:
@@ -152,6 +157,7 @@ class EarlyStopping(Callback, _MonitorMixin):
             return
         if self.restore_best_weights and self.best_weights is None:
             self.best_weights = self.model.get_weights()
+            self.best_epoch = epoch
         self.wait += 1
         if self._better(current, self.best):
             self.best = current
@@ -168,7 +174,9 @@ class EarlyStopping(Callback, _MonitorMixin):
     def on_train_end(self, logs=None):
         if self.stopped_epoch > 0 and self.verbose:
             print(f"Epoch {self.stopped_epoch + 1}: early stopping")
-        if self.restore_best_weights and self.best_weights is not None and self.stopped_epoch > 0:
+        # Keras 3 restores the best weights however training ended (patience,
+        # another callback, or the last epoch)
+        if self.restore_best_weights and self.best_weights is not None:
             if self.verbose:
                 print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
             self.model.set_weights(self.best_weights)
@@ -224,7 +232,11 @@ class LearningRateScheduler(Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         opt = self.model.optimizer
-        lr = float(self.schedule(epoch, float(opt.current_learning_rate)))
+        try:
+            lr = self.schedule(epoch, float(opt.current_learning_rate))
+        except TypeError:  # Keras' older one-argument schedule(epoch)
+            lr = self.schedule(epoch)
+        lr = float(lr)
         if not math.isfinite(lr):
             raise ValueError(f"LearningRateScheduler: schedule returned {lr} at epoch {epoch}")
         opt.learning_rate = lr
@@ -370,17 +382,39 @@ class BackupAndRestore(Callback):
         if os.path.exists(self.path):
             meta = io.restore_training_state(self.model, self.path)
             self.resume_epoch = int(meta["epoch"]) + 1
+            rngs = meta.get("rngs")
+            if rngs is not None:
+                for gen, state in zip(_model_rngs(self.model), rngs):
+                    gen.bit_generator.state = state
 
     def on_epoch_end(self, epoch, logs=None):
         from . import io
 
         os.makedirs(self.backup_dir, exist_ok=True)
-        io.save_model(self.model, self.path, extra={"epoch": int(epoch)})
+        # the shuffling and dropout generators too: a restarted process then
+        # continues with the very batches and masks the interrupted run would have used
+        rngs = [gen.bit_generator.state for gen in _model_rngs(self.model)]
+        io.save_model(self.model, self.path, extra={"epoch": int(epoch), "rngs": rngs})
 
     def on_train_end(self, logs=None):
         # only reached when fit ends normally: after a crash the backup stays for the restart
         if self.delete_checkpoint and os.path.exists(self.path):
             os.remove(self.path)
+
+
+def _model_rngs(model):
+    """The model's shuffling generator and every layer's generator, in a fixed order."""
+    gens = [model._rng]
+
+    def visit(layer):
+        if isinstance(getattr(layer, "rng", None), np.random.Generator):
+            gens.append(layer.rng)
+        for sub in layer.sublayers():
+            visit(sub)
+
+    for layer in model.layers:
+        visit(layer)
+    return gens
 
 
 class CallbackList:
@@ -391,8 +425,8 @@ class CallbackList:
         for cb in cbs:
             if not isinstance(cb, Callback):
                 raise TypeError(f"fit: callbacks must be Callback instances, got {type(cb).__name__}")
-        if verbose:
-            cbs.insert(0, ProgbarLogger(verbose))
+        if verbose:  # after the user's callbacks, like Keras: it shows the logs they add
+            cbs.append(ProgbarLogger(verbose))
         cbs.append(history)
         self.callbacks = cbs
         params = {"epochs": epochs, "steps": steps, "samples": samples, "verbose": verbose}
