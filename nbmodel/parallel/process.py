@@ -1,0 +1,360 @@
+"""Data-parallel training over worker processes on one machine.
+
+The parent keeps the model, the optimizer, the callbacks and the logs; N
+spawned workers only compute gradients. Shared memory (created by the parent,
+unlinked in ``finally``) holds, once per fit, the training arrays; for the
+whole fit, the parameters (written by the parent after each optimizer step)
+and one gradient buffer plus one float64 extras vector per worker. Per step
+the parent sends each worker the indices of its shard through a pipe, waits
+for every reply while watching the process sentinels, sums the gradient
+buffers in worker order into the model's flat gradient (a fixed order, so the
+result is the same run after run) and applies the optimizer once.
+
+Workers are spawned (never forked: numba's thread pool may already run in the
+parent), each with ``cores // N`` threads for numba and BLAS, rebuild the model
+from ``io.model_config`` + weights, and ignore SIGINT: Ctrl-C reaches the
+parent, which stops them. A worker that raises sends its traceback and exits;
+one that dies is seen through its sentinel; either way fit raises
+``ParallelError`` in the parent within about a second, after terminating the
+other workers and unlinking every segment.
+"""
+from __future__ import annotations
+
+import itertools
+import multiprocessing as mp
+import os
+import secrets
+import signal
+import sys
+import traceback
+from multiprocessing import shared_memory
+from multiprocessing.connection import wait
+
+import numpy as np
+
+from .common import (ParallelError, ShardRunner, bind_flat, ensure_metrics, extras_size, get_state_arrays,
+                     layer_classes, mean_from_reference, rng_states, set_rng_states, set_state_arrays,
+                     shard_bounds, state_positions)
+
+SHM_PREFIX = "nbm"
+_counter = itertools.count()
+
+# seconds between liveness checks while waiting for workers (a dead worker is
+# normally seen at once through its sentinel; this bounds the worst case)
+_POLL_S = 1.0
+_START_TIMEOUT_S = 600.0
+
+
+def segment_prefix(pid=None):
+    """Name prefix of this process's shared-memory segments (tests look for leftovers)."""
+    return f"{SHM_PREFIX}_{os.getpid() if pid is None else pid}_"
+
+
+class _Segment:
+    """A shared-memory block holding one array; the creator unlinks it."""
+
+    def __init__(self, shape, dtype, name=None, create=False):
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        nbytes = max(int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize, 1)
+        if create:
+            name = f"{segment_prefix()}{next(_counter)}_{secrets.token_hex(4)}"
+            self.shm = shared_memory.SharedMemory(name=name, create=True, size=nbytes)
+        else:
+            self.shm = shared_memory.SharedMemory(name=name)
+        self.name = self.shm.name
+        self.array = np.ndarray(self.shape, self.dtype, buffer=self.shm.buf)
+        self.owner = create
+
+    def spec(self):
+        return (self.name, self.shape, self.dtype.str)
+
+    def close(self):
+        self.array = None
+        try:
+            self.shm.close()
+        except BufferError:  # a view is still alive somewhere: the mapping goes with the process
+            pass
+        if self.owner:
+            try:
+                self.shm.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def _attach(spec):
+    name, shape, dtype = spec
+    return _Segment(shape, dtype, name=name)
+
+
+# ------------------------------------------------------------------ worker
+def _worker_main(rank, conn, spec):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    segments = []
+    code = 0
+    try:
+        from .. import config, io
+
+        config.set_floatx(spec["floatx"])
+        config.set_num_threads(spec["threads"])
+        for key in ("xs", "ys", "sw", "params", "grads", "extras"):
+            specs = spec[key]
+            if specs is None:
+                continue
+            segs = [_attach(s) for s in specs] if isinstance(specs, list) else _attach(specs)
+            segments.extend(segs if isinstance(segs, list) else [segs])
+            spec[key] = segs
+        model = io.model_from_config(spec["config"], spec["classes"])
+        model.set_weights(spec["weights"])
+        model._losses = spec["losses"]
+        model._loss_weights = spec["loss_weights"]
+        model._metric_specs = spec["metric_specs"]
+        model._metrics = None
+        model._pack()
+        bind_flat(model, spec["params"].array, spec["grads"].array)
+        set_rng_states(model, spec["rng_states"])
+        xs = [s.array for s in spec["xs"]]
+        ys = [s.array for s in spec["ys"]]
+        sw = spec["sw"].array if spec["sw"] is not None else None
+        ensure_metrics(model, ys)
+        runner = ShardRunner(model, xs, ys, sw, spec["plan"], spec["extras"].array)
+        positions = state_positions(model)
+        conn.send(("ready",))
+        while True:
+            msg = conn.recv()
+            kind = msg[0]
+            if kind == "step":
+                _, idx, lo, hi, total = msg
+                runner.run(idx, lo, hi, total)
+                conn.send(("ok",))
+            elif kind == "get_state":
+                conn.send(("state", get_state_arrays(model, positions)))
+            elif kind == "set_state":
+                set_state_arrays(model, positions, msg[1])
+                conn.send(("ok",))
+            elif kind == "rng":
+                conn.send(("rng", rng_states(model)))
+            elif kind == "stop":
+                break
+            else:
+                raise RuntimeError(f"unknown message {kind!r}")
+    except (EOFError, BrokenPipeError):  # the parent is gone: nothing left to do
+        pass
+    except BaseException:  # noqa: BLE001 - every failure goes to the parent
+        try:
+            conn.send(("error", traceback.format_exc()))
+        except Exception:  # noqa: BLE001
+            pass
+        code = 1
+    finally:
+        for s in segments:
+            s.close()
+    # skip interpreter teardown (over a second with numba's pools loaded): nothing is left to flush
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+# ------------------------------------------------------------------ parent
+class ProcessBackend:
+    """The parent side of ``fit(workers=N)``; see the module docstring."""
+
+    is_root = True
+
+    def __init__(self, model, workers, xs, ys, sw):
+        self.model, self.replicas = model, int(workers)
+        self.xs, self.ys, self.sw = xs, ys, sw
+        self.procs, self.conns, self.segments = [], [], []
+
+    # the parent runs every callback; there is no other replica to agree with
+    def keep_callback(self, cb):
+        return True
+
+    def agree(self, obj):
+        return obj
+
+    def _segment(self, arr=None, shape=None, dtype=None):
+        seg = _Segment(arr.shape if arr is not None else shape, arr.dtype if arr is not None else dtype,
+                       create=True)
+        self.segments.append(seg)
+        if arr is not None:
+            seg.array[...] = arr
+        return seg
+
+    def start(self, plan):
+        from .. import config, io
+
+        model = self.model
+        packed = model._packed
+        try:
+            data = {"xs": [self._segment(a).spec() for a in self.xs],
+                    "ys": [self._segment(a).spec() for a in self.ys],
+                    "sw": self._segment(self.sw).spec() if self.sw is not None else None}
+            self.params = self._segment(packed["params"])
+            n_extra = extras_size(model)
+            self.grads = [self._segment(shape=packed["params"].shape, dtype=packed["params"].dtype)
+                          for _ in range(self.replicas)]
+            self.extras = [self._segment(shape=(n_extra,), dtype=np.float64) for _ in range(self.replicas)]
+            threads = max(1, config.available_cores() // self.replicas)
+            base = {"config": io.model_config(model), "classes": layer_classes(model),
+                    "weights": model.get_weights(), "floatx": packed["params"].dtype.name,
+                    "losses": model._losses, "loss_weights": model._loss_weights,
+                    "metric_specs": model._metric_specs, "rng_states": rng_states(model), "plan": plan,
+                    "threads": threads, "params": self.params.spec(), **data}
+            ctx = mp.get_context("spawn")
+            env_keys = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                        "NBMODEL_NUM_THREADS")
+            saved = {k: os.environ.get(k) for k in env_keys}
+            try:  # a spawned child reads these before numpy/numba start their pools
+                for k in env_keys:
+                    os.environ[k] = str(threads)
+                for r in range(self.replicas):
+                    spec = dict(base, grads=self.grads[r].spec(), extras=self.extras[r].spec())
+                    parent_conn, child_conn = ctx.Pipe(duplex=True)
+                    p = ctx.Process(target=_worker_main, args=(r, child_conn, spec),
+                                    name=f"nbmodel-worker-{r}", daemon=True)
+                    p.start()
+                    child_conn.close()
+                    self.procs.append(p)
+                    self.conns.append(parent_conn)
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+            self._gather("ready", timeout=_START_TIMEOUT_S)
+            self.positions = state_positions(model)
+        except BaseException:
+            self.close(error=True)
+            raise
+
+    # ------------------------------------------------------------ messaging
+    def _gather(self, expect, timeout=None):
+        """Each worker's reply, in worker order; ParallelError as soon as one fails or dies."""
+        import time
+
+        replies = [None] * self.replicas
+        pending = set(range(self.replicas))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while pending:
+            objs = {}
+            for r in pending:
+                objs[self.conns[r]] = ("conn", r)
+                objs[self.procs[r].sentinel] = ("proc", r)
+            ready = wait(list(objs), timeout=_POLL_S)
+            for obj in ready:
+                kind, r = objs[obj]
+                if r not in pending:
+                    continue
+                if kind == "proc" and not self.conns[r].poll():
+                    self._died(r)
+                if kind == "conn" or self.conns[r].poll():
+                    try:
+                        msg = self.conns[r].recv()
+                    except (EOFError, ConnectionError):
+                        self._died(r)
+                    if msg[0] == "error":
+                        raise ParallelError(f"data-parallel worker {r} (pid {self.procs[r].pid}) raised an "
+                                            f"exception:\n{msg[1]}")
+                    if msg[0] != expect:
+                        raise ParallelError(f"data-parallel worker {r}: expected {expect!r}, got {msg[0]!r}")
+                    replies[r] = msg
+                    pending.discard(r)
+            if deadline is not None and pending and time.monotonic() > deadline:
+                raise ParallelError(f"data-parallel workers {sorted(pending)} did not answer within {timeout} s")
+        return replies
+
+    def _died(self, r):
+        p = self.procs[r]
+        p.join(0.5)
+        code = p.exitcode
+        how = (f"was killed by signal {-code}" if code is not None and code < 0
+               else f"exited with code {code}")
+        raise ParallelError(f"data-parallel worker {r} (pid {p.pid}) {how} during fit; the other workers "
+                            "were stopped")
+
+    def _send_all(self, msgs):
+        for r, msg in enumerate(msgs):
+            try:
+                self.conns[r].send(msg)
+            except (BrokenPipeError, ConnectionError, EOFError):
+                self._died(r)
+
+    # ------------------------------------------------------------- the step
+    def step(self, idx):
+        packed = self.model._packed
+        np.copyto(self.params.array, packed["params"])
+        total = len(idx)
+        msgs = [("step", idx[lo:hi], lo, hi, total) for lo, hi in shard_bounds(total, self.replicas)]
+        self._send_all(msgs)
+        self._gather("ok")
+        g = packed["grads"]
+        np.copyto(g, self.grads[0].array)
+        extras = self.extras[0].array.copy()
+        for r in range(1, self.replicas):  # fixed order: the same sum run after run
+            np.add(g, self.grads[r].array, out=g)
+            extras += self.extras[r].array
+        return extras
+
+    def epoch_begin(self):
+        if self.positions:  # callbacks may have changed the weights: replicas start the epoch alike
+            state = get_state_arrays(self.model, self.positions)
+            self._send_all([("set_state", state)] * self.replicas)
+            self._gather("ok")
+
+    def sync_state(self):
+        if not self.positions:
+            return
+        self._send_all([("get_state",)] * self.replicas)
+        states = [msg[1] for msg in self._gather("state")]
+        ref = states[0]
+        mean = []
+        for i, a in enumerate(ref):
+            d = np.zeros(a.shape, np.float64)
+            for s in states[1:]:
+                d += s[i].astype(np.float64) - a
+            mean.append(mean_from_reference(a, d, self.replicas))
+        set_state_arrays(self.model, self.positions, mean)
+
+    def finish(self, completed):
+        try:
+            if completed and self.procs and all(p.is_alive() for p in self.procs):
+                # every replica drew the same global-batch noise: take worker 0's generators
+                self._send_all([("rng",)] * self.replicas)
+                set_rng_states(self.model, self._gather("rng")[0][1])
+        finally:
+            self.close(error=not completed)
+
+    def close(self, error=False):
+        """Stop every worker and unlink every segment (idempotent)."""
+        for r, (p, c) in enumerate(zip(self.procs, self.conns)):
+            if error and p.is_alive():  # it may be mid-step: do not wait for it
+                p.terminate()
+            elif p.is_alive():
+                try:
+                    c.send(("stop",))
+                except (BrokenPipeError, ConnectionError, EOFError, OSError):
+                    pass
+        for p in self.procs:
+            p.join(2.0)
+            if p.is_alive():
+                p.terminate()
+                p.join(2.0)
+            if p.is_alive():
+                p.kill()
+                p.join(2.0)
+        for c in self.conns:
+            c.close()
+        for s in self.segments:
+            s.close()
+        self.procs, self.conns, self.segments = [], [], []
+
+
+def fit_process(model, workers, xs, ys, sw, val, **kw):
+    from .common import run_fit
+
+    backend = ProcessBackend(model, workers, xs, ys, sw)
+    try:
+        return run_fit(model, backend, xs, ys, sw, val, **kw)
+    finally:
+        backend.close(error=True)  # a no-op after a normal finish
