@@ -4,8 +4,14 @@ from __future__ import annotations
 import numpy as np
 
 
-def _as_list(v):
-    return list(v) if isinstance(v, (list, tuple)) else [v]
+def _as_list(v, n_arrays=None):
+    """One entry per model input/output. A list for a single-input (or -output)
+    model whose entries are not arrays is plain nested data (e.g. a list of labels)."""
+    if not isinstance(v, (list, tuple)):
+        return [v]
+    if n_arrays == 1 and len(v) != 1 and not any(isinstance(e, np.ndarray) for e in v):
+        return [v]
+    return list(v)
 
 
 def _by_name(model, data, tensors, what):
@@ -31,7 +37,7 @@ def standardize_inputs(model, x, where):
     if x is None:
         raise ValueError(f"{where}: x is required")
     graph = model._graph
-    xs = _by_name(model, x, graph.inputs, where) if isinstance(x, dict) else _as_list(x)
+    xs = _by_name(model, x, graph.inputs, where) if isinstance(x, dict) else _as_list(x, len(graph.inputs))
     if len(xs) != len(graph.inputs):
         raise ValueError(f"{where}: the model has {len(graph.inputs)} inputs, got {len(xs)} arrays")
     out = []
@@ -62,7 +68,7 @@ def standardize_inputs(model, x, where):
 def standardize_targets(model, y, n, where):
     """Targets as contiguous arrays, one per output, with n samples each."""
     graph = model._graph
-    ys = _by_name(model, y, graph.outputs, where) if isinstance(y, dict) else _as_list(y)
+    ys = _by_name(model, y, graph.outputs, where) if isinstance(y, dict) else _as_list(y, len(graph.outputs))
     if len(ys) != len(graph.outputs):
         raise ValueError(f"{where}: the model has {len(graph.outputs)} outputs, got {len(ys)} target arrays")
     out = []

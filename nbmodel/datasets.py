@@ -17,8 +17,8 @@ def load_digits(test_fraction=0.2, seed=0):
     """Handwritten digits as ``(x_train, y_train), (x_test, y_test)``.
 
     Images are float32 ``(n, 8, 8, 1)`` scaled to [0, 1]; labels int64 0..9.
-    The split is stratified and fixed by ``seed`` (default: 1,437 train and
-    360 test samples, 20% of each class in the test set).
+    The split is stratified and fixed by ``seed`` (default: 1,438 train and
+    359 test samples, round(20%) of each class in the test set).
     """
     with np.load(os.path.join(_DATA, "digits.npz")) as z:
         images, labels = z["images"], z["labels"]
