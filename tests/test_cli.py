@@ -1,0 +1,152 @@
+"""The ``nbmodel`` command: train from a TOML config, info, and config errors."""
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import nbmodel as nb
+from nbmodel.cli import main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "examples", "digits_mlp.toml")
+
+
+def _has_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def check_outputs(out_dir, epochs):
+    model = nb.load_model(os.path.join(out_dir, "model.nbm"))
+    assert [w.shape for w in model.get_weights()][:2] == [(64, 256), (256,)]
+    with open(os.path.join(out_dir, "history.csv"), newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][:3] == ["epoch", "loss", "accuracy"] and "val_loss" in rows[0]
+    assert [r[0] for r in rows[1:]] == [str(e + 1) for e in range(epochs)]
+    if _has_matplotlib():
+        with open(os.path.join(out_dir, "history.png"), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    return model
+
+
+def test_train_in_process(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", CONFIG, "--epochs", "2", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Epoch 1/2" in text and "Epoch 2/2" in text  # [fit] verbose defaults to one line per epoch
+    line = next(line for line in text.splitlines() if line.startswith("test accuracy:"))
+    acc = float(line.split(":")[1])
+    assert acc > 0.8
+    model = check_outputs(out, epochs=2)
+    (_, _), (x_test, y_test) = nb.datasets.load_digits()
+    assert np.mean(model.predict(x_test).argmax(1) == y_test) == pytest.approx(acc, abs=1e-4)
+
+
+def test_train_as_a_module_in_a_subprocess(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "nbmodel", "train", CONFIG, "--epochs", "1", "--verbose", "0",
+                           "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "test accuracy:" in proc.stdout
+    check_outputs(out, epochs=1)
+
+
+def test_info(capsys):
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"nbmodel {nb.__version__}")
+    for word in ("python", "numpy", "numba", "nbmodel threads", "threading layer", "blas", "cuda available"):
+        assert word in text
+
+
+def write(tmp_path, text, name="bad.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+GOOD_MODEL = """
+[model]
+seed = 0
+[[model.layers]]
+class = "Flatten"
+[[model.layers]]
+class = "Dense"
+units = 10
+activation = "softmax"
+"""
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[model]\n[[model.layers]]\nclass = 'Densse'\nunits = 3\n[compile]\nloss = 'mse'\n",
+     "unknown layer class 'Densse'"),
+    ("[model]\n[[model.layers]]\nclass = 'Dense'\nunitz = 3\n[compile]\nloss = 'mse'\n",
+     r"entry 1 \(Dense\).*'units'"),
+    ("[model]\n[[model.layers]]\nclass = 'Dense'\nunits = 3\nunitz = 3\n[compile]\nloss = 'mse'\n",
+     r"entry 1 \(Dense\).*unexpected keyword arguments \['unitz'\]"),
+    ("[model]\n[[model.layers]]\nclass = 'Dense'\nunits = 3\nactivation = 'relux'\n[compile]\nloss = 'mse'\n",
+     "unknown activation 'relux'"),
+    (GOOD_MODEL + "[compile]\nloss = 'sparse_crossentropy'\n", "Unknown loss 'sparse_crossentropy'"),
+    (GOOD_MODEL + "[compile]\nloss = 'mse'\noptimizer = 'adamm'\n", "Unknown optimizer 'adamm'"),
+    (GOOD_MODEL + "[compile]\nloss = 'mse'\noptimizer = { class = 'Adamm' }\n", "unknown optimizer class 'Adamm'"),
+    (GOOD_MODEL + "[compile]\nloss = 'mse'\nmetricz = ['accuracy']\n", r"\[compile\] unknown keys \['metricz'\]"),
+    (GOOD_MODEL + "[compile]\nloss = 'mse'\n[fit]\nepoch = 3\n", r"\[fit\] unknown keys \['epoch'\]"),
+    (GOOD_MODEL, r"missing \[compile\] table"),
+    (GOOD_MODEL + "[compile]\nloss = 'mse'\n[data]\ndataset = 'mnist'\n", "unknown dataset 'mnist'"),
+    (GOOD_MODEL + "[compile]\nloss = 'mse'\n[trainer]\n", r"unknown tables \['trainer'\]"),
+    ("[model\n", "invalid TOML"),
+])
+def test_bad_config_exit_code_2_and_message(tmp_path, capsys, text, message):
+    import re
+
+    code = main(["train", write(tmp_path, text), "--epochs", "1", "--verbose", "0"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("nbmodel train: error:")
+    assert re.search(message, err), err
+
+
+def test_missing_config_file(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "nope.toml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_bad_command_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["fly"])
+    assert e.value.code == 2
+
+
+def test_npz_dataset(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 3)).astype("float32")
+    y = (x[:, 0] > 0).astype(np.int64)
+    np.savez(tmp_path / "d.npz", x_train=x[:30], y_train=y[:30], x_test=x[30:], y_test=y[30:])
+    cfg = f"""
+[data]
+dataset = "npz"
+path = "{(tmp_path / 'd.npz').as_posix()}"
+[model]
+[[model.layers]]
+class = "Dense"
+units = 2
+activation = "softmax"
+[compile]
+loss = "sparse_categorical_crossentropy"
+metrics = ["accuracy"]
+[fit]
+epochs = 2
+batch_size = 8
+"""
+    assert main(["train", write(tmp_path, cfg, "npz.toml"), "--verbose", "0", "--out", str(tmp_path / "o")]) == 0
+    assert "test accuracy:" in capsys.readouterr().out
+    assert nb.load_model(tmp_path / "o" / "model.nbm").get_weights()[0].shape == (3, 2)
