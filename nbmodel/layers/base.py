@@ -33,7 +33,8 @@ _name_counts: dict[str, itertools.count] = {}
 
 
 def _auto_name(cls_name: str) -> str:
-    base = re.sub(r"(?<!^)(?=[A-Z])", "_", cls_name).lower()
+    # Keras style: LSTM -> lstm, SimpleRNN -> simple_rnn, Conv2D -> conv2d, MultiHeadAttention -> multi_head_attention
+    base = re.sub(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", cls_name).lower()
     counter = _name_counts.setdefault(base, itertools.count())
     n = next(counter)
     return base if n == 0 else f"{base}_{n}"
