@@ -33,6 +33,7 @@ is linear, so averaging once equals averaging every step). A warning says so.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -273,6 +274,8 @@ class ShardRunner:
         self.model, self.xs, self.ys, self.sw, self.plan = model, xs, ys, sw, plan
         self.extras = extras
         self.proxies = install_rngs(model)
+        # private metric objects: the model's own accumulate the reduced totals (same process under MPI)
+        self.metrics = [(k, copy.deepcopy(m)) for k, _, m in model._metrics or []]
 
     def run(self, idx, lo, hi, total):
         model = self.model
@@ -305,13 +308,14 @@ class ShardRunner:
                     dys.append(dy)
                 ran = model._graph.backward(dys)
                 model._collect_grads(ran)
-                model._reset_metrics()
-                model._update_metrics(by, preds, bw)
+                for k, m in self.metrics:
+                    m.reset()
+                    m.update(by[k], preds[k], bw)
         finally:
             for p in self.proxies:
                 p.end()
         off = 2 * n_out
-        for j, (_, _, m) in enumerate(model._metrics or []):
+        for j, (_, m) in enumerate(self.metrics):
             ex[off + 2 * j: off + 2 * j + 2] = m.totals()
 
 

@@ -1,0 +1,171 @@
+"""fit(workers=N): the same training as one process, and clean failure.
+
+Each fit here spawns workers (a few seconds each), so the models are tiny.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import nbmodel as nb
+from nbmodel import layers as L
+from nbmodel.callbacks import Callback, ModelCheckpoint
+from nbmodel.parallel import ParallelError
+from nbmodel.parallel.process import segment_prefix
+
+from _models import FAMILIES, RaiseInTraining, assert_same_training, available, case
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+
+FAMILY_PARAMS = [pytest.param(f, marks=pytest.mark.skipif(not available(f), reason=f"{f}: layer module absent"))
+                 for f in FAMILIES]
+
+
+def _workers_alive():
+    return [p for p in mp.active_children() if p.name.startswith("nbmodel-worker")]
+
+
+def _segments_left():
+    try:
+        return [f for f in os.listdir("/dev/shm") if f.startswith(segment_prefix())]
+    except FileNotFoundError:  # no /dev/shm on this system
+        return []
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_behind():
+    yield
+    assert _workers_alive() == []
+    assert _segments_left() == []
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.parametrize("family", FAMILY_PARAMS)
+def test_same_training_as_one_process(family, workers, float64):
+    build, x, y, fit = case(family)
+    ref = build()
+    ref_hist = ref.fit(x, y, verbose=0, **fit)
+    model = build()
+    hist = model.fit(x, y, verbose=0, workers=workers, **fit)
+    assert_same_training(ref, ref_hist, model, hist)
+    # the generators advanced alike too: one more epoch in one process still matches
+    more = dict(fit, epochs=1)
+    assert_same_training(ref, ref.fit(x, y, verbose=0, **more), model, model.fit(x, y, verbose=0, **more))
+
+
+def test_killed_worker_raises_and_cleans_up(float64):
+    build, x, y, fit = case("dense")
+    killed = {}
+
+    class Kill(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1 and not killed:
+                victim = _workers_alive()[0]
+                killed["t"] = time.monotonic()
+                os.kill(victim.pid, signal.SIGKILL)
+
+    model = build()
+    with pytest.raises(ParallelError, match="killed by signal 9"):
+        model.fit(x, y, verbose=0, workers=2, epochs=20, batch_size=8, callbacks=[Kill()])
+    assert time.monotonic() - killed["t"] < 30
+    assert _workers_alive() == [] and _segments_left() == []
+
+
+def test_worker_exception_reaches_the_parent(float64):
+    x = np.random.default_rng(0).standard_normal((12, 3))
+    y = np.zeros(12, np.int64)
+    model = nb.Sequential([L.Input((3,)), L.Dense(2), RaiseInTraining()], seed=0)
+    model.compile(optimizer="sgd", loss=nb.losses.SparseCategoricalCrossentropy(from_logits=True))
+    t0 = time.monotonic()
+    with pytest.raises(ParallelError, match="deliberate failure in a worker"):
+        model.fit(x, y, verbose=0, workers=2, epochs=3, batch_size=4)
+    assert time.monotonic() - t0 < 60  # spawning included
+
+
+def test_ctrl_c_stops_cleanly():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, REPO, os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, os.path.join(HERE, "interrupt_script.py")], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "INTERRUPTED workers=0 segments=0" in r.stdout, r.stdout + r.stderr
+
+
+def test_checkpoints_move_between_parallel_and_single(tmp_path, float64):
+    build, x, y, _ = case("dense")
+    fit = dict(batch_size=8, shuffle=False, verbose=0)
+    ref = build()
+    ref.fit(x, y, epochs=3, **fit)
+
+    # two epochs with workers (saved by ModelCheckpoint), the third in one process
+    ckpt = str(tmp_path / "par.nbm")
+    build().fit(x, y, epochs=2, workers=2, callbacks=[ModelCheckpoint(ckpt, monitor="loss")], **fit)
+    resumed = nb.load_model(ckpt)
+    resumed.fit(x, y, epochs=3, initial_epoch=2, **fit)
+    for a, b in zip(ref.get_weights(), resumed.get_weights()):
+        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
+
+    # one epoch in one process, the rest with workers
+    single = build()
+    single.fit(x, y, epochs=1, **fit)
+    single.save(str(tmp_path / "one.nbm"))
+    resumed = nb.load_model(str(tmp_path / "one.nbm"))
+    resumed.fit(x, y, epochs=3, initial_epoch=1, workers=2, **fit)
+    for a, b in zip(ref.get_weights(), resumed.get_weights()):
+        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
+
+
+def test_batch_normalization_warns_and_averages_moving_statistics(float64):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((16, 3)) * 3 + 1
+    y = rng.integers(0, 2, 16)
+    model = nb.Sequential([L.Input((3,)), L.Dense(4), L.BatchNormalization(momentum=0.5), L.Dense(2)], seed=0)
+    model.compile(optimizer="adam", loss=nb.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.warns(RuntimeWarning, match="BatchNormalization"):
+        model.fit(x, y, verbose=0, workers=2, epochs=1, batch_size=16, shuffle=False)
+    bn = model.layers[1]
+    # one step, momentum 0.5: the moving mean is half the mean of the two shards' means
+    # (the Dense weights before the step produced the normalized activations)
+    assert np.all(np.isfinite(bn.state["moving_mean"])) and np.any(bn.state["moving_mean"] != 0)
+
+
+def test_cli_train_with_workers(tmp_path, capsys):
+    from nbmodel import cli
+
+    rc = cli.main(["train", os.path.join(REPO, "examples", "digits_mlp.toml"), "--workers", "2",
+                   "--epochs", "1", "--verbose", "0", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "test accuracy" in out
+    assert os.path.exists(tmp_path / "model.nbm")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(workers=0), "workers must be an integer"),
+    (dict(workers=2.5), "workers must be an integer"),
+    (dict(workers=2, distributed="mpi"), "not both"),
+    (dict(distributed="nccl"), "distributed must be"),
+    (dict(workers=3, batch_size=2), "cannot be split over 3 replicas"),
+])
+def test_bad_arguments(kwargs, match):
+    model = nb.Sequential([L.Input((3,)), L.Dense(2)], seed=0)
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match=match):
+        model.fit(np.zeros((6, 3)), np.zeros((6, 2)), verbose=0, **kwargs)
+
+
+def test_several_outputs_with_label_dependent_count_are_refused():
+    inp = L.Input((3,))
+    model = nb.Model(inputs=inp, outputs=[L.Dense(3)(inp), L.Dense(3)(inp)], seed=0)
+    loss = nb.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0)
+    model.compile(optimizer="sgd", loss=[loss, "sparse_categorical_crossentropy"])
+    y = np.ones(6, np.int64)
+    with pytest.raises(NotImplementedError, match="several outputs"):
+        model.fit(np.zeros((6, 3)), [y, y], verbose=0, workers=2, batch_size=4)
