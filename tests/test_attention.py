@@ -344,3 +344,25 @@ def test_matches_pytorch(causal):
         np.testing.assert_allclose(got, t.grad.numpy(), rtol=1e-4, atol=1e-5)
     for n in PARAMS:
         np.testing.assert_allclose(layer.grads[n], tw[n].grad.numpy(), rtol=1e-4, atol=1e-5, err_msg=n)
+
+
+def test_fused_self_attention_matches_separate_projections(float64):
+    """The one-GEMM QKV path (used by TransformerEncoder) gives the summed input gradient."""
+    x = rng().standard_normal((2, 4, 6))
+    plain = L.MultiHeadAttention(2, 3, value_dim=4, seed=1)
+    plain.build((x.shape, x.shape))
+    randomize_biases(plain)
+    fused = L.MultiHeadAttention(2, 3, value_dim=4, seed=2)
+    fused.build((x.shape, x.shape))
+    fused.set_weights(plain.get_weights())
+    fused._fuse_self = True
+    dy = rng(1).standard_normal((2, 4, 6))
+    y1 = plain.forward((x, x), training=True, use_causal_mask=True)
+    dq, dv = plain.backward(dy)
+    y2 = fused.forward((x, x), training=True, use_causal_mask=True)
+    dx, none = fused.backward(dy)
+    assert none is None
+    np.testing.assert_allclose(y2, y1, rtol=1e-12)
+    np.testing.assert_allclose(dx, dq + dv, rtol=1e-10, atol=1e-12)
+    for n in PARAMS:
+        np.testing.assert_allclose(fused.grads[n], plain.grads[n], rtol=1e-10, atol=1e-12, err_msg=n)

@@ -76,6 +76,10 @@ class MultiHeadAttention(Layer):
         self.bias_initializer = bias_initializer
         self._symbolic_scores = False
         self._cache = None
+        # Set by a composite owner (TransformerEncoder) that passes the same array as query and
+        # value and only needs the SUM of their gradients: Q, K and V then come from one GEMM and
+        # backward returns (d_input_total, None).
+        self._fuse_self = False
 
     # ---------------------------------------------------------------- shapes
     def _split_shapes(self, input_shape):
@@ -212,13 +216,31 @@ class MultiHeadAttention(Layer):
         probs = ws("probs", (b, h, tq, tk)) if keep else ws("probs1", (1, 1, tq, tk))
         o2 = ws("o2", (b * tq, h * vd))
         out = ws("out", (b * tq, dout))
-        self.kernels("attention").mha_forward(
-            *args, self.use_bias, dt(1.0 / math.sqrt(kd)), b, tq, tk, h, kd, vd, mask, has_mask,
-            bool(use_causal_mask), keep, dt(rate), u,
-            ws("qtmp", (b * tq, h * kd)), ws("ktmp", (b * tk, h * kd)), ws("vtmp", (b * tk, h * vd)),
-            qh, kh, vh, probs, ws("pdrop", (tq, tk) if rate > 0.0 else (1, 1)), ws("otmp", (tq, vd)),
-            ws("nscr", (tk,), np.int32), o2, out)
-        self._cache = (args[:3], has_key, b, tq, tk, rate, u, qh, kh, vh, probs, o2) if training else None
+        pdrop = ws("pdrop", (tq, tk) if rate > 0.0 else (1, 1))
+        otmp, nscr = ws("otmp", (tq, vd)), ws("nscr", (tk,), np.int32)
+        scale = dt(1.0 / math.sqrt(kd))
+        causal = bool(use_causal_mask)
+        fused = self._fuse_self and not has_key and inputs[1] is inputs[0] and self._dq == self._dv == self._dk
+        wcat = None
+        if fused:
+            hk = h * kd
+            ctot = 2 * hk + h * vd
+            wcat = ws("wcat", (self._dq, ctot))
+            np.concatenate((args[3], args[5], args[7]), axis=1, out=wcat)
+            bcat = ws("bcat", (ctot,))
+            if self.use_bias:
+                np.concatenate((args[4], args[6], args[8]), out=bcat)
+            self.kernels("attention").mha_self_forward(
+                args[0], wcat, bcat, args[9], args[10], self.use_bias, scale, b, tq, h, kd, vd, mask, has_mask,
+                causal, keep, dt(rate), u, ws("qkv", (b * tq, ctot)), qh, kh, vh, probs, pdrop, otmp, nscr, o2,
+                out)
+        else:
+            self.kernels("attention").mha_forward(
+                *args, self.use_bias, scale, b, tq, tk, h, kd, vd, mask, has_mask, causal, keep, dt(rate), u,
+                ws("qtmp", (b * tq, h * kd)), ws("ktmp", (b * tk, h * kd)), ws("vtmp", (b * tk, h * vd)),
+                qh, kh, vh, probs, pdrop, otmp, nscr, o2, out)
+        self._cache = ((args[:3], has_key, b, tq, tk, rate, u, qh, kh, vh, probs, o2, wcat)
+                       if training else None)
         y = out.reshape((b, tq) + self._out_tail)
         if return_attention_scores:
             return y, probs
@@ -228,7 +250,7 @@ class MultiHeadAttention(Layer):
     def backward(self, dy):
         if self._cache is None:
             raise RuntimeError(f"{self.name}: backward needs a forward pass with training=True first")
-        (q2, k2, v2), has_key, b, tq, tk, rate, u, qh, kh, vh, probs, o2 = self._cache
+        (q2, k2, v2), has_key, b, tq, tk, rate, u, qh, kh, vh, probs, o2, wcat = self._cache
         dscores = None
         if isinstance(dy, (list, tuple)):
             dy, dscores = dy[0], (dy[1] if len(dy) > 1 else None)
@@ -248,23 +270,42 @@ class MultiHeadAttention(Layer):
         def gb(k):
             return g[k].reshape(-1) if self.use_bias else zero_b
 
+        wo2 = p["output_kernel"].reshape(h * vd, dout)
+        dwo2 = _view2(g["output_kernel"], h * vd, dout, name, "grads['output_kernel']")
+        scale = dt(1.0 / math.sqrt(kd))
+        common = (ws("do2", (b * tq, h * vd)), ws("dotmp", (tq, vd)), ws("dp", (tq, tk)),
+                  ws("pdrop", (tq, tk) if rate > 0.0 else (1, 1)), ws("tvtmp", (tk, vd)), ws("tqtmp", (tq, kd)),
+                  ws("tktmp", (tk, kd)))
+        if wcat is not None:  # fused self-attention: one input, gradient summed over its three uses
+            hk = h * kd
+            ctot = wcat.shape[1]
+            dwcat, dbcat = ws("dwcat", wcat.shape), ws("dbcat", (ctot,))
+            dx = ws("dx_self", (b * tq, self._dq) if need_dx else (1, 1))
+            self.kernels("attention").mha_self_backward(
+                q2, wcat, wo2, self.use_bias, scale, b, tq, h, kd, vd, dt(rate), u, qh, kh, vh, probs, o2, dy2,
+                ds, has_ds, need_dx, *common, ws("gqkv", (b * tq, ctot)), dwcat, dbcat, dwo2, gb("output_bias"), dx)
+            d = self._dq
+            g["query_kernel"].reshape(d, hk)[...] = dwcat[:, :hk]
+            g["key_kernel"].reshape(d, hk)[...] = dwcat[:, hk:2 * hk]
+            g["value_kernel"].reshape(d, h * vd)[...] = dwcat[:, 2 * hk:]
+            if self.use_bias:
+                g["query_bias"].reshape(-1)[...] = dbcat[:hk]
+                g["key_bias"].reshape(-1)[...] = dbcat[hk:2 * hk]
+                g["value_bias"].reshape(-1)[...] = dbcat[2 * hk:]
+            return (dx.reshape(b, tq, d), None) if need_dx else None
         dxq = ws("dxq", (b * tq, self._dq) if need_dx else (1, 1))
         dxk = ws("dxk", (b * tk, self._dk) if need_dx else (1, 1))
         dxv = ws("dxv", (b * tk, self._dv) if need_dx else (1, 1))
         self.kernels("attention").mha_backward(
             q2, k2, v2, p["query_kernel"].reshape(self._dq, h * kd), p["key_kernel"].reshape(self._dk, h * kd),
-            p["value_kernel"].reshape(self._dv, h * vd), p["output_kernel"].reshape(h * vd, dout),
-            self.use_bias, dt(1.0 / math.sqrt(kd)), b, tq, tk, h, kd, vd, dt(rate), u, qh, kh, vh, probs, o2,
-            dy2, ds, has_ds, need_dx,
-            ws("do2", (b * tq, h * vd)), ws("dotmp", (tq, vd)), ws("dp", (tq, tk)),
-            ws("pdrop", (tq, tk) if rate > 0.0 else (1, 1)), ws("tvtmp", (tk, vd)), ws("tqtmp", (tq, kd)),
-            ws("tktmp", (tk, kd)), ws("dq2", (b * tq, h * kd)), ws("dk2", (b * tk, h * kd)),
-            ws("dv2", (b * tk, h * vd)),
+            p["value_kernel"].reshape(self._dv, h * vd), wo2,
+            self.use_bias, scale, b, tq, tk, h, kd, vd, dt(rate), u, qh, kh, vh, probs, o2,
+            dy2, ds, has_ds, need_dx, *common,
+            ws("dq2", (b * tq, h * kd)), ws("dk2", (b * tk, h * kd)), ws("dv2", (b * tk, h * vd)),
             _view2(g["query_kernel"], self._dq, h * kd, name, "grads['query_kernel']"), gb("query_bias"),
             _view2(g["key_kernel"], self._dk, h * kd, name, "grads['key_kernel']"), gb("key_bias"),
             _view2(g["value_kernel"], self._dv, h * vd, name, "grads['value_kernel']"), gb("value_bias"),
-            _view2(g["output_kernel"], h * vd, dout, name, "grads['output_kernel']"), gb("output_bias"),
-            dxq, dxk, dxv)
+            dwo2, gb("output_bias"), dxq, dxk, dxv)
         if not need_dx:
             return None
         dq = dxq.reshape(b, tq, self._dq)
@@ -387,6 +428,7 @@ class TransformerEncoder(Layer):
         n = self.name
         self.attention = MultiHeadAttention(self.num_heads, self.key_dim, dropout=self.dropout,
                                             name=f"{n}/attention", dtype=dt, seed=seed())
+        self.attention._fuse_self = True  # self-attention: one QKV GEMM, summed input gradient
         self.norm1 = LayerNormalization(epsilon=self.layer_norm_epsilon, name=f"{n}/norm1", dtype=dt, seed=seed())
         self.norm2 = LayerNormalization(epsilon=self.layer_norm_epsilon, name=f"{n}/norm2", dtype=dt, seed=seed())
         self.dense1 = Dense(self.ff_dim, activation=activation, name=f"{n}/dense1", dtype=dt, seed=seed())
@@ -506,8 +548,11 @@ class TransformerEncoder(Layer):
             da = np.ascontiguousarray(self.drop1.backward(dh1.reshape(shape)))
             self.attention.input_grad_needed = True
             dq, dv = self.attention.backward(da)
-            dn1 = ws("dn1", (n, d))
-            k.add_into(dq.reshape(-1), dv.reshape(-1), dn1.reshape(-1))
+            if dv is None:  # fused self-attention already summed the three input gradients
+                dn1 = np.ascontiguousarray(dq).reshape(n, d)
+            else:
+                dn1 = ws("dn1", (n, d))
+                k.add_into(dq.reshape(-1), dv.reshape(-1), dn1.reshape(-1))
             kn.layer_norm_backward(x2, g1, mean1, rstd1, dn1, True, True, dln, gn1["gamma"], gn1["beta"])
             if not need_dx:
                 return None
@@ -528,7 +573,8 @@ class TransformerEncoder(Layer):
         dq, dv = grads
         dx = ws("dx", (n, d))
         k.add_into(ds1.reshape(-1), dq.reshape(-1), dx.reshape(-1))
-        dx += dv.reshape(n, d)
+        if dv is not None:
+            dx += dv.reshape(n, d)
         return dx.reshape(shape)
 
     def get_config(self):

@@ -33,14 +33,17 @@ from ._jit import jit
 
 
 @jit
-def _project_heads(x, w, b, use_bias, scale, batch, t, heads, dim, tmp, out):
-    """out[b, h, i, :] = (x @ w + b)[b*t + i, h*dim:(h+1)*dim] * scale."""
-    np.dot(x, w, tmp)
+def _split_heads(tmp, off, b, use_bias, scale, batch, t, heads, dim, out):
+    """out[b, h, i, :] = (tmp + b)[b*t + i, off + h*dim : off + (h+1)*dim] * scale.
+
+    tmp is the output of a projection GEMM; ``off`` picks the column block
+    of one projection when Q, K and V come from one fused GEMM.
+    """
     for bb in range(batch):
         for i in range(t):
             r = bb * t + i
             for h in range(heads):
-                c0 = h * dim
+                c0 = off + h * dim
                 for e in range(dim):
                     v = tmp[r, c0 + e]
                     if use_bias:
@@ -132,28 +135,17 @@ def _softmax_block(s, mask, has_mask, mb, mh, causal, nscr):
 
 
 @jit
-def mha_forward(q2, k2, v2, wq, bq, wk, bk, wv, bv, wo, bo, use_bias, scale, batch, tq, tk,
-                heads, kd, vd, mask, has_mask, causal, keep, rate, u,
-                qtmp, ktmp, vtmp, qh, kh, vh, probs, pdrop, otmp, nscr, o2, out):
-    """Forward of multi-head attention on flattened inputs.
-
-    q2 (batch*tq, dq), k2 (batch*tk, dk), v2 (batch*tk, dv); w* are the kernels
-    reshaped to 2-D ((d, heads*dim), output (heads*vd, dout)); b* the biases
-    flattened. Writes qh/kh/vh (head-major projections, qh scaled), probs
-    ((batch, heads, tq, tk) when keep, else one (1, 1, tq, tk) block), o2
-    ((batch*tq, heads*vd), the attention output before the output GEMM) and
-    out (batch*tq, dout). nscr is an int32 (tk,) scratch. Dropout (rate > 0) multiplies the probabilities by
-    (u >= rate) / (1 - rate), u uniform of probs' shape; pdrop is a (tq, tk)
-    workspace.
-    """
-    one = out.dtype.type(1)
-    _project_heads(q2, wq, bq, use_bias, scale, batch, tq, heads, kd, qtmp, qh)
-    _project_heads(k2, wk, bk, use_bias, one, batch, tk, heads, kd, ktmp, kh)
-    _project_heads(v2, wv, bv, use_bias, one, batch, tk, heads, vd, vtmp, vh)
+def _attend_forward(qh, kh, vh, mask, has_mask, causal, keep, rate, u, probs, pdrop, otmp, nscr, o2):
+    """Attention core: per (batch, head) S = Qs K^T, masked softmax, O = P V
+    written into o2 (batch*tq, heads*vd) at the head's column block."""
+    batch, heads, tq, _ = qh.shape
+    tk = kh.shape[2]
+    vd = vh.shape[3]
+    one = o2.dtype.type(1)
+    zero = one - one
+    inv_keep = one / (one - rate)
     mbn = mask.shape[0]
     mhn = mask.shape[1]
-    inv_keep = one / (one - rate)
-    zero = one - one
     for b in range(batch):
         mb = b if mbn > 1 else 0
         for h in range(heads):
@@ -174,12 +166,58 @@ def mha_forward(q2, k2, v2, wq, bq, wk, bk, wv, bv, wo, bo, use_bias, scale, bat
                 r = b * tq + i
                 for e in range(vd):
                     o2[r, c0 + e] = otmp[i, e]
+
+
+@jit
+def _output_projection(o2, wo, bo, use_bias, out):
     np.dot(o2, wo, out)
     if use_bias:
         n, m = out.shape
         for r in range(n):
             for c in range(m):
                 out[r, c] += bo[c]
+
+
+@jit
+def mha_forward(q2, k2, v2, wq, bq, wk, bk, wv, bv, wo, bo, use_bias, scale, batch, tq, tk,
+                heads, kd, vd, mask, has_mask, causal, keep, rate, u,
+                qtmp, ktmp, vtmp, qh, kh, vh, probs, pdrop, otmp, nscr, o2, out):
+    """Forward of multi-head attention on flattened inputs.
+
+    q2 (batch*tq, dq), k2 (batch*tk, dk), v2 (batch*tk, dv); w* are the kernels
+    reshaped to 2-D ((d, heads*dim), output (heads*vd, dout)); b* the biases
+    flattened. Writes qh/kh/vh (head-major projections, qh scaled), probs
+    ((batch, heads, tq, tk) when keep, else one (1, 1, tq, tk) block), o2
+    ((batch*tq, heads*vd), the attention output before the output GEMM) and
+    out (batch*tq, dout). nscr is an int32 (tk,) scratch.
+    Dropout (rate > 0) multiplies the probabilities by
+    (u >= rate) / (1 - rate), u uniform of probs' shape; pdrop is a (tq, tk)
+    workspace.
+    """
+    one = out.dtype.type(1)
+    np.dot(q2, wq, qtmp)
+    _split_heads(qtmp, 0, bq, use_bias, scale, batch, tq, heads, kd, qh)
+    np.dot(k2, wk, ktmp)
+    _split_heads(ktmp, 0, bk, use_bias, one, batch, tk, heads, kd, kh)
+    np.dot(v2, wv, vtmp)
+    _split_heads(vtmp, 0, bv, use_bias, one, batch, tk, heads, vd, vh)
+    _attend_forward(qh, kh, vh, mask, has_mask, causal, keep, rate, u, probs, pdrop, otmp, nscr, o2)
+    _output_projection(o2, wo, bo, use_bias, out)
+
+
+@jit
+def mha_self_forward(x2, wcat, bcat, wo, bo, use_bias, scale, batch, t, heads, kd, vd, mask, has_mask,
+                     causal, keep, rate, u, qkv, qh, kh, vh, probs, pdrop, otmp, nscr, o2, out):
+    """mha_forward for self-attention (query = key = value = x2): one GEMM with
+    wcat = [wq | wk | wv] (d, 2*heads*kd + heads*vd), biases bcat likewise."""
+    one = out.dtype.type(1)
+    hk = heads * kd
+    np.dot(x2, wcat, qkv)
+    _split_heads(qkv, 0, bcat, use_bias, scale, batch, t, heads, kd, qh)
+    _split_heads(qkv, hk, bcat, use_bias, one, batch, t, heads, kd, kh)
+    _split_heads(qkv, 2 * hk, bcat, use_bias, one, batch, t, heads, vd, vh)
+    _attend_forward(qh, kh, vh, mask, has_mask, causal, keep, rate, u, probs, pdrop, otmp, nscr, o2)
+    _output_projection(o2, wo, bo, use_bias, out)
 
 
 @jit
@@ -197,29 +235,28 @@ def _project_backward(x, w, g, use_bias, need_dx, dw, db, dx):
 
 
 @jit
-def mha_backward(q2, k2, v2, wq, wk, wv, wo, use_bias, scale, batch, tq, tk, heads, kd, vd,
-                 rate, u, qh, kh, vh, probs, o2, dout, dscores, has_dscores, need_dx,
-                 do2, dotmp, dp, pdrop, tvtmp, tqtmp, tktmp, dq2, dk2, dv2,
-                 dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo, dxq, dxk, dxv):
-    """Gradients of mha_forward (kept probs required) for the summed loss.
-
-    dout (batch*tq, dout); dscores (batch, heads, tq, tk) is the gradient
-    reaching the returned attention scores (has_dscores). Param gradients are
-    overwritten; dq2/dk2/dv2 hold the gradients of the projections (before
-    bias), dxq/dxk/dxv the input gradients (when need_dx).
-    """
-    one = dout.dtype.type(1)
-    zero = one - one
-    inv_keep = one / (one - rate)
-    # output projection
+def _output_backward(o2, wo, dout, use_bias, dwo, dbo, do2):
     np.dot(o2.T, dout, dwo)
     if use_bias:
-        dbo[:] = zero
+        dbo[:] = 0
         n, m = dout.shape
         for r in range(n):
             for c in range(m):
                 dbo[c] += dout[r, c]
     np.dot(dout, wo.T, do2)
+
+
+@jit
+def _attend_backward(qh, kh, vh, probs, rate, u, do2, dscores, has_dscores, scale,
+                     dotmp, dp, pdrop, tvtmp, tqtmp, tktmp, gq, qo, gk, ko, gv, vo):
+    """Backward of _attend_forward: writes the projection gradients (before
+    bias) into gq/gk/gv at column offsets qo/ko/vo (one array when fused)."""
+    batch, heads, tq, kd = qh.shape
+    tk = kh.shape[2]
+    vd = vh.shape[3]
+    one = do2.dtype.type(1)
+    zero = one - one
+    inv_keep = one / (one - rate)
     for b in range(batch):
         for h in range(heads):
             p = probs[b, h]
@@ -242,16 +279,15 @@ def mha_backward(q2, k2, v2, wq, wk, wv, wo, use_bias, scale, batch, tq, tk, hea
             for j in range(tk):
                 r = b * tk + j
                 for e in range(vd):
-                    dv2[r, cv + e] = tvtmp[j, e]
+                    gv[r, vo + cv + e] = tvtmp[j, e]
             # softmax backward, fused: dS = P * (dP - sum_j P dP)
             for i in range(tq):
                 dot = zero
+                if has_dscores:
+                    for j in range(tk):
+                        dp[i, j] += dscores[b, h, i, j]
                 for j in range(tk):
-                    g = dp[i, j]
-                    if has_dscores:
-                        g += dscores[b, h, i, j]
-                        dp[i, j] = g
-                    dot += p[i, j] * g
+                    dot += p[i, j] * dp[i, j]
                 for j in range(tk):
                     dp[i, j] = p[i, j] * (dp[i, j] - dot)
             np.dot(dp, kh[b, h], tqtmp)
@@ -260,14 +296,46 @@ def mha_backward(q2, k2, v2, wq, wk, wv, wo, use_bias, scale, batch, tq, tk, hea
             for i in range(tq):
                 r = b * tq + i
                 for e in range(kd):
-                    dq2[r, ck + e] = tqtmp[i, e] * scale
+                    gq[r, qo + ck + e] = tqtmp[i, e] * scale
             for j in range(tk):
                 r = b * tk + j
                 for e in range(kd):
-                    dk2[r, ck + e] = tktmp[j, e]
+                    gk[r, ko + ck + e] = tktmp[j, e]
+
+
+@jit
+def mha_backward(q2, k2, v2, wq, wk, wv, wo, use_bias, scale, batch, tq, tk, heads, kd, vd,
+                 rate, u, qh, kh, vh, probs, o2, dout, dscores, has_dscores, need_dx,
+                 do2, dotmp, dp, pdrop, tvtmp, tqtmp, tktmp, dq2, dk2, dv2,
+                 dwq, dbq, dwk, dbk, dwv, dbv, dwo, dbo, dxq, dxk, dxv):
+    """Gradients of mha_forward (kept probs required) for the summed loss.
+
+    dout (batch*tq, dout); dscores (batch, heads, tq, tk) is the gradient
+    reaching the returned attention scores (has_dscores). Param gradients are
+    overwritten; dq2/dk2/dv2 hold the gradients of the projections (before
+    bias), dxq/dxk/dxv the input gradients (when need_dx).
+    """
+    _output_backward(o2, wo, dout, use_bias, dwo, dbo, do2)
+    _attend_backward(qh, kh, vh, probs, rate, u, do2, dscores, has_dscores, scale,
+                     dotmp, dp, pdrop, tvtmp, tqtmp, tktmp, dq2, 0, dk2, 0, dv2, 0)
     _project_backward(q2, wq, dq2, use_bias, need_dx, dwq, dbq, dxq)
     _project_backward(k2, wk, dk2, use_bias, need_dx, dwk, dbk, dxk)
     _project_backward(v2, wv, dv2, use_bias, need_dx, dwv, dbv, dxv)
+
+
+@jit
+def mha_self_backward(x2, wcat, wo, use_bias, scale, batch, t, heads, kd, vd, rate, u, qh, kh, vh, probs,
+                      o2, dout, dscores, has_dscores, need_dx, do2, dotmp, dp, pdrop, tvtmp, tqtmp, tktmp,
+                      g, dwcat, dbcat, dwo, dbo, dx):
+    """Gradients of mha_self_forward: g (n, 2*heads*kd + heads*vd) holds
+    [dQ | dK | dV], so the weight gradient dwcat = x^T g and the input
+    gradient dx = g wcat^T (the sum over query, key and value) are one GEMM
+    each."""
+    hk = heads * kd
+    _output_backward(o2, wo, dout, use_bias, dwo, dbo, do2)
+    _attend_backward(qh, kh, vh, probs, rate, u, do2, dscores, has_dscores, scale,
+                     dotmp, dp, pdrop, tvtmp, tqtmp, tktmp, g, 0, g, hk, g, 2 * hk)
+    _project_backward(x2, wcat, g, use_bias, need_dx, dwcat, dbcat, dx)
 
 
 @jit
