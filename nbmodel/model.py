@@ -287,7 +287,9 @@ class Model:
                                 callbacks=callbacks, validation_split=validation_split,
                                 validation_data=validation_data, shuffle=shuffle,
                                 class_weight=class_weight, sample_weight=sample_weight,
-                                initial_epoch=initial_epoch, workers=workers, distributed=distributed)
+                                initial_epoch=initial_epoch, workers=workers, distributed=distributed,
+                                steps_per_epoch=steps_per_epoch, validation_batch_size=validation_batch_size,
+                                validation_freq=validation_freq)
         batch_size = 32 if batch_size is None else int(batch_size)
         if batch_size < 1:
             raise ValueError(f"fit: batch_size must be >= 1, got {batch_size}")
