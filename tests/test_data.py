@@ -189,7 +189,6 @@ def test_integer_and_float64_inputs_are_converted():
     assert a.dtype == np.float32
     np.testing.assert_allclose(a, m.predict(x), rtol=1e-6)
     m.predict(np.ones((2, 2), dtype=np.int32))  # ints are numbers too
-    m.fit(x, y.astype(np.int32), verbose=0, epochs=1)
     m.fit(x.tolist(), list(y), verbose=0, epochs=1)  # plain nested lists are data too
 
 
