@@ -8,9 +8,10 @@ def saliency(model, x, class_index, output_index=0):
     """Gradient of the score of ``class_index`` with respect to the input.
 
     ``x``: a batch for a single-input model; ``class_index``: an int or one int
-    per sample. Returns an array shaped like ``x`` (float64 of the model's
-    dtype). The score is the model output before any loss: for a softmax
-    output it is the class probability.
+    per sample. Returns an array shaped like ``x`` in the model's float dtype.
+    The score is the model output before any loss: for a softmax output it is
+    the class probability. Every layer on the way must support a backward pass
+    after an inference-mode forward pass.
     """
     x = np.asarray(x)
     preds = model.predict(x, batch_size=max(len(x), 1))
@@ -22,4 +23,7 @@ def saliency(model, x, class_index, output_index=0):
     dys = [np.zeros_like(o) for o in outs]
     dys[output_index].reshape(out.shape[0], -1, out.shape[-1])[np.arange(out.shape[0]), :, idx] = 1.0
     grads = model.input_gradient(x, dys if len(dys) > 1 else dys[0])
+    if grads is None:
+        raise ValueError("saliency: the model input holds integer ids (e.g. for an Embedding), which have no "
+                         "gradient; inspect the embedding output with model.get_activations instead")
     return grads

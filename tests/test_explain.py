@@ -112,3 +112,12 @@ def test_digits_explain_example(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert str(out) in proc.stdout
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_saliency_of_integer_ids_is_refused():
+    model = nb.Sequential([layers.Input((5,), dtype="int64"), layers.Embedding(10, 4), layers.Flatten(),
+                           layers.Dense(3)], seed=0)
+    ids = np.random.default_rng(5).integers(0, 10, (2, 5))
+    with pytest.raises(ValueError, match="integer ids"):
+        nb.explain.saliency(model, ids, 1)
+    assert model.get_activations(ids, model.layers[0]).shape == (2, 5, 4)
