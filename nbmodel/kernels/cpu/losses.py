@@ -16,10 +16,67 @@ per-element weights), read only when ``use_w``.
 """
 import math
 
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
+
+from ...config import FASTMATH
 from ...losses import BCE, BCE_LOGITS, HUBER, MAE, MSE
 from ._jit import inline, pjit, prange
 
 PAR_MIN = 1 << 16
+
+
+# ------------------------------------------------------- vectorizable exp
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    """Reinterpret an int32 as the float32 with the same bits."""
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+def fast_exp(x):
+    """exp(x). In float32 kernels it compiles to straight-line arithmetic that
+    LLVM vectorizes (math.exp is a libm call per element: 13x slower here, no
+    SVML): exp(x) = 2^k * P(r), r = x - k ln2, |r| <= ln2/2, P the degree-7
+    Taylor polynomial; relative error < 1.3 ulp for -87.33 <= x <= 88.37, 0
+    below (flush to zero), saturating at exp(88.37) above. The loss kernels
+    call it on x - max <= 0. float64 uses math.exp."""
+    return math.exp(x)
+
+
+@overload(fast_exp, fastmath=set(FASTMATH))
+def _fast_exp_impl(x):
+    if x != types.float32:
+        return lambda x: math.exp(x)
+
+    def impl(x):
+        f = np.float32
+        y = x
+        if y < f(-87.33):
+            y = f(-87.33)
+        if y > f(88.37):
+            y = f(88.37)
+        k = np.floor(y * f(1.4426950408889634) + f(0.5))
+        # ln2 split in two (Cody-Waite) so that r keeps full float32 precision
+        r = y - k * f(0.693359375) + k * f(2.12194440e-4)
+        p = f(1.0 / 5040)
+        p = p * r + f(1.0 / 720)
+        p = p * r + f(1.0 / 120)
+        p = p * r + f(1.0 / 24)
+        p = p * r + f(1.0 / 6)
+        p = p * r + f(0.5)
+        p = p * r + f(1.0)
+        p = p * r + f(1.0)
+        e = p * _f32_from_bits((np.int32(k) + np.int32(127)) << np.int32(23))
+        return f(0.0) if x < f(-87.33) else e
+
+    return impl
 
 
 @inline
@@ -71,9 +128,8 @@ def _dense_row(i, code, y_true, y_pred, a, b, eps, w, w_per, use_w, need_grad, r
             g = (c - tt) / (c * (one - c)) if inside else zero
         else:  # BCE_LOGITS, stable form: max(z, 0) - z t + log1p(exp(-|z|))
             tt = t * a + b
-            az = abs(p)
-            l = (p if p > zero else zero) - p * tt + math.log1p(math.exp(-az))
-            ez = math.exp(-az)
+            ez = fast_exp(-abs(p))
+            l = (p if p > zero else zero) - p * tt + math.log1p(ez)
             sig = one / (one + ez) if p >= zero else ez / (one + ez)
             g = sig - tt
         s += l
@@ -112,7 +168,7 @@ def _cce_row(i, y_true, y_pred, from_logits, a, b, eps, w, w_per, use_w, need_gr
                 m = y_pred[i, j]
         s = zero
         for j in range(c_n):
-            e = math.exp(y_pred[i, j] - m)
+            e = fast_exp(y_pred[i, j] - m)
             s += e
             if need_grad:
                 dy[i, j] = e
@@ -198,7 +254,7 @@ def _sparse_row(i, labels, y_pred, from_logits, ignore, use_ignore, eps, w, w_pe
                 m = y_pred[i, j]
         s = zero
         for j in range(c_n):
-            e = math.exp(y_pred[i, j] - m)
+            e = fast_exp(y_pred[i, j] - m)
             s += e
             if need_grad:
                 dy[i, j] = e
