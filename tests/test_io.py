@@ -34,6 +34,19 @@ def functional(seed=0):
     return model
 
 
+def reseed(model):
+    """Give every layer and sublayer the same fresh RNG in both models (dropout masks)."""
+    gens = iter(range(10**6))
+
+    def visit(layer):
+        layer.rng = np.random.default_rng(next(gens))
+        for sub in layer.sublayers():
+            visit(sub)
+
+    for layer in model.layers:
+        visit(layer)
+
+
 def assert_same_weights(a, b):
     wa, wb = a.get_weights(), b.get_weights()
     assert len(wa) == len(wb)
@@ -64,8 +77,7 @@ def test_save_load_same_predictions_and_same_continued_training(tmp_path, kind):
     # optimizer slots restored: one more epoch gives the same weights on both
     # (the Dropout masks come from each layer's RNG; reseed both alike)
     for m in (model, loaded):
-        for i, layer in enumerate(m.layers):
-            layer.rng = np.random.default_rng(i)
+        reseed(m)
     model.fit(xs, ys, epochs=1, batch_size=8, shuffle=False, verbose=0)
     loaded.fit(xs, ys, epochs=1, batch_size=8, shuffle=False, verbose=0)
     assert_same_weights(model, loaded)
@@ -80,8 +92,7 @@ def test_fresh_optimizer_state_would_differ(tmp_path):
     fresh = nb.load_model(tmp_path / "m.nbm", compile=False)
     fresh.compile(nb.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
     for m in (model, fresh):
-        for i, layer in enumerate(m.layers):
-            layer.rng = np.random.default_rng(i)
+        reseed(m)
         m.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
     assert not np.array_equal(model.get_weights()[0], fresh.get_weights()[0])
 
@@ -174,3 +185,33 @@ def test_get_config_round_trip():
     rebuilt = io.model_from_config(cfg)
     assert [layer.name for layer in rebuilt.layers] == [layer.name for layer in model.layers]
     assert [w.shape for w in rebuilt.get_weights()] == [w.shape for w in model.get_weights()]
+
+
+FAMILIES = {
+    "conv": (lambda: [layers.Input((6, 6, 2)), layers.Conv2D(3, 3, padding="same", activation="relu"),
+                      layers.BatchNormalization(), layers.MaxPooling2D(2), layers.GlobalAveragePooling2D(),
+                      layers.Dense(3, activation="softmax")], (4, 6, 6, 2)),
+    "recurrent": (lambda: [layers.Input((5, 3)), layers.Bidirectional(layers.LSTM(4, return_sequences=True)),
+                           layers.GRU(3), layers.Dense(3, activation="softmax")], (4, 5, 3)),
+    "attention": (lambda: [layers.Input((5,), dtype="int64"), layers.PositionalEmbedding(5, 10, 6),
+                           layers.TransformerEncoder(2, 3, 8, dropout=0.1), layers.Flatten(),
+                           layers.Dense(3, activation="softmax")], None),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_save_load_layer_families(tmp_path, family):
+    make, shape = FAMILIES[family]
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 10, (4, 5)) if shape is None else rng.standard_normal(shape).astype("float32")
+    y = rng.integers(0, 3, 4)
+    model = nb.Sequential(make(), seed=0)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, batch_size=2, verbose=0)
+    model.save(tmp_path / "m.nbm")
+    loaded = nb.load_model(tmp_path / "m.nbm")
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))  # includes moving statistics
+    for m in (model, loaded):
+        reseed(m)
+        m.fit(x, y, epochs=1, batch_size=2, shuffle=False, verbose=0)
+    assert_same_weights(model, loaded)
