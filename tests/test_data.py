@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 import nbmodel as nb
-from nbmodel import callbacks as cb
 from nbmodel import layers
 from nbmodel.data import BatchIterator, class_weights_to_sample_weights
 
