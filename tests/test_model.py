@@ -453,3 +453,24 @@ def test_import_compiles_nothing_and_imports_no_numba():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     print(f"import nbmodel took {float(out.stdout):.3f} s")  # measured, not asserted
+
+
+def test_frozen_layer_keeps_its_weights():
+    x, y = blobs(n=20)
+    frozen = layers.Dense(5, activation="relu", trainable=False)
+    model = nb.Sequential([layers.Input((4,)), frozen, layers.Dense(3, activation="softmax")], seed=0)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    before = model.get_weights()
+    model.fit(x, y, epochs=2, verbose=0)
+    after = model.get_weights()
+    assert [np.array_equal(a, b) for a, b in zip(before, after)] == [True, True, False, False]
+    lines = []
+    model.summary(print_fn=lines.append)
+    assert "Trainable params: 18" in lines[0] and "Non-trainable params: 25" in lines[0]
+
+
+def test_compile_argument_errors():
+    with pytest.raises(ValueError, match="needs a loss"):
+        small_model().compile("adam")
+    with pytest.raises(ValueError, match="2 loss_weights given for 1 outputs"):
+        small_model().compile("adam", "mse", loss_weights=[1.0, 2.0])
