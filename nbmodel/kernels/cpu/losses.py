@@ -79,6 +79,63 @@ def _fast_exp_impl(x):
     return impl
 
 
+# ------------------------------------------------------ row helpers (1-D)
+@inline
+def _row_max(r):
+    """max of a 1-D row with 8 independent running maxima: the single-accumulator
+    loop cannot be vectorized without the no-NaN flag and ran 4x slower."""
+    c = r.size
+    m0 = r[0]
+    m1 = m0
+    m2 = m0
+    m3 = m0
+    m4 = m0
+    m5 = m0
+    m6 = m0
+    m7 = m0
+    j = 0
+    while j + 8 <= c:
+        m0 = r[j] if r[j] > m0 else m0
+        m1 = r[j + 1] if r[j + 1] > m1 else m1
+        m2 = r[j + 2] if r[j + 2] > m2 else m2
+        m3 = r[j + 3] if r[j + 3] > m3 else m3
+        m4 = r[j + 4] if r[j + 4] > m4 else m4
+        m5 = r[j + 5] if r[j + 5] > m5 else m5
+        m6 = r[j + 6] if r[j + 6] > m6 else m6
+        m7 = r[j + 7] if r[j + 7] > m7 else m7
+        j += 8
+    m0 = m1 if m1 > m0 else m0
+    m2 = m3 if m3 > m2 else m2
+    m4 = m5 if m5 > m4 else m4
+    m6 = m7 if m7 > m6 else m6
+    m0 = m2 if m2 > m0 else m0
+    m4 = m6 if m6 > m4 else m4
+    m = m4 if m4 > m0 else m0
+    while j < c:
+        m = r[j] if r[j] > m else m
+        j += 1
+    return m
+
+
+@inline
+def _exp_sum(r, m):
+    s = r.dtype.type(0)
+    for j in range(r.size):
+        s += fast_exp(r[j] - m)
+    return s
+
+
+@inline
+def _exp_store(r, m, d):
+    """d = exp(r - m); returns the sum."""
+    s = r.dtype.type(0)
+    for j in range(r.size):
+        e = fast_exp(r[j] - m)
+        d[j] = e
+        s += e
+    return s
+
+
 @inline
 def _weight(w, w_per, use_w, i, one):
     return w[i // w_per] if use_w else one
@@ -162,27 +219,22 @@ def _cce_row(i, y_true, y_pred, from_logits, a, b, eps, w, w_per, use_w, need_gr
     wi = _weight(w, w_per, use_w, i, one)
     loss = zero
     if from_logits:
-        m = y_pred[i, 0]
-        for j in range(1, c_n):
-            if y_pred[i, j] > m:
-                m = y_pred[i, j]
-        s = zero
-        for j in range(c_n):
-            e = fast_exp(y_pred[i, j] - m)
-            s += e
-            if need_grad:
-                dy[i, j] = e
+        xr = y_pred[i]
+        tr = y_true[i]
+        m = _row_max(xr)
+        s = _exp_store(xr, m, dy[i]) if need_grad else _exp_sum(xr, m)
         lse = m + math.log(s)
         tsum = zero
         for j in range(c_n):
-            tt = y_true[i, j] * a + b
+            tt = tr[j] * a + b
             tsum += tt
-            loss += tt * (lse - y_pred[i, j])
+            loss += tt * (lse - xr[j])
         if need_grad:
             # d/dz of -sum_j t_j log_softmax_j = softmax * sum(t) - t
+            dr = dy[i]
             k = tsum / s
             for j in range(c_n):
-                dy[i, j] = (dy[i, j] * k - (y_true[i, j] * a + b)) * wi
+                dr[j] = (dr[j] * k - (tr[j] * a + b)) * wi
     else:
         # q = p / sum(p), clipped to [eps, 1 - eps]; loss = -sum t log q
         s = zero
@@ -248,23 +300,19 @@ def _sparse_row(i, labels, y_pred, from_logits, ignore, use_ignore, eps, w, w_pe
         return 2
     wi = _weight(w, w_per, use_w, i, one)
     if from_logits:
-        m = y_pred[i, 0]
-        for j in range(1, c_n):
-            if y_pred[i, j] > m:
-                m = y_pred[i, j]
-        s = zero
-        for j in range(c_n):
-            e = fast_exp(y_pred[i, j] - m)
-            s += e
-            if need_grad:
-                dy[i, j] = e
-        row_loss[i] = (m + math.log(s) - y_pred[i, k]) * wi
+        xr = y_pred[i]
+        m = _row_max(xr)
         if need_grad:
-            # softmax - onehot, written in the same pass that normalizes
+            dr = dy[i]
+            s = _exp_store(xr, m, dr)
+            # softmax - onehot: the normalization and the -1 in one pass
             k_s = wi / s
             for j in range(c_n):
-                dy[i, j] *= k_s
-            dy[i, k] -= wi
+                dr[j] *= k_s
+            dr[k] -= wi
+        else:
+            s = _exp_sum(xr, m)
+        row_loss[i] = (m + math.log(s) - xr[k]) * wi
     else:
         s = zero
         for j in range(c_n):
