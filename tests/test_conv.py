@@ -219,12 +219,12 @@ def test_float32_kernels_stay_float32():
     y = np.empty((50, 3), np.float32)
     from nbmodel.activations import GELU, RELU
 
-    assert float64_ops(k.conv_forward, x, k2, b, RELU, False, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, 1, cols, y, y) == []
+    assert float64_ops(k.conv_forward, x, k2, b, RELU, False, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, 1, 1, cols, y, y) == []
     pre = np.empty_like(y)
-    assert float64_ops(k.conv_forward, x, k2, b, GELU, True, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, 1, cols, pre, y) == []
+    assert float64_ops(k.conv_forward, x, k2, b, GELU, True, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, 1, 1, cols, pre, y) == []
     dz, dk, db = np.empty_like(y), np.empty_like(k2), np.empty_like(b)
     dcols, dx = np.empty((25, 18), np.float32), np.empty_like(x)
-    assert float64_ops(k.conv_backward, x, k2, pre, y, y, GELU, True, True, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, 1,
+    assert float64_ops(k.conv_backward, x, k2, pre, y, y, GELU, True, True, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, 1, 1,
                        cols, dz, dk, db, dcols, dx) == []
 
 
@@ -319,3 +319,32 @@ def test_conv1d_matches_torch(case):
     np.testing.assert_allclose(dx, xt.grad.numpy().transpose(0, 2, 1), rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(layer.grads["kernel"], wt.grad.numpy().transpose(2, 1, 0), rtol=1e-10,
                                atol=1e-10)
+
+
+def test_threaded_passes_match_serial():
+    # the parallel wrappers split rows/images into blocks; each must equal the serial body
+    from nbmodel.activations import GELU, RELU
+    from nbmodel.kernels.cpu import conv as k
+
+    x = rng().standard_normal((5, 6, 7, 3))
+    n, oh, ow, kk = 5, 3, 7, 27
+    geo = (3, 3, 2, 1, 1, 1, 1, 1, oh, ow)
+    serial, par = np.zeros((n * oh * ow, kk)), np.zeros((n * oh * ow, kk))
+    k._im2col_rows(x, *geo, 0, n * oh, serial, 0)
+    k._im2col_par(x, *geo, 0, n * oh, par, 0, 3)
+    np.testing.assert_array_equal(serial, par)
+    dx_s, dx_p = np.zeros_like(x), np.zeros_like(x)
+    k._col2im_images(serial, *geo, 0, n, 0, dx_s)
+    k._col2im_par(serial, *geo, 0, n, 0, dx_p, 2)
+    np.testing.assert_allclose(dx_s, dx_p, rtol=1e-14)
+    z = rng(1).standard_normal((11, 4))
+    b = rng(2).standard_normal(4)
+    for code in (RELU, GELU):
+        o_s, o_p, p_s, p_p = (np.zeros_like(z) for _ in range(4))
+        k._bias_act_rows(z, b, code, code == GELU, 0, 11, p_s, o_s)
+        k._bias_act_par(z, b, code, code == GELU, 0, 11, p_p, o_p, 3)
+        np.testing.assert_array_equal(o_s, o_p)
+        d_s, d_p = np.zeros_like(z), np.zeros_like(z)
+        k._act_backward_rows(p_s, o_s, z, code, 0, 11, d_s)
+        k._act_backward_par(p_s, o_s, z, code, d_p, 3)
+        np.testing.assert_array_equal(d_s, d_p)

@@ -131,9 +131,9 @@ def test_float32_kernels_stay_float32():
     x = rng().standard_normal((2, 5, 5, 3)).astype(np.float32)
     y = np.empty((2, 3, 3, 3), np.float32)
     arg = np.empty(y.shape, np.int32)
-    assert float64_ops(k.max_pool_forward, x, 2, 2, 2, 2, 0, 0, y, arg) == []
-    assert float64_ops(k.avg_pool_forward, x, 2, 2, 2, 2, 0, 0, y) == []
-    assert float64_ops(k.avg_pool_backward, y, 2, 2, 2, 2, 0, 0, x) == []
+    assert float64_ops(k.max_pool_forward, x, 2, 2, 2, 2, 0, 0, y, arg, 1) == []
+    assert float64_ops(k.avg_pool_forward, x, 2, 2, 2, 2, 0, 0, y, 1) == []
+    assert float64_ops(k.avg_pool_backward, y, 2, 2, 2, 2, 0, 0, x, 1) == []
     x3 = x.reshape(2, 25, 3)
     g = np.empty((2, 3), np.float32)
     assert float64_ops(k.global_avg_forward, x3, g) == []
@@ -182,3 +182,26 @@ def test_matches_torch(case):
         yt.backward(torch.tensor(dy.transpose(0, 3, 1, 2)))
         np.testing.assert_allclose(y, yt.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(dx, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
+
+
+def test_threaded_passes_match_serial():
+    # blocks of images across threads must give exactly the serial result
+    from nbmodel.kernels.cpu import pooling as k
+
+    x = rng().standard_normal((5, 7, 6, 3))
+    y_s, y_p = np.zeros((5, 4, 3, 3)), np.zeros((5, 4, 3, 3))
+    a_s, a_p = np.zeros(y_s.shape, np.int32), np.zeros(y_s.shape, np.int32)
+    k._max_pool_forward(x, 3, 3, 2, 2, 1, 1, 0, 5, y_s, a_s)
+    k._max_pool_forward_par(x, 3, 3, 2, 2, 1, 1, y_p, a_p, 2)
+    np.testing.assert_array_equal(y_s, y_p)
+    np.testing.assert_array_equal(a_s, a_p)
+    dx_s, dx_p = np.ones_like(x), np.ones_like(x)
+    k._max_pool_backward(y_s, a_s, 0, 5, dx_s)
+    k._max_pool_backward_par(y_s, a_s, dx_p, 3)
+    np.testing.assert_array_equal(dx_s, dx_p)
+    k._avg_pool_forward(x, 3, 3, 2, 2, 1, 1, 0, 5, y_s)
+    k._avg_pool_forward_par(x, 3, 3, 2, 2, 1, 1, y_p, 2)
+    np.testing.assert_array_equal(y_s, y_p)
+    k._avg_pool_backward(y_s, 3, 3, 2, 2, 1, 1, 0, 5, dx_s)
+    k._avg_pool_backward_par(y_s, 3, 3, 2, 2, 1, 1, dx_p, 3)
+    np.testing.assert_array_equal(dx_s, dx_p)

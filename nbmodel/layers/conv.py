@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import activations as act_codes
+from .. import config
 from .base import Layer
 
 __all__ = ["Conv1D", "Conv2D"]
@@ -155,7 +156,7 @@ class _Conv(Layer):
         y = self.workspace("y", (rows, f))
         pre = self.workspace("pre", (rows, f)) if keep_pre else y
         kmod.conv_forward(x4, k2, bias, code, keep_pre, ks[0], ks[1], st[0], st[1], dl[0], dl[1],
-                          pt, pl, oh, ow, chunk, cols, pre, y)
+                          pt, pl, oh, ow, chunk, config.get_num_threads(), cols, pre, y)
         if self.code == act_codes.SOFTMAX:
             self.kernels("activations").softmax_rows(y, y)
         self._cache = (x4, x.shape, cols, pre, y, (ks, st, dl, pt, pl, oh, ow, chunk), bool(training))
@@ -186,7 +187,7 @@ class _Conv(Layer):
         dbias = self.grads["bias"] if self.use_bias else self.workspace("zero_dbias", (f,))
         self.kernels("conv").conv_backward(
             x4, view_as(kernel, (kk, f)), pre, y, dy2, code, self.use_bias, need_dx,
-            ks[0], ks[1], st[0], st[1], dl[0], dl[1], pt, pl, oh, ow, chunk,
+            ks[0], ks[1], st[0], st[1], dl[0], dl[1], pt, pl, oh, ow, chunk, config.get_num_threads(),
             cols, dz, view_as(self.grads["kernel"], (kk, f)),
             dbias, dcols, dx)
         return dx.reshape(x_shape) if need_dx else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import config
 from .base import Layer
 from .conv import _tuple, padding_amounts
 
@@ -78,9 +79,9 @@ class _Pool(Layer):
         k = self.kernels("pooling")
         if self.mode == "max":
             arg = self.workspace("arg", (n, oh, ow, c), np.int32)
-            k.max_pool_forward(x4, ps[0], ps[1], st[0], st[1], pt, pl, y, arg)
+            k.max_pool_forward(x4, ps[0], ps[1], st[0], st[1], pt, pl, y, arg, config.get_num_threads())
         else:
-            k.avg_pool_forward(x4, ps[0], ps[1], st[0], st[1], pt, pl, y)
+            k.avg_pool_forward(x4, ps[0], ps[1], st[0], st[1], pt, pl, y, config.get_num_threads())
         self._cache = (x.shape, x4.shape, ps, st, pt, pl)
         self._out4 = y.shape
         return y.reshape((n,) + ((ow,) if self.rank == 1 else (oh, ow)) + (c,))
@@ -92,9 +93,9 @@ class _Pool(Layer):
         dx = self.workspace("dx", x4_shape)
         k = self.kernels("pooling")
         if self.mode == "max":
-            k.max_pool_backward(dy4, self.workspace("arg", (n, oh, ow, c), np.int32), dx)
+            k.max_pool_backward(dy4, self.workspace("arg", (n, oh, ow, c), np.int32), dx, config.get_num_threads())
         else:
-            k.avg_pool_backward(dy4, ps[0], ps[1], st[0], st[1], pt, pl, dx)
+            k.avg_pool_backward(dy4, ps[0], ps[1], st[0], st[1], pt, pl, dx, config.get_num_threads())
         return dx.reshape(x_shape)
 
     def get_config(self):

@@ -18,6 +18,12 @@ bias + activation run on each chunk's output while it is still hot. In
 training the full patch matrix is kept for the weight gradient (one big GEMM);
 in inference ``cols`` may be just one chunk. Chunks are whole images, so the
 scatter of col2im never races when images are split across threads.
+
+Threads: each pass has a serial body over a range of rows and a parallel
+wrapper that splits the range into one block per thread. The parallel one
+runs only when there is enough work (PAR_MIN elements) and more than one
+thread: a parallel region costs a fork/join that small layers cannot repay,
+and on a busy machine a barrier waits for a descheduled thread.
 """
 import numpy as np
 
@@ -27,6 +33,8 @@ from ._jit import jit, pjit, prange
 
 # bytes of patch rows per chunk: about half of a 1 MiB L2 cache
 CHUNK_BYTES = 1 << 19
+# elements a pass must touch before it is split across threads
+PAR_MIN = 1 << 17
 
 
 def chunk_images(n, oh, ow, kk, itemsize):
@@ -35,9 +43,9 @@ def chunk_images(n, oh, ow, kk, itemsize):
     return max(1, min(n, CHUNK_BYTES // per_image))
 
 
-@pjit
-def im2col(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, cols, row0):
-    """Patch rows of images n0..n1 into cols[(n*oh*ow + p) - row0, :].
+@jit
+def _im2col_rows(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, r0, r1, cols, row0):
+    """Patch rows of output rows r0..r1 (r = n*oh + i) into cols[(n*oh*ow + p) - row0, :].
 
     Column order (ki, kj, c); positions in the padding are zeros. Flat
     unsigned indices: numba skips its negative-index check on them, which is
@@ -49,9 +57,9 @@ def im2col(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, cols, row0):
     zero = x.dtype.type(0)
     kk = kh * kw * c
     kwc = kw * c
-    for r in prange((n1 - n0) * oh):
-        n = n0 + r // oh
-        i = r - (r // oh) * oh
+    for r in range(r0, r1):
+        n = r // oh
+        i = r - n * oh
         for j in range(ow):
             d = (n * oh * ow + i * ow + j - row0) * kk
             iw0 = j * sw - pl
@@ -84,18 +92,34 @@ def im2col(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, cols, row0):
 
 
 @pjit
-def col2im_add(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, row0, dx):
+def _im2col_par(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, r0, r1, cols, row0, nblocks):
+    for b in prange(nblocks):
+        _im2col_rows(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, r0 + (r1 - r0) * b // nblocks,
+                     r0 + (r1 - r0) * (b + 1) // nblocks, cols, row0)
+
+
+@jit
+def im2col(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, cols, row0, nthreads):
+    """Patch rows of images n0..n1 into cols[(n*oh*ow + p) - row0, :] (threads when worth it)."""
+    nt = nthreads
+    if nt > 1 and (n1 - n0) * oh * ow * cols.shape[1] >= PAR_MIN:
+        _im2col_par(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0 * oh, n1 * oh, cols, row0, nt)
+    else:
+        _im2col_rows(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0 * oh, n1 * oh, cols, row0)
+
+
+@jit
+def _col2im_images(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, row0, dx):
     """dx[n] += the patch gradients of images n0..n1 (rows (n*oh*ow + p) - row0).
 
-    dx must hold zeros (or a running sum) for those images. One thread per
-    image, so the scatter never races.
+    dx must hold zeros (or a running sum) for those images.
     """
     _, h, w, c = dx.shape
     dxf = dx.reshape(-1)
     cf = dcols.reshape(-1)
     kk = kh * kw * c
     kwc = kw * c
-    for n in prange(n0, n1):
+    for n in range(n0, n1):
         for i in range(oh):
             for j in range(ow):
                 s = (n * oh * ow + i * ow + j - row0) * kk
@@ -123,7 +147,25 @@ def col2im_add(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, row0, dx):
 
 
 @pjit
-def bias_act_rows(z, bias, code, keep_pre, r0, r1, pre, out):
+def _col2im_par(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, row0, dx, nblocks):
+    # blocks of whole images: no two threads add into the same image
+    for b in prange(nblocks):
+        _col2im_images(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0 + (n1 - n0) * b // nblocks,
+                       n0 + (n1 - n0) * (b + 1) // nblocks, row0, dx)
+
+
+@jit
+def col2im_add(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, row0, dx, nthreads):
+    """dx[n] += the patch gradients of images n0..n1 (threads over images when worth it)."""
+    nt = min(nthreads, n1 - n0)
+    if nt > 1 and (n1 - n0) * oh * ow * dcols.shape[1] >= PAR_MIN:
+        _col2im_par(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, row0, dx, nt)
+    else:
+        _col2im_images(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, row0, dx)
+
+
+@jit
+def _bias_act_rows(z, bias, code, keep_pre, r0, r1, pre, out):
     """out[r] = act(z[r] + bias) for rows r0..r1 (z may be out); pre[r] = z[r] + bias when keep_pre.
 
     One loop per common activation so each compiles to straight vector code.
@@ -132,29 +174,46 @@ def bias_act_rows(z, bias, code, keep_pre, r0, r1, pre, out):
     one = out.dtype.type(1)
     zero = one - one
     if keep_pre:
-        for r in prange(r0, r1):
+        for r in range(r0, r1):
             for f in range(m):
                 v = z[r, f] + bias[f]
                 pre[r, f] = v
                 out[r, f] = act_scalar(code, v, one)
     elif code == RELU:
-        for r in prange(r0, r1):
+        for r in range(r0, r1):
             for f in range(m):
                 v = z[r, f] + bias[f]
                 out[r, f] = v if v > zero else zero
     elif code == LINEAR:
-        for r in prange(r0, r1):
+        for r in range(r0, r1):
             for f in range(m):
                 out[r, f] = z[r, f] + bias[f]
     else:
-        for r in prange(r0, r1):
+        for r in range(r0, r1):
             for f in range(m):
                 out[r, f] = act_scalar(code, z[r, f] + bias[f], one)
 
 
+@pjit
+def _bias_act_par(z, bias, code, keep_pre, r0, r1, pre, out, nblocks):
+    for b in prange(nblocks):
+        _bias_act_rows(z, bias, code, keep_pre, r0 + (r1 - r0) * b // nblocks,
+                       r0 + (r1 - r0) * (b + 1) // nblocks, pre, out)
+
+
+@jit
+def bias_act_rows(z, bias, code, keep_pre, r0, r1, pre, out, nthreads):
+    """out[r] = act(z[r] + bias) for rows r0..r1 (threads when worth it)."""
+    nt = nthreads
+    if nt > 1 and (r1 - r0) * out.shape[1] >= PAR_MIN:
+        _bias_act_par(z, bias, code, keep_pre, r0, r1, pre, out, nt)
+    else:
+        _bias_act_rows(z, bias, code, keep_pre, r0, r1, pre, out)
+
+
 @jit
 def conv_forward(x, k2, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
-                 chunk, cols, pre, out):
+                 chunk, nthreads, cols, pre, out):
     """out = act(conv(x, k2) + bias) as (n*oh*ow, f) rows; pre keeps z when keep_pre.
 
     bias is zeros for a layer without one (adding it costs nothing next to the GEMM).
@@ -170,24 +229,41 @@ def conv_forward(x, k2, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh
         r0 = n0 * per
         r1 = n1 * per
         row0 = 0 if full else r0
-        im2col(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, cols, row0)
+        im2col(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, cols, row0, nthreads)
         np.dot(cols[r0 - row0: r1 - row0], k2, out[r0:r1])
-        bias_act_rows(out, bias, code, keep_pre, r0, r1, pre, out)
+        bias_act_rows(out, bias, code, keep_pre, r0, r1, pre, out, nthreads)
+
+
+@jit
+def _act_backward_rows(pre, y, dy, code, r0, r1, dz):
+    one = dy.dtype.type(1)
+    zero = one - one
+    m = dy.shape[1]
+    if code == RELU:
+        for r in range(r0, r1):
+            for f in range(m):
+                dz[r, f] = dy[r, f] if y[r, f] > zero else zero
+    else:
+        for r in range(r0, r1):
+            for f in range(m):
+                dz[r, f] = dy[r, f] * act_grad_scalar(code, pre[r, f], y[r, f], one)
 
 
 @pjit
-def act_backward_rows(pre, y, dy, code, dz):
-    """dz = dy * act'(pre, y) over (rows, f)."""
-    one = dy.dtype.type(1)
-    zero = one - one
-    if code == RELU:
-        for r in prange(dy.shape[0]):
-            for f in range(dy.shape[1]):
-                dz[r, f] = dy[r, f] if y[r, f] > zero else zero
+def _act_backward_par(pre, y, dy, code, dz, nblocks):
+    rows = dy.shape[0]
+    for b in prange(nblocks):
+        _act_backward_rows(pre, y, dy, code, rows * b // nblocks, rows * (b + 1) // nblocks, dz)
+
+
+@jit
+def act_backward_rows(pre, y, dy, code, dz, nthreads):
+    """dz = dy * act'(pre, y) over (rows, f) (threads when worth it)."""
+    nt = nthreads
+    if nt > 1 and dy.size >= PAR_MIN:
+        _act_backward_par(pre, y, dy, code, dz, nt)
     else:
-        for r in prange(dy.shape[0]):
-            for f in range(dy.shape[1]):
-                dz[r, f] = dy[r, f] * act_grad_scalar(code, pre[r, f], y[r, f], one)
+        _act_backward_rows(pre, y, dy, code, 0, dy.shape[0], dz)
 
 
 @jit
@@ -206,7 +282,7 @@ def column_sums(a, out):
 
 @jit
 def conv_backward(x, k2, pre, y, dy, code, use_bias, need_dx, kh, kw, sh, sw, dh, dw, pt, pl,
-                  oh, ow, chunk, cols, dz, dk2, dbias, dcols, dx):
+                  oh, ow, chunk, nthreads, cols, dz, dk2, dbias, dcols, dx):
     """Gradients of conv_forward (cols: the full patch matrix kept by forward).
 
     dy, pre, y, dz: (n*oh*ow, f); dz is a workspace (unused when code is
@@ -216,7 +292,7 @@ def conv_backward(x, k2, pre, y, dy, code, use_bias, need_dx, kh, kw, sh, sw, dh
     if code == LINEAR:
         g = dy
     else:
-        act_backward_rows(pre, y, dy, code, dz)
+        act_backward_rows(pre, y, dy, code, dz, nthreads)
         g = dz
     if use_bias:
         column_sums(g, dbias)
@@ -232,4 +308,4 @@ def conv_backward(x, k2, pre, y, dy, code, use_bias, need_dx, kh, kw, sh, sw, dh
         r0 = n0 * per
         r1 = n1 * per
         np.dot(g[r0:r1], k2t, dcols[: r1 - r0])
-        col2im_add(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, r0, dx)
+        col2im_add(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, r0, dx, nthreads)

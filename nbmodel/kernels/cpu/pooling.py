@@ -6,23 +6,27 @@ records, per output element, the flat spatial index (ih * w + iw) of the
 winning input, so backward is a scatter of dy without re-reading x. Padding
 ("same") never wins a max and is not counted in an average, like Keras.
 Flat unsigned indices let numba skip its negative-index checks so the
-channel loops vectorize. Work is split across threads by image, so the
-backward scatters never race.
+channel loops vectorize. Each pass is a serial body over a range of images
+and a wrapper that splits the images into one block per thread when there is
+enough work (PAR_MIN elements) and more than one thread; blocks of whole
+images keep the backward scatters free of races.
 """
 import numpy as np
 
 from ._jit import jit, pjit, prange
 
+# elements a pass must touch before it is split across threads
+PAR_MIN = 1 << 17
 
-@pjit
-def max_pool_forward(x, ph, pw, sh, sw, pt, pl, out, arg):
-    """out = window max, arg = flat spatial index of the first maximum (int32)."""
+
+@jit
+def _max_pool_forward(x, ph, pw, sh, sw, pt, pl, b0, b1, out, arg):
     n, h, w, c = x.shape
     _, oh, ow, _ = out.shape
     xf = x.reshape(-1)
     of = out.reshape(-1)
     af = arg.reshape(-1)
-    for r in prange(n * oh):
+    for r in range(b0 * oh, b1 * oh):
         b = r // oh
         i = r - b * oh
         h0 = max(i * sh - pt, 0)
@@ -47,9 +51,8 @@ def max_pool_forward(x, ph, pw, sh, sw, pt, pl, out, arg):
                             af[np.uint64(o + ch)] = p
 
 
-@pjit
-def max_pool_backward(dy, arg, dx):
-    """dx = 0, then dy routed to each window's recorded maximum."""
+@jit
+def _max_pool_backward(dy, arg, b0, b1, dx):
     n, h, w, c = dx.shape
     _, oh, ow, _ = dy.shape
     dyf = dy.reshape(-1)
@@ -58,7 +61,7 @@ def max_pool_backward(dy, arg, dx):
     zero = dx.dtype.type(0)
     per_in = h * w * c
     per_out = oh * ow * c
-    for b in prange(n):
+    for b in range(b0, b1):
         for q in range(per_in):
             dxf[np.uint64(b * per_in + q)] = zero
         for q in range(per_out // c):
@@ -68,16 +71,15 @@ def max_pool_backward(dy, arg, dx):
                 dxf[np.uint64(d)] += dyf[np.uint64(o + ch)]
 
 
-@pjit
-def avg_pool_forward(x, ph, pw, sh, sw, pt, pl, out):
-    """out = mean of the real (unpadded) elements of each window."""
+@jit
+def _avg_pool_forward(x, ph, pw, sh, sw, pt, pl, b0, b1, out):
     n, h, w, c = x.shape
     _, oh, ow, _ = out.shape
     xf = x.reshape(-1)
     of = out.reshape(-1)
     one = x.dtype.type(1)
     zero = one - one
-    for r in prange(n * oh):
+    for r in range(b0 * oh, b1 * oh):
         b = r // oh
         i = r - b * oh
         h0 = max(i * sh - pt, 0)
@@ -98,9 +100,8 @@ def avg_pool_forward(x, ph, pw, sh, sw, pt, pl, out):
                 of[np.uint64(o + ch)] *= inv
 
 
-@pjit
-def avg_pool_backward(dy, ph, pw, sh, sw, pt, pl, dx):
-    """dx = 0, then each window's dy / count spread over its real elements."""
+@jit
+def _avg_pool_backward(dy, ph, pw, sh, sw, pt, pl, b0, b1, dx):
     n, h, w, c = dx.shape
     _, oh, ow, _ = dy.shape
     dyf = dy.reshape(-1)
@@ -108,7 +109,7 @@ def avg_pool_backward(dy, ph, pw, sh, sw, pt, pl, dx):
     one = dx.dtype.type(1)
     zero = one - one
     per_in = h * w * c
-    for b in prange(n):
+    for b in range(b0, b1):
         for q in range(per_in):
             dxf[np.uint64(b * per_in + q)] = zero
         for i in range(oh):
@@ -124,6 +125,80 @@ def avg_pool_backward(dy, ph, pw, sh, sw, pt, pl, dx):
                         d = ((b * h + ih) * w + iw) * c
                         for ch in range(c):
                             dxf[np.uint64(d + ch)] += dyf[np.uint64(o + ch)] * inv
+
+
+@jit
+def _blocks(n, work, nthreads):
+    """Threads to split n images over: 1 unless the work repays a parallel region."""
+    return min(nthreads, n) if work >= PAR_MIN else 1
+
+
+@pjit
+def _max_pool_forward_par(x, ph, pw, sh, sw, pt, pl, out, arg, nb):
+    n = x.shape[0]
+    for k in prange(nb):
+        _max_pool_forward(x, ph, pw, sh, sw, pt, pl, n * k // nb, n * (k + 1) // nb, out, arg)
+
+
+@jit
+def max_pool_forward(x, ph, pw, sh, sw, pt, pl, out, arg, nthreads):
+    """out = window max, arg = flat spatial index (ih * w + iw) of the first maximum (int32)."""
+    nb = _blocks(x.shape[0], x.size, nthreads)
+    if nb > 1:
+        _max_pool_forward_par(x, ph, pw, sh, sw, pt, pl, out, arg, nb)
+    else:
+        _max_pool_forward(x, ph, pw, sh, sw, pt, pl, 0, x.shape[0], out, arg)
+
+
+@pjit
+def _max_pool_backward_par(dy, arg, dx, nb):
+    n = dx.shape[0]
+    for k in prange(nb):
+        _max_pool_backward(dy, arg, n * k // nb, n * (k + 1) // nb, dx)
+
+
+@jit
+def max_pool_backward(dy, arg, dx, nthreads):
+    """dx = 0, then dy routed to each window's recorded maximum."""
+    nb = _blocks(dx.shape[0], dx.size, nthreads)
+    if nb > 1:
+        _max_pool_backward_par(dy, arg, dx, nb)
+    else:
+        _max_pool_backward(dy, arg, 0, dx.shape[0], dx)
+
+
+@pjit
+def _avg_pool_forward_par(x, ph, pw, sh, sw, pt, pl, out, nb):
+    n = x.shape[0]
+    for k in prange(nb):
+        _avg_pool_forward(x, ph, pw, sh, sw, pt, pl, n * k // nb, n * (k + 1) // nb, out)
+
+
+@jit
+def avg_pool_forward(x, ph, pw, sh, sw, pt, pl, out, nthreads):
+    """out = mean of the real (unpadded) elements of each window."""
+    nb = _blocks(x.shape[0], x.size, nthreads)
+    if nb > 1:
+        _avg_pool_forward_par(x, ph, pw, sh, sw, pt, pl, out, nb)
+    else:
+        _avg_pool_forward(x, ph, pw, sh, sw, pt, pl, 0, x.shape[0], out)
+
+
+@pjit
+def _avg_pool_backward_par(dy, ph, pw, sh, sw, pt, pl, dx, nb):
+    n = dx.shape[0]
+    for k in prange(nb):
+        _avg_pool_backward(dy, ph, pw, sh, sw, pt, pl, n * k // nb, n * (k + 1) // nb, dx)
+
+
+@jit
+def avg_pool_backward(dy, ph, pw, sh, sw, pt, pl, dx, nthreads):
+    """dx = 0, then each window's dy / count spread over its real elements."""
+    nb = _blocks(dx.shape[0], dx.size, nthreads)
+    if nb > 1:
+        _avg_pool_backward_par(dy, ph, pw, sh, sw, pt, pl, dx, nb)
+    else:
+        _avg_pool_backward(dy, ph, pw, sh, sw, pt, pl, 0, dx.shape[0], dx)
 
 
 @jit
