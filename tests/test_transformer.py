@@ -258,3 +258,28 @@ def test_small_causal_language_model_learns():
     model.fit(x, y, epochs=10, batch_size=16, verbose=0)
     after = model.evaluate(x, y)
     assert after < 0.5 * before
+
+
+def test_every_encoder_kernel_stays_float32(monkeypatch):
+    """Record the float32 arguments each kernel gets in a real training pass, then check its IR."""
+    from nbmodel.kernels.cpu import attention as KA
+    from nbmodel.kernels.cpu import norm as KN
+
+    names = {KA: ["mha_self_forward", "mha_self_backward", "ffn_forward", "ffn_backward", "add_into"],
+             KN: ["add_layer_norm_forward", "layer_norm_backward", "layer_norm_backward_sum"]}
+    calls = {}
+    for mod, fns in names.items():
+        for fn in fns:
+            orig = getattr(mod, fn)
+
+            def rec(*args, _orig=orig, _fn=fn):
+                calls.setdefault(_fn, (_orig, args))
+                return _orig(*args)
+            monkeypatch.setattr(mod, fn, rec)
+    x = rng().standard_normal((2, 3, 4)).astype(np.float32)
+    layer = L.TransformerEncoder(2, 2, 8, use_causal_mask=True, seed=0)
+    layer.forward(x, training=True)
+    layer.backward(np.ones_like(x))
+    assert set(calls) == {fn for fns in names.values() for fn in fns}
+    for fn, (orig, args) in calls.items():
+        assert float64_ops(orig, *args) == [], fn
