@@ -1,0 +1,132 @@
+"""Data-parallel throughput (training samples/s) of the reference models.
+
+    python -m benchmarks.bench_parallel [--models cnn,mlp] [--batch 256] [--steps 8] [--repeats 3]
+
+Each configuration trains the same model (benchmarks/models_<name>.py) on
+synthetic data at one GLOBAL batch size:
+
+    1 process, 1 thread      fit(workers=1) after nb.set_num_threads(1)
+    1 process, all cores     fit(workers=1): the default
+    1 worker process         fit(workers=1) through the process backend (its overhead alone)
+    2 workers                fit(workers=2): two spawned processes, cores // 2 threads each
+
+Throughput is measured over the second epoch only (the first pays for spawning
+workers and loading kernels), from the first to the last step's end as the
+parent sees it. Configurations are interleaved and repeated; the median is
+reported, with the ratio to "1 process, all cores" measured in the same run.
+asv runs ``ParallelThroughput.track_samples_per_s``.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+CONFIGS = ("1 process, 1 thread", "1 process, all cores", "1 worker process", "2 workers")
+
+
+class _StepClock:
+    """Callback: wall time of the steps of the last epoch, as the parent sees them."""
+
+    def __new__(cls):
+        from nbmodel.callbacks import Callback
+
+        class Clock(Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.t0 = time.perf_counter()
+                self.ends = []
+
+            def on_train_batch_end(self, batch, logs=None):
+                self.ends.append(time.perf_counter())
+
+        return Clock()
+
+
+def _data(ref, n, seed=0):
+    """n samples shaped like the reference model's batch."""
+    x1, _ = ref.data(seed)
+    rng = np.random.default_rng(seed)
+    x = rng.random((n,) + x1.shape[1:], dtype=np.float32)
+    y = rng.integers(0, 10, n).astype(np.int64)
+    return x, y
+
+
+def measure(model_name, config, batch=256, steps=8):
+    """Samples/s of one configuration (a fresh model each time)."""
+    import nbmodel as nb
+    from nbmodel.parallel.process import fit_process  # noqa: F401 - import cost outside the timing
+
+    from .common import discover_models
+
+    ref = discover_models()[model_name]
+    x, y = _data(ref, batch * steps)
+    cores = nb.config.available_cores()
+    nb.set_num_threads(1 if config == "1 process, 1 thread" else cores)
+    model = ref.build_nb()
+    clock = _StepClock()
+    kw = dict(batch_size=batch, epochs=2, verbose=0, shuffle=True, callbacks=[clock])
+    if config == "1 worker process":
+        from nbmodel.parallel import fit_parallel
+
+        fit_parallel(model, x, y, workers=1, **kw)
+    else:
+        model.fit(x, y, workers=2 if config == "2 workers" else 1, **kw)
+    # first step of the epoch to the last: (steps - 1) batches; the first one's start is not seen
+    # by the parent for the process backend, so time from its end
+    ends = clock.ends
+    return batch * (len(ends) - 1) / (ends[-1] - ends[0])
+
+
+def run(models, batch, steps, repeats):
+    results = {m: {c: [] for c in CONFIGS} for m in models}
+    for _ in range(repeats):
+        for m in models:
+            for c in CONFIGS:
+                results[m][c].append(measure(m, c, batch, steps))
+    return {m: {c: statistics.median(v) for c, v in r.items()} for m, r in results.items()}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="cnn,mlp")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+    import nbmodel as nb
+
+    models = [m for m in args.models.split(",") if m]
+    med = run(models, args.batch, args.steps, args.repeats)
+    print(f"global batch {args.batch}, {args.steps} steps per epoch, median of {args.repeats}, "
+          f"{nb.config.available_cores()} cores")
+    print("| model | configuration | samples/s | vs 1 process, all cores |")
+    print("|---|---|---:|---:|")
+    for m in models:
+        base = med[m]["1 process, all cores"]
+        for c in CONFIGS:
+            print(f"| {m} | {c} | {med[m][c]:.0f} | {med[m][c] / base:.2f}x |")
+    return 0
+
+
+class ParallelThroughput:
+    """asv: samples/s of each reference model with 1 and 2 workers."""
+
+    params = (["cnn", "mlp"], ["1 process, all cores", "2 workers"])
+    param_names = ["model", "config"]
+    timeout = 600
+    unit = "samples/s"
+
+    def setup(self, model, config):
+        from .common import discover_models
+
+        if model not in discover_models():
+            raise NotImplementedError(f"no reference model {model!r}")
+
+    def track_samples_per_s(self, model, config):
+        return measure(model, config)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
