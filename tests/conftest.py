@@ -26,6 +26,16 @@ def _floatx_unchanged():
         pytest.fail(f"the test left floatx set to {leaked!r}; use the `float64` fixture")
 
 
+@pytest.fixture
+def one_thread():
+    """Run a heavier test on one thread: on shared, busy cores a thread pool that
+    waits for a descheduled peer is many times slower. Restores the count after."""
+    previous = nb.get_num_threads()
+    nb.set_num_threads(1)
+    yield
+    nb.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def digits():
     """``(x_train, y_train), (x_test, y_test)`` of the bundled digits (read once)."""

@@ -35,7 +35,7 @@ def check_outputs(out_dir, epochs):
     return model
 
 
-def test_train_in_process(tmp_path, capsys):
+def test_train_in_process(tmp_path, capsys, one_thread):
     out = tmp_path / "run"
     assert main(["train", CONFIG, "--epochs", "2", "--out", str(out)]) == 0
     text = capsys.readouterr().out
@@ -50,8 +50,9 @@ def test_train_in_process(tmp_path, capsys):
 
 def test_train_as_a_module_in_a_subprocess(tmp_path):
     out = tmp_path / "run"
+    env = dict(os.environ, NBMODEL_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "nbmodel", "train", CONFIG, "--epochs", "1", "--verbose", "0",
-                           "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=600)
+                           "--out", str(out)], capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "test accuracy:" in proc.stdout
     check_outputs(out, epochs=1)

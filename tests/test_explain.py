@@ -105,8 +105,9 @@ def test_get_activations_sequential():
 
 def test_digits_explain_example(tmp_path):
     out = tmp_path / "sal.png"
+    env = dict(os.environ, NBMODEL_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, os.path.join(REPO, "examples", "digits_explain.py"), "--out", str(out),
-                           "--epochs", "3"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+                           "--epochs", "3"], capture_output=True, text=True, cwd=tmp_path, timeout=600, env=env)
     if proc.returncode != 0 and "No module named 'matplotlib'" in proc.stderr:
         pytest.skip("matplotlib is not installed")
     assert proc.returncode == 0, proc.stderr

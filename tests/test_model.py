@@ -28,16 +28,6 @@ def small_model(seed=0, d=4, classes=3, **kw):
 
 
 # ------------------------------------------------------------- Keras ports
-@pytest.fixture
-def one_thread():
-    """The suite shares its cores with other jobs; thread pools that wait on a
-    descheduled peer are many times slower there, so the one big test runs on one."""
-    previous = nb.get_num_threads()
-    nb.set_num_threads(1)
-    yield
-    nb.set_num_threads(previous)
-
-
 def test_keras_mlp_on_digits_reaches_95_percent(digits, one_thread):
     (x_train, y_train), (x_test, y_test) = digits
     # the Keras code, with only the import changed
