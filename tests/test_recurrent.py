@@ -441,3 +441,24 @@ def test_float32_lstm_matches_torch_at_reference_width():
     m = _torch_lstm(layer, torch).float()
     yt, _ = m(torch.from_numpy(x))
     np.testing.assert_allclose(y, yt.detach().numpy(), atol=2e-6)
+
+
+def test_functional_initial_state_from_encoder_states():
+    """Encoder states feed a decoder's initial_state through the functional API."""
+    enc_in, dec_in = layers.Input((T, D)), layers.Input((T + 1, D))
+    enc = layers.LSTM(U, return_state=True, seed=0)
+    dec = layers.LSTM(U, return_sequences=True, seed=1)
+    _, h, c = enc(enc_in)
+    y = layers.Dense(2, seed=2)(dec(dec_in, initial_state=[h, c]))
+    model = nb.Model(inputs=[enc_in, dec_in], outputs=y)
+    model.compile(optimizer="sgd", loss="mse")
+    xe = _x(20).astype(np.float32)
+    xd = _x(21, (B, T + 1, D)).astype(np.float32)
+    got = model.predict([xe, xd])
+    _, he, ce = enc.forward(xe)
+    want = dec.forward(xd, initial_state=[he.copy(), ce.copy()])
+    assert got.shape == (B, T + 1, 2)
+    dense = model.layers[-1]
+    np.testing.assert_allclose(got, want @ dense.params["kernel"] + dense.params["bias"], rtol=1e-5, atol=1e-6)
+    loss = model.train_on_batch([xe, xd], np.zeros((B, T + 1, 2), np.float32))
+    assert np.isfinite(loss)
