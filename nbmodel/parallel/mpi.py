@@ -62,13 +62,36 @@ def is_root() -> bool:
     return rank() == 0
 
 
+def rank_threads(comm):
+    """Threads for this rank: NBMODEL_NUM_THREADS if set; the cores the launcher bound the rank
+    to, if it did; else this node's cores divided by the ranks on this node."""
+    import os
+
+    from .. import config
+
+    if os.environ.get("NBMODEL_NUM_THREADS"):
+        return int(os.environ["NBMODEL_NUM_THREADS"])
+    cores = config.available_cores()
+    if cores < (os.cpu_count() or cores):
+        return cores
+    local = comm.Split_type(_mpi().COMM_TYPE_SHARED)
+    try:
+        return max(1, cores // local.Get_size())
+    finally:
+        local.Free()
+
+
 class MPIBackend:
     def __init__(self, model, xs, ys, sw):
+        from .. import config
+
         self.MPI = _mpi()
         self.comm = self.MPI.COMM_WORLD
         self.rank, self.replicas = self.comm.Get_rank(), self.comm.Get_size()
         self.is_root = self.rank == 0
         self.model, self.xs, self.ys, self.sw = model, xs, ys, sw
+        if self.replicas > 1:  # ranks sharing a node must not oversubscribe its cores
+            config.set_num_threads(rank_threads(self.comm))
 
     def keep_callback(self, cb):
         from .. import callbacks as cb_mod
