@@ -220,7 +220,7 @@ def test_keyword_key_and_eager_call():
     np.testing.assert_allclose(y, e, rtol=2e-5, atol=2e-5)
 
 
-def test_functional_model_with_scores():
+def test_functional_model_with_scores(one_thread):
     q_in = L.Input((4, 6))
     v_in = L.Input((5, 7))
     out, scores = L.MultiHeadAttention(2, 3, name="mha")(q_in, v_in, return_attention_scores=True)

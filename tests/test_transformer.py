@@ -163,7 +163,7 @@ def test_matches_pytorch_encoder_layer():
         np.testing.assert_allclose(layer.grads["attention/query_kernel"], gq, rtol=1e-3, atol=1e-4)
 
 
-def test_inside_sequential_trains_and_saves(tmp_path):
+def test_inside_sequential_trains_and_saves(tmp_path, one_thread):
     r = rng()
     x = r.standard_normal((32, 6, 8)).astype(np.float32)
     y = (x[:, :, 0].mean(1) > 0).astype(np.int64)
@@ -241,7 +241,7 @@ def test_positional_embedding_bad_ids():
         layer.forward(np.zeros((1, 2, 3), int))
 
 
-def test_small_causal_language_model_learns():
+def test_small_causal_language_model_learns(one_thread):
     r = rng()
     seq = np.tile(np.arange(5), 40)  # a periodic sequence: next token = (token + 1) % 5
     starts = r.integers(0, len(seq) - 9, 64)
