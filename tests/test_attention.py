@@ -366,3 +366,18 @@ def test_fused_self_attention_matches_separate_projections(float64):
     np.testing.assert_allclose(dx, dq + dv, rtol=1e-10, atol=1e-12)
     for n in PARAMS:
         np.testing.assert_allclose(fused.grads[n], plain.grads[n], rtol=1e-10, atol=1e-12, err_msg=n)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_nan_scores_propagate(dtype):
+    """With the per-layer input check off (as inside fit), a NaN must not be hidden by the softmax."""
+    from nbmodel.layers.base import finite_checks
+
+    q, v, _ = inputs()
+    q = q.astype(dtype)
+    q[1, 2, 0] = np.nan
+    layer = L.MultiHeadAttention(2, 3, dtype=dtype, seed=1)
+    with finite_checks(False):
+        y = layer.forward((q, v.astype(dtype)))
+    assert np.isnan(y[1, 2]).all()
+    assert np.isfinite(y[0]).all()

@@ -59,7 +59,7 @@ def _exp_row_f32(s, i, n, mx, nscr):
     p a degree-6 Taylor polynomial (error ~1e-7 relative on |r| <= ln2/2);
     2^k is added to the exponent bits through an int32 view. Every loop is
     branch-free so LLVM vectorizes it. x below -87 (masked entries are -inf)
-    gives 0. Returns the row sum.
+    gives 0; a NaN score stays NaN (so does the row sum). Returns the row sum.
     """
     one = s.dtype.type(1)
     zero = one - one
@@ -75,11 +75,11 @@ def _exp_row_f32(s, i, n, mx, nscr):
     for j in range(n):
         x = s[i, j] - mx
         keep = x > lo
-        x = max(x, lo)
-        k = np.floor(x * log2e + half)
-        r = x - k * ln2hi - k * ln2lo
+        xc = x if keep else lo
+        k = np.floor(xc * log2e + half)
+        r = xc - k * ln2hi - k * ln2lo
         pr = one + r * (one + r * (half + r * (c3 + r * (c4 + r * (c5 + r * c6)))))
-        s[i, j] = pr if keep else zero
+        s[i, j] = pr if keep else (x if x != x else zero)  # NaN scores stay NaN
         nscr[j] = np.int32(k) << 23 if keep else 0
     si = s[i].view(np.int32)
     for j in range(n):
