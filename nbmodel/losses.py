@@ -39,6 +39,8 @@ MSE, MAE, HUBER, BCE, BCE_LOGITS = range(5)
 EPSILON = 1e-7  # Keras backend.epsilon(): probabilities are clipped to [EPSILON, 1 - EPSILON]
 
 _WORKSPACES_KEPT = 4  # (shape, dtype) workspaces kept per loss: train, last batch, validation
+# placeholder weight array passed to the kernels when there is no sample_weight (never read)
+_ONE_WEIGHT = {np.dtype(np.float32): np.ones(1, np.float32), np.dtype(np.float64): np.ones(1, np.float64)}
 
 
 def _numeric(arr, loss_name, what):
@@ -107,7 +109,7 @@ class Loss:
     def _weights(self, sample_weight, loss_shape, n_rows, dtype):
         """(w, w_per, use_w) for a kernel: one weight per w_per consecutive loss elements."""
         if sample_weight is None:
-            return np.ones(1, dtype), 1, False
+            return _ONE_WEIGHT[dtype], 1, False
         sw = _numeric(sample_weight, self.name, "sample_weight")
         if sw.ndim == 0:
             return np.full(1, sw, dtype), max(n_rows, 1), True
@@ -161,7 +163,7 @@ class _ElementwiseLoss(Loss):
         elif need_grad:
             dy[...] = 0
         # the only float64 arithmetic: summing the per-element losses
-        total = float(np.sum(rows, dtype=np.float64))
+        total = float(rows.sum(dtype=np.float64))
         return total, int(n), (dy if need_grad else None)
 
 
@@ -273,7 +275,7 @@ class CategoricalCrossentropy(Loss):
                                            dy.reshape(n, c) if need_grad else dy)
         elif need_grad:
             dy[...] = 0
-        total = float(np.sum(rows, dtype=np.float64))  # float64 accumulation of the row losses
+        total = float(rows.sum(dtype=np.float64))  # float64 accumulation of the row losses
         return total, int(n), (dy if need_grad else None)
 
 
@@ -336,7 +338,7 @@ class SparseCategoricalCrossentropy(Loss):
                 dy[...] = 0
         if bad:
             self._raise_bad_label(labels, c)
-        total = float(np.sum(rows, dtype=np.float64))  # float64 accumulation of the row losses
+        total = float(rows.sum(dtype=np.float64))  # float64 accumulation of the row losses
         return total, int(used), (dy if need_grad else None)
 
     def _raise_bad_label(self, labels, c):

@@ -396,30 +396,49 @@ def _in_top_k(x, i, k, target):
     return above < k
 
 
+@inline
+def _sparse_match(labels, y_pred, k, out, i):
+    c_n = y_pred.shape[1]
+    lab = labels[i]
+    hit = 0.0
+    if lab >= 0 and lab < c_n and int(lab) == lab:
+        t = int(lab)
+        if k == 0:
+            hit = 1.0 if _argmax_row(y_pred, i) == t else 0.0
+        else:
+            hit = 1.0 if _in_top_k(y_pred, i, k, t) else 0.0
+    out[i] = hit
+
+
 @pjit
 def sparse_matches(labels, y_pred, k, out):
     """out[i] = 1.0 when row i is right: argmax equals the label (k == 0) or the
     label is in the top k (k >= 1); labels outside [0, C) never match."""
-    n, c_n = y_pred.shape
-    for i in prange(n):
-        lab = labels[i]
-        hit = 0.0
-        if lab >= 0 and lab < c_n and int(lab) == lab:
-            t = int(lab)
-            if k == 0:
-                hit = 1.0 if _argmax_row(y_pred, i) == t else 0.0
-            else:
-                hit = 1.0 if _in_top_k(y_pred, i, k, t) else 0.0
-        out[i] = hit
+    n = y_pred.shape[0]
+    if n * y_pred.shape[1] < PAR_MIN:
+        for i in range(n):
+            _sparse_match(labels, y_pred, k, out, i)
+    else:
+        for i in prange(n):
+            _sparse_match(labels, y_pred, k, out, i)
+
+
+@inline
+def _categorical_match(y_true, y_pred, k, out, i):
+    t = _argmax_row(y_true, i)
+    if k == 0:
+        out[i] = 1.0 if _argmax_row(y_pred, i) == t else 0.0
+    else:
+        out[i] = 1.0 if _in_top_k(y_pred, i, k, t) else 0.0
 
 
 @pjit
 def categorical_matches(y_true, y_pred, k, out):
     """Like sparse_matches, the label being argmax(y_true[i])."""
     n = y_pred.shape[0]
-    for i in prange(n):
-        t = _argmax_row(y_true, i)
-        if k == 0:
-            out[i] = 1.0 if _argmax_row(y_pred, i) == t else 0.0
-        else:
-            out[i] = 1.0 if _in_top_k(y_pred, i, k, t) else 0.0
+    if n * y_pred.shape[1] < PAR_MIN:
+        for i in range(n):
+            _categorical_match(y_true, y_pred, k, out, i)
+    else:
+        for i in prange(n):
+            _categorical_match(y_true, y_pred, k, out, i)
