@@ -154,3 +154,17 @@ def test_errors():
         metrics.TopKCategoricalAccuracy(k=0)
     with pytest.raises(ValueError, match="merge_totals"):
         metrics.Mean().merge_totals([1.0])
+
+
+def test_large_batch_parallel_path():
+    # above 65,536 elements the match kernels run in prange
+    r = np.random.default_rng(7)
+    scores = r.standard_normal((20000, 4)).astype(np.float32)
+    labels = r.integers(0, 4, 20000)
+    m = metrics.SparseCategoricalAccuracy()
+    m.update(labels, scores)
+    assert m.result() == pytest.approx(np.mean(scores.argmax(-1) == labels), rel=1e-12)
+    top = metrics.TopKCategoricalAccuracy(k=2)
+    top.update(np.eye(4)[labels], scores)
+    assert top.result() == pytest.approx(ref.weighted_mean(ref.accuracy_values("top_k", np.eye(4)[labels],
+                                                                              scores, k=2)), rel=1e-12)
