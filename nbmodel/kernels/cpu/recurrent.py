@@ -33,6 +33,7 @@ from numba.extending import overload
 
 from ...activations import SIGMOID, TANH
 from .activations import act_grad_scalar, act_scalar, sigmoid_scalar
+from ...config import FASTMATH
 from ._jit import inline, jit
 
 # tanh(x) ~= x * P(x^2) / Q(x^2) on |x| <= 9 (fitted for this module; beyond 9
@@ -51,6 +52,12 @@ _F1 = np.float32(1.0)
 _FHALF = np.float32(0.5)
 
 
+# Overload implementations are compiled with their own options: without these
+# they get error_model="python", whose division-by-zero check kept the gate
+# loops from vectorizing wherever LLVM did not inline the call.
+_OVERLOAD_OPTIONS = {"fastmath": set(FASTMATH), "error_model": "numpy"}
+
+
 def ftanh(v):
     """tanh; vectorizable rational approximation for float32 (see module doc)."""
     return math.tanh(v)
@@ -61,7 +68,7 @@ def fsigmoid(v):
     return 1.0 / (1.0 + math.exp(-v))
 
 
-@overload(ftanh)
+@overload(ftanh, jit_options=_OVERLOAD_OPTIONS)
 def _ftanh_impl(v):
     if v == types.float32:
         def impl(v):
@@ -78,7 +85,7 @@ def _ftanh_impl(v):
     return impl
 
 
-@overload(fsigmoid)
+@overload(fsigmoid, jit_options=_OVERLOAD_OPTIONS)
 def _fsigmoid_impl(v):
     if v == types.float32:
         def impl(v):
