@@ -205,3 +205,24 @@ def test_matches_torch():
     # same inference output once the variance convention is accounted for
     layer.state["moving_variance"][:] = bn.running_var.numpy()
     np.testing.assert_allclose(layer.forward(x), yi, rtol=1e-10, atol=1e-10)
+
+
+def test_moving_statistics_saved_with_the_model(tmp_path):
+    import nbmodel as nb
+
+    model = nb.Sequential([L.Input((6, 6, 2)), L.Conv2D(4, 3, padding="same", activation="relu"),
+                           L.BatchNormalization(), L.MaxPooling2D(2), L.Flatten(), L.Dense(3)], seed=0)
+    model.compile(optimizer="adam", loss=nb.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = rng().random((8, 6, 6, 2), dtype=np.float32)
+    y = rng(1).integers(0, 3, 8)
+    model.train_on_batch(x, y)
+    bn = model.layers[1] if isinstance(model.layers[1], L.BatchNormalization) else \
+        [lay for lay in model.layers if isinstance(lay, L.BatchNormalization)][0]
+    assert not np.allclose(bn.state["moving_mean"], 0.0)  # moved by the step
+    path = tmp_path / "m.nbm"
+    model.save(str(path))
+    again = nb.load_model(str(path))
+    bn2 = [lay for lay in again.layers if isinstance(lay, L.BatchNormalization)][0]
+    np.testing.assert_array_equal(bn2.state["moving_mean"], bn.state["moving_mean"])
+    np.testing.assert_array_equal(bn2.state["moving_variance"], bn.state["moving_variance"])
+    np.testing.assert_allclose(again.predict(x), model.predict(x), rtol=1e-6)

@@ -225,7 +225,7 @@ def test_float32_kernels_stay_float32():
     dz, dk, db = np.empty_like(y), np.empty_like(k2), np.empty_like(b)
     dcols, dx = np.empty((25, 18), np.float32), np.empty_like(x)
     assert float64_ops(k.conv_backward, x, k2, pre, y, y, GELU, True, True, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, 1, 1,
-                       cols, dz, dk, db, dcols, dx) == []
+                       cols, dz, dk, db, np.empty_like(b), dcols, dx) == []
 
 
 def test_keras_weight_shapes_and_config_roundtrip():

@@ -136,7 +136,7 @@ def test_float32_kernels_stay_float32():
     assert float64_ops(k.avg_pool_backward, y, 2, 2, 2, 2, 0, 0, x, 1) == []
     x3 = x.reshape(2, 25, 3)
     g = np.empty((2, 3), np.float32)
-    assert float64_ops(k.global_avg_forward, x3, g) == []
+    assert float64_ops(k.global_avg_forward, x3, np.empty(3, np.float32), g) == []
     assert float64_ops(k.global_avg_backward, g, x3) == []
 
 

@@ -189,7 +189,7 @@ class _Conv(Layer):
             x4, view_as(kernel, (kk, f)), pre, y, dy2, code, self.use_bias, need_dx,
             ks[0], ks[1], st[0], st[1], dl[0], dl[1], pt, pl, oh, ow, chunk, config.get_num_threads(),
             cols, dz, view_as(self.grads["kernel"], (kk, f)),
-            dbias, dcols, dx)
+            dbias, self.workspace("bias_work", (f,)), dcols, dx)
         return dx.reshape(x_shape) if need_dx else None
 
     def get_config(self):

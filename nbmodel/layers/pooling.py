@@ -163,7 +163,7 @@ class _GlobalPool(Layer):
         if self.mode == "max":
             k.global_max_forward(x3, y, self.workspace("arg", (n, c), np.int32))
         else:
-            k.global_avg_forward(x3, y)
+            k.global_avg_forward(x3, self.workspace("part", (c,)), y)
         self._shape = x.shape
         return y.reshape(self.compute_output_shape(x.shape)) if self.keepdims else y
 

@@ -267,10 +267,10 @@ def act_backward_rows(pre, y, dy, code, dz, nthreads):
 
 
 @jit
-def column_sums(a, out):
-    """out[f] = sum over rows of a[:, f], summed in blocks to limit float32 rounding."""
+def column_sums(a, part, out):
+    """out[f] = sum over rows of a[:, f], summed in blocks of 256 rows (partials in part)
+    to limit float32 rounding."""
     out[:] = 0
-    part = np.empty_like(out)
     rows = a.shape[0]
     for b0 in range(0, rows, 256):
         part[:] = 0
@@ -282,11 +282,11 @@ def column_sums(a, out):
 
 @jit
 def conv_backward(x, k2, pre, y, dy, code, use_bias, need_dx, kh, kw, sh, sw, dh, dw, pt, pl,
-                  oh, ow, chunk, nthreads, cols, dz, dk2, dbias, dcols, dx):
+                  oh, ow, chunk, nthreads, cols, dz, dk2, dbias, work, dcols, dx):
     """Gradients of conv_forward (cols: the full patch matrix kept by forward).
 
     dy, pre, y, dz: (n*oh*ow, f); dz is a workspace (unused when code is
-    linear); dk2 (kh*kw*c, f); dcols a buffer of ``chunk`` images' patch rows;
+    linear); dk2 (kh*kw*c, f); work (f,) scratch; dcols a buffer of ``chunk`` images' patch rows;
     dx (n, h, w, c) is written only when need_dx.
     """
     if code == LINEAR:
@@ -295,7 +295,7 @@ def conv_backward(x, k2, pre, y, dy, code, use_bias, need_dx, kh, kw, sh, sw, dh
         act_backward_rows(pre, y, dy, code, dz, nthreads)
         g = dz
     if use_bias:
-        column_sums(g, dbias)
+        column_sums(g, work, dbias)
     np.dot(cols.T, g, dk2)
     if not need_dx:
         return
