@@ -4,8 +4,10 @@ compile / fit / evaluate / predict / train_on_batch / test_on_batch follow
 Keras 3. One training step is: forward (training=True), each loss's fused
 forward+backward (gradient of the summed loss), backward through the graph
 into one flat gradient buffer, one optimizer kernel over one flat parameter
-buffer with ``grad_scale = 1 / count``. Keeping the summed gradient and the
-count apart is what makes data-parallel training exact (see parallel/).
+buffer. Losses return the SUMMED loss, its element count and the gradient of
+the sum; each output gradient is scaled by ``loss_weight / count`` once.
+Keeping the sum and the count apart is what makes data-parallel training
+exact (see parallel/, which scales by the global count).
 """
 from __future__ import annotations
 
@@ -227,9 +229,10 @@ class Model:
         self._output_losses = []
         for k, (loss, w) in enumerate(zip(self._losses, self._loss_weights)):
             total, count, dy = loss.forward_backward(ys[k], preds[k], sample_weight)
-            value += w * total / count
-            self._output_losses.append(total / count)  # unweighted, like Keras' "<output>_loss"
-            scale = w / count
+            mean = _mean(total, count)
+            value += w * mean
+            self._output_losses.append(mean)  # unweighted, like Keras' "<output>_loss"
+            scale = w / count if count else 0.0
             if scale != 1.0:
                 dy *= dy.dtype.type(scale)
             dys.append(dy)
@@ -386,10 +389,10 @@ class Model:
                 preds = self._forward(bx, training=False)
                 value = 0.0
                 for k, (loss, w) in enumerate(zip(self._losses, self._loss_weights)):
-                    total, count, _ = loss.forward_backward(by[k], preds[k], bw)
-                    value += w * total / count
+                    total, count = loss.forward(by[k], preds[k], bw)
+                    value += w * _mean(total, count)
                     if out_sums is not None:
-                        out_sums[k] += total / count * (sl.stop - sl.start)
+                        out_sums[k] += _mean(total, count) * (sl.stop - sl.start)
                 loss_sum += value * (sl.stop - sl.start)
                 self._update_metrics(by, preds, bw)
         logs = self._logs(loss_sum, n, output_sums=out_sums)
@@ -451,9 +454,9 @@ class Model:
         value = 0.0
         self._output_losses = []
         for k, (loss, w) in enumerate(zip(self._losses, self._loss_weights)):
-            total, count, _ = loss.forward_backward(ys[k], preds[k], sample_weight)
-            value += w * total / count
-            self._output_losses.append(total / count)
+            total, count = loss.forward(ys[k], preds[k], sample_weight)
+            value += w * _mean(total, count)
+            self._output_losses.append(_mean(total, count))
         return self._batch_logs(value, ys, preds, sample_weight, return_dict)
 
     def _batch_logs(self, loss_value, ys, preds, sample_weight, return_dict):
@@ -594,6 +597,11 @@ class Model:
         from . import io
 
         return io.model_config(self)
+
+
+def _mean(total, count):
+    """Keras 'sum_over_batch_size' value; 0 when every label was ignored (ignore_class)."""
+    return total / count if count else 0.0
 
 
 def _output_name(t: KTensor) -> str:
