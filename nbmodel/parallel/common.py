@@ -34,7 +34,6 @@ is linear, so averaging once equals averaging every step). A warning says so.
 from __future__ import annotations
 
 import copy
-import math
 import time
 import warnings
 
@@ -89,7 +88,7 @@ def state_positions(model):
     pos, i = [], 0
     for layer in model.layers:
         for arr in layer.weight_arrays():
-            if not np.shares_memory(arr, flat):
+            if not np.may_share_memory(arr, flat):  # packed params are slices of flat
                 pos.append(i)
             i += 1
     return pos
@@ -166,8 +165,9 @@ def reduce_step(model, extras, plan):
     value, per_output = 0.0, []
     for w, t, c in zip(model._loss_weights, totals, counts):
         t, c = float(t), float(c)
-        value += w * t / c if c else (math.nan if t else 0.0)  # the single-process expression
-        per_output.append(t / c if c else 0.0)
+        mean = t / c if c else 0.0  # every label ignored: no loss, as in one process
+        value += w * mean
+        per_output.append(mean)
     if plan == "sum":
         c = float(counts[0])
         return value, per_output, (model._loss_weights[0] / c if c else 0.0)

@@ -3,7 +3,7 @@
 Each case gives ``build()`` -> a compiled model (seeded, so every call gives
 the same weights), the training data and the fit arguments. The sample counts
 and batch sizes leave an uneven last batch (e.g. 29 samples in batches of 8 over
-3 workers: shards 3/3/2 then 2/2/1). A family whose layer module is absent is
+3 workers: shards 3/3/2 then 2/2/1; the dropout case ends with a batch of 1). A family whose layer module is absent is
 left out, so the tests skip it cleanly.
 """
 from __future__ import annotations
@@ -86,8 +86,11 @@ def case(family):
         return build, x, y, fit
 
     if family == "dropout":
-        x = rng.standard_normal((29, 6))
-        y = rng.integers(0, 3, 29)
+        # 28 = 3 * 9 + 1: the last batch leaves 1 or 2 replicas an empty shard (their
+        # generators must still advance as if they had drawn the whole batch's noise)
+        x = rng.standard_normal((28, 6))
+        y = rng.integers(0, 3, 28)
+        fit.update(batch_size=9)
 
         def build():
             m = nb.Sequential([L.Input((6,)), L.Dense(8, activation="relu"), L.Dropout(0.4),
