@@ -120,7 +120,15 @@ class Graph:
             dx = layer.backward(dy)
             ran.add(id(layer))
             if not node.nested:
-                dxs = [dx[0] if isinstance(dx, tuple) and len(dx) == 2 and _is_state_grad(dx) else dx]
+                if isinstance(dx, tuple) and len(dx) == 2 and _is_state_grad(dx):
+                    dx, dstates = dx
+                    # a recurrent layer's initial_state tensors get their gradients too
+                    states = node.kwargs.get("initial_state")
+                    states = states if isinstance(states, (list, tuple)) else [states]
+                    for t, d in zip(states, dstates):
+                        if isinstance(t, KTensor) and d is not None:
+                            _accumulate(grads, owned, t.id, d)
+                dxs = [dx]
             else:
                 dxs = list(dx) if dx is not None else [None] * len(node.inputs)
             for t, d in zip(node.inputs, dxs):
