@@ -222,10 +222,10 @@ def test_float32_kernels_stay_float32():
     assert float64_ops(k.conv_forward, x, k2, b, RELU, False, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, 1, 1, cols, y, y) == []
     pre = np.empty_like(y)
     assert float64_ops(k.conv_forward, x, k2, b, GELU, True, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, 1, 1, cols, pre, y) == []
-    dz, dk, db = np.empty_like(y), np.empty_like(k2), np.empty_like(b)
+    dz, db = np.empty_like(y), np.empty_like(b)
+    assert float64_ops(k.conv_backward_dz, pre, y, y, GELU, True, 1, dz, db, np.empty_like(b)) == []
     dcols, dx = np.empty((25, 18), np.float32), np.empty_like(x)
-    assert float64_ops(k.conv_backward, x, k2, pre, y, y, GELU, True, True, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, 1, 1,
-                       cols, dz, dk, db, np.empty_like(b), dcols, dx) == []
+    assert float64_ops(k.conv_backward_dx, dz, k2, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, 1, 1, dcols, dx) == []
 
 
 def test_keras_weight_shapes_and_config_roundtrip():

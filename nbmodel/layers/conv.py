@@ -181,15 +181,18 @@ class _Conv(Layer):
             self.kernels("activations").softmax_rows_backward(y, dy2, ds)
             dy2, code = ds, act_codes.LINEAR
         dz = self.workspace("dz", dy2.shape) if code != act_codes.LINEAR else dy2
-        need_dx = self.input_grad_needed
-        dcols = self.workspace("dcols", (min(n, chunk) * oh * ow if need_dx else 0, kk))
-        dx = self.workspace("dx", x4.shape if need_dx else (0, 1, 1, c))
         dbias = self.grads["bias"] if self.use_bias else self.workspace("zero_dbias", (f,))
-        self.kernels("conv").conv_backward(
-            x4, view_as(kernel, (kk, f)), pre, y, dy2, code, self.use_bias, need_dx,
-            ks[0], ks[1], st[0], st[1], dl[0], dl[1], pt, pl, oh, ow, chunk, config.get_num_threads(),
-            cols, dz, view_as(self.grads["kernel"], (kk, f)),
-            dbias, self.workspace("bias_work", (f,)), dcols, dx)
+        nt = config.get_num_threads()
+        k = self.kernels("conv")
+        k.conv_backward_dz(pre, y, dy2, code, self.use_bias, nt, dz, dbias, self.workspace("bias_work", (f,)))
+        # the weight gradient through NumPy's BLAS (see kernels/cpu/conv.py)
+        np.dot(cols.T, dz, out=view_as(self.grads["kernel"], (kk, f)))
+        need_dx = self.input_grad_needed
+        if need_dx:
+            dcols = self.workspace("dcols", (min(n, chunk) * oh * ow, kk))
+            dx = self.workspace("dx", x4.shape)
+            k.conv_backward_dx(dz, view_as(kernel, (kk, f)), ks[0], ks[1], st[0], st[1], dl[0], dl[1], pt, pl,
+                               oh, ow, chunk, nt, dcols, dx)
         return dx.reshape(x_shape) if need_dx else None
 
     def get_config(self):
