@@ -286,6 +286,32 @@ def column_sums(a, part, out):
 
 
 @jit
+def _act_backward_sums(pre, y, dy, code, dz, part, dbias):
+    """dz = dy * act'(z) and dbias = column sums of dz in one pass (blocks of 256 rows)."""
+    rows, m = dy.shape
+    one = dy.dtype.type(1)
+    zero = one - one
+    dbias[:] = zero
+    for b0 in range(0, rows, 256):
+        b1 = min(rows, b0 + 256)
+        part[:] = zero
+        if code == RELU:
+            for r in range(b0, b1):
+                for f in range(m):
+                    g = dy[r, f] if y[r, f] > zero else zero
+                    dz[r, f] = g
+                    part[f] += g
+        else:
+            for r in range(b0, b1):
+                for f in range(m):
+                    g = dy[r, f] * act_grad_scalar(code, pre[r, f], y[r, f], one)
+                    dz[r, f] = g
+                    part[f] += g
+        for f in range(m):
+            dbias[f] += part[f]
+
+
+@jit
 def conv_backward_dz(pre, y, dy, code, use_bias, nthreads, dz, dbias, work):
     """First step of the backward pass: dz = dy * act'(z) (skipped when the
     activation is linear: dz is then dy itself) and dbias = column sums of dz.
@@ -293,12 +319,15 @@ def conv_backward_dz(pre, y, dy, code, use_bias, nthreads, dz, dbias, work):
     dy, pre, y, dz: (n*oh*ow, f); work (f,) scratch. The weight gradient
     dk2 = cols.T @ dz comes next, then conv_backward_dx.
     """
-    g = dy
-    if code != LINEAR:
+    if code == LINEAR:
+        if use_bias:
+            column_sums(dy, work, dbias)
+    elif use_bias and (nthreads == 1 or dy.size < PAR_MIN):
+        _act_backward_sums(pre, y, dy, code, dz, work, dbias)
+    else:
         act_backward_rows(pre, y, dy, code, dz, nthreads)
-        g = dz
-    if use_bias:
-        column_sums(g, work, dbias)
+        if use_bias:
+            column_sums(dz, work, dbias)
 
 
 @jit

@@ -45,10 +45,13 @@ def _max_pool_forward(x, ph, pw, sh, sw, pt, pl, b0, b1, out, arg):
                     s = ((b * h + ih) * w + iw) * c
                     p = ih * w + iw
                     for ch in range(c):
+                        # unconditional stores of selects: the loop vectorizes
                         v = xf[np.uint64(s + ch)]
-                        if v > of[np.uint64(o + ch)]:
-                            of[np.uint64(o + ch)] = v
-                            af[np.uint64(o + ch)] = p
+                        m = of[np.uint64(o + ch)]
+                        a = af[np.uint64(o + ch)]
+                        better = v > m
+                        of[np.uint64(o + ch)] = v if better else m
+                        af[np.uint64(o + ch)] = p if better else a
 
 
 @jit
