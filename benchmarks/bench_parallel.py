@@ -9,6 +9,11 @@ synthetic data at one GLOBAL batch size:
     1 process, all cores     fit(workers=1): the default
     1 worker process         fit(workers=1) through the process backend (its overhead alone)
     2 workers                fit(workers=2): two spawned processes, cores // 2 threads each
+    ceiling                  two independent 1-thread processes, each training on half of
+                             every batch at the same time, no communication: the best two
+                             workers can do on this machine at this moment (a shared machine
+                             whose cores are taken by others, or a VM with steal time, gives
+                             much less than 2x the 1-thread rate)
 
 Throughput is measured over the second epoch only (the first pays for spawning
 workers and loading kernels), from the first to the last step's end as the
@@ -20,11 +25,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import numpy as np
 
-CONFIGS = ("1 process, 1 thread", "1 process, all cores", "1 worker process", "2 workers")
+CONFIGS = ("1 process, 1 thread", "1 process, all cores", "1 worker process", "2 workers",
+           "ceiling: 2 independent processes")
 
 
 class _StepClock:
@@ -53,8 +60,43 @@ def _data(ref, n, seed=0):
     return x, y
 
 
+def _half_batch_rate(model_name, batch, steps, start, out):
+    """Child of the ceiling configuration: 1-thread train steps on batch // 2 samples."""
+    import nbmodel as nb
+
+    from .common import discover_models
+
+    nb.set_num_threads(1)
+    ref = discover_models()[model_name]
+    x, y = _data(ref, batch // 2)
+    model = ref.build_nb()
+    for _ in range(2):
+        model.train_on_batch(x, y)
+    start.wait()
+    t = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(x, y)
+    out.put(len(x) * steps / (time.perf_counter() - t))
+
+
+def _ceiling(model_name, batch, steps):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_half_batch_rate, args=(model_name, batch, steps, start, out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    rates = [out.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    return sum(rates)
+
+
 def measure(model_name, config, batch=256, steps=8):
     """Samples/s of one configuration (a fresh model each time)."""
+    if config.startswith("ceiling"):
+        return _ceiling(model_name, batch, steps)
     import nbmodel as nb
     from nbmodel.parallel.process import fit_process  # noqa: F401 - import cost outside the timing
 
@@ -81,10 +123,12 @@ def measure(model_name, config, batch=256, steps=8):
 
 def run(models, batch, steps, repeats):
     results = {m: {c: [] for c in CONFIGS} for m in models}
-    for _ in range(repeats):
+    for rep in range(repeats):
         for m in models:
             for c in CONFIGS:
                 results[m][c].append(measure(m, c, batch, steps))
+                print(f"[{rep + 1}/{repeats}] {m}, {c}: {results[m][c][-1]:.0f} samples/s", file=sys.stderr,
+                      flush=True)
     return {m: {c: statistics.median(v) for c, v in r.items()} for m, r in results.items()}
 
 
