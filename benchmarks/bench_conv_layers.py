@@ -7,6 +7,7 @@ same PyTorch ops (NCHW) in the same process, calls interleaved:
     python -m benchmarks.bench_conv_layers --threads 1
 
 The table gives the median times and torch / nbmodel ratios (> 1: nbmodel faster).
+Layers run with the per-call NaN/inf input scan off, as inside Model.fit.
 """
 from __future__ import annotations
 
@@ -67,9 +68,15 @@ class _LayerBench:
 
     def setup(self):
         import nbmodel as nb
+        from nbmodel.layers.base import finite_checks
 
         nb.set_num_threads(1)
+        self._checks = finite_checks(False)  # as inside Model.fit
+        self._checks.__enter__()
         self.layer, self.x, self.dy = make_nb(self.case)
+
+    def teardown(self):
+        self._checks.__exit__(None, None, None)
 
     def time_forward(self):
         self.layer.forward(self.x, training=True)
@@ -113,9 +120,15 @@ def compare(threads=1, repeat=30, names=None):
     import torch
 
     import nbmodel as nb
+    from nbmodel.layers.base import finite_checks
 
     from .common import interleaved_medians
 
+    with finite_checks(False):  # as inside Model.fit
+        return _compare(nb, torch, interleaved_medians, threads, repeat, names)
+
+
+def _compare(nb, torch, interleaved_medians, threads, repeat, names):
     nb.set_num_threads(threads)
     torch.set_num_threads(threads)
     print(f"threads={threads}; medians of {repeat} interleaved calls, float32; ratio = torch / nbmodel")

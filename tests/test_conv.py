@@ -348,3 +348,25 @@ def test_threaded_passes_match_serial():
         k._act_backward_rows(p_s, o_s, z, code, 0, 11, d_s)
         k._act_backward_par(p_s, o_s, z, code, d_p, 3)
         np.testing.assert_array_equal(d_s, d_p)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_same_gradients_at_one_and_two_threads(threads):
+    # one thread takes the weight gradient through NumPy's BLAS, more threads through numba's
+    import nbmodel as nb
+
+    before = nb.get_num_threads()
+    nb.set_num_threads(threads)
+    try:
+        layer, x = _make_2d(CASES_2D[2], "float64", activation="relu")
+        y = layer.forward(x, training=True)
+        dy = rng(5).standard_normal(y.shape)
+        dx = layer.backward(dy)
+        spatial, k, s, pad, d, c, f = CASES_2D[2]
+        pads, _ = _pads_2d(spatial, k, s, pad, d)
+        rdx, rdk, rdb = ref.conv2d_backward(x, layer.params["kernel"], dy * (y > 0), s, pads, d)
+        np.testing.assert_allclose(dx, rdx, rtol=1e-11, atol=1e-11)
+        np.testing.assert_allclose(layer.grads["kernel"], rdk, rtol=1e-11, atol=1e-11)
+        np.testing.assert_allclose(layer.grads["bias"], rdb, rtol=1e-11, atol=1e-11)
+    finally:
+        nb.set_num_threads(before)

@@ -185,8 +185,11 @@ class _Conv(Layer):
         nt = config.get_num_threads()
         k = self.kernels("conv")
         k.conv_backward_dz(pre, y, dy2, code, self.use_bias, nt, dz, dbias, self.workspace("bias_work", (f,)))
-        # the weight gradient through NumPy's BLAS (see kernels/cpu/conv.py)
-        np.dot(cols.T, dz, out=view_as(self.grads["kernel"], (kk, f)))
+        dk2 = view_as(self.grads["kernel"], (kk, f))
+        if nt == 1:  # NumPy's BLAS is faster on this product; one pool only when threaded (kernels/cpu/conv.py)
+            np.dot(cols.T, dz, out=dk2)
+        else:
+            k.weight_grad(cols, dz, dk2)
         need_dx = self.input_grad_needed
         if need_dx:
             dcols = self.workspace("dcols", (min(n, chunk) * oh * ow, kk))
