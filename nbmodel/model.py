@@ -18,7 +18,7 @@ import numpy as np
 from . import config
 from .backend import get_device
 from .graph import Graph
-from .layers.base import Input, InputLayer, KTensor, Layer, finite_checks
+from .layers.base import Input, InputLayer, KTensor, Layer, finite_checks, inference_gradients
 
 
 class Model:
@@ -542,7 +542,7 @@ class Model:
         for layer in self._graph.layers:
             layer.input_grad_needed = True
         try:
-            with finite_checks(False):
+            with finite_checks(False), inference_gradients():
                 outs = self._forward(xs, training=False)
                 dys = output_grads if isinstance(output_grads, list) else [output_grads]
                 dys = [np.ascontiguousarray(d, dtype=o.dtype) for d, o in zip(dys, outs)]

@@ -122,3 +122,28 @@ def test_saliency_of_integer_ids_is_refused():
     with pytest.raises(ValueError, match="integer ids"):
         nb.explain.saliency(model, ids, 1)
     assert model.get_activations(ids, model.layers[0]).shape == (2, 5, 4)
+
+
+@pytest.mark.parametrize("arch", ["cnn", "transformer"])
+def test_saliency_through_conv_batchnorm_dropout_and_attention(arch, float64):
+    """Inference-mode gradients: no dropout, moving statistics, yet backward works."""
+    from nbmodel import layers as L
+
+    rng = np.random.default_rng(0)
+    if arch == "cnn":
+        stack = [L.Input((6, 6, 1)), L.Conv2D(2, 3, activation="tanh"), L.BatchNormalization(),
+                 L.MaxPooling2D(2), L.Flatten(), L.Dropout(0.5), L.Dense(3)]
+        x = rng.random((2, 6, 6, 1))
+    else:
+        stack = [L.Input((4, 4)), L.TransformerEncoder(2, 3, 8), L.GlobalAveragePooling1D(), L.Dense(3)]
+        x = rng.random((2, 4, 4))
+    model = nb.Sequential(stack, seed=0)
+    sal = nb.explain.saliency(model, x, 1)
+    eps, num = 1e-6, np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[i] += eps
+        xm[i] -= eps
+        num[i] = (model.predict(xp)[:, 1].sum() - model.predict(xm)[:, 1].sum()) / (2 * eps)
+    assert np.abs(num).max() > 1e-3
+    np.testing.assert_allclose(sal, num, rtol=1e-5, atol=1e-8)

@@ -10,7 +10,7 @@ from collections.abc import MutableMapping
 import numpy as np
 
 from .. import activations as act_codes
-from .base import Layer, finite_checks
+from .base import Layer, finite_checks, keeps_backward_cache
 from .core import Dense, Dropout
 from .normalization import LayerNormalization
 
@@ -197,7 +197,7 @@ class MultiHeadAttention(Layer):
         has_mask = attention_mask is not None
         mask = self._mask_array(attention_mask, b, tq, tk) if has_mask else np.ones((1, 1, 1, 1), bool)
         rate = self.dropout if (training and self.dropout > 0.0) else 0.0
-        keep = bool(training) or bool(return_attention_scores)
+        keep = keeps_backward_cache(training) or bool(return_attention_scores)
         ws = self.workspace
         dout = int(np.prod(self._out_tail))
         p = self.params
@@ -240,7 +240,7 @@ class MultiHeadAttention(Layer):
                 ws("qtmp", (b * tq, h * kd)), ws("ktmp", (b * tk, h * kd)), ws("vtmp", (b * tk, h * vd)),
                 qh, kh, vh, probs, pdrop, otmp, nscr, o2, out)
         self._cache = ((args[:3], has_key, b, tq, tk, rate, u, qh, kh, vh, probs, o2, wcat)
-                       if training else None)
+                       if keeps_backward_cache(training) else None)
         y = out.reshape((b, tq) + self._out_tail)
         if return_attention_scores:
             return y, probs

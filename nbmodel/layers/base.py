@@ -335,6 +335,27 @@ class finite_checks:
         _CHECK_FINITE[0] = self.prev
 
 
+_GRADS_IN_INFERENCE = [False]
+
+
+def keeps_backward_cache(training) -> bool:
+    """Whether forward must keep what backward needs: in training, and in
+    inference while ``inference_gradients`` is on (saliency, input gradients)."""
+    return bool(training) or _GRADS_IN_INFERENCE[0]
+
+
+class inference_gradients:
+    """Context manager: inference-mode forward passes (no dropout, moving
+    statistics) that still allow ``backward``; used by Model.input_gradient."""
+
+    def __enter__(self):
+        self.prev = _GRADS_IN_INFERENCE[0]
+        _GRADS_IN_INFERENCE[0] = True
+
+    def __exit__(self, *exc):
+        _GRADS_IN_INFERENCE[0] = self.prev
+
+
 def as_float_array(x, layer_name, dtype, what="input"):
     """``x`` as a C-contiguous float array of ``dtype``; TypeError for non-numeric input."""
     arr = np.asarray(x)

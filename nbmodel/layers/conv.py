@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import activations as act_codes
 from .. import config
-from .base import Layer
+from .base import Layer, keeps_backward_cache
 
 __all__ = ["Conv1D", "Conv2D"]
 
@@ -150,7 +150,8 @@ class _Conv(Layer):
         kmod = self.kernels("conv")
         chunk = kmod.chunk_images(n, oh, ow, kk, x.itemsize)
         rows = n * oh * ow
-        cols = self.workspace("cols", (rows if training else min(n, chunk) * oh * ow, kk))
+        keep = keeps_backward_cache(training)
+        cols = self.workspace("cols", (rows if keep else min(n, chunk) * oh * ow, kk))
         code = act_codes.LINEAR if self.code == act_codes.SOFTMAX else self.code
         keep_pre = code in act_codes.NEEDS_PREACTIVATION
         y = self.workspace("y", (rows, f))
@@ -159,7 +160,7 @@ class _Conv(Layer):
                           pt, pl, oh, ow, chunk, config.get_num_threads(), cols, pre, y)
         if self.code == act_codes.SOFTMAX:
             self.kernels("activations").softmax_rows(y, y)
-        self._cache = (x4, x.shape, cols, pre, y, (ks, st, dl, pt, pl, oh, ow, chunk), bool(training))
+        self._cache = (x4, x.shape, cols, pre, y, (ks, st, dl, pt, pl, oh, ow, chunk), keep)
         out_spatial = (ow,) if self.rank == 1 else (oh, ow)
         return y.reshape((n,) + out_spatial + (f,))
 
