@@ -119,18 +119,22 @@ def case(family):
         def build():
             m = nb.Sequential([L.Input((5,), dtype="int64"), L.Embedding(9, 4),
                                L.LSTM(5, return_sequences=True), L.GRU(4, return_sequences=True),
-                               L.SimpleRNN(3), L.Dense(3)], seed=8)
+                               L.Bidirectional(L.GRU(2, return_sequences=True)), L.SimpleRNN(3),
+                               L.Dense(3)], seed=8)
             m.compile(optimizer=nb.optimizers.Adam(1e-2), loss=_sparse_ce())
             return m
         return build, x, y, fit
 
     if family == "attention":
-        x = rng.standard_normal((21, 4, 8))
+        x = rng.integers(0, 9, (21, 4))
         y = rng.integers(0, 3, 21)
 
         def build():
-            m = nb.Sequential([L.Input((4, 8)), L.TransformerEncoder(2, 4, 16), L.Flatten(), L.Dense(3)],
-                              seed=9)
+            inp = L.Input((4,), dtype="int64")
+            e = L.PositionalEmbedding(4, 9, 8)(inp)
+            a = L.MultiHeadAttention(2, 3)(e, e)
+            h = L.TransformerEncoder(2, 4, 16)(L.Add()([e, a]))
+            m = nb.Model(inputs=inp, outputs=L.Dense(3)(L.Flatten()(h)), seed=9)
             m.compile(optimizer=nb.optimizers.Adam(1e-2), loss=_sparse_ce())
             return m
         return build, x, y, fit
