@@ -158,8 +158,20 @@ def test_no_bias():
                                rtol=1e-12, atol=1e-12)
 
 
-def test_batch_of_one_and_many_chunks():
-    # a batch big enough for several im2col chunks, and a batch of one
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batch_of_one_and_many_chunks(threads):
+    # a batch big enough for several im2col chunks (one thread), and a batch of one
+    import nbmodel as nb
+
+    before = nb.get_num_threads()
+    nb.set_num_threads(threads)
+    try:
+        _check_chunks()
+    finally:
+        nb.set_num_threads(before)
+
+
+def _check_chunks():
     layer = L.Conv2D(3, 3, padding="same", dtype="float64", seed=0)
     x = rng().standard_normal((40, 12, 12, 4))
     layer.build(x.shape)

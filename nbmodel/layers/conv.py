@@ -148,7 +148,8 @@ class _Conv(Layer):
             bias = self.workspace("zero_bias", (f,))
             bias[:] = 0
         kmod = self.kernels("conv")
-        chunk = kmod.chunk_images(n, oh, ow, kk, x.itemsize)
+        nt = config.get_num_threads()
+        chunk = kmod.chunk_images(n, oh, ow, kk, x.itemsize, nt)
         rows = n * oh * ow
         keep = keeps_backward_cache(training)
         cols = self.workspace("cols", (rows if keep else min(n, chunk) * oh * ow, kk))
@@ -157,7 +158,7 @@ class _Conv(Layer):
         y = self.workspace("y", (rows, f))
         pre = self.workspace("pre", (rows, f)) if keep_pre else y
         kmod.conv_forward(x4, k2, bias, code, keep_pre, ks[0], ks[1], st[0], st[1], dl[0], dl[1],
-                          pt, pl, oh, ow, chunk, config.get_num_threads(), cols, pre, y)
+                          pt, pl, oh, ow, chunk, nt, cols, pre, y)
         if self.code == act_codes.SOFTMAX:
             self.kernels("activations").softmax_rows(y, y)
         self._cache = (x4, x.shape, cols, pre, y, (ks, st, dl, pt, pl, oh, ow, chunk), keep)

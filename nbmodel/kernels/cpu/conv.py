@@ -44,8 +44,14 @@ CHUNK_BYTES = 1 << 19
 PAR_MIN = 1 << 17
 
 
-def chunk_images(n, oh, ow, kk, itemsize):
-    """Images per chunk so that one chunk of patch rows is about CHUNK_BYTES."""
+def chunk_images(n, oh, ow, kk, itemsize, nthreads=1):
+    """Images per chunk so that one chunk of patch rows is about CHUNK_BYTES.
+
+    With several threads, the whole batch: each chunk costs a switch between
+    numba's pool and BLAS's, and every switch wakes sleeping workers.
+    """
+    if nthreads > 1:
+        return max(1, n)
     per_image = max(1, oh * ow * kk * itemsize)
     return max(1, min(n, CHUNK_BYTES // per_image))
 
