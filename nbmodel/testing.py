@@ -64,7 +64,7 @@ def gradcheck(layer, x, dy=None, eps=1e-6, rtol=1e-5, atol=1e-7, seed=0, forward
     for what, arr, grad in targets:
         if grad.shape != arr.shape:
             raise AssertionError(f"{layer.name}: gradient of {what} has shape {grad.shape}, expected {arr.shape}")
-        num = np.zeros_like(grad)
+        num = np.zeros(grad.shape)  # C order: reshape(-1) below must be a view
         flat = arr.reshape(-1)
         for i in range(flat.size):
             old = flat[i]
