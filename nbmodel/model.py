@@ -699,17 +699,3 @@ class Sequential(Model):
             args, kwargs = self._compile_args
             Model.compile(self, *args, **kwargs)
         return super()._standardize(x, y, sample_weight, where)
-
-    def get_weights(self):
-        return [w for layer in self._layers for w in layer.get_weights()]
-
-    def set_weights(self, weights):
-        weights = list(weights)
-        expected = sum(len(layer.weight_arrays()) for layer in self._layers)
-        if len(weights) != expected:
-            raise ValueError(f"{self.name}: set_weights expected {expected} arrays, got {len(weights)}")
-        i = 0
-        for layer in self._layers:
-            k = len(layer.weight_arrays())
-            layer.set_weights(weights[i:i + k])
-            i += k
