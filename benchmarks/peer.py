@@ -24,12 +24,17 @@ def _set_threads(n, with_torch):
         torch.set_num_threads(n)
 
 
-def run(models, threads, vs_torch, repeat):
+def run(models, threads, vs_torch, repeat, torch_only=False):
     import numpy as np
 
     from .common import blas_ceiling_gflops, discover_models, interleaved_medians, torch_train_step
 
-    _set_threads(threads, vs_torch)
+    if torch_only:
+        import torch
+
+        torch.set_num_threads(threads)
+    else:
+        _set_threads(threads, vs_torch)
     available = discover_models()
     names = list(available) if not models else models
     unknown = [m for m in names if m not in available]
@@ -45,9 +50,11 @@ def run(models, threads, vs_torch, repeat):
     for name in names:
         ref = available[name]
         x, y = ref.data()
-        model = ref.build_nb()
-        fns = {"nb": lambda: model.train_on_batch(x, y)}
-        pred = {"nb": lambda: model.predict(x, batch_size=len(x))}
+        fns, pred = {}, {}
+        if not torch_only:
+            model = ref.build_nb()
+            fns["nb"] = lambda: model.train_on_batch(x, y)
+            pred["nb"] = lambda: model.predict(x, batch_size=len(x))
         if vs_torch:
             import torch
 
@@ -62,6 +69,10 @@ def run(models, threads, vs_torch, repeat):
             pred["torch"] = torch_pred
         t = interleaved_medians(fns, warmup=5, repeat=repeat)
         p = interleaved_medians(pred, warmup=3, repeat=repeat)
+        if torch_only:
+            print(f"{name:<12}{'':>12}{'':>9}{t['torch'] * 1e3:>10.3f}{'':>8}{'':>12}{p['torch'] * 1e3:>11.3f}",
+                  flush=True)
+            continue
         gflops = ref.flops_per_step() / t["nb"] / 1e9
         line = f"{name:<12}{t['nb'] * 1e3:>12.3f}{gflops:>9.1f}"
         row = {"model": name, "nb_ms": t["nb"] * 1e3, "gflops": gflops}
@@ -80,10 +91,13 @@ def main(argv=None):
     parser.add_argument("--vs", choices=["torch"], default=None)
     parser.add_argument("--models", default=None, help="comma-separated names (default: all)")
     parser.add_argument("--repeat", type=int, default=50)
+    parser.add_argument("--torch-only", action="store_true",
+                        help="time PyTorch alone: at several threads two frameworks' thread pools in one "
+                             "process disturb each other, so compare two separate runs")
     args = parser.parse_args(argv)
     models = args.models.split(",") if args.models else None
     t0 = time.perf_counter()
-    run(models, args.threads, args.vs == "torch", args.repeat)
+    run(models, args.threads, args.vs == "torch" or args.torch_only, args.repeat, args.torch_only)
     print(f"({time.perf_counter() - t0:.0f} s)")
     return 0
 
