@@ -7,7 +7,6 @@ setting ``self.model.stop_training = True``.
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 import time
@@ -311,7 +310,11 @@ class TerminateOnNaN(Callback):
 
 
 class CSVLogger(Callback):
-    """Append one row per epoch (epoch + every log) to a CSV file."""
+    """Append one row per epoch (epoch + every log) to a CSV file.
+
+    The file is opened for each row and closed again, so a ``fit`` that raises
+    leaves a complete, closed file with every finished epoch.
+    """
 
     def __init__(self, filename, separator=",", append=False):
         super().__init__()
@@ -321,28 +324,24 @@ class CSVLogger(Callback):
         self._keys = None
 
     def on_train_begin(self, logs=None):
-        exists = self.append and os.path.exists(self.filename) and os.path.getsize(self.filename) > 0
-        self._file = open(self.filename, "a" if self.append else "w", newline="")
         self._keys = None
-        if exists:
+        if self.append and os.path.exists(self.filename) and os.path.getsize(self.filename) > 0:
             with open(self.filename) as f:
                 header = f.readline().strip()
             self._keys = header.split(self.sep)[1:] if header else None
-        self._writer = None
+        elif not self.append:
+            open(self.filename, "w").close()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {k: v for k, v in (logs or {}).items() if k != "samples_per_s"}
+        lines = []
         if self._keys is None:
             self._keys = sorted(logs)
-            self._file.write(self.sep.join(["epoch"] + self._keys) + "\n")
-        row = [str(epoch)] + [repr(float(logs[k])) if k in logs else "NA" for k in self._keys]
-        self._file.write(self.sep.join(row) + "\n")
-        self._file.flush()
-
-    def on_train_end(self, logs=None):
-        if getattr(self, "_file", None) is not None:
-            self._file.close()
-            self._file = None
+            lines.append(self.sep.join(["epoch"] + self._keys))
+        lines.append(self.sep.join([str(epoch)] + [repr(float(logs[k])) if k in logs else "NA"
+                                                   for k in self._keys]))
+        with open(self.filename, "a", newline="") as f:
+            f.write("\n".join(lines) + "\n")
 
 
 class LambdaCallback(Callback):

@@ -410,3 +410,16 @@ def test_initial_epoch():
             initial_epoch=2)
     assert seen == [2, 3] and h.epoch == [2, 3]
     assert all(math.isfinite(v) for v in h.history["loss"])
+
+
+def test_csv_logger_file_is_complete_when_fit_raises(tmp_path):
+    class Crash(cb.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise RuntimeError("crash")
+
+    path = tmp_path / "log.csv"
+    with pytest.raises(RuntimeError, match="crash"):
+        fit(model_(), [cb.CSVLogger(path), Crash()], epochs=4)
+    rows = list(csv.reader(open(path)))
+    assert rows[0][0] == "epoch" and [r[0] for r in rows[1:]] == ["0", "1"]
