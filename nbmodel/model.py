@@ -167,8 +167,13 @@ class Model:
             metrics = []
         if isinstance(metrics, dict):
             per_output = [list(np.atleast_1d(metrics.get(_output_name(t), []))) for t in self._graph.outputs]
-        elif n_out > 1 and metrics and all(isinstance(m, (list, tuple)) for m in metrics):
-            per_output = [list(m) for m in metrics]
+        elif n_out > 1 and metrics:
+            # Keras 3: one entry per output, each a metric, a list of metrics or None
+            if len(metrics) != n_out:
+                raise ValueError(f"{self.name}: with {n_out} outputs, metrics given as a list needs one entry "
+                                 f"per output (a metric, a list of metrics or None); got {len(metrics)} "
+                                 "entries. Use a dict keyed by output layer name to pick outputs")
+            per_output = [[] if m is None else list(m) if isinstance(m, (list, tuple)) else [m] for m in metrics]
         else:
             per_output = [list(metrics)] + [[] for _ in range(n_out - 1)]
         self._metric_specs = per_output

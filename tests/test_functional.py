@@ -189,3 +189,15 @@ def test_graph_errors():
     model.compile("sgd", "mse")
     with pytest.raises(ValueError, match="2 inputs, got 1"):
         model.predict(np.zeros((2, 3)))
+
+
+def test_metrics_list_for_several_outputs_needs_one_entry_per_output():
+    a = layers.Input((3,))
+    o1, o2 = layers.Dense(2, name="o1")(a), layers.Dense(1, name="o2")(a)
+    model = nb.Model(a, [o1, o2])
+    with pytest.raises(ValueError, match="one entry per output"):
+        model.compile("sgd", ["sparse_categorical_crossentropy", "mse"], metrics=["accuracy"])
+    model.compile("sgd", ["sparse_categorical_crossentropy", "mse"], metrics=["accuracy", None])
+    x = np.ones((4, 3), np.float32)
+    logs = model.evaluate(x, [np.zeros(4, np.int64), np.zeros((4, 1), np.float32)], return_dict=True)
+    assert "o1_accuracy" in logs and not any(k.startswith("o2_") and "acc" in k for k in logs)
