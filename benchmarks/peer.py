@@ -25,7 +25,6 @@ def _set_threads(n, with_torch):
 
 
 def run(models, threads, vs_torch, repeat, torch_only=False):
-    import numpy as np
 
     from .common import blas_ceiling_gflops, discover_models, interleaved_medians, torch_train_step
 

@@ -28,7 +28,6 @@ def gradcheck(layer, x, dy=None, eps=1e-6, rtol=1e-5, atol=1e-7, seed=0, forward
     multi = isinstance(x, (list, tuple))
     xs = [np.array(a, dtype=np.float64) if np.asarray(a).dtype.kind == "f" else np.asarray(a)
           for a in _as_tuple(x)]
-    layer_in = tuple(xs) if multi else xs[0]
     if not layer.built:
         layer.build(tuple(a.shape for a in xs) if multi else xs[0].shape)
     layer.cast("float64")

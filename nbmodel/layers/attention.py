@@ -537,7 +537,7 @@ class TransformerEncoder(Layer):
         dz = ws("dz", hid.shape)
         dffin = ws("dffin", (n, d))
         if self.norm_first:
-            n1, n2 = s1, s2
+            n2 = s2
             df = np.ascontiguousarray(self.drop2.backward(dy)).reshape(n, d)
             k.ffn_backward(n2, p1["kernel"], p2["kernel"], pre, hid, df, code, True, dz, gd1["kernel"],
                            gd1["bias"], gd2["kernel"], gd2["bias"], dffin)

@@ -9,7 +9,6 @@ kernel and build every other constant from it.
 """
 import math
 
-import numpy as np
 
 from ...activations import ELU, GELU, LEAKY_RELU, LINEAR, RELU, SIGMOID, SILU, TANH
 from ._jit import inline, jit
