@@ -128,6 +128,22 @@ def split_validation(xs, ys, sw, validation_split, validation_data, model):
     return (xt, yt, swt), (xv, yv, swv)
 
 
+def prepare_fit_data(model, x, y, sample_weight, class_weight, validation_split, validation_data):
+    """Validated training arrays, sample weights (class weights folded in) and the
+    validation split, as ``fit`` needs them in one process or several."""
+    xs, ys, sample_weight = model._standardize(x, y, sample_weight, "fit")
+    if ys is None:
+        raise ValueError("fit: targets y are required")
+    if class_weight is not None:
+        cw = class_weights_to_sample_weights(class_weight, ys[0])
+        sample_weight = cw if sample_weight is None else sample_weight * cw
+    (xs, ys, sample_weight), val = split_validation(xs, ys, sample_weight, validation_split,
+                                                     validation_data, model)
+    if xs[0].shape[0] == 0:
+        raise ValueError("fit: no training samples (after the validation split)")
+    return xs, ys, sample_weight, val
+
+
 class BatchIterator:
     """Index batches for one epoch; shuffled with the model's seeded RNG."""
 
@@ -143,8 +159,3 @@ class BatchIterator:
             idx = order[start:start + self.batch_size]
             yield np.sort(idx) if self.shuffle else idx
 
-
-def batches(n, batch_size):
-    """Contiguous slices covering range(n) (for evaluate/predict)."""
-    for start in range(0, n, batch_size):
-        yield slice(start, min(start + batch_size, n))

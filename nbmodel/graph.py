@@ -101,8 +101,9 @@ class Graph:
         return self._values[t.id]
 
     # --------------------------------------------------------------- backward
-    def backward(self, dys: list) -> set:
-        """Run backward from output gradients; returns the ids of layers that ran."""
+    def backward(self, dys: list, input_grads=False):
+        """Run backward from output gradients; returns the ids of layers that ran,
+        or with ``input_grads`` the gradient of each model input (None if none)."""
         grads: dict[int, np.ndarray] = {}
         owned: set[int] = set()  # gradient arrays we allocated (safe to add into)
         for t, d in zip(self.outputs, dys):
@@ -134,6 +135,8 @@ class Graph:
             for t, d in zip(node.inputs, dxs):
                 if d is not None:
                     _accumulate(grads, owned, t.id, d)
+        if input_grads:
+            return [grads.get(t.id) for t in self.inputs]
         return ran
 
 

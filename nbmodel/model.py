@@ -243,7 +243,13 @@ class Model:
             dys.append(dy)
         return value, dys
 
-    def _train_step(self, xs, ys, sample_weight=None, step_name=""):
+    def _loss_value(self, ys, preds, sample_weight):
+        """Weighted loss (Keras reduction) without gradients; per-output means in _output_losses."""
+        self._output_losses = [_mean(*loss.forward(ys[k], preds[k], sample_weight))
+                               for k, loss in enumerate(self._losses)]
+        return sum(w * m for w, m in zip(self._loss_weights, self._output_losses))
+
+    def _train_step(self, xs, ys, sample_weight=None):
         preds = self._forward(xs, training=True)
         loss_value, dys = self._loss_and_grads(ys, preds, sample_weight)
         if not np.isfinite(loss_value):
@@ -285,7 +291,7 @@ class Model:
             validation_freq=1, workers=1, distributed=None):
         """Train for ``epochs`` epochs; returns a History (``history.history`` dict of lists)."""
         from . import callbacks as cb_mod
-        from .data import BatchIterator, class_weights_to_sample_weights, split_validation
+        from .data import BatchIterator, prepare_fit_data
 
         self._require_compiled()
         if workers != 1 or distributed is not None:
@@ -301,17 +307,9 @@ class Model:
         batch_size = 32 if batch_size is None else int(batch_size)
         if batch_size < 1:
             raise ValueError(f"fit: batch_size must be >= 1, got {batch_size}")
-        xs, ys, sample_weight = self._standardize(x, y, sample_weight, "fit")
-        if ys is None:
-            raise ValueError("fit: targets y are required")
-        if class_weight is not None:
-            cw = class_weights_to_sample_weights(class_weight, ys[0])
-            sample_weight = cw if sample_weight is None else sample_weight * cw
-        (xs, ys, sample_weight), val = split_validation(xs, ys, sample_weight, validation_split,
-                                                         validation_data, self)
+        xs, ys, sample_weight, val = prepare_fit_data(self, x, y, sample_weight, class_weight,
+                                                      validation_split, validation_data)
         n = xs[0].shape[0]
-        if n == 0:
-            raise ValueError("fit: no training samples (after the validation split)")
         batches = BatchIterator(n, batch_size, shuffle, self._rng)
         steps = len(batches) if steps_per_epoch is None else min(int(steps_per_epoch), len(batches))
 
@@ -392,12 +390,9 @@ class Model:
                 by = [a[sl] for a in ys]
                 bw = None if sample_weight is None else sample_weight[sl]
                 preds = self._forward(bx, training=False)
-                value = 0.0
-                for k, (loss, w) in enumerate(zip(self._losses, self._loss_weights)):
-                    total, count = loss.forward(by[k], preds[k], bw)
-                    value += w * _mean(total, count)
-                    if out_sums is not None:
-                        out_sums[k] += _mean(total, count) * (sl.stop - sl.start)
+                value = self._loss_value(by, preds, bw)
+                if out_sums is not None:
+                    out_sums += np.asarray(self._output_losses) * (sl.stop - sl.start)
                 loss_sum += value * (sl.stop - sl.start)
                 self._update_metrics(by, preds, bw)
         logs = self._logs(loss_sum, n, output_sums=out_sums)
@@ -456,12 +451,7 @@ class Model:
         xs, ys, sample_weight = self._standardize(x, y, sample_weight, "test_on_batch")
         with finite_checks(False):
             preds = self._forward(xs, training=False)
-        value = 0.0
-        self._output_losses = []
-        for k, (loss, w) in enumerate(zip(self._losses, self._loss_weights)):
-            total, count = loss.forward(ys[k], preds[k], sample_weight)
-            value += w * _mean(total, count)
-            self._output_losses.append(_mean(total, count))
+        value = self._loss_value(ys, preds, sample_weight)
         return self._batch_logs(value, ys, preds, sample_weight, return_dict)
 
     def _batch_logs(self, loss_value, ys, preds, sample_weight, return_dict):
@@ -551,28 +541,12 @@ class Model:
                 outs = self._forward(xs, training=False)
                 dys = output_grads if isinstance(output_grads, list) else [output_grads]
                 dys = [np.ascontiguousarray(d, dtype=o.dtype) for d, o in zip(dys, outs)]
-                grads = self._input_grads(dys)
+                grads = [None if g is None else np.array(g)
+                         for g in self._graph.backward(dys, input_grads=True)]
         finally:
             for layer, flag in saved:
                 layer.input_grad_needed = flag
         return grads if self._inputs_nested else grads[0]
-
-    def _input_grads(self, dys):
-        """Backward pass that keeps the gradient of every model input."""
-        g = self._graph
-        grads: dict[int, np.ndarray] = {}
-        for t, d in zip(g.outputs, dys):
-            grads[t.id] = d
-        for node in reversed(g.nodes):
-            douts = [grads.get(t.id) for t in node.outputs]
-            if all(d is None for d in douts):
-                continue
-            dx = node.layer.backward(douts[0] if len(douts) == 1 else douts)
-            dxs = list(dx) if node.nested else [dx]
-            for t, d in zip(node.inputs, dxs):
-                if d is not None:
-                    grads[t.id] = np.array(d) if t.id not in grads else grads[t.id] + d
-        return [np.array(grads[t.id]) if t.id in grads else None for t in g.inputs]
 
     # ------------------------------------------------------------------- I/O
     def save(self, filepath):

@@ -19,7 +19,7 @@ def fit_parallel(model, x=None, y=None, batch_size=None, epochs=1, verbose=1, ca
                  sample_weight=None, initial_epoch=0, workers=1, distributed=None, steps_per_epoch=None,
                  validation_batch_size=None, validation_freq=1):
     """Model.fit over worker processes or MPI ranks (Model.fit calls this; same arguments)."""
-    from .common import prepare
+    from ..data import prepare_fit_data
 
     model._require_compiled()
     if distributed not in (None, "mpi"):
@@ -32,7 +32,8 @@ def fit_parallel(model, x=None, y=None, batch_size=None, epochs=1, verbose=1, ca
     batch_size = 32 if batch_size is None else int(batch_size)
     if batch_size < 1:
         raise ValueError(f"fit: batch_size must be >= 1, got {batch_size}")
-    xs, ys, sw, val = prepare(model, x, y, sample_weight, class_weight, validation_split, validation_data)
+    xs, ys, sw, val = prepare_fit_data(model, x, y, sample_weight, class_weight, validation_split,
+                                       validation_data)
     kw = dict(batch_size=batch_size, epochs=epochs, verbose=verbose, callbacks=callbacks, shuffle=shuffle,
               initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
               validation_batch_size=validation_batch_size, validation_freq=validation_freq)

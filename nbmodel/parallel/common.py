@@ -319,24 +319,6 @@ class ShardRunner:
             ex[off + 2 * j: off + 2 * j + 2] = m.totals()
 
 
-# ------------------------------------------------------------ data prep
-def prepare(model, x, y, sample_weight, class_weight, validation_split, validation_data):
-    """The same validation, class weights and split as single-process fit."""
-    from ..data import class_weights_to_sample_weights, split_validation
-
-    xs, ys, sample_weight = model._standardize(x, y, sample_weight, "fit")
-    if ys is None:
-        raise ValueError("fit: targets y are required")
-    if class_weight is not None:
-        cw = class_weights_to_sample_weights(class_weight, ys[0])
-        sample_weight = cw if sample_weight is None else sample_weight * cw
-    (xs, ys, sample_weight), val = split_validation(xs, ys, sample_weight, validation_split,
-                                                     validation_data, model)
-    if xs[0].shape[0] == 0:
-        raise ValueError("fit: no training samples (after the validation split)")
-    return xs, ys, sample_weight, val
-
-
 # ------------------------------------------------------------ epoch loop
 def run_fit(model, backend, xs, ys, sw, val, batch_size, epochs, verbose, callbacks, shuffle,
             initial_epoch, steps_per_epoch, validation_batch_size, validation_freq):
