@@ -116,7 +116,14 @@ class BatchNormalization(Layer):
     ``moving = moving * momentum + batch * (1 - momentum)`` with the biased
     batch variance (Keras). A layer with ``trainable=False`` always runs in
     inference mode, like Keras.
+
+    Under data-parallel training, ``stat_sync`` (set by the trainer, see
+    ``nbmodel.parallel``) sums the per-channel sums of every replica's shard,
+    so each shard is normalized with the statistics of the whole global batch
+    and training matches one process.
     """
+
+    stat_sync = None  # set on replicas by nbmodel.parallel: sums float64 vectors over replicas
 
     def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
                  beta_initializer="zeros", gamma_initializer="ones", moving_mean_initializer="zeros",
@@ -173,25 +180,40 @@ class BatchNormalization(Layer):
         xl = x if last else np.ascontiguousarray(np.moveaxis(x, ax, -1))
         x2 = xl.reshape(-1, c)
         train = bool(training) and self.trainable
-        if train and x2.shape[0] < 2:
-            raise ValueError(f"{self.name}: batch statistics need at least 2 values per channel, "
-                             f"got input of shape {x.shape}")
+        synced = train and self.stat_sync is not None
+        count = x2.shape[0]
+        if train and not synced and count < 2:
+            self._too_few(x.shape)
         dt = self.dtype.type
         gamma = self.params["gamma"] if self.scale else self.state["moving_mean"][:0]
         beta = self.params["beta"] if self.center else self.state["moving_mean"][:0]
         mean = self.workspace("mean", (c,))
         rstd = self.workspace("rstd", (c,))
+        work = self.workspace("work", (c,))
         y2 = self.workspace("y", x2.shape)
-        self.kernels("norm").batch_norm_forward(
-            x2, gamma, beta, dt(self.epsilon), dt(self.momentum), train, self.scale, self.center,
-            self.state["moving_mean"], self.state["moving_variance"], self.workspace("work", (c,)),
-            mean, rstd, y2)
-        self._cache = (x2, xl.shape, ax, train)
+        k = self.kernels("norm")
+        if synced:  # statistics of the global batch: sums over every replica's shard
+            k.batch_norm_column_sums(x2, work, mean)
+            sums = self.stat_sync(np.append(mean, count))
+            count = int(round(sums[c]))
+            if count < 2:
+                self._too_few(x.shape)
+            mean[:] = sums[:c] / count
+            k.batch_norm_centered_squares(x2, mean, work, rstd)  # rstd holds the variance for now
+            rstd[:] = self.stat_sync(rstd) / count
+            k.batch_norm_update_moving(mean, rstd, dt(self.epsilon), dt(self.momentum),
+                                       self.state["moving_mean"], self.state["moving_variance"], rstd)
+            k.batch_norm_apply(x2, gamma, beta, mean, rstd, self.scale, self.center, work, y2)
+        else:
+            k.batch_norm_forward(x2, gamma, beta, dt(self.epsilon), dt(self.momentum), train, self.scale,
+                                 self.center, self.state["moving_mean"], self.state["moving_variance"],
+                                 work, mean, rstd, y2)
+        self._cache = (x2, xl.shape, ax, train, synced, count)
         y = y2.reshape(xl.shape)
         return y if last else np.ascontiguousarray(np.moveaxis(y, -1, ax))
 
     def backward(self, dy):
-        x2, xl_shape, ax, train = self._cache
+        x2, xl_shape, ax, train, synced, count = self._cache
         c = x2.shape[1]
         dy = np.asarray(dy, dtype=self.dtype)
         last = ax == len(xl_shape) - 1
@@ -200,14 +222,27 @@ class BatchNormalization(Layer):
         if dy2.shape != x2.shape:
             raise ValueError(f"{self.name}: gradient of shape {dy.shape} does not match the output")
         dx2 = self.workspace("dx", x2.shape)
-        empty = self.state["moving_mean"][:0]
-        self.kernels("norm").batch_norm_backward(
-            x2, dy2, self.params["gamma"] if self.scale else empty, self.workspace("mean", (c,)),
-            self.workspace("rstd", (c,)), train, self.scale, self.center, self.workspace("bwork", (4, c)),
-            dx2, self.grads["gamma"] if self.scale else self.workspace("dgamma", (c,)),
-            self.grads["beta"] if self.center else self.workspace("dbeta", (c,)))
+        gamma = self.params["gamma"] if self.scale else self.state["moving_mean"][:0]
+        mean, rstd, work = self.workspace("mean", (c,)), self.workspace("rstd", (c,)), self.workspace("bwork", (4, c))
+        # the column sums of dy and dy * xhat are dbeta and dgamma
+        sdy = self.grads["beta"] if self.center else work[2]
+        sdx = self.grads["gamma"] if self.scale else work[3]
+        k = self.kernels("norm")
+        if synced:
+            # dx needs the global batch's sums; dgamma/dbeta keep this shard's (the trainer sums them)
+            k.batch_norm_backward_sums(x2, dy2, mean, rstd, work, sdy, sdx)
+            sums = self.stat_sync(np.concatenate([sdy, sdx])).astype(self.dtype)
+            k.batch_norm_backward_dx(x2, dy2, gamma, mean, rstd, sums[:c], sums[c:], count, True, self.scale,
+                                     work, dx2)
+        else:
+            k.batch_norm_backward(x2, dy2, gamma, mean, rstd, train, self.scale, self.center, work, dx2,
+                                  sdx, sdy)
         dx = dx2.reshape(xl_shape)
         return dx if last else np.ascontiguousarray(np.moveaxis(dx, -1, ax))
+
+    def _too_few(self, shape):
+        raise ValueError(f"{self.name}: batch statistics need at least 2 values per channel, "
+                         f"got input of shape {shape}")
 
     def get_config(self):
         cfg = super().get_config()

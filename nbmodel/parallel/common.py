@@ -26,16 +26,19 @@ noise of the WHOLE global batch and keeps its shard's rows, so Dropout gives
 the same masks as one process (every replica's generator advances alike,
 including replicas whose shard of a short last batch is empty).
 
-BatchNormalization normalizes each shard with the shard's own statistics
-(not the global batch's), so it cannot match one process; its moving
-statistics are averaged over replicas at the end of every epoch (the update
-is linear, so averaging once equals averaging every step). A warning says so.
+BatchNormalization: each replica's layer gets a ``StatSync`` that sums its
+per-channel sums (count and sum, then centred squares in forward; dy and
+dy * xhat in backward) over every replica in a fixed order, so each shard is
+normalized with the statistics of the global batch, dx is that of the global
+batch, and every replica updates its moving statistics alike. A replica with
+an empty shard (short last batch) adds zeros to the same sequence of sums.
+At the end of an epoch the moving statistics of replica 0 (whose shard is
+never empty) become everyone's.
 """
 from __future__ import annotations
 
 import copy
 import time
-import warnings
 
 import numpy as np
 
@@ -78,8 +81,79 @@ def layer_classes(model):
     return {type(layer).__name__: type(layer) for layer in walk_layers(model)}
 
 
-def uses_batch_norm(model):
-    return any(type(layer).__name__.startswith("BatchNormalization") for layer in walk_layers(model))
+def synced_layers(model):
+    """Layers whose training forward needs statistics of the whole global batch (BatchNormalization)."""
+    return [layer for layer in walk_layers(model) if hasattr(layer, "stat_sync")]
+
+
+def stat_sync_size(model):
+    """Longest vector a StatSync sums for this model (0: no synced layer): 2 * channels + 1."""
+    return max((2 * layer.state["moving_mean"].shape[0] + 1 for layer in synced_layers(model)), default=0)
+
+
+class StatSync:
+    """Sums float64 vectors over replicas for BatchNormalization's batch statistics.
+
+    ``reduce(buf)`` sums ``buf`` in place over every replica (each replica makes
+    the same sequence of calls in a step). The sizes of the last non-empty
+    step's calls are kept so that a replica with an empty shard can ``replay``
+    the sequence with zeros.
+    """
+
+    def __init__(self, reduce):
+        self.reduce = reduce
+        self._sizes = None
+        self._last = ()
+
+    def __call__(self, values):
+        buf = np.array(values, dtype=np.float64).reshape(-1)
+        if self._sizes is not None:
+            self._sizes.append(buf.size)
+        self.reduce(buf)
+        return buf
+
+    def begin(self):
+        self._sizes = []
+
+    def end(self):
+        if self._sizes:
+            self._last = tuple(self._sizes)
+        self._sizes = None
+
+    def replay(self):
+        for size in self._last:
+            self.reduce(np.zeros(size))
+
+
+class SharedSlotsReduce:
+    """StatSync's reduction between worker processes: each writes its vector to
+    its row of a shared (2, replicas, size) array, waits at a barrier, and sums
+    the rows in replica order (so every replica gets the same bits). Calls
+    alternate between the two halves: a replica can only write the half it read
+    two calls ago after everyone has passed the barrier of the call between."""
+
+    def __init__(self, slots, rank, barrier):
+        self.slots, self.rank, self.barrier = slots, rank, barrier
+        self.half = 0
+
+    def __call__(self, buf):
+        rows = self.slots[self.half, :, :buf.size]
+        self.half ^= 1
+        rows[self.rank] = buf
+        self.barrier.wait()
+        np.copyto(buf, rows[0])
+        for r in range(1, rows.shape[0]):
+            buf += rows[r]
+
+
+def install_stat_sync(model, sync):
+    for layer in synced_layers(model):
+        layer.stat_sync = sync
+
+
+def uninstall_stat_sync(model):
+    for layer in synced_layers(model):
+        layer.__dict__.pop("stat_sync", None)
 
 
 def state_positions(model):
@@ -106,12 +180,6 @@ def set_state_arrays(model, positions, arrays):
     for i, a in zip(positions, arrays):
         weights[i] = a
     model.set_weights(weights)
-
-
-def mean_from_reference(reference, deltas_sum, replicas):
-    """reference + (sum of (x_r - reference)) / R: the replica mean, and exactly
-    ``reference`` when all replicas agree (a plain sum / R can round)."""
-    return (reference.astype(np.float64) + deltas_sum / replicas).astype(reference.dtype)
 
 
 def bind_flat(model, params, grads):
@@ -270,10 +338,13 @@ class ShardRunner:
     """One replica's part of a step: forward, loss, backward over its shard into
     the model's flat gradient buffer, and the extras into ``extras``."""
 
-    def __init__(self, model, xs, ys, sw, plan, extras):
+    def __init__(self, model, xs, ys, sw, plan, extras, stat_sync=None):
         self.model, self.xs, self.ys, self.sw, self.plan = model, xs, ys, sw, plan
         self.extras = extras
         self.proxies = install_rngs(model)
+        self.stat_sync = stat_sync
+        if stat_sync is not None:
+            install_stat_sync(model, stat_sync)
         # private metric objects: the model's own accumulate the reduced totals (same process under MPI)
         self.metrics = [(k, copy.deepcopy(m)) for k, _, m in model._metrics or []]
 
@@ -286,9 +357,13 @@ class ShardRunner:
             model._packed["grads"][...] = 0
             for p in self.proxies:
                 p.replay(total)
+            if self.stat_sync is not None:
+                self.stat_sync.replay()
             return
         for p in self.proxies:
             p.begin(lo, hi, total)
+        if self.stat_sync is not None:
+            self.stat_sync.begin()
         try:
             bx = [a[idx] for a in self.xs]
             by = [a[idx] for a in self.ys]
@@ -314,6 +389,8 @@ class ShardRunner:
         finally:
             for p in self.proxies:
                 p.end()
+            if self.stat_sync is not None:
+                self.stat_sync.end()
         off = 2 * n_out
         for j, (_, m) in enumerate(self.metrics):
             ex[off + 2 * j: off + 2 * j + 2] = m.totals()
@@ -327,7 +404,8 @@ def run_fit(model, backend, xs, ys, sw, val, batch_size, epochs, verbose, callba
     The backend provides: ``is_root``, ``replicas``, ``keep_callback(cb)``,
     ``agree(obj)`` (root's value on every replica), ``start(plan)``,
     ``step(idx) -> extras`` (reduced; the summed gradient is in the model's
-    flat grad buffer), ``epoch_begin()``, ``sync_state()``, ``finish(completed)``.
+    flat grad buffer), ``epoch_begin()``, ``sync_state()`` (replica 0's moving
+    statistics to the model), ``finish(completed)``.
     """
     from .. import callbacks as cb_mod
     from ..data import BatchIterator
@@ -337,10 +415,6 @@ def run_fit(model, backend, xs, ys, sw, val, batch_size, epochs, verbose, callba
         raise ValueError(f"fit: a global batch of {min(batch_size, n)} samples cannot be split over "
                          f"{backend.replicas} replicas; use batch_size >= {backend.replicas}")
     plan = loss_plan(model)
-    if uses_batch_norm(model):
-        warnings.warn("data-parallel fit: BatchNormalization normalizes each replica's shard with the "
-                      "shard's own batch statistics (its moving statistics are averaged over replicas), "
-                      "so results differ from training in one process", RuntimeWarning, stacklevel=4)
     ensure_metrics(model, ys)
     batches = BatchIterator(n, batch_size, shuffle, model._rng)
     steps = len(batches) if steps_per_epoch is None else min(int(steps_per_epoch), len(batches))

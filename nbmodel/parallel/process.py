@@ -32,9 +32,9 @@ from multiprocessing.connection import wait
 
 import numpy as np
 
-from .common import (ParallelError, ShardRunner, bind_flat, ensure_metrics, extras_size, get_state_arrays,
-                     layer_classes, mean_from_reference, rng_states, set_rng_states, set_state_arrays,
-                     shard_bounds, state_positions)
+from .common import (ParallelError, ShardRunner, SharedSlotsReduce, StatSync, bind_flat, ensure_metrics,
+                     extras_size, get_state_arrays, layer_classes, rng_states, set_rng_states, set_state_arrays,
+                     shard_bounds, stat_sync_size, state_positions)
 
 SHM_PREFIX = "nbm"
 _counter = itertools.count()
@@ -96,7 +96,7 @@ def _worker_main(rank, conn, spec):
 
         config.set_floatx(spec["floatx"])
         config.set_num_threads(spec["threads"])
-        for key in ("xs", "ys", "sw", "params", "grads", "extras"):
+        for key in ("xs", "ys", "sw", "params", "grads", "extras", "stat_slots"):
             specs = spec[key]
             if specs is None:
                 continue
@@ -116,7 +116,10 @@ def _worker_main(rank, conn, spec):
         ys = [s.array for s in spec["ys"]]
         sw = spec["sw"].array if spec["sw"] is not None else None
         ensure_metrics(model, ys)
-        runner = ShardRunner(model, xs, ys, sw, spec["plan"], spec["extras"].array)
+        sync = None
+        if spec["stat_slots"] is not None:
+            sync = StatSync(SharedSlotsReduce(spec["stat_slots"].array, rank, spec["stat_barrier"]))
+        runner = ShardRunner(model, xs, ys, sw, spec["plan"], spec["extras"].array, sync)
         positions = state_positions(model)
         conn.send(("ready",))
         while True:
@@ -194,13 +197,18 @@ class ProcessBackend:
             self.grads = [self._segment(shape=packed["params"].shape, dtype=packed["params"].dtype)
                           for _ in range(self.replicas)]
             self.extras = [self._segment(shape=(n_extra,), dtype=np.float64) for _ in range(self.replicas)]
+            sync_size = stat_sync_size(model)
+            ctx = mp.get_context("spawn")
+            # BatchNormalization's statistics: summed between the workers, mid-step (common.StatSync)
+            slots = self._segment(shape=(2, self.replicas, sync_size), dtype=np.float64) if sync_size else None
+            data.update(stat_slots=slots.spec() if slots else None,
+                        stat_barrier=ctx.Barrier(self.replicas) if sync_size else None)
             threads = max(1, config.available_cores() // self.replicas)
             base = {"config": io.model_config(model), "classes": layer_classes(model),
                     "weights": model.get_weights(), "floatx": packed["params"].dtype.name,
                     "losses": model._losses, "loss_weights": model._loss_weights,
                     "metric_specs": model._metric_specs, "rng_states": rng_states(model), "plan": plan,
                     "threads": threads, "params": self.params.spec(), **data}
-            ctx = mp.get_context("spawn")
             env_keys = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                         "NBMODEL_NUM_THREADS")
             saved = {k: os.environ.get(k) for k in env_keys}
@@ -303,18 +311,11 @@ class ProcessBackend:
             self._gather("ok")
 
     def sync_state(self):
+        """Replica 0's moving statistics (every replica with a non-empty shard agrees) to the model."""
         if not self.positions:
             return
         self._send_all([("get_state",)] * self.replicas)
-        states = [msg[1] for msg in self._gather("state")]
-        ref = states[0]
-        mean = []
-        for i, a in enumerate(ref):
-            d = np.zeros(a.shape, np.float64)
-            for s in states[1:]:
-                d += s[i].astype(np.float64) - a
-            mean.append(mean_from_reference(a, d, self.replicas))
-        set_state_arrays(self.model, self.positions, mean)
+        set_state_arrays(self.model, self.positions, self._gather("state")[0][1])
 
     def finish(self, completed):
         try:

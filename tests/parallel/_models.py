@@ -28,6 +28,7 @@ FAMILIES = {
     "ignore_class": ("core",),
     "dropout": ("core",),
     "conv": ("conv", "pooling"),
+    "batchnorm": ("conv", "pooling", "normalization"),
     "recurrent": ("recurrent", "embedding"),
     "attention": ("attention",),
 }
@@ -110,6 +111,22 @@ def case(family):
             m.compile(optimizer=nb.optimizers.Adam(1e-2), loss=_sparse_ce())
             return m
         fit.update(batch_size=8)
+        return build, x, y, fit
+
+    if family == "batchnorm":
+        # 26 = 3 * 8 + 2: the last batch of 2 leaves one of 3 replicas an empty shard, and the
+        # Dense-side BatchNormalization then has 1 row per non-empty shard (2 in the global batch)
+        x = rng.random((26, 5, 5, 2)) * 2 + 1
+        y = rng.integers(0, 3, 26)
+
+        def build():
+            m = nb.Sequential([L.Input((5, 5, 2)), L.Conv2D(3, 3, padding="same"),
+                               L.BatchNormalization(momentum=0.5), L.Activation("relu"), L.MaxPooling2D(2),
+                               L.Flatten(), L.Dense(4), L.BatchNormalization(center=False, momentum=0.8),
+                               L.Dense(3)], seed=10)
+            m.compile(optimizer=nb.optimizers.Adam(1e-2), loss=_sparse_ce(), metrics=["accuracy"])
+            return m
+        fit.update(validation_split=0.1)  # validation runs on the moving statistics
         return build, x, y, fit
 
     if family == "recurrent":

@@ -122,22 +122,19 @@ def test_checkpoints_move_between_parallel_and_single(tmp_path, float64):
         np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
 
 
-def test_batch_normalization_warns_and_averages_moving_statistics(float64):
+def test_batch_normalization_uses_global_batch_statistics(float64):
+    """One step: the moving statistics are those of the whole batch, not of either shard."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((16, 3)) * 3 + 1
     y = rng.integers(0, 2, 16)
     model = nb.Sequential([L.Input((3,)), L.Dense(4), L.BatchNormalization(momentum=0.5), L.Dense(2)], seed=0)
     model.compile(optimizer="adam", loss=nb.losses.SparseCategoricalCrossentropy(from_logits=True))
     h = model.layers[0].forward(x)  # the BN input of the one step, before the update
-    shards = [h[:8], h[8:]]
-    with pytest.warns(RuntimeWarning, match="BatchNormalization"):
-        model.fit(x, y, verbose=0, workers=2, epochs=1, batch_size=16, shuffle=False)
+    model.fit(x, y, verbose=0, workers=2, epochs=1, batch_size=16, shuffle=False)
     bn = model.layers[1]
-    # momentum 0.5 from (0, 1): each shard updates with its own statistics, then they are averaged
-    mean = np.mean([0.5 * s.mean(axis=0) for s in shards], axis=0)
-    var = np.mean([0.5 + 0.5 * s.var(axis=0) for s in shards], axis=0)
-    np.testing.assert_allclose(bn.state["moving_mean"], mean, rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(bn.state["moving_variance"], var, rtol=1e-12)
+    np.testing.assert_allclose(bn.state["moving_mean"], 0.5 * h.mean(axis=0), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(bn.state["moving_variance"], 0.5 + 0.5 * h.var(axis=0), rtol=1e-12)
+    assert bn.stat_sync is None  # nothing of the workers' synchronization stays on the model
 
 
 def test_cli_train_with_workers(tmp_path, capsys):

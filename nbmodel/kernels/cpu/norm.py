@@ -148,23 +148,26 @@ _BN_BLOCK = 256
 
 
 @jit
-def batch_norm_stats(x, work, mean, var):
-    """mean and biased variance of each column of x; work (c,) is scratch."""
+def batch_norm_column_sums(x, work, out):
+    """out[j] = sum over rows of x[:, j]; work (c,) is scratch."""
     m, c = x.shape
-    one = x.dtype.type(1)
-    zero = one - one
-    inv_m = one / x.dtype.type(m)
-    mean[:] = zero
+    zero = x.dtype.type(0)
+    out[:] = zero
     for r0 in range(0, m, _BN_BLOCK):
         work[:] = zero
         for r in range(r0, min(m, r0 + _BN_BLOCK)):
             for j in range(c):
                 work[j] += x[r, j]
         for j in range(c):
-            mean[j] += work[j]
-    for j in range(c):
-        mean[j] *= inv_m
-    var[:] = zero
+            out[j] += work[j]
+
+
+@jit
+def batch_norm_centered_squares(x, mean, work, out):
+    """out[j] = sum over rows of (x[:, j] - mean[j])**2; work (c,) is scratch."""
+    m, c = x.shape
+    zero = x.dtype.type(0)
+    out[:] = zero
     for r0 in range(0, m, _BN_BLOCK):
         work[:] = zero
         for r in range(r0, min(m, r0 + _BN_BLOCK)):
@@ -172,9 +175,41 @@ def batch_norm_stats(x, work, mean, var):
                 d = x[r, j] - mean[j]
                 work[j] += d * d
         for j in range(c):
-            var[j] += work[j]
-    for j in range(c):
+            out[j] += work[j]
+
+
+@jit
+def batch_norm_stats(x, work, mean, var):
+    """mean and biased variance of each column of x (two passes); work (c,) is scratch."""
+    inv_m = x.dtype.type(1) / x.dtype.type(x.shape[0])
+    batch_norm_column_sums(x, work, mean)
+    for j in range(mean.shape[0]):
+        mean[j] *= inv_m
+    batch_norm_centered_squares(x, mean, work, var)
+    for j in range(var.shape[0]):
         var[j] *= inv_m
+
+
+@jit
+def batch_norm_update_moving(mean, var, eps, momentum, moving_mean, moving_var, rstd):
+    """moving = moving * momentum + batch * (1 - momentum); rstd = 1 / sqrt(var + eps)."""
+    one = mean.dtype.type(1)
+    for j in range(mean.shape[0]):
+        moving_mean[j] = moving_mean[j] * momentum + mean[j] * (one - momentum)
+        moving_var[j] = moving_var[j] * momentum + var[j] * (one - momentum)
+        rstd[j] = one / np.sqrt(var[j] + eps)
+
+
+@jit
+def batch_norm_apply(x, gamma, beta, mean, rstd, use_scale, use_center, work, out):
+    """out = (x - mean) * rstd * gamma + beta; work (c,) is scratch."""
+    m, c = x.shape
+    for j in range(c):
+        work[j] = rstd[j] * gamma[j] if use_scale else rstd[j]
+    for r in range(m):
+        for j in range(c):
+            v = (x[r, j] - mean[j]) * work[j]
+            out[r, j] = v + beta[j] if use_center else v
 
 
 @jit
@@ -187,42 +222,22 @@ def batch_norm_forward(x, gamma, beta, eps, momentum, training, use_scale, use_c
     Otherwise the moving statistics are used. mean and rstd (c,) are written
     for backward; work (c,) is scratch.
     """
-    m, c = x.shape
     one = x.dtype.type(1)
     if training:
         batch_norm_stats(x, work, mean, rstd)  # rstd holds the variance for now
-        for j in range(c):
-            moving_mean[j] = moving_mean[j] * momentum + mean[j] * (one - momentum)
-            moving_var[j] = moving_var[j] * momentum + rstd[j] * (one - momentum)
-            rstd[j] = one / np.sqrt(rstd[j] + eps)
+        batch_norm_update_moving(mean, rstd, eps, momentum, moving_mean, moving_var, rstd)
     else:
-        for j in range(c):
+        for j in range(x.shape[1]):
             mean[j] = moving_mean[j]
             rstd[j] = one / np.sqrt(moving_var[j] + eps)
-    # out = x * a + b with a = rstd * gamma, b = beta - mean * a
-    for j in range(c):
-        a = rstd[j] * gamma[j] if use_scale else rstd[j]
-        work[j] = a
-    for r in range(m):
-        for j in range(c):
-            v = (x[r, j] - mean[j]) * work[j]
-            out[r, j] = v + beta[j] if use_center else v
+    batch_norm_apply(x, gamma, beta, mean, rstd, use_scale, use_center, work, out)
 
 
 @jit
-def batch_norm_backward(x, dy, gamma, mean, rstd, training, use_scale, use_center, work,
-                        dx, dgamma, dbeta):
-    """Gradients of batch_norm_forward; dgamma/dbeta (c,) overwritten.
-
-    training: dx = g * rstd / m * (m * dy - sum(dy) - xhat * sum(dy * xhat)),
-    g = gamma; in inference mode the statistics are constants: dx = dy * g * rstd.
-    work (4, c) is scratch.
-    """
+def batch_norm_backward_sums(x, dy, mean, rstd, work, sdy, sdx):
+    """sdy[j] = sum(dy[:, j]) and sdx[j] = sum(dy[:, j] * xhat[:, j]); work (2, c) is scratch."""
     m, c = x.shape
-    one = x.dtype.type(1)
-    zero = one - one
-    sdy = dbeta if use_center else work[2]
-    sdx = dgamma if use_scale else work[3]
+    zero = x.dtype.type(0)
     sdy[:] = zero
     sdx[:] = zero
     for r0 in range(0, m, _BN_BLOCK):
@@ -237,10 +252,20 @@ def batch_norm_backward(x, dy, gamma, mean, rstd, training, use_scale, use_cente
         for j in range(c):
             sdy[j] += work[0, j]
             sdx[j] += work[1, j] * rstd[j]
-    inv_m = one / x.dtype.type(m)
+
+
+@jit
+def batch_norm_backward_dx(x, dy, gamma, mean, rstd, sdy, sdx, count, training, use_scale, work, dx):
+    """dx from the column sums of batch_norm_backward_sums taken over ``count`` rows
+    (this x's rows, or the global batch's under data parallel); work (2, c) is scratch.
+
+    training: dx = g * rstd / count * (count * dy - sdy - xhat * sdx), g = gamma;
+    in inference mode the statistics are constants: dx = dy * g * rstd.
+    """
+    m, c = x.shape
+    inv_m = x.dtype.type(1) / x.dtype.type(count)
     for j in range(c):
-        a = rstd[j] * gamma[j] if use_scale else rstd[j]
-        work[0, j] = a
+        work[0, j] = rstd[j] * gamma[j] if use_scale else rstd[j]
         work[1, j] = sdy[j] * inv_m
     if training:
         for r in range(m):
@@ -251,3 +276,13 @@ def batch_norm_backward(x, dy, gamma, mean, rstd, training, use_scale, use_cente
         for r in range(m):
             for j in range(c):
                 dx[r, j] = dy[r, j] * work[0, j]
+
+
+@jit
+def batch_norm_backward(x, dy, gamma, mean, rstd, training, use_scale, use_center, work,
+                        dx, dgamma, dbeta):
+    """Gradients of batch_norm_forward; dgamma/dbeta (c,) overwritten. work (4, c) is scratch."""
+    sdy = dbeta if use_center else work[2]
+    sdx = dgamma if use_scale else work[3]
+    batch_norm_backward_sums(x, dy, mean, rstd, work, sdy, sdx)
+    batch_norm_backward_dx(x, dy, gamma, mean, rstd, sdy, sdx, x.shape[0], training, use_scale, work, dx)
