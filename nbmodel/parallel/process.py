@@ -3,12 +3,14 @@
 The parent keeps the model, the optimizer, the callbacks and the logs; N
 spawned workers only compute gradients. Shared memory (created by the parent,
 unlinked in ``finally``) holds, once per fit, the training arrays; for the
-whole fit, the parameters (written by the parent after each optimizer step)
-and one gradient buffer plus one float64 extras vector per worker. Per step
-the parent sends each worker the indices of its shard through a pipe, waits
-for every reply while watching the process sentinels, sums the gradient
-buffers in worker order into the model's flat gradient (a fixed order, so the
-result is the same run after run) and applies the optimizer once.
+whole fit, the parameters (written by the parent after each optimizer step),
+the indices of the current global batch, and one gradient buffer plus one
+float64 extras vector per worker. Per step the parent writes the batch's
+indices, sends each worker a 9-byte wake-up (b"S" + the batch size) through
+its pipe, waits for every 1-byte reply while watching the process sentinels,
+sums the gradient buffers in worker order into the model's flat gradient (a
+fixed order, so the result is the same run after run) and applies the
+optimizer once. Other messages (state, generators, errors) are pickled.
 
 Workers are spawned (never forked: numba's thread pool may already run in the
 parent), each with ``cores // N`` threads for numba and BLAS, rebuild the model
@@ -23,8 +25,10 @@ from __future__ import annotations
 import itertools
 import multiprocessing as mp
 import os
+import pickle
 import secrets
 import signal
+import struct
 import sys
 import traceback
 from multiprocessing import shared_memory
@@ -43,6 +47,9 @@ _counter = itertools.count()
 # normally seen at once through its sentinel; this bounds the worst case)
 _POLL_S = 1.0
 _START_TIMEOUT_S = 600.0
+# the per-step messages, kept out of pickle (a pickled message starts with b"\x80")
+_STEP = b"S"   # + int64 batch size: run your shard of the batch in the shared index array
+_DONE = b"K"   # the shard's gradient and extras are written
 
 
 def segment_prefix(pid=None):
@@ -96,7 +103,7 @@ def _worker_main(rank, conn, spec):
 
         config.set_floatx(spec["floatx"])
         config.set_num_threads(spec["threads"])
-        for key in ("xs", "ys", "sw", "params", "grads", "extras", "stat_slots"):
+        for key in ("xs", "ys", "sw", "params", "grads", "extras", "batch", "stat_slots"):
             specs = spec[key]
             if specs is None:
                 continue
@@ -121,15 +128,19 @@ def _worker_main(rank, conn, spec):
             sync = StatSync(SharedSlotsReduce(spec["stat_slots"].array, rank, spec["stat_barrier"]))
         runner = ShardRunner(model, xs, ys, sw, spec["plan"], spec["extras"].array, sync)
         positions = state_positions(model)
+        batch, replicas = spec["batch"].array, spec["replicas"]
         conn.send(("ready",))
         while True:
-            msg = conn.recv()
+            raw = conn.recv_bytes()
+            if raw[:1] == _STEP:
+                (total,) = struct.unpack("<q", raw[1:])
+                lo, hi = shard_bounds(total, replicas)[rank]
+                runner.run(batch[lo:hi], lo, hi, total)
+                conn.send_bytes(_DONE)
+                continue
+            msg = pickle.loads(raw)
             kind = msg[0]
-            if kind == "step":
-                _, idx, lo, hi, total = msg
-                runner.run(idx, lo, hi, total)
-                conn.send(("ok",))
-            elif kind == "get_state":
+            if kind == "get_state":
                 conn.send(("state", get_state_arrays(model, positions)))
             elif kind == "set_state":
                 set_state_arrays(model, positions, msg[1])
@@ -193,6 +204,7 @@ class ProcessBackend:
                     "ys": [self._segment(a).spec() for a in self.ys],
                     "sw": self._segment(self.sw).spec() if self.sw is not None else None}
             self.params = self._segment(packed["params"])
+            self.batch = self._segment(shape=(self.xs[0].shape[0],), dtype=np.int64)
             n_extra = extras_size(model)
             self.grads = [self._segment(shape=packed["params"].shape, dtype=packed["params"].dtype)
                           for _ in range(self.replicas)]
@@ -208,7 +220,8 @@ class ProcessBackend:
                     "weights": model.get_weights(), "floatx": packed["params"].dtype.name,
                     "losses": model._losses, "loss_weights": model._loss_weights,
                     "metric_specs": model._metric_specs, "rng_states": rng_states(model), "plan": plan,
-                    "threads": threads, "params": self.params.spec(), **data}
+                    "threads": threads, "params": self.params.spec(), "batch": self.batch.spec(),
+                    "replicas": self.replicas, **data}
             env_keys = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                         "NBMODEL_NUM_THREADS")
             saved = {k: os.environ.get(k) for k in env_keys}
@@ -258,9 +271,10 @@ class ProcessBackend:
                     self._died(r)
                 if kind == "conn" or self.conns[r].poll():
                     try:
-                        msg = self.conns[r].recv()
+                        raw = self.conns[r].recv_bytes()
                     except (EOFError, ConnectionError):
                         self._died(r)
+                    msg = ("done",) if raw == _DONE else pickle.loads(raw)
                     if msg[0] == "error":
                         raise ParallelError(f"data-parallel worker {r} (pid {self.procs[r].pid}) raised an "
                                             f"exception:\n{msg[1]}")
@@ -284,7 +298,10 @@ class ProcessBackend:
     def _send_all(self, msgs):
         for r, msg in enumerate(msgs):
             try:
-                self.conns[r].send(msg)
+                if isinstance(msg, bytes):
+                    self.conns[r].send_bytes(msg)
+                else:
+                    self.conns[r].send(msg)
             except (BrokenPipeError, ConnectionError, EOFError):
                 self._died(r)
 
@@ -293,9 +310,9 @@ class ProcessBackend:
         packed = self.model._packed
         np.copyto(self.params.array, packed["params"])
         total = len(idx)
-        msgs = [("step", idx[lo:hi], lo, hi, total) for lo, hi in shard_bounds(total, self.replicas)]
-        self._send_all(msgs)
-        self._gather("ok")
+        self.batch.array[:total] = idx
+        self._send_all([_STEP + struct.pack("<q", total)] * self.replicas)
+        self._gather("done")
         g = packed["grads"]
         np.copyto(g, self.grads[0].array)
         extras = self.extras[0].array.copy()
