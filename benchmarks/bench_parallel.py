@@ -18,7 +18,8 @@ synthetic data at one GLOBAL batch size:
 Throughput is measured over the second epoch only (the first pays for spawning
 workers and loading kernels), from the first to the last step's end as the
 parent sees it. Configurations are interleaved and repeated; the median is
-reported, with the ratio to "1 process, all cores" measured in the same run.
+reported, with the ratios to "1 process, all cores" and to "1 process, 1
+thread" (the resources of one of the two workers) measured in the same run.
 asv runs ``ParallelThroughput.track_samples_per_s``.
 """
 from __future__ import annotations
@@ -145,12 +146,14 @@ def main(argv=None):
     med = run(models, args.batch, args.steps, args.repeats)
     print(f"global batch {args.batch}, {args.steps} steps per epoch, median of {args.repeats}, "
           f"{nb.config.available_cores()} cores")
-    print("| model | configuration | samples/s | vs 1 process, all cores |")
-    print("|---|---|---:|---:|")
+    print("| model | configuration | samples/s | vs 1 process, all cores | vs 1 process, 1 thread |")
+    print("|---|---|---:|---:|---:|")
     for m in models:
-        base = med[m]["1 process, all cores"]
+        base, one = med[m]["1 process, all cores"], med[m]["1 process, 1 thread"]
         for c in CONFIGS:
-            print(f"| {m} | {c} | {med[m][c]:.0f} | {med[m][c] / base:.2f}x |")
+            print(f"| {m} | {c} | {med[m][c]:.0f} | {med[m][c] / base:.2f}x | {med[m][c] / one:.2f}x |")
+    for m in models:
+        print(f"{m}: 2 workers reach {med[m]['2 workers'] / med[m][CONFIGS[-1]]:.0%} of the ceiling")
     return 0
 
 
