@@ -171,6 +171,29 @@ class RaiseInTraining(Layer):
         return dy
 
 
+class DieOnShardOf(Layer):
+    """Identity; in training, SIGKILLs its own process when its input has ``rows`` rows
+    (so exactly one data-parallel worker dies, mid-step, while the others go on)."""
+
+    def __init__(self, rows=2, **kwargs):
+        super().__init__(**kwargs)
+        self.rows = rows
+
+    def forward(self, x, training=False):
+        if training and x.shape[0] == self.rows:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        return x
+
+    def backward(self, dy):
+        return dy
+
+    def get_config(self):
+        return dict(super().get_config(), rows=self.rows)
+
+
 def assert_same_training(ref_model, ref_hist, model, hist, rtol=1e-10):
     """Weights and every history entry equal to ``rtol``.
 

@@ -79,6 +79,23 @@ def test_killed_worker_raises_and_cleans_up(float64):
     assert _workers_alive() == [] and _segments_left() == []
 
 
+def test_worker_killed_mid_step_while_others_wait_in_batch_norm_sync(float64):
+    """Shards of 3/3/2: the worker with 2 samples dies after BatchNormalization's forward,
+    while the two others wait for it in the backward's statistics sum."""
+    from _models import DieOnShardOf
+
+    x = np.random.default_rng(0).standard_normal((16, 3))
+    y = np.zeros(16, np.int64)
+    model = nb.Sequential([L.Input((3,)), L.Dense(4), L.BatchNormalization(), DieOnShardOf(2), L.Dense(2)],
+                          seed=0)
+    model.compile(optimizer="sgd", loss=nb.losses.SparseCategoricalCrossentropy(from_logits=True))
+    t0 = time.monotonic()
+    with pytest.raises(ParallelError, match="killed by signal 9"):
+        model.fit(x, y, verbose=0, workers=3, epochs=1, batch_size=8)
+    assert time.monotonic() - t0 < 60  # spawning included
+    assert _workers_alive() == [] and _segments_left() == []
+
+
 def test_worker_exception_reaches_the_parent(float64):
     x = np.random.default_rng(0).standard_normal((12, 3))
     y = np.zeros(12, np.int64)
