@@ -11,8 +11,6 @@ exact (see parallel/, which scales by the global count).
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from . import config
@@ -290,8 +288,8 @@ class Model:
             sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_batch_size=None,
             validation_freq=1, workers=1, distributed=None):
         """Train for ``epochs`` epochs; returns a History (``history.history`` dict of lists)."""
-        from . import callbacks as cb_mod
-        from .data import BatchIterator, prepare_fit_data
+        from .data import prepare_fit_data
+        from .training import LocalTrainer, run_fit
 
         self._require_compiled()
         if workers != 1 or distributed is not None:
@@ -309,62 +307,10 @@ class Model:
             raise ValueError(f"fit: batch_size must be >= 1, got {batch_size}")
         xs, ys, sample_weight, val = prepare_fit_data(self, x, y, sample_weight, class_weight,
                                                       validation_split, validation_data)
-        n = xs[0].shape[0]
-        batches = BatchIterator(n, batch_size, shuffle, self._rng)
-        steps = len(batches) if steps_per_epoch is None else min(int(steps_per_epoch), len(batches))
-
-        self.history = cb_mod.History()
-        cbs = cb_mod.CallbackList(callbacks, model=self, history=self.history, verbose=verbose,
-                                  epochs=epochs, steps=steps, samples=n)
-        self.stop_training = False
-        stop_on_nan = cbs.has(cb_mod.TerminateOnNaN)
-        multi_out = len(self._losses) > 1
-        cbs.on_train_begin()
-        epoch = initial_epoch
-        with finite_checks(False):
-            for epoch in range(cbs.start_epoch(initial_epoch), epochs):
-                cbs.on_epoch_begin(epoch)
-                self._reset_metrics()
-                loss_sum, n_seen, t0 = 0.0, 0, time.perf_counter()
-                out_sums = np.zeros(len(self._losses)) if multi_out else None
-                for step, idx in enumerate(batches.epoch()):
-                    if step >= steps:
-                        break
-                    cbs.on_train_batch_begin(step)
-                    bx = [a[idx] for a in xs]
-                    by = [a[idx] for a in ys]
-                    bw = None if sample_weight is None else sample_weight[idx]
-                    loss_value, preds, ok = self._train_step(bx, by, bw)
-                    if not ok:
-                        msg = (f"fit: non-finite loss {loss_value} at epoch {epoch + 1}, step {step + 1} "
-                               f"(batch of {len(idx)} samples); the weights were not updated")
-                        if stop_on_nan:
-                            cbs.on_nonfinite(msg)
-                            self.stop_training = True
-                            break
-                        raise FloatingPointError(msg)
-                    self._update_metrics(by, preds, bw)
-                    loss_sum += loss_value * len(idx)
-                    if multi_out:
-                        out_sums += np.asarray(self._output_losses) * len(idx)
-                    n_seen += len(idx)
-                    logs = self._logs(loss_sum, n_seen, output_sums=out_sums)
-                    logs["samples_per_s"] = n_seen / max(time.perf_counter() - t0, 1e-9)
-                    cbs.on_train_batch_end(step, logs)
-                    if self.stop_training:
-                        break
-                logs = self._logs(loss_sum, n_seen, output_sums=out_sums)
-                if val is not None and n_seen and (epoch + 1) % validation_freq == 0:
-                    val_logs = self.evaluate(val[0], val[1], sample_weight=val[2],
-                                             batch_size=validation_batch_size or batch_size,
-                                             verbose=0, return_dict=True, _standardized=True)
-                    logs.update({"val_" + k: v for k, v in val_logs.items()})
-                if n_seen:
-                    cbs.on_epoch_end(epoch, logs)
-                if self.stop_training:
-                    break
-        cbs.on_train_end()
-        return self.history
+        return run_fit(self, LocalTrainer(self, xs, ys, sample_weight), xs[0].shape[0], val,
+                       batch_size=batch_size, epochs=epochs, verbose=verbose, callbacks=callbacks,
+                       shuffle=shuffle, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+                       validation_batch_size=validation_batch_size, validation_freq=validation_freq)
 
     # -------------------------------------------------------------- evaluate
     def evaluate(self, x=None, y=None, batch_size=None, verbose=0, sample_weight=None, return_dict=False,

@@ -38,7 +38,6 @@ never empty) become everyone's.
 from __future__ import annotations
 
 import copy
-import time
 
 import numpy as np
 
@@ -396,102 +395,36 @@ class ShardRunner:
             ex[off + 2 * j: off + 2 * j + 2] = m.totals()
 
 
-# ------------------------------------------------------------ epoch loop
-def run_fit(model, backend, xs, ys, sw, val, batch_size, epochs, verbose, callbacks, shuffle,
-            initial_epoch, steps_per_epoch, validation_batch_size, validation_freq):
-    """The epoch loop of Model.fit over a backend (see process.py, mpi.py).
+# ------------------------------------------------------------ the trainers
+class ReplicatedTrainer:
+    """What the process and MPI trainers share (``nbmodel.training.run_fit`` drives them).
 
-    The backend provides: ``is_root``, ``replicas``, ``keep_callback(cb)``,
-    ``agree(obj)`` (root's value on every replica), ``start(plan)``,
-    ``step(idx) -> extras`` (reduced; the summed gradient is in the model's
-    flat grad buffer), ``epoch_begin()``, ``sync_state()`` (replica 0's moving
-    statistics to the model), ``finish(completed)``.
+    A subclass provides ``model``, ``replicas``, ``is_root``, ``keep_callback``,
+    ``agree``, ``start()`` (which may read ``self.plan``), ``epoch_begin``,
+    ``sync_state``, ``finish`` and ``step(idx) -> extras``: the reduced extras of
+    the step, with the summed gradient in the model's flat grad buffer.
     """
-    from .. import callbacks as cb_mod
-    from ..data import BatchIterator
+
+    plan = None
+
+    def train_step(self, idx):
+        model = self.model
+        extras = self.step(idx)
+        loss_value, per_output, grad_scale = reduce_step(model, extras, self.plan)
+        if np.isfinite(loss_value):
+            model.optimizer.apply(model._packed["params"], model._packed["grads"], grad_scale)
+            merge_metrics(model, extras)
+        return loss_value, per_output
+
+
+def fit_replicated(model, trainer, xs, ys, val, batch_size, **kw):
+    """``run_fit`` with a ReplicatedTrainer, once the global batch is known to split."""
+    from ..training import run_fit
 
     n = xs[0].shape[0]
-    if min(batch_size, n) < backend.replicas:
+    if min(batch_size, n) < trainer.replicas:
         raise ValueError(f"fit: a global batch of {min(batch_size, n)} samples cannot be split over "
-                         f"{backend.replicas} replicas; use batch_size >= {backend.replicas}")
-    plan = loss_plan(model)
+                         f"{trainer.replicas} replicas; use batch_size >= {trainer.replicas}")
+    trainer.plan = loss_plan(model)
     ensure_metrics(model, ys)
-    batches = BatchIterator(n, batch_size, shuffle, model._rng)
-    steps = len(batches) if steps_per_epoch is None else min(int(steps_per_epoch), len(batches))
-
-    model.history = cb_mod.History()
-    user_cbs = [cb for cb in (callbacks or []) if backend.keep_callback(cb)]
-    cbs = cb_mod.CallbackList(user_cbs, model=model, history=model.history,
-                              verbose=verbose if backend.is_root else 0, epochs=epochs, steps=steps, samples=n)
-    model.stop_training = False
-    stop_on_nan = cbs.has(cb_mod.TerminateOnNaN)
-    multi_out = len(model._losses) > 1
-    cbs.on_train_begin()
-    start_epoch = backend.agree(cbs.start_epoch(initial_epoch))
-    backend.start(plan)
-    nonfinite, completed = None, False
-    try:
-        with finite_checks(False):
-            for epoch in range(start_epoch, epochs):
-                cbs.on_epoch_begin(epoch)
-                backend.epoch_begin()
-                model._reset_metrics()
-                loss_sum, n_seen, t0 = 0.0, 0, time.perf_counter()
-                out_sums = np.zeros(len(model._losses)) if multi_out else None
-                for step, idx in enumerate(batches.epoch()):
-                    if step >= steps:
-                        break
-                    cbs.on_train_batch_begin(step)
-                    extras = backend.step(idx)
-                    loss_value, per_output, grad_scale = reduce_step(model, extras, plan)
-                    if not np.isfinite(loss_value):
-                        msg = (f"fit: non-finite loss {loss_value} at epoch {epoch + 1}, step {step + 1} "
-                               f"(batch of {len(idx)} samples); the weights were not updated")
-                        if stop_on_nan:
-                            cbs.on_nonfinite(msg)
-                            model.stop_training = True
-                            break
-                        nonfinite = msg
-                        break
-                    model.optimizer.apply(model._packed["params"], model._packed["grads"], grad_scale)
-                    merge_metrics(model, extras)
-                    loss_sum += loss_value * len(idx)
-                    if multi_out:
-                        out_sums += np.asarray(per_output) * len(idx)
-                    n_seen += len(idx)
-                    logs = model._logs(loss_sum, n_seen, output_sums=out_sums)
-                    logs["samples_per_s"] = n_seen / max(time.perf_counter() - t0, 1e-9)
-                    cbs.on_train_batch_end(step, logs)
-                    if model.stop_training:
-                        break
-                if nonfinite:
-                    break
-                backend.sync_state()
-                logs = model._logs(loss_sum, n_seen, output_sums=out_sums)
-                if val is not None and n_seen and (epoch + 1) % validation_freq == 0:
-                    val_logs = None
-                    if backend.is_root:
-                        val_logs = model.evaluate(val[0], val[1], sample_weight=val[2],
-                                                  batch_size=validation_batch_size or batch_size,
-                                                  verbose=0, return_dict=True, _standardized=True)
-                    logs.update({"val_" + k: v for k, v in backend.agree(val_logs).items()})
-                # every replica sees the root's logs, so callbacks decide alike everywhere
-                logs = backend.agree(logs)
-                if n_seen:
-                    cbs.on_epoch_end(epoch, logs)
-                lr = model.optimizer._learning_rate
-                stop, lr = backend.agree((bool(model.stop_training), lr if not callable(lr) else None))
-                model.stop_training = stop
-                if lr is not None:
-                    model.optimizer._learning_rate = lr
-                if stop:
-                    break
-        completed = True
-    finally:
-        backend.finish(completed)
-    if nonfinite:
-        err = FloatingPointError(nonfinite)
-        err.nbmodel_all_replicas = True  # every MPI rank raises it: no abort needed
-        raise err
-    cbs.on_train_end()
-    return model.history
+    return run_fit(model, trainer, n, val, batch_size=batch_size, **kw)

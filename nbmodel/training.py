@@ -1,0 +1,144 @@
+"""The epoch loop of ``Model.fit``, shared by one process and the data-parallel trainers.
+
+``run_fit`` drives a *trainer* through the epochs: batches, callbacks, logs,
+validation, the non-finite-loss rule. The trainer owns the step and whatever
+replicas it has:
+
+- ``is_root``: True where logs are printed and files written;
+- ``replicas``: how many processes share each global batch;
+- ``keep_callback(cb)``: whether this replica runs ``cb``;
+- ``agree(obj)``: the root's ``obj`` on every replica;
+- ``start()``, ``epoch_begin()``, ``sync_state()`` (end of epoch), ``finish(completed)``;
+- ``train_step(idx) -> (loss value, [unweighted loss per output])``: one step on
+  the samples ``idx`` of the training data. The optimizer step and the metric
+  updates happen only when the loss is finite.
+
+``LocalTrainer`` is the one-process trainer; ``nbmodel.parallel`` has the others.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .layers.base import finite_checks
+
+
+class LocalTrainer:
+    """One process trains on the whole batch."""
+
+    is_root = True
+    replicas = 1
+
+    def __init__(self, model, xs, ys, sw):
+        self.model, self.xs, self.ys, self.sw = model, xs, ys, sw
+
+    def keep_callback(self, cb):
+        return True
+
+    def agree(self, obj):
+        return obj
+
+    def start(self):
+        pass
+
+    def epoch_begin(self):
+        pass
+
+    def sync_state(self):
+        pass
+
+    def finish(self, completed):
+        pass
+
+    def train_step(self, idx):
+        model = self.model
+        by = [a[idx] for a in self.ys]
+        bw = None if self.sw is None else self.sw[idx]
+        loss_value, preds, ok = model._train_step([a[idx] for a in self.xs], by, bw)
+        if ok:
+            model._update_metrics(by, preds, bw)
+        return loss_value, model._output_losses
+
+
+def run_fit(model, trainer, n, val, batch_size, epochs, verbose, callbacks, shuffle, initial_epoch,
+            steps_per_epoch, validation_batch_size, validation_freq):
+    """Train ``model`` for ``epochs`` epochs over ``n`` samples with ``trainer``; returns the History."""
+    from . import callbacks as cb_mod
+    from .data import BatchIterator
+
+    batches = BatchIterator(n, batch_size, shuffle, model._rng)
+    steps = len(batches) if steps_per_epoch is None else min(int(steps_per_epoch), len(batches))
+    model.history = cb_mod.History()
+    user_cbs = [cb for cb in (callbacks or []) if trainer.keep_callback(cb)]
+    cbs = cb_mod.CallbackList(user_cbs, model=model, history=model.history,
+                              verbose=verbose if trainer.is_root else 0, epochs=epochs, steps=steps, samples=n)
+    model.stop_training = False
+    stop_on_nan = cbs.has(cb_mod.TerminateOnNaN)
+    multi_out = len(model._losses) > 1
+    cbs.on_train_begin()
+    start_epoch = trainer.agree(cbs.start_epoch(initial_epoch))
+    trainer.start()
+    nonfinite, completed = None, False
+    try:
+        with finite_checks(False):
+            for epoch in range(start_epoch, epochs):
+                cbs.on_epoch_begin(epoch)
+                trainer.epoch_begin()
+                model._reset_metrics()
+                loss_sum, n_seen, t0 = 0.0, 0, time.perf_counter()
+                out_sums = np.zeros(len(model._losses)) if multi_out else None
+                for step, idx in enumerate(batches.epoch()):
+                    if step >= steps:
+                        break
+                    cbs.on_train_batch_begin(step)
+                    loss_value, per_output = trainer.train_step(idx)
+                    if not np.isfinite(loss_value):
+                        msg = (f"fit: non-finite loss {loss_value} at epoch {epoch + 1}, step {step + 1} "
+                               f"(batch of {len(idx)} samples); the weights were not updated")
+                        if stop_on_nan:
+                            cbs.on_nonfinite(msg)
+                            model.stop_training = True
+                            break
+                        nonfinite = msg
+                        break
+                    loss_sum += loss_value * len(idx)
+                    if multi_out:
+                        out_sums += np.asarray(per_output) * len(idx)
+                    n_seen += len(idx)
+                    logs = model._logs(loss_sum, n_seen, output_sums=out_sums)
+                    logs["samples_per_s"] = n_seen / max(time.perf_counter() - t0, 1e-9)
+                    cbs.on_train_batch_end(step, logs)
+                    if model.stop_training:
+                        break
+                if nonfinite:
+                    break
+                trainer.sync_state()
+                logs = model._logs(loss_sum, n_seen, output_sums=out_sums)
+                if val is not None and n_seen and (epoch + 1) % validation_freq == 0:
+                    val_logs = None
+                    if trainer.is_root:
+                        val_logs = model.evaluate(val[0], val[1], sample_weight=val[2],
+                                                  batch_size=validation_batch_size or batch_size,
+                                                  verbose=0, return_dict=True, _standardized=True)
+                    logs.update({"val_" + k: v for k, v in trainer.agree(val_logs).items()})
+                # every replica sees the root's logs, so callbacks decide alike everywhere
+                logs = trainer.agree(logs)
+                if n_seen:
+                    cbs.on_epoch_end(epoch, logs)
+                lr = model.optimizer._learning_rate
+                stop, lr = trainer.agree((bool(model.stop_training), lr if not callable(lr) else None))
+                model.stop_training = stop
+                if lr is not None:
+                    model.optimizer._learning_rate = lr
+                if stop:
+                    break
+        completed = True
+    finally:
+        trainer.finish(completed)
+    if nonfinite:
+        err = FloatingPointError(nonfinite)
+        err.nbmodel_all_replicas = True  # every MPI rank raises it: no abort needed
+        raise err
+    cbs.on_train_end()
+    return model.history
