@@ -37,25 +37,31 @@ def _positive_steps(cls_name, decay_steps):
     return decay_steps
 
 
-class ExponentialDecay(LearningRateSchedule):
-    """initial_learning_rate * decay_rate ** (step / decay_steps), the exponent floored when staircase."""
+class _RateDecay(LearningRateSchedule):
+    """Shared by ExponentialDecay and InverseTimeDecay: the same arguments, and
+    ``_progress(step) = step / decay_steps``, floored when staircase."""
 
-    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False, name="ExponentialDecay"):
+    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False, name=None):
         self.initial_learning_rate = float(initial_learning_rate)
-        self.decay_steps = _positive_steps("ExponentialDecay", decay_steps)
+        self.decay_steps = _positive_steps(type(self).__name__, decay_steps)
         self.decay_rate = float(decay_rate)
         self.staircase = bool(staircase)
-        self.name = name
+        self.name = type(self).__name__ if name is None else name
 
-    def __call__(self, step):
+    def _progress(self, step):
         p = float(step) / self.decay_steps
-        if self.staircase:
-            p = math.floor(p)
-        return self.initial_learning_rate * self.decay_rate ** p
+        return math.floor(p) if self.staircase else p
 
     def get_config(self):
         return {"initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
                 "decay_rate": self.decay_rate, "staircase": self.staircase, "name": self.name}
+
+
+class ExponentialDecay(_RateDecay):
+    """initial_learning_rate * decay_rate ** (step / decay_steps), the exponent floored when staircase."""
+
+    def __call__(self, step):
+        return self.initial_learning_rate * self.decay_rate ** self._progress(step)
 
 
 class PiecewiseConstantDecay(LearningRateSchedule):
@@ -84,25 +90,11 @@ class PiecewiseConstantDecay(LearningRateSchedule):
         return {"boundaries": list(self.boundaries), "values": list(self.values), "name": self.name}
 
 
-class InverseTimeDecay(LearningRateSchedule):
+class InverseTimeDecay(_RateDecay):
     """initial_learning_rate / (1 + decay_rate * step / decay_steps), the ratio floored when staircase."""
 
-    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False, name="InverseTimeDecay"):
-        self.initial_learning_rate = float(initial_learning_rate)
-        self.decay_steps = _positive_steps("InverseTimeDecay", decay_steps)
-        self.decay_rate = float(decay_rate)
-        self.staircase = bool(staircase)
-        self.name = name
-
     def __call__(self, step):
-        p = float(step) / self.decay_steps
-        if self.staircase:
-            p = math.floor(p)
-        return self.initial_learning_rate / (1.0 + self.decay_rate * p)
-
-    def get_config(self):
-        return {"initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
-                "decay_rate": self.decay_rate, "staircase": self.staircase, "name": self.name}
+        return self.initial_learning_rate / (1.0 + self.decay_rate * self._progress(step))
 
 
 class CosineDecay(LearningRateSchedule):
