@@ -1,8 +1,9 @@
 """Activation names and the integer codes the kernels switch on."""
 from __future__ import annotations
 
-# One code per activation; kernels/cpu/activations.py implements each code.
-LINEAR, RELU, SIGMOID, TANH, GELU, LEAKY_RELU, ELU, SILU, SOFTMAX = range(9)
+# One code per activation, defined with the kernels that implement them.
+from .kernels.codes import (  # noqa: F401  (re-exported: layers use act_codes.RELU, ...)
+    ELU, GELU, LEAKY_RELU, LINEAR, NEEDS_PREACTIVATION, RELU, SIGMOID, SILU, SOFTMAX, TANH)
 
 CODES = {
     None: LINEAR, "linear": LINEAR, "relu": RELU, "sigmoid": SIGMOID, "tanh": TANH,
@@ -14,9 +15,6 @@ NAMES = {LINEAR: "linear", RELU: "relu", SIGMOID: "sigmoid", TANH: "tanh", GELU:
 
 # Keras 3 defaults, fixed in the kernels: leaky_relu negative_slope=0.2,
 # elu alpha=1.0, gelu exact (erf, approximate=False).
-
-# Backward of these needs the pre-activation z; the others need only the output y.
-NEEDS_PREACTIVATION = frozenset({GELU, SILU})
 
 
 def get(identifier, layer_name: str = "layer") -> int:

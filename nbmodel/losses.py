@@ -28,13 +28,12 @@ import numpy as np
 
 from . import config
 from .backend import get_device
+from .kernels.codes import BCE, BCE_LOGITS, HUBER, MAE, MSE  # the elementwise losses' kernel codes
 
 __all__ = ["Loss", "MeanSquaredError", "MeanAbsoluteError", "Huber", "BinaryCrossentropy",
            "CategoricalCrossentropy", "SparseCategoricalCrossentropy", "get", "serialize",
            "deserialize", "EPSILON"]
 
-# kernel codes of the elementwise losses (kernels/cpu/losses.py switches on them)
-MSE, MAE, HUBER, BCE, BCE_LOGITS = range(5)
 
 EPSILON = 1e-7  # Keras backend.epsilon(): probabilities are clipped to [EPSILON, 1 - EPSILON]
 

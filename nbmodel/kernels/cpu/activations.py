@@ -10,7 +10,7 @@ kernel and build every other constant from it.
 import math
 
 
-from ...activations import ELU, GELU, LEAKY_RELU, LINEAR, RELU, SIGMOID, SILU, TANH
+from ..codes import ELU, GELU, LEAKY_RELU, LINEAR, RELU, SIGMOID, SILU, TANH
 from ._jit import inline, jit
 
 

@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from ...activations import RELU
+from ..codes import RELU
 from .activations import act_grad_scalar, act_scalar
 from ._jit import jit
 

@@ -34,7 +34,7 @@ and on a busy machine a barrier waits for a descheduled thread.
 """
 import numpy as np
 
-from ...activations import LINEAR, RELU
+from ..codes import LINEAR, RELU
 from .activations import act_grad_scalar, act_scalar
 from ._jit import jit, pjit, prange
 

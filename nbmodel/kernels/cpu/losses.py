@@ -22,7 +22,7 @@ from numba import types
 from numba.extending import intrinsic, overload
 
 from ...config import FASTMATH
-from ...losses import BCE, HUBER, MAE, MSE
+from ..codes import BCE, HUBER, MAE, MSE
 from ._jit import inline, pjit, prange
 
 PAR_MIN = 1 << 16

@@ -31,7 +31,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from ...activations import SIGMOID, TANH
+from ..codes import SIGMOID, TANH
 from .activations import act_grad_scalar, act_scalar, sigmoid_scalar
 from ...config import FASTMATH
 from ._jit import inline, jit
