@@ -1,4 +1,4 @@
-"""Process-wide settings: float type, fastmath flags, thread policy.
+"""Process-wide settings: float type, default device, fastmath flags, thread policy.
 
 This module must stay cheap to import: it never imports numba at module level,
 so ``import nbmodel`` compiles nothing and starts no thread pool.
@@ -26,7 +26,22 @@ import numpy as np  # noqa: E402
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
 _FLOATX = "float32"
+_DEFAULT_DEVICE = os.environ.get("NBMODEL_DEVICE", "cpu")
 _num_threads: int | None = None
+
+
+def default_device() -> str:
+    """Name of the device that layers, losses and optimizers use until a model
+    sets theirs (``NBMODEL_DEVICE``, else "cpu")."""
+    return _DEFAULT_DEVICE
+
+
+def set_default_device(name: str) -> None:
+    """Set the device of models and layers created from now on, by registered name."""
+    global _DEFAULT_DEVICE
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"set_default_device: expected a device name, got {name!r}")
+    _DEFAULT_DEVICE = name
 
 
 def floatx() -> str:

@@ -60,9 +60,10 @@ def topological_nodes(inputs: list[KTensor], outputs: list[KTensor]) -> list[Nod
 class Graph:
     """Executable form of a functional model."""
 
-    def __init__(self, inputs: list[KTensor], outputs: list[KTensor]):
+    def __init__(self, inputs: list[KTensor], outputs: list[KTensor], device=None):
         self.inputs = inputs
         self.outputs = outputs
+        self.device = device  # where fan-in gradients are summed (the model's device)
         self.nodes = topological_nodes(inputs, outputs)
         seen_layers = {}
         for node in self.nodes:
@@ -106,8 +107,23 @@ class Graph:
         or with ``input_grads`` the gradient of each model input (None if none)."""
         grads: dict[int, np.ndarray] = {}
         owned: set[int] = set()  # gradient arrays we allocated (safe to add into)
+
+        def _accumulate(tid, d):
+            prev = grads.get(tid)
+            if prev is None:
+                grads[tid] = d
+                return
+            k = self.device.kernels("array")
+            if tid in owned:
+                k.add_into(prev, d)
+            else:  # never add into an array a layer owns (its workspace or dy)
+                total = self.device.empty(prev.shape, prev.dtype)
+                k.add(prev, d, total)
+                grads[tid] = total
+                owned.add(tid)
+
         for t, d in zip(self.outputs, dys):
-            _accumulate(grads, owned, t.id, d)
+            _accumulate(t.id, d)
         ran = set()
         for node in reversed(self.nodes):
             douts = [grads.get(t.id) for t in node.outputs]
@@ -128,13 +144,13 @@ class Graph:
                     states = states if isinstance(states, (list, tuple)) else [states]
                     for t, d in zip(states, dstates):
                         if isinstance(t, KTensor) and d is not None:
-                            _accumulate(grads, owned, t.id, d)
+                            _accumulate(t.id, d)
                 dxs = [dx]
             else:
                 dxs = list(dx) if dx is not None else [None] * len(node.inputs)
             for t, d in zip(node.inputs, dxs):
                 if d is not None:
-                    _accumulate(grads, owned, t.id, d)
+                    _accumulate(t.id, d)
         if input_grads:
             return [grads.get(t.id) for t in self.inputs]
         return ran
@@ -152,13 +168,3 @@ def _resolve(v, values):
         return [values[e.id] if isinstance(e, KTensor) else e for e in v]
     return v
 
-
-def _accumulate(grads, owned, tid, d):
-    prev = grads.get(tid)
-    if prev is None:
-        grads[tid] = d
-    elif tid in owned:
-        prev += d
-    else:  # never add into an array a layer owns (its workspace or dy)
-        grads[tid] = prev + d
-        owned.add(tid)

@@ -19,15 +19,16 @@ row of y_pred's last axis (b for (b, C), b*t for (b, t, C)). With
 of valid labels too); if every label is ignored, count is 0 and ``__call__``
 returns 0.0.
 
-This module does not import numba: kernels come from the device
-(``get_device("cpu").kernels("losses")``) on the first call.
+This module does not import numba: kernels come from the loss's device
+(``loss.device.kernels("losses")``, the default device until a model's
+``compile`` or ``to`` sets it) on the first call.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from . import config
-from .backend import get_device
+from .backend import Device, default_device, get_device
 from .kernels.codes import BCE, BCE_LOGITS, HUBER, MAE, MSE  # the elementwise losses' kernel codes
 
 __all__ = ["Loss", "MeanSquaredError", "MeanAbsoluteError", "Huber", "BinaryCrossentropy",
@@ -38,13 +39,12 @@ __all__ = ["Loss", "MeanSquaredError", "MeanAbsoluteError", "Huber", "BinaryCros
 EPSILON = 1e-7  # Keras backend.epsilon(): probabilities are clipped to [EPSILON, 1 - EPSILON]
 
 _WORKSPACES_KEPT = 4  # (shape, dtype) workspaces kept per loss: train, last batch, validation
-# placeholder weight array passed to the kernels when there is no sample_weight (never read)
-_ONE_WEIGHT = {np.dtype(np.float32): np.ones(1, np.float32), np.dtype(np.float64): np.ones(1, np.float64)}
 
 
-def _numeric(arr, loss_name, what):
-    arr = np.asarray(arr)
-    if arr.dtype.kind not in "fiub":
+def _numeric(arr, loss_name, what, device):
+    """``arr`` as it is when on ``device``, else as a NumPy array; TypeError if not numeric."""
+    arr = arr if device.is_array(arr) else np.asarray(arr)
+    if np.dtype(arr.dtype).kind not in "fiub":
         raise TypeError(f"{loss_name}: expected a numeric {what}, got dtype {arr.dtype}")
     return arr
 
@@ -66,6 +66,15 @@ class Loss:
         if name is not None:
             self.name = name
         self._ws: dict = {}
+        self.device: Device = default_device()
+
+    def to(self, device) -> "Loss":
+        """Run on ``device`` from now on (a model's compile and ``to`` call this)."""
+        dev = get_device(device)
+        if dev is not self.device:
+            self.device = dev
+            self._ws = {}
+        return self
 
     # ------------------------------------------------------------------ API
     def forward_backward(self, y_true, y_pred, sample_weight=None):
@@ -99,25 +108,35 @@ class Loss:
         if arr is None:
             if len(self._ws) >= 2 * _WORKSPACES_KEPT:
                 self._ws.pop(next(iter(self._ws)))
-            arr = self._ws[key] = np.empty(shape, dtype)
+            arr = self._ws[key] = self.device.empty(shape, dtype)
         return arr
 
     def _kernels(self):
-        return get_device("cpu").kernels("losses")
+        return self.device.kernels("losses")
+
+    def _numeric(self, arr, what):
+        return _numeric(arr, self.name, what, self.device)
+
+    def _total(self, rows) -> float:
+        """float64 sum of the per-element losses (the only float64 arithmetic)."""
+        return self.device.kernels("array").total(rows)
+
+    def _zero_grad(self, dy):
+        self.device.kernels("array").fill(dy, 0)
 
     def _weights(self, sample_weight, loss_shape, n_rows, dtype):
         """(w, w_per, use_w) for a kernel: one weight per w_per consecutive loss elements."""
-        if sample_weight is None:
-            return _ONE_WEIGHT[dtype], 1, False
-        sw = _numeric(sample_weight, self.name, "sample_weight")
+        if sample_weight is None:  # a placeholder the kernels never read
+            return self._workspace("no_weight", (1,), dtype), 1, False
+        sw = self._numeric(sample_weight, "sample_weight")
         if sw.ndim == 0:
-            return np.full(1, sw, dtype), max(n_rows, 1), True
+            return self.device.full((1,), float(sw), dtype), max(n_rows, 1), True
         while sw.ndim > len(loss_shape) and sw.shape[-1] == 1:
             sw = sw.reshape(sw.shape[:-1])
         if sw.shape != tuple(loss_shape[:sw.ndim]):
             raise ValueError(f"{self.name}: sample_weight of shape {sw.shape} does not match the "
                              f"loss elements of shape {tuple(loss_shape)}")
-        w = np.ascontiguousarray(sw.reshape(-1), dtype=dtype)
+        w = self.device.asarray(sw, dtype).reshape(-1)
         return w, (n_rows // w.size if w.size else 1), True
 
     def _run(self, y_true, y_pred, sample_weight, need_grad):
@@ -131,8 +150,8 @@ class _ElementwiseLoss(Loss):
         raise NotImplementedError
 
     def _run(self, y_true, y_pred, sample_weight, need_grad):
-        y_pred = _numeric(y_pred, self.name, "y_pred")
-        y_true = _numeric(y_true, self.name, "y_true")
+        y_pred = self._numeric(y_pred, "y_pred")
+        y_true = self._numeric(y_true, "y_true")
         shape_in = y_pred.shape
         if y_true.shape != y_pred.shape:
             # Keras squeezes or expands a trailing axis of size 1: (b,) vs (b, 1)
@@ -145,8 +164,8 @@ class _ElementwiseLoss(Loss):
         if y_pred.ndim == 0:
             raise ValueError(f"{self.name}: expected y_pred with a batch dimension, got a scalar")
         dtype = _float_dtype(y_pred)
-        yp = np.ascontiguousarray(y_pred, dtype=dtype)
-        yt = np.ascontiguousarray(y_true, dtype=dtype)
+        yp = self.device.asarray(y_pred, dtype)
+        yt = self.device.asarray(y_true, dtype)
         d = yp.shape[-1] if yp.ndim >= 2 else 1
         n = yp.size // d if d else 0
         loss_shape = yp.shape[:-1] if yp.ndim >= 2 else yp.shape
@@ -160,10 +179,8 @@ class _ElementwiseLoss(Loss):
             self._kernels().dense_loss(code, yt2, yp2, a, b, dtype.type(EPSILON), w, w_per, use_w,
                                        need_grad, rows, dy.reshape(n, d) if need_grad else dy)
         elif need_grad:
-            dy[...] = 0
-        # the only float64 arithmetic: summing the per-element losses
-        total = float(rows.sum(dtype=np.float64))
-        return total, int(n), (dy if need_grad else None)
+            self._zero_grad(dy)
+        return self._total(rows), int(n), (dy if need_grad else None)
 
 
 class MeanSquaredError(_ElementwiseLoss):
@@ -250,8 +267,8 @@ class CategoricalCrossentropy(Loss):
                 "label_smoothing": self.label_smoothing}
 
     def _run(self, y_true, y_pred, sample_weight, need_grad):
-        y_pred = _numeric(y_pred, self.name, "y_pred")
-        y_true = _numeric(y_true, self.name, "y_true")
+        y_pred = self._numeric(y_pred, "y_pred")
+        y_true = self._numeric(y_true, "y_true")
         if y_true.shape != y_pred.shape or y_pred.ndim < 2:
             hint = ""
             if y_true.ndim == y_pred.ndim - 1 or (y_true.ndim == y_pred.ndim and y_true.shape[-1:] == (1,)):
@@ -259,8 +276,8 @@ class CategoricalCrossentropy(Loss):
             raise ValueError(f"{self.name}: y_true shape {y_true.shape} does not match y_pred shape "
                              f"{y_pred.shape}; expected one-hot targets of rank >= 2{hint}")
         dtype = _float_dtype(y_pred)
-        yp = np.ascontiguousarray(y_pred, dtype=dtype)
-        yt = np.ascontiguousarray(y_true, dtype=dtype)
+        yp = self.device.asarray(y_pred, dtype)
+        yt = self.device.asarray(y_true, dtype)
         c = yp.shape[-1]
         n = yp.size // c if c else 0
         w, w_per, use_w = self._weights(sample_weight, yp.shape[:-1], n, dtype)
@@ -273,9 +290,8 @@ class CategoricalCrossentropy(Loss):
                                            w, w_per, use_w, need_grad, rows,
                                            dy.reshape(n, c) if need_grad else dy)
         elif need_grad:
-            dy[...] = 0
-        total = float(rows.sum(dtype=np.float64))  # float64 accumulation of the row losses
-        return total, int(n), (dy if need_grad else None)
+            self._zero_grad(dy)
+        return self._total(rows), int(n), (dy if need_grad else None)
 
 
 _LABEL_DTYPES = (np.dtype(np.int64), np.dtype(np.int32), np.dtype(np.float32), np.dtype(np.float64))
@@ -304,8 +320,8 @@ class SparseCategoricalCrossentropy(Loss):
         return {**super().get_config(), "from_logits": self.from_logits, "ignore_class": self.ignore_class}
 
     def _run(self, y_true, y_pred, sample_weight, need_grad):
-        y_pred = _numeric(y_pred, self.name, "y_pred")
-        y_true = _numeric(y_true, self.name, "y_true")
+        y_pred = self._numeric(y_pred, "y_pred")
+        y_true = self._numeric(y_true, "y_true")
         if y_pred.ndim < 2:
             raise ValueError(f"{self.name}: expected y_pred of rank >= 2 (batch, ..., classes), "
                              f"got shape {y_pred.shape}")
@@ -316,12 +332,12 @@ class SparseCategoricalCrossentropy(Loss):
             else:
                 raise ValueError(f"{self.name}: y_true shape {y_true.shape} does not match y_pred shape "
                                  f"{y_pred.shape}; expected integer labels of shape {lab_shape}")
-        labels = y_true if y_true.dtype in _LABEL_DTYPES else y_true.astype(np.int64)
         dtype = _float_dtype(y_pred)
-        yp = np.ascontiguousarray(y_pred, dtype=dtype)
+        yp = self.device.asarray(y_pred, dtype)
         c = yp.shape[-1]
         n = yp.size // c if c else 0
-        labels = np.ascontiguousarray(labels).reshape(n)
+        labels = self.device.asarray(y_true, y_true.dtype if y_true.dtype in _LABEL_DTYPES else np.int64)
+        labels = labels.reshape(n)
         w, w_per, use_w = self._weights(sample_weight, lab_shape, n, dtype)
         rows = self._workspace("rows", (n,), dtype)
         dy = self._workspace("dy", yp.shape, dtype) if need_grad else self._workspace("dy", (1, 1), dtype)
@@ -334,13 +350,13 @@ class SparseCategoricalCrossentropy(Loss):
         else:
             used, bad = 0, 0
             if need_grad:
-                dy[...] = 0
+                self._zero_grad(dy)
         if bad:
             self._raise_bad_label(labels, c)
-        total = float(rows.sum(dtype=np.float64))  # float64 accumulation of the row losses
-        return total, int(used), (dy if need_grad else None)
+        return self._total(rows), int(used), (dy if need_grad else None)
 
     def _raise_bad_label(self, labels, c):
+        labels = self.device.to_host(labels)
         lab = np.asarray(labels, np.float64)
         ok = (lab >= 0) & (lab < c) & (lab == np.floor(lab))
         if self.ignore_class is not None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import losses as losses_module
-from .backend import get_device
+from .backend import Device, default_device, get_device
 
 __all__ = ["Metric", "Mean", "BinaryAccuracy", "CategoricalAccuracy", "SparseCategoricalAccuracy",
            "TopKCategoricalAccuracy", "SparseTopKCategoricalAccuracy", "MeanSquaredError",
@@ -34,10 +34,6 @@ def _numeric(arr, name, what):
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"{name}: expected a numeric {what}, got dtype {arr.dtype}")
     return arr
-
-
-def _kernels():
-    return get_device("cpu").kernels("losses")
 
 
 class Metric:
@@ -56,9 +52,25 @@ class Metric:
         self.dtype = dtype
         self.total = 0.0
         self.count = 0.0
+        self.device: Device = default_device()
+
+    # Metrics whose _values take arrays on the device (kernel metrics); the
+    # others get host copies of y_true and y_pred.
+    on_device = False
+
+    def to(self, device) -> "Metric":
+        """Read predictions from arrays on ``device`` (a model's compile and ``to`` call this)."""
+        self.device = get_device(device)
+        return self
+
+    def _host(self, a):
+        """``a`` as host data: device arrays are copied back, anything else passes through."""
+        return self.device.to_host(a) if self.device.is_array(a) else a
 
     # ------------------------------------------------------------------ API
     def update(self, y_true, y_pred, sample_weight=None):
+        if not self.on_device:
+            y_true, y_pred = self._host(y_true), self._host(y_pred)
         self._accumulate(self._values(y_true, y_pred), sample_weight)
 
     def result(self) -> float:
@@ -184,20 +196,22 @@ class _Matches(Metric):
 
     sparse = False
     k = 0
+    on_device = True
 
     def _values(self, y_true, y_pred):
-        y_pred = _numeric(y_pred, self.name, "y_pred")
-        y_true = _numeric(y_true, self.name, "y_true")
+        dev = self.device
+        y_pred = y_pred if dev.is_array(y_pred) else _numeric(y_pred, self.name, "y_pred")
+        y_true = y_true if dev.is_array(y_true) else _numeric(y_true, self.name, "y_true")
         if y_pred.ndim < 2:
             raise ValueError(f"{self.name}: expected y_pred of rank >= 2 (batch, ..., classes), "
                              f"got shape {y_pred.shape}")
-        if y_pred.dtype not in (np.float32, np.float64):
-            y_pred = y_pred.astype(np.float64)
         c = y_pred.shape[-1]
         lab_shape = y_pred.shape[:-1]
         n = int(np.prod(lab_shape))
-        yp = np.ascontiguousarray(y_pred).reshape(n, c)
-        out = np.empty(n, np.float64)
+        yp = dev.asarray(y_pred, y_pred.dtype if y_pred.dtype in (np.float32, np.float64) else np.float64)
+        yp = yp.reshape(n, c)
+        out = dev.empty(n, np.float64)
+        kernels = dev.kernels("losses")
         if self.sparse:
             if y_true.shape != lab_shape:
                 if y_true.shape == lab_shape + (1,):
@@ -205,17 +219,17 @@ class _Matches(Metric):
                 else:
                     raise ValueError(f"{self.name}: y_true shape {y_true.shape} does not match y_pred "
                                      f"shape {y_pred.shape}; expected integer labels of shape {lab_shape}")
-            labels = y_true if y_true.dtype in (np.int64, np.float64) else y_true.astype(np.float64)
+            labels = dev.asarray(y_true, y_true.dtype if y_true.dtype in (np.int64, np.float64) else np.float64)
             if n:
-                _kernels().sparse_matches(np.ascontiguousarray(labels).reshape(n), yp, self.k, out)
+                kernels.sparse_matches(labels.reshape(n), yp, self.k, out)
         else:
             if y_true.shape != y_pred.shape:
                 raise ValueError(f"{self.name}: y_true shape {y_true.shape} does not match y_pred shape "
                                  f"{y_pred.shape}; expected one-hot targets")
-            yt = np.ascontiguousarray(y_true, dtype=yp.dtype).reshape(n, c)
+            yt = dev.asarray(y_true, yp.dtype).reshape(n, c)
             if n:
-                _kernels().categorical_matches(yt, yp, self.k, out)
-        return out.reshape(lab_shape)
+                kernels.categorical_matches(yt, yp, self.k, out)
+        return dev.to_host(out).reshape(lab_shape)
 
 
 class CategoricalAccuracy(_Matches):
@@ -278,6 +292,10 @@ class LossMetric(Metric):
         self.loss = losses_module.get(loss)
         super().__init__(name or self.loss.name, dtype)
 
+    def to(self, device):
+        self.loss.to(device)
+        return super().to(device)
+
     def update(self, y_true, y_pred, sample_weight=None):
         total, count = self.loss.forward(y_true, y_pred, sample_weight)
         self.total += total
@@ -297,7 +315,10 @@ class _AutoAccuracy(Metric):
     def update(self, y_true, y_pred, sample_weight=None):
         if self._inner is None:
             self._inner = _pick_accuracy(None, np.shape(y_true), np.shape(y_pred))(name=self.name)
-        self._accumulate(self._inner._values(y_true, y_pred), sample_weight)
+        inner = self._inner.to(self.device)
+        if not inner.on_device:
+            y_true, y_pred = self._host(y_true), self._host(y_pred)
+        self._accumulate(inner._values(y_true, y_pred), sample_weight)
 
 
 _CLASSES = {c.__name__: c for c in (Mean, BinaryAccuracy, CategoricalAccuracy, SparseCategoricalAccuracy,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import config
-from .backend import get_device
+from .backend import Device, get_device
 from .graph import Graph
 from .layers.base import Input, InputLayer, KTensor, Layer, finite_checks, inference_gradients
 
@@ -22,7 +22,7 @@ from .layers.base import Input, InputLayer, KTensor, Layer, finite_checks, infer
 class Model:
     """A functional model: ``Model(inputs=x, outputs=y)`` over symbolic tensors."""
 
-    def __init__(self, inputs=None, outputs=None, name=None, device="cpu", seed=None):
+    def __init__(self, inputs=None, outputs=None, name=None, device=None, seed=None):
         self.name = name or type(self).__name__.lower()
         self.seed = seed
         self.compiled = False
@@ -30,9 +30,8 @@ class Model:
         self.history = None
         self.optimizer = None
         self._device = get_device(device)
-        if self._device.name != "cpu":
-            raise NotImplementedError(f"{self.name}: device {device!r} is not available in this version "
-                                      "of nbmodel; only 'cpu' kernels exist")
+        self._losses = []
+        self._metrics = None
         self._rng = np.random.default_rng(seed)
         self._graph = None
         if inputs is not None or outputs is not None:
@@ -53,12 +52,19 @@ class Model:
         for t in ins:
             if t.node is not None:
                 raise ValueError(f"{self.name}: model inputs must come from layers.Input(...)")
-        self._graph = Graph(ins, outs)
+        self._graph = Graph(ins, outs, self._device)
         self.input_layers = [t.input_layer for t in ins]
+        for layer in self._graph.layers:
+            layer.to(self._device)
         if self.seed is not None:
             for i, layer in enumerate(self._graph.layers):
                 layer.reinitialize(np.random.default_rng([self.seed, i]))
         self._packed = None
+
+    @property
+    def device(self) -> Device:
+        """The device every layer, loss, metric, optimizer and buffer of this model uses."""
+        return self._device
 
     @property
     def inputs(self):
@@ -110,12 +116,14 @@ class Model:
             raise ValueError(f"{self.name}: trainable params have several dtypes {sorted(map(str, dtypes))}")
         dtype = dtypes.pop() if dtypes else config.standardize_dtype(None)
         total = sum(arr.size for _, _, arr in entries)
-        flat_p = np.empty(total, dtype)
-        flat_g = np.zeros(total, dtype)
+        dev = self._device
+        flat_p = dev.empty(total, dtype)
+        flat_g = dev.zeros(total, dtype)
+        copy = dev.kernels("array").copy
         segments, views, off = [], [], 0
         for layer, key, arr in entries:
             n = arr.size
-            flat_p[off:off + n] = arr.reshape(-1)
+            copy(arr.reshape(-1), flat_p[off:off + n])
             p = flat_p[off:off + n].reshape(arr.shape)
             g = flat_g[off:off + n].reshape(arr.shape)
             layer.bind_param(key, p, g)
@@ -128,12 +136,13 @@ class Model:
 
     def _collect_grads(self, ran_layers):
         """Make the flat grad buffer hold this step's gradients."""
+        k = self._device.kernels("array")
         for layer, key, g in self._packed["views"]:
             cur = layer.grads[key]
             if id(layer) not in ran_layers:
-                g[...] = 0  # no gradient reached this layer in this step
+                k.fill(g, 0)  # no gradient reached this layer in this step
             elif cur is not g:
-                g[...] = cur  # the layer rebound its grad array: copy it back
+                k.copy(self._device.asarray(cur, g.dtype), g)  # the layer rebound its grad: copy it back
                 layer.bind_param(key, layer.params[key], g)
 
     # --------------------------------------------------------------- compile
@@ -152,7 +161,7 @@ class Model:
         if len(loss_list) != n_out:
             raise ValueError(f"{self.name}: {len(loss_list)} losses given for {n_out} outputs")
         self.loss = loss
-        self._losses = [losses_mod.get(lo) for lo in loss_list]
+        self._losses = [losses_mod.get(lo).to(self._device) for lo in loss_list]
         if loss_weights is None:
             loss_weights = [1.0] * n_out
         elif isinstance(loss_weights, dict):
@@ -179,6 +188,7 @@ class Model:
         self._compile_config = {"optimizer": optimizer if isinstance(optimizer, str) else None,
                                 "loss": loss_list, "metrics": metrics, "loss_weights": self._loss_weights}
         self._pack()
+        self.optimizer.to(self._device)
         self.optimizer.build(self._packed["params"], self._packed["segments"])
         self.compiled = True
 
@@ -194,7 +204,7 @@ class Model:
         multi = len(self._graph.outputs) > 1
         for k, specs in enumerate(self._metric_specs):
             for spec in specs:
-                m = metrics_mod.get(spec, loss=self._losses[k], y_true=ys[k], y_pred=preds[k])
+                m = metrics_mod.get(spec, loss=self._losses[k], y_true=ys[k], y_pred=preds[k]).to(self._device)
                 prefix = _output_name(self._graph.outputs[k]) + "_" if multi else ""
                 self._metrics.append((k, prefix + m.name, m))
 
@@ -221,7 +231,8 @@ class Model:
 
     # ------------------------------------------------------------- one step
     def _forward(self, xs, training):
-        return self._graph.forward(xs, training)
+        # each batch goes to the device once, here (a no-op for contiguous host data on the cpu)
+        return self._graph.forward([self._device.asarray(a) for a in xs], training)
 
     def _loss_and_grads(self, ys, preds, sample_weight):
         """Summed loss and its gradients w.r.t. each output, scaled for the optimizer.
@@ -237,7 +248,7 @@ class Model:
             self._output_losses.append(mean)  # unweighted, like Keras' "<output>_loss"
             scale = w / count if count else 0.0
             if scale != 1.0:
-                dy *= dy.dtype.type(scale)
+                self._device.kernels("array").scale(dy, scale)
             dys.append(dy)
         return value, dys
 
@@ -367,14 +378,14 @@ class Model:
                 if results is None:
                     results = [np.empty((n,) + tuple(o.shape[1:]), o.dtype) for o in outs]
                 for r, o in zip(results, outs):
-                    r[sl] = o  # copy: layer outputs are reused workspaces
+                    r[sl] = self._device.to_host(o)  # copy: layer outputs are reused workspaces
         if results is None:
             results = [np.empty((0,) + tuple(t.shape[1:]), t.dtype) for t in self._graph.outputs]
         return results if self._outputs_nested else results[0]
 
     def __call__(self, x, training=False):
         xs, _, _ = self._standardize(x, None, None, "call")
-        outs = [np.array(o) for o in self._forward(xs, training)]
+        outs = [np.array(self._device.to_host(o)) for o in self._forward(xs, training)]
         return outs if self._outputs_nested else outs[0]
 
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
@@ -472,7 +483,7 @@ class Model:
             return np.array(xs[self.input_layers.index(layer)])
         for node in self._graph.nodes:
             if node.layer is layer:
-                outs = [np.array(self._graph.value_of(t)) for t in node.outputs]
+                outs = [np.array(self._device.to_host(self._graph.value_of(t))) for t in node.outputs]
                 return outs[0] if len(outs) == 1 else outs
         raise ValueError(f"{self.name}: layer {layer.name!r} is not part of this model")
 
@@ -486,8 +497,8 @@ class Model:
             with finite_checks(False), inference_gradients():
                 outs = self._forward(xs, training=False)
                 dys = output_grads if isinstance(output_grads, list) else [output_grads]
-                dys = [np.ascontiguousarray(d, dtype=o.dtype) for d, o in zip(dys, outs)]
-                grads = [None if g is None else np.array(g)
+                dys = [self._device.asarray(d, o.dtype) for d, o in zip(dys, outs)]
+                grads = [None if g is None else np.array(self._device.to_host(g))
                          for g in self._graph.backward(dys, input_grads=True)]
         finally:
             for layer, flag in saved:
@@ -511,11 +522,28 @@ class Model:
 
         io.load_weights(self, filepath)
 
-    def to(self, device):
+    def to(self, device) -> "Model":
+        """Move the model to ``device``: every layer's params, grads and state,
+        the flat parameter and gradient buffers, the optimizer's slots, and the
+        losses and metrics. Returns the model."""
         dev = get_device(device)
-        if dev.name != "cpu":
-            raise NotImplementedError(f"{self.name}: device {device!r} is not available in this version "
-                                      "of nbmodel; only 'cpu' kernels exist")
+        if dev is self._device:
+            return self
+        self._device = dev
+        if self._graph is None:  # a Sequential without input shape: its layers move when built
+            for layer in getattr(self, "_layers", []):
+                layer.to(dev)
+            return self
+        self._graph.device = dev
+        for layer in self._graph.layers:
+            layer.to(dev)
+        for loss in self._losses:
+            loss.to(dev)
+        for _, _, m in self._metrics or []:
+            m.to(dev)
+        if self._packed is not None:
+            self._pack()
+            self.optimizer.to(dev)
         return self
 
     def get_config(self):
@@ -536,7 +564,7 @@ def _output_name(t: KTensor) -> str:
 class Sequential(Model):
     """A linear stack of layers: ``Sequential([Input(shape), Dense(...), ...])``."""
 
-    def __init__(self, layers=None, name=None, device="cpu", seed=None):
+    def __init__(self, layers=None, name=None, device=None, seed=None):
         super().__init__(name=name, device=device, seed=seed)
         self._layers: list[Layer] = []
         self._input = None

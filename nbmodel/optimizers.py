@@ -25,7 +25,7 @@ import numbers
 import numpy as np
 
 from . import schedules as schedules_module
-from .backend import get_device
+from .backend import Device, default_device, get_device
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get", "serialize", "deserialize"]
 
@@ -64,6 +64,18 @@ class Optimizer:
         self.built = False
         self.slots: dict[str, np.ndarray] = {}
         self._pending_state = None
+        self.device: Device = default_device()
+
+    def to(self, device) -> "Optimizer":
+        """Keep the slots on ``device`` (moved there when built; a model's compile and ``to`` call this)."""
+        dev = get_device(device)
+        if dev is not self.device:
+            state = self.get_state() if self.built else None
+            self.device = dev
+            if self.built:
+                self.build(dev.empty(self._n, self._dtype), self._segments)
+                self.set_state(state)
+        return self
 
     # ------------------------------------------------------------ learning rate
     def _check_lr(self, lr):
@@ -113,7 +125,7 @@ class Optimizer:
         """
         p = params_flat
         cls = type(self).__name__
-        if not isinstance(p, np.ndarray) or p.ndim != 1 or p.dtype not in (np.float32, np.float64):
+        if not self.device.is_array(p) or p.ndim != 1 or p.dtype not in (np.float32, np.float64):
             raise ValueError(f"{cls}: params_flat must be a 1-D float32/float64 array, got "
                              f"{type(p).__name__} {getattr(p, 'shape', '')} {getattr(p, 'dtype', '')}")
         n = p.size
@@ -140,14 +152,17 @@ class Optimizer:
         self._n = n
         self._dtype = p.dtype
         self._segments = [(o, s) for o, s in segments]
-        self._seg_bounds = np.asarray(bounds, np.int64)
-        self._seg_real = np.asarray(real, bool)
-        self._seg_scales = np.empty(len(real), p.dtype)
-        self._seg_sumsq = np.empty(len(real), np.float64)
-        self._one_bounds = np.asarray([0, n], np.int64)
-        self._one_scale = np.empty(1, p.dtype)
-        self._dummy = np.zeros(1, p.dtype)
-        self.slots = {k: np.zeros(n, p.dtype) for k in self._slot_names()}
+        dev = self.device
+        self._seg_real = np.asarray(real, bool)  # host: the clipping factors are computed there
+        self._seg_bounds = dev.asarray(np.asarray(bounds, np.int64))
+        self._seg_scales = dev.empty(len(real), p.dtype)
+        self._seg_sumsq = dev.empty(len(real), np.float64)
+        self._one_bounds = dev.asarray(np.asarray([0, n], np.int64))
+        self._one_scale = dev.empty(1, p.dtype)
+        self._one_sumsq = dev.empty(1, np.float64)
+        self._one_value = None  # the gradient scale held in _one_scale
+        self._dummy = dev.zeros(1, p.dtype)
+        self.slots = {k: dev.zeros(n, p.dtype) for k in self._slot_names()}
         self.built = True
         if self._pending_state is not None:
             state, self._pending_state = self._pending_state, None
@@ -169,26 +184,30 @@ class Optimizer:
         if grads_flat.shape != params_flat.shape or grads_flat.dtype != params_flat.dtype:
             raise ValueError(f"{cls}: grads_flat {grads_flat.shape} {grads_flat.dtype} does not match "
                              f"params_flat {params_flat.shape} {params_flat.dtype}")
-        kern = get_device("cpu").kernels("optim")
+        dev = self.device
+        kern = dev.kernels("optim")
         lr = self.current_learning_rate
         scale = float(grad_scale)
         if self.clipnorm:
             # Keras: g * clipnorm / max(||g||, clipnorm), per variable
             kern.segment_sumsq(grads_flat, self._seg_bounds, self._seg_sumsq)
-            norms = np.sqrt(self._seg_sumsq) * abs(scale)
+            norms = np.sqrt(dev.to_host(self._seg_sumsq)) * abs(scale)
             with np.errstate(invalid="ignore", divide="ignore"):
                 factor = np.where(self._seg_real, self.clipnorm / np.maximum(norms, self.clipnorm), 1.0)
-            self._seg_scales[:] = scale * factor
+            dev.assign(self._seg_scales, scale * factor)
             bounds, scales = self._seg_bounds, self._seg_scales
         else:
             factor = 1.0
             if self.global_clipnorm:
-                kern.segment_sumsq(grads_flat, self._one_bounds, self._seg_sumsq[:1])
-                norm = math.sqrt(self._seg_sumsq[0]) * abs(scale)
+                kern.segment_sumsq(grads_flat, self._one_bounds, self._one_sumsq)
+                norm = math.sqrt(float(dev.to_host(self._one_sumsq)[0])) * abs(scale)
                 c = self.global_clipnorm
                 # Keras: c * min(1 / norm, 1 / c), and NaN when the norm is not finite
                 factor = (c * min(1.0 / norm, 1.0 / c) if norm > 0 else 1.0) if math.isfinite(norm) else math.nan
-            self._one_scale[0] = scale * factor
+            value = scale * factor
+            if value != self._one_value:  # one small write to the device, only when it changes
+                dev.assign(self._one_scale, np.full(1, value))
+                self._one_value = value
             bounds, scales = self._one_bounds, self._one_scale
         t = self._dtype.type
         use_cv = bool(self.clipvalue)
@@ -204,7 +223,7 @@ class Optimizer:
     # ------------------------------------------------------------------ state
     def get_state(self) -> dict:
         """Copies of the slots (Keras names) and ``iterations``."""
-        state = {k: v.copy() for k, v in self.slots.items()}
+        state = {k: np.array(self.device.to_host(v), copy=True) for k, v in self.slots.items()}
         state["iterations"] = np.array(self.iterations, np.int64)
         return state
 
@@ -225,7 +244,7 @@ class Optimizer:
             src = np.asarray(state[k])
             if src.size != arr.size:
                 raise ValueError(f"{cls}: slot {k!r} has {src.size} elements, expected {arr.size}")
-            arr[:] = src.reshape(-1)
+            self.device.assign(arr, src.reshape(-1))
         if "iterations" in state:
             self.iterations = int(np.asarray(state["iterations"]))
 

@@ -27,14 +27,6 @@ def _is_shape(s):
     return isinstance(s, (tuple, list)) and all(v is None or isinstance(v, (int, np.integer)) for v in s)
 
 
-def _view2(arr, rows, cols, layer, what):
-    """A 2-D view of a param/grad array; in-place writes must reach the original."""
-    v = arr.reshape(rows, cols)
-    if not np.shares_memory(v, arr):
-        raise RuntimeError(f"{layer}: {what} must be a contiguous array")
-    return v
-
-
 class MultiHeadAttention(Layer):
     """Multi-head attention (Keras 3 semantics).
 
@@ -147,7 +139,7 @@ class MultiHeadAttention(Layer):
 
     # ----------------------------------------------------------------- masks
     def _mask_array(self, mask, b, tq, tk):
-        m = np.asarray(mask)
+        m = self.device.to_host(mask) if self.device.is_array(mask) else np.asarray(mask)  # masks are built on the host
         if m.dtype.kind not in "biuf":
             raise TypeError(f"{self.name}: attention_mask must be boolean or numeric, got dtype {m.dtype}")
         if m.ndim == 3:  # Keras: (batch, q_len, k_len), broadcast over heads
@@ -195,7 +187,8 @@ class MultiHeadAttention(Layer):
         h, kd, vd = self.num_heads, self.key_dim, self.value_dim
         dt = self.dtype.type
         has_mask = attention_mask is not None
-        mask = self._mask_array(attention_mask, b, tq, tk) if has_mask else np.ones((1, 1, 1, 1), bool)
+        mask = (self.device.asarray(self._mask_array(attention_mask, b, tq, tk)) if has_mask
+                else self.constant("nomask", (1, 1, 1, 1), True, np.bool_))
         rate = self.dropout if (training and self.dropout > 0.0) else 0.0
         keep = keeps_backward_cache(training) or bool(return_attention_scores)
         ws = self.workspace
@@ -211,7 +204,7 @@ class MultiHeadAttention(Layer):
         )
         u = ws("u", (b, h, tq, tk)) if rate > 0.0 else ws("nou", (1, 1, 1, 1))
         if rate > 0.0:
-            self.rng.random(dtype=self.dtype, out=u)
+            self.device.fill_uniform(self.rng, u)
         qh, kh, vh = ws("qh", (b, h, tq, kd)), ws("kh", (b, h, tk, kd)), ws("vh", (b, h, tk, vd))
         probs = ws("probs", (b, h, tq, tk)) if keep else ws("probs1", (1, 1, tq, tk))
         o2 = ws("o2", (b * tq, h * vd))
@@ -226,10 +219,14 @@ class MultiHeadAttention(Layer):
             hk = h * kd
             ctot = 2 * hk + h * vd
             wcat = ws("wcat", (self._dq, ctot))
-            np.concatenate((args[3], args[5], args[7]), axis=1, out=wcat)
             bcat = ws("bcat", (ctot,))
-            if self.use_bias:
-                np.concatenate((args[4], args[6], args[8]), out=bcat)
+            ka = self.kernels("array")
+            # one (d, 3 blocks) weight: the q, k, v projections as one GEMM
+            for i, (w, bias, off) in enumerate(((args[3], args[4], 0), (args[5], args[6], hk),
+                                               (args[7], args[8], 2 * hk))):
+                ka.copy_block(w.reshape(self._dq, -1, 1), wcat.reshape(self._dq, ctot, 1), off)
+                if self.use_bias:
+                    ka.copy_block(bias.reshape(1, -1, 1), bcat.reshape(1, ctot, 1), off)
             self.kernels("attention").mha_self_forward(
                 args[0], wcat, bcat, args[9], args[10], self.use_bias, scale, b, tq, h, kd, vd, mask, has_mask,
                 causal, keep, dt(rate), u, ws("qkv", (b * tq, ctot)), qh, kh, vh, probs, pdrop, otmp, nscr, o2,
@@ -258,20 +255,18 @@ class MultiHeadAttention(Layer):
         dout = int(np.prod(self._out_tail))
         dt = self.dtype.type
         ws = self.workspace
-        dy2 = np.ascontiguousarray(dy, dtype=self.dtype).reshape(b * tq, dout)
+        dy2 = self.asarray(dy).reshape(b * tq, dout)
         has_ds = dscores is not None
-        ds = (np.ascontiguousarray(dscores, dtype=self.dtype).reshape(b, h, tq, tk) if has_ds
-              else ws("nods", (1, 1, 1, 1)))
+        ds = self.asarray(dscores).reshape(b, h, tq, tk) if has_ds else ws("nods", (1, 1, 1, 1))
         need_dx = bool(self.input_grad_needed)
         p, g = self.params, self.grads
         zero_b = ws("nobias", (1,))
-        name = self.name
 
         def gb(k):
             return g[k].reshape(-1) if self.use_bias else zero_b
 
         wo2 = p["output_kernel"].reshape(h * vd, dout)
-        dwo2 = _view2(g["output_kernel"], h * vd, dout, name, "grads['output_kernel']")
+        dwo2 = g["output_kernel"].reshape(h * vd, dout)  # views: the kernels write the grads through them
         scale = dt(1.0 / math.sqrt(kd))
         common = (ws("do2", (b * tq, h * vd)), ws("dotmp", (tq, vd)), ws("dp", (tq, tk)),
                   ws("pdrop", (tq, tk) if rate > 0.0 else (1, 1)), ws("tvtmp", (tk, vd)), ws("tqtmp", (tq, kd)),
@@ -285,13 +280,11 @@ class MultiHeadAttention(Layer):
                 q2, wcat, wo2, self.use_bias, scale, b, tq, h, kd, vd, dt(rate), u, qh, kh, vh, probs, o2, dy2,
                 ds, has_ds, need_dx, *common, ws("gqkv", (b * tq, ctot)), dwcat, dbcat, dwo2, gb("output_bias"), dx)
             d = self._dq
-            g["query_kernel"].reshape(d, hk)[...] = dwcat[:, :hk]
-            g["key_kernel"].reshape(d, hk)[...] = dwcat[:, hk:2 * hk]
-            g["value_kernel"].reshape(d, h * vd)[...] = dwcat[:, 2 * hk:]
-            if self.use_bias:
-                g["query_bias"].reshape(-1)[...] = dbcat[:hk]
-                g["key_bias"].reshape(-1)[...] = dbcat[hk:2 * hk]
-                g["value_bias"].reshape(-1)[...] = dbcat[2 * hk:]
+            ka = self.kernels("array")
+            for part, off in (("query", 0), ("key", hk), ("value", 2 * hk)):
+                ka.take_block(dwcat.reshape(d, ctot, 1), off, g[part + "_kernel"].reshape(d, -1, 1))
+                if self.use_bias:
+                    ka.take_block(dbcat.reshape(1, ctot, 1), off, g[part + "_bias"].reshape(1, -1, 1))
             return (dx.reshape(b, tq, d), None) if need_dx else None
         dxq = ws("dxq", (b * tq, self._dq) if need_dx else (1, 1))
         dxk = ws("dxk", (b * tk, self._dk) if need_dx else (1, 1))
@@ -302,9 +295,9 @@ class MultiHeadAttention(Layer):
             self.use_bias, scale, b, tq, tk, h, kd, vd, dt(rate), u, qh, kh, vh, probs, o2,
             dy2, ds, has_ds, need_dx, *common,
             ws("dq2", (b * tq, h * kd)), ws("dk2", (b * tk, h * kd)), ws("dv2", (b * tk, h * vd)),
-            _view2(g["query_kernel"], self._dq, h * kd, name, "grads['query_kernel']"), gb("query_bias"),
-            _view2(g["key_kernel"], self._dk, h * kd, name, "grads['key_kernel']"), gb("key_bias"),
-            _view2(g["value_kernel"], self._dv, h * vd, name, "grads['value_kernel']"), gb("value_bias"),
+            g["query_kernel"].reshape(self._dq, h * kd), gb("query_bias"),
+            g["key_kernel"].reshape(self._dk, h * kd), gb("key_bias"),
+            g["value_kernel"].reshape(self._dv, h * vd), gb("value_bias"),
             dwo2, gb("output_bias"), dxq, dxk, dxv)
         if not need_dx:
             return None
@@ -312,7 +305,7 @@ class MultiHeadAttention(Layer):
         if has_key:
             return dq, dxv.reshape(b, tk, self._dv), dxk.reshape(b, tk, self._dk)
         dv = ws("dv_total", (b * tk, self._dv))
-        self.kernels("attention").add_into(dxv.reshape(-1), dxk.reshape(-1), dv.reshape(-1))
+        self.kernels("array").add(dxv, dxk, dv)
         return dq, dv.reshape(b, tk, self._dv)
 
     def get_config(self):
@@ -481,7 +474,7 @@ class TransformerEncoder(Layer):
         n, d, ff = shape[0] * shape[1], self._d, self.ff_dim
         x2 = x.reshape(n, d)
         ws = self.workspace
-        k, kn = self.kernels("attention"), self.kernels("norm")
+        k, kn, ka = self.kernels("attention"), self.kernels("norm"), self.kernels("array")
         eps = self.dtype.type(self.layer_norm_epsilon)
         code = act_codes.get(self.activation, self.name)
         keep_pre = code in act_codes.NEEDS_PREACTIVATION
@@ -503,21 +496,21 @@ class TransformerEncoder(Layer):
                                            use_causal_mask=causal)
                 a = self.drop1.forward(a, training)
                 h1 = ws("h1", (n, d))
-                k.add_into(x2.reshape(-1), np.ascontiguousarray(a).reshape(-1), h1.reshape(-1))
+                ka.add(x2, self.asarray(a).reshape(n, d), h1)
                 n2 = ws("n2", (n, d))
                 kn.layer_norm_forward(h1, g2, be2, eps, True, True, n2, mean2, rstd2)
                 k.ffn_forward(n2, p1["kernel"], p1["bias"], p2["kernel"], p2["bias"], code, keep_pre, pre, hid, f)
                 fo = self.drop2.forward(f, training)
-                k.add_into(h1.reshape(-1), np.ascontiguousarray(fo).reshape(-1), y.reshape(-1))
+                ka.add(h1, self.asarray(fo).reshape(n, d), y)
                 self._cache = (x2, n1, h1, n2, pre, hid, mean1, rstd1, mean2, rstd2, code, shape)
             else:
                 a = self.attention.forward((x, x), training, attention_mask=attention_mask,
                                            use_causal_mask=causal)
-                a = np.ascontiguousarray(self.drop1.forward(a, training)).reshape(n, d)
+                a = self.asarray(self.drop1.forward(a, training)).reshape(n, d)
                 s1, h1 = ws("s1", (n, d)), ws("h1", (n, d))
                 kn.add_layer_norm_forward(x2, a, g1, be1, eps, s1, h1, mean1, rstd1)
                 k.ffn_forward(h1, p1["kernel"], p1["bias"], p2["kernel"], p2["bias"], code, keep_pre, pre, hid, f)
-                fo = np.ascontiguousarray(self.drop2.forward(f, training)).reshape(n, d)
+                fo = self.asarray(self.drop2.forward(f, training)).reshape(n, d)
                 s2 = ws("s2", (n, d))
                 kn.add_layer_norm_forward(h1, fo, g2, be2, eps, s2, y, mean2, rstd2)
                 self._cache = (x2, s1, h1, s2, pre, hid, mean1, rstd1, mean2, rstd2, code, shape)
@@ -526,10 +519,10 @@ class TransformerEncoder(Layer):
     def backward(self, dy):
         x2, s1, h1, s2, pre, hid, mean1, rstd1, mean2, rstd2, code, shape = self._cache
         n, d = x2.shape
-        dy = np.ascontiguousarray(dy, dtype=self.dtype).reshape(n, d)
+        dy = self.asarray(dy).reshape(n, d)
         need_dx = bool(self.input_grad_needed)
         ws = self.workspace
-        k, kn = self.kernels("attention"), self.kernels("norm")
+        k, kn, ka = self.kernels("attention"), self.kernels("norm"), self.kernels("array")
         p1, p2 = self.dense1.params, self.dense2.params
         gd1, gd2 = self.dense1.grads, self.dense2.grads
         gn1, gn2 = self.norm1.grads, self.norm2.grads
@@ -538,43 +531,43 @@ class TransformerEncoder(Layer):
         dffin = ws("dffin", (n, d))
         if self.norm_first:
             n2 = s2
-            df = np.ascontiguousarray(self.drop2.backward(dy)).reshape(n, d)
+            df = self.asarray(self.drop2.backward(dy)).reshape(n, d)
             k.ffn_backward(n2, p1["kernel"], p2["kernel"], pre, hid, df, code, True, dz, gd1["kernel"],
                            gd1["bias"], gd2["kernel"], gd2["bias"], dffin)
             dln = ws("dln", (n, d))
             kn.layer_norm_backward(h1, g2, mean2, rstd2, dffin, True, True, dln, gn2["gamma"], gn2["beta"])
             dh1 = ws("dh1", (n, d))
-            k.add_into(dy.reshape(-1), dln.reshape(-1), dh1.reshape(-1))
-            da = np.ascontiguousarray(self.drop1.backward(dh1.reshape(shape)))
+            ka.add(dy, dln, dh1)
+            da = self.asarray(self.drop1.backward(dh1.reshape(shape)))
             self.attention.input_grad_needed = True
             dq, dv = self.attention.backward(da)
             if dv is None:  # fused self-attention already summed the three input gradients
-                dn1 = np.ascontiguousarray(dq).reshape(n, d)
+                dn1 = self.asarray(dq).reshape(n, d)
             else:
                 dn1 = ws("dn1", (n, d))
-                k.add_into(dq.reshape(-1), dv.reshape(-1), dn1.reshape(-1))
+                ka.add(dq.reshape(n, d), dv.reshape(n, d), dn1)
             kn.layer_norm_backward(x2, g1, mean1, rstd1, dn1, True, True, dln, gn1["gamma"], gn1["beta"])
             if not need_dx:
                 return None
             dx = ws("dx", (n, d))
-            k.add_into(dh1.reshape(-1), dln.reshape(-1), dx.reshape(-1))
+            ka.add(dh1, dln, dx)
             return dx.reshape(shape)
         ds2 = ws("ds2", (n, d))
         kn.layer_norm_backward(s2, g2, mean2, rstd2, dy, True, True, ds2, gn2["gamma"], gn2["beta"])
-        df = np.ascontiguousarray(self.drop2.backward(ds2)).reshape(n, d)
+        df = self.asarray(self.drop2.backward(ds2)).reshape(n, d)
         k.ffn_backward(h1, p1["kernel"], p2["kernel"], pre, hid, df, code, True, dz, gd1["kernel"],
                        gd1["bias"], gd2["kernel"], gd2["bias"], dffin)
         ds1 = ws("ds1", (n, d))
         kn.layer_norm_backward_sum(s1, g1, mean1, rstd1, dffin, ds2, ds1, gn1["gamma"], gn1["beta"])
         self.attention.input_grad_needed = need_dx
-        grads = self.attention.backward(np.ascontiguousarray(self.drop1.backward(ds1.reshape(shape))))
+        grads = self.attention.backward(self.asarray(self.drop1.backward(ds1.reshape(shape))))
         if not need_dx:
             return None
         dq, dv = grads
         dx = ws("dx", (n, d))
-        k.add_into(ds1.reshape(-1), dq.reshape(-1), dx.reshape(-1))
+        ka.add(ds1, dq.reshape(n, d), dx)
         if dv is not None:
-            dx += dv.reshape(n, d)
+            ka.add_into(dx, dv.reshape(n, d))
         return dx.reshape(shape)
 
     def get_config(self):
@@ -619,7 +612,8 @@ class PositionalEmbedding(Layer):
         return tuple(input_shape) + (self.output_dim,)
 
     def _ids(self, x):
-        a = np.asarray(x)
+        # ids are checked on the host: a bad id would otherwise read outside the table
+        a = self.device.to_host(x) if self.device.is_array(x) else np.asarray(x)
         if a.dtype.kind not in "iuf" or a.dtype.kind == "b":
             raise TypeError(f"{self.name}: expected integer token ids, got dtype {a.dtype}")
         if a.ndim != 2:
@@ -633,7 +627,7 @@ class PositionalEmbedding(Layer):
         if a.size and (a.min() < 0 or a.max() >= self.input_dim):
             raise ValueError(f"{self.name}: token ids must be in [0, {self.input_dim}), got values in "
                              f"[{a.min()}, {a.max()}]")
-        return np.ascontiguousarray(a, dtype=np.int64)
+        return self.device.asarray(a, np.int64)
 
     def forward(self, x, training=False):
         self.ensure_built(np.shape(x))
@@ -646,7 +640,7 @@ class PositionalEmbedding(Layer):
 
     def backward(self, dy):
         ids = self._ids_cache
-        dy = np.ascontiguousarray(dy, dtype=self.dtype).reshape(ids.shape + (self.output_dim,))
+        dy = self.asarray(dy).reshape(ids.shape + (self.output_dim,))
         self.kernels("attention").pos_embed_backward(ids, dy, self.grads["token_embeddings"],
                                                      self.grads["position_embeddings"])
         return None  # integer inputs have no gradient

@@ -10,7 +10,9 @@ A layer is a small class with explicit forward and backward (no autograd tape):
 ``params`` (trainable) and ``grads`` share keys and shapes; ``state`` holds
 non-trainable arrays (moving statistics). Keys and their order are the Keras
 names and the Keras ``get_weights`` order. Multi-input layers take and return
-tuples. Layers never import numba: kernels come from ``self.kernels(family)``.
+tuples. Layers never import numba: kernels come from ``self.kernels(family)``,
+and every array a layer keeps (params, grads, state, workspaces) is allocated
+through ``self.device``, so the same layer runs on any registered device.
 
 Writing params and grads in place (``arr[...] = ...``, ``np.dot(..., out=)``)
 matters: a Model packs every param and grad into one flat buffer (one optimizer
@@ -26,7 +28,7 @@ import re
 import numpy as np
 
 from .. import config, initializers
-from ..backend import get_device
+from ..backend import Device, default_device, get_device
 
 _uid = itertools.count()
 _name_counts: dict[str, itertools.count] = {}
@@ -93,7 +95,7 @@ class Layer:
         self.state: dict[str, np.ndarray] = {}
         self.built = False
         self.built_input_shape = None
-        self.device = get_device("cpu")
+        self.device: Device = default_device()  # a model sets its own with Layer.to
         # False when the layer's input is a model input: backward may then skip
         # computing dx (and return None), e.g. one GEMM less in the first Dense.
         self.input_grad_needed = True
@@ -123,18 +125,39 @@ class Layer:
     def add_param(self, name, shape, initializer, dtype=None):
         """Create a trainable param (and its zero grad) with the layer's RNG."""
         init = initializers.get(initializer, self.name)
-        value = np.ascontiguousarray(init(tuple(shape), dtype or self.dtype, self.rng))
+        value = self.device.asarray(init(tuple(shape), dtype or self.dtype, self.rng))
         self.params[name] = value
-        self.grads[name] = np.zeros_like(value)
+        self.grads[name] = self.device.zeros(value.shape, value.dtype)
         self.__dict__.setdefault("_inits", {})[name] = init
         return value
 
     def add_state(self, name, shape, initializer):
         init = initializers.get(initializer, self.name)
-        value = np.ascontiguousarray(init(tuple(shape), self.dtype, self.rng))
+        value = self.device.asarray(init(tuple(shape), self.dtype, self.rng))
         self.state[name] = value
         self.__dict__.setdefault("_inits", {})[name] = init
         return value
+
+    def to(self, device) -> "Layer":
+        """Move params, grads and state (and the sub-layers') to ``device``.
+
+        Workspaces and the cache of the last forward pass are dropped: run
+        forward again before backward."""
+        dev = get_device(device)
+        if dev is not self.device:
+            old = self.device
+            for d in (self.params, self.grads, self.state):
+                for k in list(d):
+                    d[k] = dev.asarray(old.to_host(d[k]))
+            self.device = dev
+            self.clear_workspaces()
+        for sub in self.sublayers():
+            sub.to(dev)
+        return self
+
+    def asarray(self, x, dtype=None):
+        """``x`` as a C-contiguous array of ``dtype`` (default: the layer's) on the layer's device."""
+        return self.device.asarray(x, self.dtype if dtype is None else dtype)
 
     def reinitialize(self, rng) -> None:
         """Draw every param and state again from ``rng`` (in place), then the
@@ -145,7 +168,7 @@ class Layer:
         for d in (self.params, self.state):
             for name, arr in d.items():
                 if name in inits:
-                    arr[...] = inits[name](arr.shape, arr.dtype, rng)
+                    self.device.assign(arr, inits[name](arr.shape, arr.dtype, rng))
         for i, sub in enumerate(self.sublayers()):
             sub.reinitialize(np.random.default_rng(rng.integers(2**63)))
 
@@ -158,7 +181,7 @@ class Layer:
 
         Returns ``x`` as a C-contiguous array of this layer's dtype.
         """
-        x = as_float_array(x, self.name, self.dtype, what)
+        x = as_float_array(x, self.name, self.dtype, what, self.device)
         if ndim is not None and x.ndim != ndim:
             raise ValueError(f"{self.name}: expected {what} of rank {ndim}, got shape {x.shape}")
         if min_ndim is not None and x.ndim < min_ndim:
@@ -166,18 +189,34 @@ class Layer:
         if last_dim is not None and x.shape[-1] != last_dim:
             raise ValueError(f"{self.name}: expected {what} with last dimension {last_dim}, "
                              f"got shape {x.shape}")
-        if check_finite_enabled() and not np.isfinite(x).all():
+        if check_finite_enabled() and not self.device.all_finite(x):
             raise ValueError(f"{self.name}: {what} contains NaN or infinity")
         return x
 
     def workspace(self, key, shape, dtype=None):
-        """A reusable scratch array: allocated once per (key, shape), then reused."""
+        """A reusable uninitialized array on the layer's device: allocated once
+        per (key, shape, dtype), then reused."""
         ws = self.__dict__.setdefault("_workspaces", {})
         shape = tuple(int(s) for s in shape)
         arr = ws.get(key)
         if arr is None or arr.shape != shape or (dtype is not None and arr.dtype != dtype):
-            arr = np.empty(shape, dtype or self.dtype)
+            arr = self.device.empty(shape, dtype or self.dtype)
             ws[key] = arr
+        return arr
+
+    def scratch(self, key, shape, dtype=None):
+        """Workspace handed to kernel launchers (``scratch=`` in the kernel
+        contract); its keys never clash with the layer's own workspaces."""
+        return self.workspace(("scratch", key), shape, dtype)
+
+    def constant(self, key, shape, value, dtype=None):
+        """A workspace filled with ``value`` once (kernels only read it, e.g. a zero bias)."""
+        ws = self.__dict__.setdefault("_workspaces", {})
+        shape = tuple(int(s) for s in shape)
+        dt = np.dtype(dtype or self.dtype)
+        arr = ws.get(("constant", key))
+        if arr is None or arr.shape != shape or arr.dtype != dt:
+            arr = ws[("constant", key)] = self.device.full(shape, value, dt)
         return arr
 
     def clear_workspaces(self):
@@ -189,7 +228,7 @@ class Layer:
         self.dtype = dt
         for d in (self.params, self.grads, self.state):
             for k in list(d):
-                d[k] = np.ascontiguousarray(d[k], dtype=dt)
+                d[k] = self.device.asarray(d[k], dt)
         self.clear_workspaces()
         for sub in self.sublayers():
             sub.cast(dt)
@@ -213,7 +252,8 @@ class Layer:
         return list(self.params.values()) + list(self.state.values())
 
     def get_weights(self) -> list[np.ndarray]:
-        return [np.array(w, copy=True) for w in self.weight_arrays()]
+        """Copies of ``weight_arrays()`` as NumPy arrays."""
+        return [np.array(self.device.to_host(w), copy=True) for w in self.weight_arrays()]
 
     def set_weights(self, weights) -> None:
         own = self.weight_arrays()
@@ -223,7 +263,7 @@ class Layer:
             src = np.asarray(src)
             if src.shape != dst.shape:
                 raise ValueError(f"{self.name}: weight {i} has shape {src.shape}, expected {dst.shape}")
-            dst[...] = src  # in place: params may be views into a model's flat buffer
+            self.device.assign(dst, src)  # in place: params may be views into a model's flat buffer
 
     def count_params(self) -> int:
         return int(sum(p.size for p in self.params.values()) + sum(s.size for s in self.state.values()))
@@ -356,14 +396,14 @@ class inference_gradients:
         _GRADS_IN_INFERENCE[0] = self.prev
 
 
-def as_float_array(x, layer_name, dtype, what="input"):
-    """``x`` as a C-contiguous float array of ``dtype``; TypeError for non-numeric input."""
-    arr = np.asarray(x)
-    if arr.dtype.kind not in "fiub":
+def as_float_array(x, layer_name, dtype, what="input", device=None):
+    """``x`` as a C-contiguous float array of ``dtype`` on ``device`` (default:
+    the default device); TypeError for non-numeric input."""
+    device = default_device() if device is None else device
+    arr = x if device.is_array(x) else np.asarray(x)
+    if np.dtype(arr.dtype).kind not in "fiub":
         raise TypeError(f"{layer_name}: expected a numeric {what}, got dtype {arr.dtype}")
-    if arr.dtype != dtype or not arr.flags.c_contiguous:
-        arr = np.ascontiguousarray(arr, dtype=dtype)
-    return arr
+    return device.asarray(arr, dtype)
 
 
 class InputLayer(Layer):

@@ -56,7 +56,7 @@ class Dense(Layer):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, kernel.shape[0])
         n = x2.shape[0]
-        bias = self.params["bias"] if self.use_bias else self._zero_bias()
+        bias = self.params["bias"] if self.use_bias else self.constant("zero_bias", (self.units,), 0)
         code = self.code if self.code != act_codes.SOFTMAX else act_codes.LINEAR
         y = self.workspace("y", (n, self.units))
         pre = self.workspace("pre", (n, self.units)) if code in act_codes.NEEDS_PREACTIVATION else y
@@ -69,7 +69,7 @@ class Dense(Layer):
     def backward(self, dy):
         x2, pre, y, lead = self._cache
         kernel = self.params["kernel"]
-        dy2 = np.ascontiguousarray(dy, dtype=self.dtype).reshape(-1, self.units)
+        dy2 = self.asarray(dy).reshape(-1, self.units)
         code = self.code
         if code == act_codes.SOFTMAX:
             dz = self.workspace("dsoft", dy2.shape)
@@ -82,11 +82,6 @@ class Dense(Layer):
         self.kernels("dense").dense_backward(x2, kernel, pre, y, dy2, code, need_dx,
                                              dz, self.grads["kernel"], dbias, dx)
         return dx.reshape(lead + (kernel.shape[0],)) if need_dx else None
-
-    def _zero_bias(self):
-        zb = self.workspace("zero_bias", (self.units,))
-        zb[...] = 0
-        return zb
 
     def get_config(self):
         cfg = super().get_config()
@@ -124,7 +119,7 @@ class Activation(Layer):
 
     def backward(self, dy):
         x, y = self._cache
-        dy = np.ascontiguousarray(dy, dtype=self.dtype)
+        dy = self.asarray(dy)
         dx = self.workspace("dx", x.shape)
         k = self.kernels("activations")
         if self.code == act_codes.SOFTMAX:
@@ -158,7 +153,7 @@ class Dropout(Layer):
         if not self._active:
             return x
         u = self.workspace("u", x.shape)
-        self.rng.random(dtype=u.dtype, out=u)
+        self.device.fill_uniform(self.rng, u)
         y = self.workspace("y", x.shape)
         self.kernels("dense").dropout_forward(x.reshape(-1), u.reshape(-1), self.dtype.type(self.rate),
                                               y.reshape(-1))
@@ -168,7 +163,7 @@ class Dropout(Layer):
         if not self._active:
             return dy
         u = self.workspace("u", np.shape(dy))
-        dy = np.ascontiguousarray(dy, dtype=self.dtype)
+        dy = self.asarray(dy)
         dx = self.workspace("dx", dy.shape)
         self.kernels("dense").dropout_backward(dy.reshape(-1), u.reshape(-1), self.dtype.type(self.rate),
                                                dx.reshape(-1))
@@ -194,7 +189,7 @@ class Flatten(Layer):
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dy):
-        return np.reshape(dy, self._shape)
+        return self.asarray(dy).reshape(self._shape)
 
 
 class Reshape(Layer):
@@ -231,7 +226,7 @@ class Reshape(Layer):
         return x.reshape((x.shape[0],) + self._resolve(x.shape[1:]))
 
     def backward(self, dy):
-        return np.reshape(dy, self._shape)
+        return self.asarray(dy).reshape(self._shape)
 
     def get_config(self):
         cfg = super().get_config()
@@ -265,14 +260,20 @@ class Add(_Merge):
         if any(x.shape != xs[0].shape for x in xs):
             raise ValueError(f"{self.name}: inputs must have the same shape, got {[x.shape for x in xs]}")
         y = self.workspace("y", xs[0].shape)
-        np.add(xs[0], xs[1], out=y)
+        k = self.kernels("array")
+        k.add(xs[0], xs[1], y)
         for x in xs[2:]:
-            y += x
+            k.add_into(y, x)
         self._n = len(xs)
         return y
 
     def backward(self, dy):
         return tuple(dy for _ in range(self._n))
+
+
+def _blocks3(a, axis):
+    """C-contiguous ``a`` viewed as (outer, a.shape[axis], inner) around ``axis``."""
+    return a.reshape(int(np.prod(a.shape[:axis])), a.shape[axis], int(np.prod(a.shape[axis + 1:])))
 
 
 class Concatenate(_Merge):
@@ -309,16 +310,31 @@ class Concatenate(_Merge):
     def forward(self, xs, training=False):
         xs = self._check_inputs(xs)
         ax = self._axis(xs[0].ndim)
-        try:
-            y = np.concatenate(xs, axis=ax)
-        except ValueError as e:
-            raise ValueError(f"{self.name}: cannot join shapes {[x.shape for x in xs]}: {e}") from None
-        self._splits = np.cumsum([x.shape[ax] for x in xs])[:-1]
-        self._ax = ax
+        shapes = [x.shape for x in xs]
+        if any(len(s) != len(shapes[0]) or s[:ax] + s[ax + 1:] != shapes[0][:ax] + shapes[0][ax + 1:]
+               for s in shapes):
+            raise ValueError(f"{self.name}: cannot join shapes {shapes} along axis {self.axis}")
+        out_shape = shapes[0][:ax] + (sum(s[ax] for s in shapes),) + shapes[0][ax + 1:]
+        y = self.workspace("y", out_shape)
+        y3 = _blocks3(y, ax)
+        k = self.kernels("array")
+        offset = 0
+        for x in xs:  # each input is a block of the joined axis
+            k.copy_block(_blocks3(x, ax), y3, offset)
+            offset += x.shape[ax]
+        self._shapes, self._ax = shapes, ax
         return y
 
     def backward(self, dy):
-        return tuple(np.ascontiguousarray(p) for p in np.split(dy, self._splits, axis=self._ax))
+        dy3 = _blocks3(self.asarray(dy), self._ax)
+        k = self.kernels("array")
+        dxs, offset = [], 0
+        for i, shape in enumerate(self._shapes):
+            dx = self.workspace(("dx", i), shape)
+            k.take_block(dy3, offset, _blocks3(dx, self._ax))
+            dxs.append(dx)
+            offset += shape[self._ax]
+        return tuple(dxs)
 
     def get_config(self):
         cfg = super().get_config()

@@ -43,7 +43,7 @@ class Embedding(Layer):
         return tuple(input_shape) + (self.output_dim,)
 
     def _ids(self, x):
-        ids = np.asarray(x)
+        ids = x if self.device.is_array(x) else np.asarray(x)
         if ids.dtype.kind == "f":
             raise TypeError(f"{self.name}: expected integer token ids, got dtype {ids.dtype} "
                             "(cast the ids to an integer type)")
@@ -51,9 +51,7 @@ class Embedding(Layer):
             raise TypeError(f"{self.name}: expected integer token ids, got dtype {ids.dtype}")
         if ids.ndim < 1:
             raise ValueError(f"{self.name}: expected ids of rank >= 1 (batch, ...), got shape {ids.shape}")
-        if ids.dtype not in (np.int32, np.int64) or not ids.flags.c_contiguous:
-            ids = np.ascontiguousarray(ids, dtype=np.int64)
-        return ids
+        return self.device.asarray(ids, ids.dtype if ids.dtype in (np.int32, np.int64) else np.int64)
 
     def forward(self, x, training=False):
         ids = self._ids(x)
@@ -72,7 +70,7 @@ class Embedding(Layer):
 
     def backward(self, dy):
         flat = self._ids_cache
-        dy2 = np.ascontiguousarray(dy, dtype=self.dtype).reshape(flat.size, self.output_dim)
+        dy2 = self.asarray(dy).reshape(flat.size, self.output_dim)
         self.kernels("embedding").embedding_backward(flat, dy2, self.grads["embeddings"])
         return None
 

@@ -87,14 +87,12 @@ class LayerNormalization(Layer):
     def backward(self, dy):
         x2, mean, rstd, shape = self._cache
         n, d = x2.shape
-        dy2 = np.ascontiguousarray(dy, dtype=self.dtype).reshape(n, d)
+        dy2 = self.asarray(dy).reshape(n, d)
         dx = self.workspace("dx", shape)
+        # reshape of the (C-contiguous) grads is a view: the kernel writes through it
         gamma = self.params["gamma"].reshape(-1) if self.scale else x2[0, :0]
         dgamma = self.grads["gamma"].reshape(-1) if self.scale else x2[0, :0]
         dbeta = self.grads["beta"].reshape(-1) if self.center else x2[0, :0]
-        if (self.scale and not np.shares_memory(dgamma, self.grads["gamma"])) or \
-                (self.center and not np.shares_memory(dbeta, self.grads["beta"])):
-            raise RuntimeError(f"{self.name}: gradient arrays must be contiguous")
         self.kernels("norm").layer_norm_backward(x2, gamma, mean, rstd, dy2, self.scale, self.center,
                                                  dx.reshape(n, d), dgamma, dbeta)
         return dx
@@ -177,7 +175,7 @@ class BatchNormalization(Layer):
             raise ValueError(f"{self.name}: expected input with {c} channels on axis {self.axis}, "
                              f"got shape {x.shape}")
         last = ax == x.ndim - 1
-        xl = x if last else np.ascontiguousarray(np.moveaxis(x, ax, -1))
+        xl = x if last else self._channels_last(x, ax, "xl")
         x2 = xl.reshape(-1, c)
         train = bool(training) and self.trainable
         synced = train and self.stat_sync is not None
@@ -193,14 +191,15 @@ class BatchNormalization(Layer):
         y2 = self.workspace("y", x2.shape)
         k = self.kernels("norm")
         if synced:  # statistics of the global batch: sums over every replica's shard
+            dev = self.device
             k.batch_norm_column_sums(x2, work, mean)
-            sums = self.stat_sync(np.append(mean, count))
+            sums = self.stat_sync(np.append(dev.to_host(mean), count))
             count = int(round(sums[c]))
             if count < 2:
                 self._too_few(x.shape)
-            mean[:] = sums[:c] / count
+            dev.assign(mean, sums[:c] / count)
             k.batch_norm_centered_squares(x2, mean, work, rstd)  # rstd holds the variance for now
-            rstd[:] = self.stat_sync(rstd) / count
+            dev.assign(rstd, self.stat_sync(dev.to_host(rstd)) / count)
             k.batch_norm_update_moving(mean, rstd, dt(self.epsilon), dt(self.momentum),
                                        self.state["moving_mean"], self.state["moving_variance"], rstd)
             k.batch_norm_apply(x2, gamma, beta, mean, rstd, self.scale, self.center, work, y2)
@@ -210,17 +209,17 @@ class BatchNormalization(Layer):
                                  work, mean, rstd, y2)
         self._cache = (x2, xl.shape, ax, train, synced, count)
         y = y2.reshape(xl.shape)
-        return y if last else np.ascontiguousarray(np.moveaxis(y, -1, ax))
+        return y if last else self._channels_back(y, x.shape, "y_out")
 
     def backward(self, dy):
         x2, xl_shape, ax, train, synced, count = self._cache
         c = x2.shape[1]
-        dy = np.asarray(dy, dtype=self.dtype)
+        dy = self.asarray(dy)
         last = ax == len(xl_shape) - 1
-        dyl = np.ascontiguousarray(dy if last else np.moveaxis(dy, ax, -1))
-        dy2 = dyl.reshape(-1, c)
-        if dy2.shape != x2.shape:
+        if dy.size != x2.size or (not last and dy.shape[ax] != c):
             raise ValueError(f"{self.name}: gradient of shape {dy.shape} does not match the output")
+        dyl = dy if last else self._channels_last(dy, ax, "dyl")
+        dy2 = dyl.reshape(-1, c)
         dx2 = self.workspace("dx", x2.shape)
         gamma = self.params["gamma"] if self.scale else self.state["moving_mean"][:0]
         mean, rstd, work = self.workspace("mean", (c,)), self.workspace("rstd", (c,)), self.workspace("bwork", (4, c))
@@ -230,15 +229,31 @@ class BatchNormalization(Layer):
         k = self.kernels("norm")
         if synced:
             # dx needs the global batch's sums; dgamma/dbeta keep this shard's (the trainer sums them)
+            dev = self.device
             k.batch_norm_backward_sums(x2, dy2, mean, rstd, work, sdy, sdx)
-            sums = self.stat_sync(np.concatenate([sdy, sdx])).astype(self.dtype)
+            sums = dev.asarray(self.stat_sync(np.concatenate([dev.to_host(sdy), dev.to_host(sdx)])), self.dtype)
             k.batch_norm_backward_dx(x2, dy2, gamma, mean, rstd, sums[:c], sums[c:], count, True, self.scale,
                                      work, dx2)
         else:
             k.batch_norm_backward(x2, dy2, gamma, mean, rstd, train, self.scale, self.center, work, dx2,
                                   sdx, sdy)
         dx = dx2.reshape(xl_shape)
-        return dx if last else np.ascontiguousarray(np.moveaxis(dx, -1, ax))
+        return dx if last else self._channels_back(dx, dy.shape, "dx_out")
+
+    def _channels_last(self, a, ax, key):
+        """``a`` with axis ``ax`` moved last, in a workspace (C-contiguous)."""
+        p, c = int(np.prod(a.shape[:ax])), a.shape[ax]
+        out = self.workspace(key, a.shape[:ax] + a.shape[ax + 1:] + (c,))
+        self.kernels("array").move_axis_last(a.reshape(p, c, -1), out.reshape(p, -1, c))
+        return out
+
+    def _channels_back(self, a, shape, key):
+        """The inverse of _channels_last: ``a`` (channels last) back to ``shape``."""
+        ax = self._channel_axis(len(shape))
+        p, c = int(np.prod(shape[:ax])), shape[ax]
+        out = self.workspace(key, shape)
+        self.kernels("array").move_axis_back(a.reshape(p, -1, c), out.reshape(p, c, -1))
+        return out
 
     def _too_few(self, shape):
         raise ValueError(f"{self.name}: batch statistics need at least 2 values per channel, "

@@ -114,11 +114,7 @@ class _RNN(Layer):
         return x
 
     def _bias(self):
-        if self.use_bias:
-            return self.params["bias"]
-        z = self.workspace("zero_bias", self._bias_shape())
-        z[...] = 0
-        return z
+        return self.params["bias"] if self.use_bias else self.constant("zero_bias", self._bias_shape(), 0)
 
     def _dbias(self):
         return self.grads["bias"] if self.use_bias else self.workspace("dzero_bias", self._bias_shape())
@@ -132,11 +128,11 @@ class _RNN(Layer):
             raise ValueError(f"{self.name}: expected {self._n_states} initial state array(s), got {len(states)}")
         out = []
         for i, s in enumerate(states):
-            s = as_float_array(s, self.name, self.dtype, f"initial_state[{i}]")
+            s = as_float_array(s, self.name, self.dtype, f"initial_state[{i}]", self.device)
             if s.shape != (B, self.units):
                 raise ValueError(f"{self.name}: initial_state[{i}] must have shape {(B, self.units)}, "
                                  f"got {s.shape}")
-            if check_finite_enabled() and not np.isfinite(s).all():
+            if check_finite_enabled() and not self.device.all_finite(s):
                 raise ValueError(f"{self.name}: initial_state[{i}] contains NaN or infinity")
             out.append(s)
         return out
@@ -157,27 +153,36 @@ class _RNN(Layer):
         else:
             d_out, d_states = dy, [None] * self._n_states
         u = self.units
+        k = self.kernels("array")
         dh = self.workspace("dh", (B, u))
-        dh[...] = 0
+        k.fill(dh, 0)
         d_seq = None
         if d_out is not None:
-            d_out = np.asarray(d_out)
+            d_out = self.asarray(d_out)
             if self.return_sequences:
                 if d_out.shape != (B, T, u):
                     raise ValueError(f"{self.name}: output gradient has shape {d_out.shape}, expected {(B, T, u)}")
-                d_seq = np.ascontiguousarray(d_out, dtype=self.dtype)
+                d_seq = d_out
             else:
                 if d_out.shape != (B, u):
                     raise ValueError(f"{self.name}: output gradient has shape {d_out.shape}, expected {(B, u)}")
-                dh += d_out
+                k.add_into(dh, d_out)
         if d_states[0] is not None:
-            dh += d_states[0]
+            k.add_into(dh, self.asarray(d_states[0]))
         return d_seq, dh, d_states
+
+    def _set_initial(self, H, init, i):
+        """Step 0 of a state sequence: the given initial state, else zeros."""
+        k = self.kernels("array")
+        if init is None:
+            k.fill(H[0], 0)
+        else:
+            k.copy(init[i], H[0])
 
     def _finish_backward(self, dx, states_grads):
         dx = dx if self._need_dx else None
-        if self._has_init:
-            return dx, [np.array(s) for s in states_grads]
+        if self._has_init:  # copies: the state gradients are workspaces
+            return dx, [self.device.asarray(self.device.to_host(s).copy()) for s in states_grads]
         return dx
 
     def get_config(self):
@@ -219,10 +224,7 @@ class SimpleRNN(_RNN):
         H = self.workspace("H", (T + 1, B, u))
         rec = self.workspace("rec", (B, u))
         y = self.workspace("y", (B, T, u)) if self.return_sequences else self.workspace("dummy", (1, 1, 1))
-        if init is None:
-            H[0] = 0
-        else:
-            H[0] = init[0]
+        self._set_initial(H, init, 0)
         self.kernels("recurrent").simple_rnn_forward(
             x, self.go_backwards, self.params["kernel"], self.params["recurrent_kernel"], self._bias(),
             init is not None, self.act, self.return_sequences, xs, P, H, rec, y)
@@ -288,12 +290,8 @@ class LSTM(_RNN):
         TC = self.workspace("TC", (T, B, u))
         rec = self.workspace("rec", (B, 4 * u))
         y = self.workspace("y", (B, T, u)) if self.return_sequences else self.workspace("dummy", (1, 1, 1))
-        if init is None:
-            H[0] = 0
-            C[0] = 0
-        else:
-            H[0] = init[0]
-            C[0] = init[1]
+        self._set_initial(H, init, 0)
+        self._set_initial(C, init, 1)
         self.kernels("recurrent").lstm_forward(
             x, self.go_backwards, self.params["kernel"], self.params["recurrent_kernel"], self._bias(),
             init is not None, self.act, self.rec_act, self.return_sequences, xs, G, H, C, TC, rec, y)
@@ -307,9 +305,9 @@ class LSTM(_RNN):
         d_seq, dh, d_states = self._split_dy(dy, B, T)
         dc = self.workspace("dc", (B, u))
         if d_states[1] is not None:
-            dc[...] = d_states[1]
+            self.kernels("array").copy(self.asarray(d_states[1]), dc)
         else:
-            dc[...] = 0
+            self.kernels("array").fill(dc, 0)
         self._need_dx = self.input_grad_needed
         ws = self.workspace
         has_seq = d_seq is not None
@@ -363,10 +361,7 @@ class GRU(_RNN):
         RH = self.workspace("RH", (T, B, u))
         rec = self.workspace("rec", (B, 3 * u))
         y = self.workspace("y", (B, T, u)) if self.return_sequences else self.workspace("dummy", (1, 1, 1))
-        if init is None:
-            H[0] = 0
-        else:
-            H[0] = init[0]
+        self._set_initial(H, init, 0)
         self.kernels("recurrent").gru_forward(
             x, self.go_backwards, self.params["kernel"], self.params["recurrent_kernel"], self._bias(),
             init is not None, self.act, self.rec_act, self.return_sequences, xs, G, H, RH, rec, y)
@@ -520,23 +515,25 @@ class Bidirectional(Layer):
         ob = self.backward_layer.forward(x, training, initial_state=init_b)
         yf, sf = (of[0], of[1:]) if self.return_state else (of, [])
         yb, sb = (ob[0], ob[1:]) if self.return_state else (ob, [])
-        if self.return_sequences:
-            yb = yb[:, ::-1]
+        k = self.kernels("array")
+        if self.return_sequences:  # the backward layer's outputs in forward time order
+            rev = self.workspace("yb_rev", yb.shape)
+            k.reverse_steps(yb, rev)
+            yb = rev
         self._yf, self._yb = yf, yb
         self._has_init = initial_state is not None
-        out = self.workspace("y", yf.shape[:-1] + ((2 * yf.shape[-1],) if self.merge_mode == "concat"
-                                                   else (yf.shape[-1],)))
         u = yf.shape[-1]
+        out = self.workspace("y", yf.shape[:-1] + ((2 * u,) if self.merge_mode == "concat" else (u,)))
         if self.merge_mode == "concat":
-            out[..., :u] = yf
-            out[..., u:] = yb
-        elif self.merge_mode == "sum":
-            np.add(yf, yb, out=out)
+            out3 = out.reshape(-1, 2 * u, 1)
+            k.copy_block(yf.reshape(-1, u, 1), out3, 0)
+            k.copy_block(yb.reshape(-1, u, 1), out3, u)
         elif self.merge_mode == "mul":
-            np.multiply(yf, yb, out=out)
+            k.multiply(yf, yb, out)
         else:
-            np.add(yf, yb, out=out)
-            out *= self.dtype.type(0.5)
+            k.add(yf, yb, out)
+            if self.merge_mode == "ave":
+                k.scale(out, 0.5)
         if self.return_state:
             return [out] + list(sf) + list(sb)
         return out
@@ -549,22 +546,30 @@ class Bidirectional(Layer):
             d_out, d_sf, d_sb = dy, [], []
         yf, yb = self._yf, self._yb
         u = yf.shape[-1]
+        k = self.kernels("array")
         if d_out is None:
             dyf = dyb = None
         else:
-            d_out = np.asarray(d_out, dtype=self.dtype)
-            if self.merge_mode == "concat":
-                dyf, dyb = d_out[..., :u], d_out[..., u:]
-            elif self.merge_mode == "sum":
+            d_out = self.asarray(d_out)
+            if self.merge_mode == "sum":
                 dyf = dyb = d_out
-            elif self.merge_mode == "mul":
-                dyf, dyb = d_out * yb, d_out * yf
             else:
-                dyf = dyb = d_out * self.dtype.type(0.5)
-            if self.return_sequences:
-                dyb = dyb[:, ::-1]
-            dyf = np.ascontiguousarray(dyf)
-            dyb = np.ascontiguousarray(dyb)
+                dyf, dyb = self.workspace("dyf", yf.shape), self.workspace("dyb", yf.shape)
+                if self.merge_mode == "concat":
+                    d3 = d_out.reshape(-1, 2 * u, 1)
+                    k.take_block(d3, 0, dyf.reshape(-1, u, 1))
+                    k.take_block(d3, u, dyb.reshape(-1, u, 1))
+                elif self.merge_mode == "mul":
+                    k.multiply(d_out, yb, dyf)
+                    k.multiply(d_out, yf, dyb)
+                else:
+                    k.copy(d_out, dyf)
+                    k.scale(dyf, 0.5)
+                    dyb = dyf
+            if self.return_sequences:  # back to the backward layer's own time order
+                rev = self.workspace("dyb_rev", yf.shape)
+                k.reverse_steps(dyb, rev)
+                dyb = rev
         for layer in self.sublayers():
             layer.input_grad_needed = self.input_grad_needed
         rf = self.forward_layer.backward([dyf] + d_sf if self.return_state else dyf)
@@ -576,7 +581,7 @@ class Bidirectional(Layer):
         dx = None
         if dxf is not None:
             dx = self.workspace("dx", dxf.shape)
-            np.add(dxf, dxb, out=dx)
+            k.add(dxf, dxb, dx)
         if self._has_init:
             return dx, list(gf) + list(gb)
         return dx
