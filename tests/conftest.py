@@ -40,3 +40,17 @@ def one_thread():
 def digits():
     """``(x_train, y_train), (x_test, y_test)`` of the bundled digits (read once)."""
     return nb.datasets.load_digits()
+
+
+def _devices_under_test():
+    """cpu, and every other registered device that can run here (cuda under the
+    simulator or on a GPU, once its package registers it)."""
+    from nbmodel.backend import registered_devices
+
+    return [name for name in registered_devices() if not name.startswith("test-")]
+
+
+@pytest.fixture(params=_devices_under_test())
+def device(request):
+    """The name of a device to run a layer case on (see nbmodel.testing.LayerCase)."""
+    return request.param
