@@ -54,7 +54,7 @@ class Model:
                 raise ValueError(f"{self.name}: model inputs must come from layers.Input(...)")
         self._graph = Graph(ins, outs, self._device)
         self.input_layers = [t.input_layer for t in ins]
-        for layer in self._graph.layers:
+        for layer in self.layers:
             layer.to(self._device)
         if self.seed is not None:
             for i, layer in enumerate(self._graph.layers):
@@ -535,7 +535,7 @@ class Model:
                 layer.to(dev)
             return self
         self._graph.device = dev
-        for layer in self._graph.layers:
+        for layer in self.layers:
             layer.to(dev)
         for loss in self._losses:
             loss.to(dev)
