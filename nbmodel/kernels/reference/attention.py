@@ -120,8 +120,11 @@ def transformer_encoder(x, w, activation_name="relu", norm_first=False, epsilon=
     return ln("norm2", h + ff(h))
 
 
-def positional_embedding(ids, token_embeddings, position_embeddings):
+def pos_embed_forward(ids, token_embeddings, position_embeddings):
     ids = np.asarray(ids)
     t = ids.shape[1]
     return (np.asarray(token_embeddings, np.float64)[ids]
             + np.asarray(position_embeddings, np.float64)[None, :t])
+
+
+positional_embedding = pos_embed_forward  # the name the tests used before the contract's

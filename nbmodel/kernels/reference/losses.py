@@ -144,3 +144,26 @@ def weighted_mean(values, sample_weight=None):
     v = v.reshape(v.shape[0], -1).mean(axis=1)
     w = np.ones_like(v) if sample_weight is None else np.asarray(sample_weight, np.float64).reshape(-1)
     return float((v * w).sum() / w.sum())
+
+
+# ------------------------------------------------- the contract's names
+_DENSE = {"mse": mse, "mae": mae, "huber": huber, "binary_crossentropy": binary_crossentropy}
+
+
+def dense_loss(kind, y_true, y_pred, **kwargs):
+    """The elementwise losses (mse, mae, huber, binary_crossentropy by name): (total, count, dy)."""
+    return _DENSE[kind](y_true, y_pred, **kwargs)
+
+
+categorical_ce = categorical_crossentropy
+sparse_ce = sparse_categorical_crossentropy
+
+
+def sparse_matches(labels, y_pred, k=0):
+    """1.0 where the label is the argmax (k = 0) or among the k highest scores."""
+    return accuracy_values("sparse" if k == 0 else "sparse_top_k", labels, y_pred, k=k)
+
+
+def categorical_matches(y_true, y_pred, k=0):
+    """sparse_matches against one-hot targets."""
+    return accuracy_values("categorical" if k == 0 else "top_k", y_true, y_pred, k=k)

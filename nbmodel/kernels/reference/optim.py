@@ -46,42 +46,59 @@ class Reference:
         self.t += 1
 
     def _sgd(self, p, g, s, lr):
-        mu = self.h.get("momentum", 0.0)
-        if mu == 0:
-            p -= lr * g
-            return
-        s["m"] = mu * s["m"] - lr * g
-        if self.h.get("nesterov", False):
-            p += mu * s["m"] - lr * g
-        else:
-            p += s["m"]
+        sgd_step(p, g, s, lr, self.h.get("momentum", 0.0), self.h.get("nesterov", False))
 
     def _adam(self, p, g, s, lr):
-        b1, b2 = self.h.get("beta_1", 0.9), self.h.get("beta_2", 0.999)
-        eps = self.h.get("epsilon", 1e-7)
-        t = self.t + 1
-        s["m"] += (g - s["m"]) * (1 - b1)
-        s["v"] += (g * g - s["v"]) * (1 - b2)
-        v = s["v"]
-        if self.h.get("amsgrad", False):
-            s["vh"] = np.maximum(s["vh"], s["v"])
-            v = s["vh"]
-        alpha = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
-        p -= alpha * s["m"] / (np.sqrt(v) + eps)
+        adam_step(p, g, s, lr, self.t + 1, self.h.get("beta_1", 0.9), self.h.get("beta_2", 0.999),
+                  self.h.get("epsilon", 1e-7), self.h.get("amsgrad", False))
 
     _adamw = _adam
 
     def _rmsprop(self, p, g, s, lr):
-        rho, mu = self.h.get("rho", 0.9), self.h.get("momentum", 0.0)
-        eps = self.h.get("epsilon", 1e-7)
-        s["v"] = rho * s["v"] + (1 - rho) * g * g
-        if self.h.get("centered", False):
-            s["a"] = rho * s["a"] + (1 - rho) * g
-            inc = lr * g / np.sqrt(s["v"] - s["a"] ** 2 + eps)
-        else:
-            inc = lr * g / np.sqrt(s["v"] + eps)
-        if mu > 0:
-            s["m"] = mu * s["m"] + inc
-            p -= s["m"]
-        else:
-            p -= inc
+        rmsprop_step(p, g, s, lr, self.h.get("rho", 0.9), self.h.get("momentum", 0.0),
+                     self.h.get("epsilon", 1e-7), self.h.get("centered", False))
+
+
+# One step of each rule on one variable, in place on p and the slots s (the
+# contract's names; the kernels run them over the flat buffer by segment).
+def sgd_step(p, g, s, lr, momentum=0.0, nesterov=False):
+    if momentum == 0:
+        p -= lr * g
+        return
+    s["m"] = momentum * s["m"] - lr * g
+    if nesterov:
+        p += momentum * s["m"] - lr * g
+    else:
+        p += s["m"]
+
+
+def adam_step(p, g, s, lr, t, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False):
+    """Adam at step t = 1, 2, ... (AdamW: decay the weights before)."""
+    s["m"] += (g - s["m"]) * (1 - beta_1)
+    s["v"] += (g * g - s["v"]) * (1 - beta_2)
+    v = s["v"]
+    if amsgrad:
+        s["vh"] = np.maximum(s["vh"], s["v"])
+        v = s["vh"]
+    alpha = lr * np.sqrt(1 - beta_2 ** t) / (1 - beta_1 ** t)
+    p -= alpha * s["m"] / (np.sqrt(v) + epsilon)
+
+
+def rmsprop_step(p, g, s, lr, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False):
+    s["v"] = rho * s["v"] + (1 - rho) * g * g
+    if centered:
+        s["a"] = rho * s["a"] + (1 - rho) * g
+        inc = lr * g / np.sqrt(s["v"] - s["a"] ** 2 + epsilon)
+    else:
+        inc = lr * g / np.sqrt(s["v"] + epsilon)
+    if momentum > 0:
+        s["m"] = momentum * s["m"] + inc
+        p -= s["m"]
+    else:
+        p -= inc
+
+
+def segment_sumsq(g, bounds):
+    """Sum of squares of g over each segment [bounds[i], bounds[i + 1])."""
+    g = np.asarray(g, np.float64)
+    return np.array([(g[a:b] ** 2).sum() for a, b in zip(bounds[:-1], bounds[1:])])
