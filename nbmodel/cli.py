@@ -64,7 +64,7 @@ def load_data(cfg):
     raise ConfigError(f"[data] unknown dataset {kind!r}: expected 'digits' or 'npz'")
 
 
-def build_model(cfg, input_shape, input_dtype=None, device="cpu"):
+def build_model(cfg, input_shape, input_dtype=None, device=None):
     from . import layers as L
     from .model import Sequential
 
@@ -203,6 +203,9 @@ def cmd_info(args):
     for info in threadpool_info():
         lines.append(f"{info.get('user_api')}: {info.get('internal_api')} {info.get('version')} "
                      f"threads={info.get('num_threads')} ({os.path.basename(info.get('filepath', ''))})")
+    from .backend import get_device, registered_devices
+
+    lines.append("devices: " + "; ".join(get_device(name).describe() for name in registered_devices()))
     try:
         from numba import cuda
 
@@ -236,7 +239,7 @@ def main(argv=None):
     p.add_argument("config")
     p.add_argument("--workers", type=int, default=1, help="data-parallel worker processes on this machine")
     p.add_argument("--distributed", choices=["mpi"], default=None, help="data-parallel over MPI ranks")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default=None, help="a registered device (default: cpu, or NBMODEL_DEVICE)")
     p.add_argument("--epochs", type=int, default=None, help="override [fit] epochs")
     p.add_argument("--verbose", type=int, default=None, choices=[0, 1, 2])
     p.add_argument("--out", default=None, help="directory for model.nbm, history.csv, history.png")
