@@ -120,6 +120,10 @@ class Device:
     def __repr__(self) -> str:
         return f"Device({self.name!r})"
 
+    def __reduce__(self):
+        # by name: a model sent to a worker process finds that process's device of the same name
+        return get_device, (self.name,)
+
 
 class CpuDevice(Device):
     """NumPy arrays in host memory; ``@njit`` kernels from ``nbmodel.kernels.cpu``."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 
 from .. import activations as act_codes
-from .. import config
 from .base import Layer, keeps_backward_cache
 
 __all__ = ["Conv1D", "Conv2D"]
@@ -44,13 +43,6 @@ def padding_amounts(n, k, stride, dilation, padding):
     else:
         before = after = 0
     return before, after, (n + before + after - eff) // stride + 1
-
-
-def view_as(arr, shape):
-    """A reshaped view of ``arr`` that never silently copies (grads are written through it)."""
-    v = arr.view()
-    v.shape = shape
-    return v
 
 
 class _Conv(Layer):
@@ -141,40 +133,32 @@ class _Conv(Layer):
         x4 = x.reshape(n, h, w, c)
         kk = ks[0] * ks[1] * c
         f = self.filters
-        k2 = view_as(kernel, (kk, f))
-        if self.use_bias:
-            bias = self.params["bias"]
-        else:
-            bias = self.workspace("zero_bias", (f,))
-            bias[:] = 0
-        kmod = self.kernels("conv")
-        nt = config.get_num_threads()
-        chunk = kmod.chunk_images(n, oh, ow, kk, x.itemsize, nt)
+        k2 = kernel.reshape(kk, f)  # params and grads are C-contiguous: a view
+        bias = self.params["bias"] if self.use_bias else self.constant("zero_bias", (f,), 0)
         rows = n * oh * ow
         keep = keeps_backward_cache(training)
-        cols = self.workspace("cols", (rows if keep else min(n, chunk) * oh * ow, kk))
         code = act_codes.LINEAR if self.code == act_codes.SOFTMAX else self.code
         keep_pre = code in act_codes.NEEDS_PREACTIVATION
         y = self.workspace("y", (rows, f))
         pre = self.workspace("pre", (rows, f)) if keep_pre else y
-        kmod.conv_forward(x4, k2, bias, code, keep_pre, ks[0], ks[1], st[0], st[1], dl[0], dl[1],
-                          pt, pl, oh, ow, chunk, nt, cols, pre, y)
+        self.kernels("conv").conv_forward(x4, k2, bias, code, keep_pre, ks[0], ks[1], st[0], st[1], dl[0], dl[1],
+                                          pt, pl, oh, ow, keep, self.scratch, pre, y)
         if self.code == act_codes.SOFTMAX:
             self.kernels("activations").softmax_rows(y, y)
-        self._cache = (x4, x.shape, cols, pre, y, (ks, st, dl, pt, pl, oh, ow, chunk), keep)
+        self._cache = (x4, x.shape, pre, y, (ks, st, dl, pt, pl, oh, ow), keep)
         out_spatial = (ow,) if self.rank == 1 else (oh, ow)
         return y.reshape((n,) + out_spatial + (f,))
 
     def backward(self, dy):
-        x4, x_shape, cols, pre, y, geo, training = self._cache
+        x4, x_shape, pre, y, geo, training = self._cache
         if not training:
             raise ValueError(f"{self.name}: backward needs a forward pass with training=True")
-        ks, st, dl, pt, pl, oh, ow, chunk = geo
+        ks, st, dl, pt, pl, oh, ow = geo
         kernel = self.params["kernel"]
         f = self.filters
-        n, h, w, c = x4.shape
+        c = x4.shape[3]
         kk = ks[0] * ks[1] * c
-        dy2 = np.ascontiguousarray(dy, dtype=self.dtype).reshape(-1, f)
+        dy2 = self.asarray(dy).reshape(-1, f)
         if dy2.shape[0] != y.shape[0]:
             raise ValueError(f"{self.name}: gradient of shape {np.shape(dy)} does not match the output")
         code = self.code
@@ -182,22 +166,12 @@ class _Conv(Layer):
             ds = self.workspace("dsoft", dy2.shape)
             self.kernels("activations").softmax_rows_backward(y, dy2, ds)
             dy2, code = ds, act_codes.LINEAR
-        dz = self.workspace("dz", dy2.shape) if code != act_codes.LINEAR else dy2
-        dbias = self.grads["bias"] if self.use_bias else self.workspace("zero_dbias", (f,))
-        nt = config.get_num_threads()
-        k = self.kernels("conv")
-        k.conv_backward_dz(pre, y, dy2, code, self.use_bias, nt, dz, dbias, self.workspace("bias_work", (f,)))
-        dk2 = view_as(self.grads["kernel"], (kk, f))
-        if nt == 1:  # NumPy's BLAS is faster on this product; one pool only when threaded (kernels/cpu/conv.py)
-            np.dot(cols.T, dz, out=dk2)
-        else:
-            k.weight_grad(cols, dz, dk2)
         need_dx = self.input_grad_needed
-        if need_dx:
-            dcols = self.workspace("dcols", (min(n, chunk) * oh * ow, kk))
-            dx = self.workspace("dx", x4.shape)
-            k.conv_backward_dx(dz, view_as(kernel, (kk, f)), ks[0], ks[1], st[0], st[1], dl[0], dl[1], pt, pl,
-                               oh, ow, chunk, nt, dcols, dx)
+        dx = self.workspace("dx", x4.shape) if need_dx else None
+        self.kernels("conv").conv_backward(x4, kernel.reshape(kk, f), pre, y, dy2, code, ks[0], ks[1], st[0],
+                                           st[1], dl[0], dl[1], pt, pl, oh, ow, self.scratch,
+                                           self.grads["kernel"].reshape(kk, f),
+                                           self.grads["bias"] if self.use_bias else None, dx)
         return dx.reshape(x_shape) if need_dx else None
 
     def get_config(self):

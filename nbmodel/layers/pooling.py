@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import config
 from .base import Layer
 from .conv import _tuple, padding_amounts
 
@@ -79,9 +78,9 @@ class _Pool(Layer):
         k = self.kernels("pooling")
         if self.mode == "max":
             arg = self.workspace("arg", (n, oh, ow, c), np.int32)
-            k.max_pool_forward(x4, ps[0], ps[1], st[0], st[1], pt, pl, y, arg, config.get_num_threads())
+            k.max_pool_forward(x4, ps[0], ps[1], st[0], st[1], pt, pl, y, arg)
         else:
-            k.avg_pool_forward(x4, ps[0], ps[1], st[0], st[1], pt, pl, y, config.get_num_threads())
+            k.avg_pool_forward(x4, ps[0], ps[1], st[0], st[1], pt, pl, y)
         self._cache = (x.shape, x4.shape, ps, st, pt, pl)
         self._out4 = y.shape
         return y.reshape((n,) + ((ow,) if self.rank == 1 else (oh, ow)) + (c,))
@@ -89,13 +88,13 @@ class _Pool(Layer):
     def backward(self, dy):
         x_shape, x4_shape, ps, st, pt, pl = self._cache
         n, oh, ow, c = self._out4
-        dy4 = np.ascontiguousarray(dy, dtype=self.dtype).reshape(n, oh, ow, c)
+        dy4 = self.asarray(dy).reshape(n, oh, ow, c)
         dx = self.workspace("dx", x4_shape)
         k = self.kernels("pooling")
         if self.mode == "max":
-            k.max_pool_backward(dy4, self.workspace("arg", (n, oh, ow, c), np.int32), dx, config.get_num_threads())
+            k.max_pool_backward(dy4, self.workspace("arg", (n, oh, ow, c), np.int32), dx)
         else:
-            k.avg_pool_backward(dy4, ps[0], ps[1], st[0], st[1], pt, pl, dx, config.get_num_threads())
+            k.avg_pool_backward(dy4, ps[0], ps[1], st[0], st[1], pt, pl, dx)
         return dx.reshape(x_shape)
 
     def get_config(self):
@@ -169,7 +168,7 @@ class _GlobalPool(Layer):
 
     def backward(self, dy):
         n, c = self._shape[0], self._shape[-1]
-        dy2 = np.ascontiguousarray(dy, dtype=self.dtype).reshape(n, c)
+        dy2 = self.asarray(dy).reshape(n, c)
         dx = self.workspace("dx", (n, int(np.prod(self._shape[1:-1])), c))
         k = self.kernels("pooling")
         if self.mode == "max":

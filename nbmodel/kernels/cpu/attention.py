@@ -23,13 +23,11 @@ indexing, never materialized per head).
 np.dot inside these kernels goes to BLAS; the (batch, head) loop is serial on
 purpose (BLAS must not be called from prange).
 """
-import math
-
 import numpy as np
 
-from ..codes import RELU
-from .activations import act_grad_scalar, act_scalar
 from ._jit import jit
+from ._math import exp_store, row_max, scale_row
+from .activations import act_grad_sum_rows, bias_act_rows
 
 
 @jit
@@ -52,57 +50,18 @@ def _split_heads(tmp, off, b, use_bias, scale, batch, t, heads, dim, out):
 
 
 @jit
-def _exp_row_f32(s, i, n, mx, nscr):
-    """s[i, :n] = exp(s[i, :n] - mx) in float32 without a libm call per element.
-
-    exp(x) = 2^k * p(r), k = round(x / ln 2), r = x - k ln 2 (two-part ln 2),
-    p a degree-6 Taylor polynomial (error ~1e-7 relative on |r| <= ln2/2);
-    2^k is added to the exponent bits through an int32 view. Every loop is
-    branch-free so LLVM vectorizes it. x below -87 (masked entries are -inf)
-    gives 0; a NaN score stays NaN (so does the row sum). Returns the row sum.
-    """
-    one = s.dtype.type(1)
-    zero = one - one
-    half = one / (one + one)
-    log2e = s.dtype.type(1.4426950408889634)
-    ln2hi = s.dtype.type(0.693359375)
-    ln2lo = s.dtype.type(-2.12194440e-4)
-    lo = s.dtype.type(-87.0)
-    c3 = s.dtype.type(1.0 / 6.0)
-    c4 = s.dtype.type(1.0 / 24.0)
-    c5 = s.dtype.type(1.0 / 120.0)
-    c6 = s.dtype.type(1.0 / 720.0)
-    for j in range(n):
-        x = s[i, j] - mx
-        keep = x > lo
-        xc = x if keep else lo
-        k = np.floor(xc * log2e + half)
-        r = xc - k * ln2hi - k * ln2lo
-        pr = one + r * (one + r * (half + r * (c3 + r * (c4 + r * (c5 + r * c6)))))
-        s[i, j] = pr if keep else (x if x != x else zero)  # NaN scores stay NaN
-        nscr[j] = np.int32(k) << 23 if keep else 0
-    si = s[i].view(np.int32)
-    for j in range(n):
-        si[j] += nscr[j]
-    tot = zero
-    for j in range(n):
-        tot += s[i, j]
-    return tot
-
-
-@jit
-def _softmax_block(s, mask, has_mask, mb, mh, causal, nscr):
+def _softmax_block(s, mask, has_mask, mb, mh, causal):
     """In place masked softmax of the rows of one (q_len, k_len) block.
 
     Causal rows are the prefix j <= i; masked entries become -inf before the
     max so they give exp = 0; a row with nothing to attend to is all zeros.
-    nscr is an int32 scratch of length k_len.
+    A NaN score makes its row NaN. Max, exp (float32: _math.fast_exp, no libm
+    call) and normalization are the shared softmax pieces of _math.py.
     """
     tq, tk = s.shape
     one = s.dtype.type(1)
     zero = one - one
     ninf = s.dtype.type(-np.inf)
-    f32 = s.itemsize == 4
     for i in range(tq):
         n = min(i + 1, tk) if causal else tk
         for j in range(n, tk):
@@ -118,24 +77,13 @@ def _softmax_block(s, mask, has_mask, mb, mh, causal, nscr):
                 for j in range(n):
                     s[i, j] = zero  # nothing to attend to: zeros, not NaN
                 continue
-        mx = s[i, 0]
-        for j in range(n):
-            mx = max(mx, s[i, j])
-        if f32:
-            tot = _exp_row_f32(s, i, n, mx, nscr)
-        else:
-            tot = zero
-            for j in range(n):
-                e = math.exp(s[i, j] - mx)
-                s[i, j] = e
-                tot += e
-        inv = one / tot
-        for j in range(n):
-            s[i, j] *= inv
+        row = s[i, :n]
+        tot = exp_store(row, row_max(row), row)
+        scale_row(row, one / tot)
 
 
 @jit
-def _attend_forward(qh, kh, vh, mask, has_mask, causal, keep, rate, u, probs, pdrop, otmp, nscr, o2):
+def _attend_forward(qh, kh, vh, mask, has_mask, causal, keep, rate, u, probs, pdrop, otmp, o2):
     """Attention core: per (batch, head) S = Qs K^T, masked softmax, O = P V
     written into o2 (batch*tq, heads*vd) at the head's column block."""
     batch, heads, tq, _ = qh.shape
@@ -152,7 +100,7 @@ def _attend_forward(qh, kh, vh, mask, has_mask, causal, keep, rate, u, probs, pd
             mh = h if mhn > 1 else 0
             p = probs[b, h] if keep else probs[0, 0]
             np.dot(qh[b, h], kh[b, h].T, p)
-            _softmax_block(p, mask, has_mask, mb, mh, causal, nscr)
+            _softmax_block(p, mask, has_mask, mb, mh, causal)
             if rate > zero:
                 ub = u[b, h]
                 for i in range(tq):
@@ -189,7 +137,8 @@ def mha_forward(q2, k2, v2, wq, bq, wk, bk, wv, bv, wo, bo, use_bias, scale, bat
     flattened. Writes qh/kh/vh (head-major projections, qh scaled), probs
     ((batch, heads, tq, tk) when keep, else one (1, 1, tq, tk) block), o2
     ((batch*tq, heads*vd), the attention output before the output GEMM) and
-    out (batch*tq, dout). nscr is an int32 (tk,) scratch.
+    out (batch*tq, dout). nscr (an int32 (tk,) scratch of the former float32
+    exp) is unused, kept until the layer stops passing it.
     Dropout (rate > 0) multiplies the probabilities by
     (u >= rate) / (1 - rate), u uniform of probs' shape; pdrop is a (tq, tk)
     workspace.
@@ -201,7 +150,7 @@ def mha_forward(q2, k2, v2, wq, bq, wk, bk, wv, bv, wo, bo, use_bias, scale, bat
     _split_heads(ktmp, 0, bk, use_bias, one, batch, tk, heads, kd, kh)
     np.dot(v2, wv, vtmp)
     _split_heads(vtmp, 0, bv, use_bias, one, batch, tk, heads, vd, vh)
-    _attend_forward(qh, kh, vh, mask, has_mask, causal, keep, rate, u, probs, pdrop, otmp, nscr, o2)
+    _attend_forward(qh, kh, vh, mask, has_mask, causal, keep, rate, u, probs, pdrop, otmp, o2)
     _output_projection(o2, wo, bo, use_bias, out)
 
 
@@ -216,7 +165,7 @@ def mha_self_forward(x2, wcat, bcat, wo, bo, use_bias, scale, batch, t, heads, k
     _split_heads(qkv, 0, bcat, use_bias, scale, batch, t, heads, kd, qh)
     _split_heads(qkv, hk, bcat, use_bias, one, batch, t, heads, kd, kh)
     _split_heads(qkv, 2 * hk, bcat, use_bias, one, batch, t, heads, vd, vh)
-    _attend_forward(qh, kh, vh, mask, has_mask, causal, keep, rate, u, probs, pdrop, otmp, nscr, o2)
+    _attend_forward(qh, kh, vh, mask, has_mask, causal, keep, rate, u, probs, pdrop, otmp, o2)
     _output_projection(o2, wo, bo, use_bias, out)
 
 
@@ -378,25 +327,11 @@ def ffn_forward(x, w1, b1, w2, b2, code, keep_pre, pre, hid, out):
     """Feed-forward block: hid = act(x @ w1 + b1), out = hid @ w2 + b2.
 
     pre (x @ w1 + b1) is written only when keep_pre (activations whose
-    gradient needs it). ReLU gets its own branch-free loop so it vectorizes:
-    a data-dependent branch per element costs more than the GEMM around it.
+    gradient needs it). Bias + activation is the activations family's row
+    pass (one loop specialized per activation, so it vectorizes).
     """
     np.dot(x, w1, hid)
-    n, m = hid.shape
-    one = hid.dtype.type(1)
-    zero = one - one
-    if code == RELU:
-        for i in range(n):
-            for j in range(m):
-                v = hid[i, j] + b1[j]
-                hid[i, j] = max(v, zero)
-    else:
-        for i in range(n):
-            for j in range(m):
-                v = hid[i, j] + b1[j]
-                if keep_pre:
-                    pre[i, j] = v
-                hid[i, j] = act_scalar(code, v, one)
+    bias_act_rows(hid, b1, code, keep_pre, 0, hid.shape[0], pre)
     np.dot(hid, w2, out)
     n2, m2 = out.shape
     for i in range(n2):
@@ -407,8 +342,7 @@ def ffn_forward(x, w1, b1, w2, b2, code, keep_pre, pre, hid, out):
 @jit
 def ffn_backward(x, w1, w2, pre, hid, dout, code, need_dx, dz, dw1, db1, dw2, db2, dx):
     """Gradients of ffn_forward; dz (n, ff) is a workspace."""
-    one = hid.dtype.type(1)
-    zero = one - one
+    zero = hid.dtype.type(0)
     np.dot(hid.T, dout, dw2)
     n2, m2 = dout.shape
     db2[:] = zero
@@ -416,20 +350,8 @@ def ffn_backward(x, w1, w2, pre, hid, dout, code, need_dx, dz, dw1, db1, dw2, db
         for j in range(m2):
             db2[j] += dout[i, j]
     np.dot(dout, w2.T, dz)
-    n, m = dz.shape
     db1[:] = zero
-    if code == RELU:
-        for i in range(n):
-            for j in range(m):
-                g = dz[i, j] if hid[i, j] > zero else zero
-                dz[i, j] = g
-                db1[j] += g
-    else:
-        for i in range(n):
-            for j in range(m):
-                g = dz[i, j] * act_grad_scalar(code, pre[i, j], hid[i, j], one)
-                dz[i, j] = g
-                db1[j] += g
+    act_grad_sum_rows(pre, hid, dz, code, 0, dz.shape[0], dz, db1)
     np.dot(x.T, dz, dw1)
     if need_dx:
         np.dot(dz, w1.T, dx)

@@ -12,39 +12,47 @@ The bulk of each pass is one BLAS GEMM on the patch matrix ("im2col"):
     weight grad    dk2   = cols.T @ dz                 one GEMM over every pixel
     input grad     dcols = dz @ k2.T, scattered back into dx ("col2im")
 
-At one thread the layer issues the weight-gradient GEMM through NumPy: for
-this transposed product numba's np.dot (SciPy's OpenBLAS) measured 1.4x
-slower than NumPy's (conv2 of the cnn model: 9.3 ms vs 6.5 ms), while the two
-other products run at the same speed either way. With more threads it stays
-in numba (``weight_grad``): two BLAS thread pools taking turns on two cores
+The two launch functions, ``conv_forward`` and ``conv_backward``, take
+arrays, geometry and a ``scratch(key, shape, dtype=None)`` callable (the
+layer's workspace: the same array for the same key, shape and dtype) and
+decide everything about scheduling here: chunk sizes, thread counts (read
+from nbmodel.config), and which BLAS runs each product. Everything else in
+this module is a private helper.
+
+At one thread the weight-gradient GEMM goes through NumPy: for this
+transposed product numba's np.dot (SciPy's OpenBLAS) measured 1.4x slower
+than NumPy's (conv2 of the cnn model: 9.3 ms vs 6.5 ms), while the two other
+products run at the same speed either way. With more threads it stays in
+numba (``_weight_grad``): two BLAS thread pools taking turns on two cores
 spin against each other (cnn step 1.5 s instead of 50 ms, measured).
 
 Patches are built and the GEMM runs in chunks of whole images whose patch rows
 fit in the L2 cache, so the GEMM reads what im2col has just written, and
 bias + activation run on each chunk's output while it is still hot. In
 training the full patch matrix is kept for the weight gradient (one big GEMM);
-in inference ``cols`` may be just one chunk. Chunks are whole images, so the
+in inference ``cols`` is just one chunk. Chunks are whole images, so the
 scatter of col2im never races when images are split across threads.
 
 Threads: each pass has a serial body over a range of rows and a parallel
 wrapper that splits the range into one block per thread. The parallel one
 runs only when there is enough work (PAR_MIN elements) and more than one
 thread: a parallel region costs a fork/join that small layers cannot repay,
-and on a busy machine a barrier waits for a descheduled thread.
+and on a busy machine a barrier waits for a descheduled thread. Bias +
+activation and the activation gradient are the activations family's row
+pieces (``bias_act_rows``, ``act_grad_rows``, ``act_grad_sum_rows``).
 """
 import numpy as np
 
-from ..codes import LINEAR, RELU
-from .activations import act_grad_scalar, act_scalar
-from ._jit import jit, pjit, prange
+from ...config import get_num_threads
+from ..codes import LINEAR
+from ._jit import PAR_MIN, jit, pjit, prange
+from .activations import act_grad_rows, act_grad_sum_rows, bias_act_rows
 
 # bytes of patch rows per chunk: about half of a 1 MiB L2 cache
 CHUNK_BYTES = 1 << 19
-# elements a pass must touch before it is split across threads
-PAR_MIN = 1 << 17
 
 
-def chunk_images(n, oh, ow, kk, itemsize, nthreads=1):
+def _chunk_images(n, oh, ow, kk, itemsize, nthreads=1):
     """Images per chunk so that one chunk of patch rows is about CHUNK_BYTES.
 
     With several threads, the whole batch: each chunk costs a switch between
@@ -112,7 +120,7 @@ def _im2col_par(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, r0, r1, cols, row0, n
 
 
 @jit
-def im2col(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, cols, row0, nthreads):
+def _im2col(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, cols, row0, nthreads):
     """Patch rows of images n0..n1 into cols[(n*oh*ow + p) - row0, :] (threads when worth it)."""
     nt = nthreads
     if nt > 1 and (n1 - n0) * oh * ow * cols.shape[1] >= PAR_MIN:
@@ -168,7 +176,7 @@ def _col2im_par(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, row0, dx,
 
 
 @jit
-def col2im_add(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, row0, dx, nthreads):
+def _col2im_add(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, row0, dx, nthreads):
     """dx[n] += the patch gradients of images n0..n1 (threads over images when worth it)."""
     nt = min(nthreads, n1 - n0)
     if nt > 1 and (n1 - n0) * oh * ow * dcols.shape[1] >= PAR_MIN:
@@ -177,56 +185,26 @@ def col2im_add(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, row0, dx, 
         _col2im_images(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, row0, dx)
 
 
-@jit
-def _bias_act_rows(z, bias, code, keep_pre, r0, r1, pre, out):
-    """out[r] = act(z[r] + bias) for rows r0..r1 (z may be out); pre[r] = z[r] + bias when keep_pre.
-
-    One loop per common activation so each compiles to straight vector code.
-    """
-    m = out.shape[1]
-    one = out.dtype.type(1)
-    zero = one - one
-    if keep_pre:
-        for r in range(r0, r1):
-            for f in range(m):
-                v = z[r, f] + bias[f]
-                pre[r, f] = v
-                out[r, f] = act_scalar(code, v, one)
-    elif code == RELU:
-        for r in range(r0, r1):
-            for f in range(m):
-                v = z[r, f] + bias[f]
-                out[r, f] = v if v > zero else zero
-    elif code == LINEAR:
-        for r in range(r0, r1):
-            for f in range(m):
-                out[r, f] = z[r, f] + bias[f]
-    else:
-        for r in range(r0, r1):
-            for f in range(m):
-                out[r, f] = act_scalar(code, z[r, f] + bias[f], one)
-
-
 @pjit
-def _bias_act_par(z, bias, code, keep_pre, r0, r1, pre, out, nblocks):
+def _bias_act_par(out, bias, code, keep_pre, r0, r1, pre, nblocks):
     for b in prange(nblocks):
-        _bias_act_rows(z, bias, code, keep_pre, r0 + (r1 - r0) * b // nblocks,
-                       r0 + (r1 - r0) * (b + 1) // nblocks, pre, out)
+        bias_act_rows(out, bias, code, keep_pre, r0 + (r1 - r0) * b // nblocks,
+                      r0 + (r1 - r0) * (b + 1) // nblocks, pre)
 
 
 @jit
-def bias_act_rows(z, bias, code, keep_pre, r0, r1, pre, out, nthreads):
-    """out[r] = act(z[r] + bias) for rows r0..r1 (threads when worth it)."""
+def _bias_act(out, bias, code, keep_pre, r0, r1, pre, nthreads):
+    """out[r] = act(out[r] + bias) in place for rows r0..r1 (threads when worth it)."""
     nt = nthreads
     if nt > 1 and (r1 - r0) * out.shape[1] >= PAR_MIN:
-        _bias_act_par(z, bias, code, keep_pre, r0, r1, pre, out, nt)
+        _bias_act_par(out, bias, code, keep_pre, r0, r1, pre, nt)
     else:
-        _bias_act_rows(z, bias, code, keep_pre, r0, r1, pre, out)
+        bias_act_rows(out, bias, code, keep_pre, r0, r1, pre)
 
 
 @jit
-def conv_forward(x, k2, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
-                 chunk, nthreads, cols, pre, out):
+def _conv_forward(x, k2, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
+                  chunk, nthreads, cols, pre, out):
     """out = act(conv(x, k2) + bias) as (n*oh*ow, f) rows; pre keeps z when keep_pre.
 
     bias is zeros for a layer without one (adding it costs nothing next to the GEMM).
@@ -242,45 +220,30 @@ def conv_forward(x, k2, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh
         r0 = n0 * per
         r1 = n1 * per
         row0 = 0 if full else r0
-        im2col(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, cols, row0, nthreads)
+        _im2col(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, cols, row0, nthreads)
         np.dot(cols[r0 - row0: r1 - row0], k2, out[r0:r1])
-        bias_act_rows(out, bias, code, keep_pre, r0, r1, pre, out, nthreads)
-
-
-@jit
-def _act_backward_rows(pre, y, dy, code, r0, r1, dz):
-    one = dy.dtype.type(1)
-    zero = one - one
-    m = dy.shape[1]
-    if code == RELU:
-        for r in range(r0, r1):
-            for f in range(m):
-                dz[r, f] = dy[r, f] if y[r, f] > zero else zero
-    else:
-        for r in range(r0, r1):
-            for f in range(m):
-                dz[r, f] = dy[r, f] * act_grad_scalar(code, pre[r, f], y[r, f], one)
+        _bias_act(out, bias, code, keep_pre, r0, r1, pre, nthreads)
 
 
 @pjit
 def _act_backward_par(pre, y, dy, code, dz, nblocks):
     rows = dy.shape[0]
     for b in prange(nblocks):
-        _act_backward_rows(pre, y, dy, code, rows * b // nblocks, rows * (b + 1) // nblocks, dz)
+        act_grad_rows(pre, y, dy, code, rows * b // nblocks, rows * (b + 1) // nblocks, dz)
 
 
 @jit
-def act_backward_rows(pre, y, dy, code, dz, nthreads):
+def _act_backward(pre, y, dy, code, dz, nthreads):
     """dz = dy * act'(pre, y) over (rows, f) (threads when worth it)."""
     nt = nthreads
     if nt > 1 and dy.size >= PAR_MIN:
         _act_backward_par(pre, y, dy, code, dz, nt)
     else:
-        _act_backward_rows(pre, y, dy, code, 0, dy.shape[0], dz)
+        act_grad_rows(pre, y, dy, code, 0, dy.shape[0], dz)
 
 
 @jit
-def column_sums(a, part, out):
+def _column_sums(a, part, out):
     """out[f] = sum over rows of a[:, f], summed in blocks of 256 rows (partials in part)
     to limit float32 rounding."""
     out[:] = 0
@@ -297,56 +260,42 @@ def column_sums(a, part, out):
 def _act_backward_sums(pre, y, dy, code, dz, part, dbias):
     """dz = dy * act'(z) and dbias = column sums of dz in one pass (blocks of 256 rows)."""
     rows, m = dy.shape
-    one = dy.dtype.type(1)
-    zero = one - one
-    dbias[:] = zero
+    dbias[:] = 0
     for b0 in range(0, rows, 256):
-        b1 = min(rows, b0 + 256)
-        part[:] = zero
-        if code == RELU:
-            for r in range(b0, b1):
-                for f in range(m):
-                    g = dy[r, f] if y[r, f] > zero else zero
-                    dz[r, f] = g
-                    part[f] += g
-        else:
-            for r in range(b0, b1):
-                for f in range(m):
-                    g = dy[r, f] * act_grad_scalar(code, pre[r, f], y[r, f], one)
-                    dz[r, f] = g
-                    part[f] += g
+        part[:] = 0
+        act_grad_sum_rows(pre, y, dy, code, b0, min(rows, b0 + 256), dz, part)
         for f in range(m):
             dbias[f] += part[f]
 
 
 @jit
-def conv_backward_dz(pre, y, dy, code, use_bias, nthreads, dz, dbias, work):
+def _conv_backward_dz(pre, y, dy, code, use_bias, nthreads, dz, dbias, work):
     """First step of the backward pass: dz = dy * act'(z) (skipped when the
     activation is linear: dz is then dy itself) and dbias = column sums of dz.
 
     dy, pre, y, dz: (n*oh*ow, f); work (f,) scratch. The weight gradient
-    dk2 = cols.T @ dz comes next, then conv_backward_dx.
+    dk2 = cols.T @ dz comes next, then _conv_backward_dx.
     """
     if code == LINEAR:
         if use_bias:
-            column_sums(dy, work, dbias)
+            _column_sums(dy, work, dbias)
     elif use_bias and (nthreads == 1 or dy.size < PAR_MIN):
         _act_backward_sums(pre, y, dy, code, dz, work, dbias)
     else:
-        act_backward_rows(pre, y, dy, code, dz, nthreads)
+        _act_backward(pre, y, dy, code, dz, nthreads)
         if use_bias:
-            column_sums(dz, work, dbias)
+            _column_sums(dz, work, dbias)
 
 
 @jit
-def weight_grad(cols, dz, dk2):
+def _weight_grad(cols, dz, dk2):
     """dk2 = cols.T @ dz, one GEMM over every output pixel."""
     np.dot(cols.T, dz, dk2)
 
 
 @jit
-def conv_backward_dx(dz, k2, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, chunk, nthreads, dcols, dx):
-    """dx of conv_forward from dz (n*oh*ow, f): per chunk of images one GEMM
+def _conv_backward_dx(dz, k2, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, chunk, nthreads, dcols, dx):
+    """dx of _conv_forward from dz (n*oh*ow, f): per chunk of images one GEMM
     dcols = dz @ k2.T (dcols holds ``chunk`` images' patch rows), then col2im."""
     dx[:] = 0
     n = dx.shape[0]
@@ -357,4 +306,60 @@ def conv_backward_dx(dz, k2, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, chunk, nthr
         r0 = n0 * per
         r1 = n1 * per
         np.dot(dz[r0:r1], k2t, dcols[: r1 - r0])
-        col2im_add(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, r0, dx, nthreads)
+        _col2im_add(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, r0, dx, nthreads)
+
+
+# ------------------------------------------------------------ launch functions
+def conv_forward(x, kernel, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
+                 for_backward, scratch, pre, out):
+    """out = act(conv(x, kernel) + bias) as (n*oh*ow, filters) rows (NHWC order).
+
+    x (n, h, w, c) C-contiguous; kernel (kh*kw*c, filters), the Keras kernel
+    viewed as 2-D; bias (filters,), zeros for a layer without one; code an
+    activation code (not SOFTMAX: the caller applies softmax to ``out``);
+    strides sh, sw, dilations dh, dw, padding before pt (top), pl (left);
+    output size oh, ow. keep_pre: pre = conv + bias as well (pre may be
+    ``out`` otherwise). for_backward: conv_backward will follow, so the whole
+    patch matrix is kept in scratch("cols", (n*oh*ow, kh*kw*c)); otherwise
+    the patches live in a buffer of one chunk of images.
+    scratch(key, shape, dtype=None) returns an uninitialized C-contiguous
+    array, the same one for the same key, shape and dtype.
+    """
+    n = x.shape[0]
+    kk = kernel.shape[0]
+    nt = get_num_threads()
+    chunk = _chunk_images(n, oh, ow, kk, x.itemsize, nt)
+    rows_kept = n if for_backward else min(n, chunk)
+    cols = scratch("cols", (rows_kept * oh * ow, kk), x.dtype)
+    _conv_forward(x, kernel, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
+                  chunk, nt, cols, pre, out)
+
+
+def conv_backward(x, kernel, pre, y, dy, code, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
+                  scratch, dkernel, dbias, dx):
+    """Gradients of conv_forward (which ran with for_backward=True on the same
+    x and scratch, and wrote pre and y).
+
+    dy (n*oh*ow, filters) is the gradient of the output, already through the
+    softmax backward for a softmax layer (code is then LINEAR). Writes
+    dkernel (kh*kw*c, filters), dbias (filters,) (None: no bias) and dx
+    (n, h, w, c) (None: no input gradient needed). Work buffers come from
+    scratch (keys "cols", "dz", "dcols", "bias_work").
+    """
+    n = x.shape[0]
+    kk, f = kernel.shape
+    dtype = x.dtype
+    nt = get_num_threads()
+    chunk = _chunk_images(n, oh, ow, kk, x.itemsize, nt)
+    cols = scratch("cols", (n * oh * ow, kk), dtype)
+    dz = scratch("dz", dy.shape, dtype) if code != LINEAR else dy
+    work = scratch("bias_work", (f,), dtype)
+    use_bias = dbias is not None
+    _conv_backward_dz(pre, y, dy, code, use_bias, nt, dz, dbias if use_bias else work, work)
+    if nt == 1:  # NumPy's BLAS is faster on this product; one pool only when threaded (module doc)
+        np.dot(cols.T, dz, out=dkernel)
+    else:
+        _weight_grad(cols, dz, dkernel)
+    if dx is not None:
+        dcols = scratch("dcols", (min(n, chunk) * oh * ow, kk), dtype)
+        _conv_backward_dx(dz, kernel, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, chunk, nt, dcols, dx)

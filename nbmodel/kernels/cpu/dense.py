@@ -8,8 +8,8 @@ next to the GEMM and keeps one specialized loop per activation).
 """
 import numpy as np
 
-from .activations import act_grad_bias, bias_act
 from ._jit import jit
+from .activations import act_grad_bias, bias_act
 
 
 @jit

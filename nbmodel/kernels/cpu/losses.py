@@ -7,8 +7,9 @@ float64 (NumPy's pairwise sum), so the kernels themselves stay in the float
 type of their inputs and give the same result whatever the thread count: rows
 are independent, there is no floating-point reduction across threads.
 
-Rows are run serially below ``PAR_MIN`` elements (a thread launch costs more
-than a small batch) and with ``prange`` above it.
+Rows are run serially below ``PAR_MIN_ELEMENTWISE`` elements (_jit.py: a
+thread launch costs more than a small batch) and with ``prange`` above it.
+The softmax pieces and the float32 exp come from _math.py.
 
 Sample weights: ``w`` holds one weight per group of ``w_per`` consecutive rows
 (``w_per = t`` for per-sample weights on (b, t) sequence losses, 1 for
@@ -16,124 +17,9 @@ per-element weights), read only when ``use_w``.
 """
 import math
 
-import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.extending import intrinsic, overload
-
-from ...config import FASTMATH
 from ..codes import BCE, HUBER, MAE, MSE
-from ._jit import inline, pjit, prange
-
-PAR_MIN = 1 << 16
-
-
-# ------------------------------------------------------- vectorizable exp
-@intrinsic
-def _f32_from_bits(typingctx, bits):
-    """Reinterpret an int32 as the float32 with the same bits."""
-    sig = types.float32(types.int32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return sig, codegen
-
-
-def fast_exp(x):
-    """exp(x). In float32 kernels it compiles to straight-line arithmetic that
-    LLVM vectorizes (math.exp is a libm call per element: 13x slower here, no
-    SVML): exp(x) = 2^k * P(r), r = x - k ln2, |r| <= ln2/2, P the degree-7
-    Taylor polynomial; relative error < 1.3 ulp for -87.33 <= x <= 88.37, 0
-    below (flush to zero), saturating at exp(88.37) above. The loss kernels
-    call it on x - max <= 0. float64 uses math.exp."""
-    return math.exp(x)
-
-
-@overload(fast_exp, fastmath=set(FASTMATH))
-def _fast_exp_impl(x):
-    if x != types.float32:
-        return lambda x: math.exp(x)
-
-    def impl(x):
-        f = np.float32
-        y = x
-        if y < f(-87.33):
-            y = f(-87.33)
-        if y > f(88.37):
-            y = f(88.37)
-        k = np.floor(y * f(1.4426950408889634) + f(0.5))
-        # ln2 split in two (Cody-Waite) so that r keeps full float32 precision
-        r = y - k * f(0.693359375) + k * f(2.12194440e-4)
-        p = f(1.0 / 5040)
-        p = p * r + f(1.0 / 720)
-        p = p * r + f(1.0 / 120)
-        p = p * r + f(1.0 / 24)
-        p = p * r + f(1.0 / 6)
-        p = p * r + f(0.5)
-        p = p * r + f(1.0)
-        p = p * r + f(1.0)
-        e = p * _f32_from_bits((np.int32(k) + np.int32(127)) << np.int32(23))
-        return f(0.0) if x < f(-87.33) else e
-
-    return impl
-
-
-# ------------------------------------------------------ row helpers (1-D)
-@inline
-def _row_max(r):
-    """max of a 1-D row with 8 independent running maxima: the single-accumulator
-    loop cannot be vectorized without the no-NaN flag and ran 4x slower."""
-    c = r.size
-    m0 = r[0]
-    m1 = m0
-    m2 = m0
-    m3 = m0
-    m4 = m0
-    m5 = m0
-    m6 = m0
-    m7 = m0
-    j = 0
-    while j + 8 <= c:
-        m0 = r[j] if r[j] > m0 else m0
-        m1 = r[j + 1] if r[j + 1] > m1 else m1
-        m2 = r[j + 2] if r[j + 2] > m2 else m2
-        m3 = r[j + 3] if r[j + 3] > m3 else m3
-        m4 = r[j + 4] if r[j + 4] > m4 else m4
-        m5 = r[j + 5] if r[j + 5] > m5 else m5
-        m6 = r[j + 6] if r[j + 6] > m6 else m6
-        m7 = r[j + 7] if r[j + 7] > m7 else m7
-        j += 8
-    m0 = m1 if m1 > m0 else m0
-    m2 = m3 if m3 > m2 else m2
-    m4 = m5 if m5 > m4 else m4
-    m6 = m7 if m7 > m6 else m6
-    m0 = m2 if m2 > m0 else m0
-    m4 = m6 if m6 > m4 else m4
-    m = m4 if m4 > m0 else m0
-    while j < c:
-        m = r[j] if r[j] > m else m
-        j += 1
-    return m
-
-
-@inline
-def _exp_sum(r, m):
-    s = r.dtype.type(0)
-    for j in range(r.size):
-        s += fast_exp(r[j] - m)
-    return s
-
-
-@inline
-def _exp_store(r, m, d):
-    """d = exp(r - m); returns the sum."""
-    s = r.dtype.type(0)
-    for j in range(r.size):
-        e = fast_exp(r[j] - m)
-        d[j] = e
-        s += e
-    return s
+from ._jit import PAR_MIN_ELEMENTWISE, inline, pjit, prange
+from ._math import exp_store, exp_sum, fast_exp, row_max
 
 
 @inline
@@ -186,7 +72,7 @@ def _dense_row(i, code, y_true, y_pred, a, b, eps, w, w_per, use_w, need_grad, r
         else:  # BCE_LOGITS, stable form: max(z, 0) - z t + log1p(exp(-|z|))
             tt = t * a + b
             ez = fast_exp(-abs(p))
-            l = (p if p > zero else zero) - p * tt + math.log1p(ez)
+            l = max(zero, p) - p * tt + math.log1p(ez)
             sig = one / (one + ez) if p >= zero else ez / (one + ez)
             g = sig - tt
         s += l
@@ -203,7 +89,7 @@ def dense_loss(code, y_true, y_pred, a, b, eps, w, w_per, use_w, need_grad, row_
     scalars of that type (huber: a = delta; binary CE: t' = t * a + b).
     """
     n = y_pred.shape[0]
-    if n * y_pred.shape[1] < PAR_MIN:
+    if n * y_pred.shape[1] < PAR_MIN_ELEMENTWISE:
         for i in range(n):
             _dense_row(i, code, y_true, y_pred, a, b, eps, w, w_per, use_w, need_grad, row_loss, dy)
     else:
@@ -221,8 +107,8 @@ def _cce_row(i, y_true, y_pred, from_logits, a, b, eps, w, w_per, use_w, need_gr
     if from_logits:
         xr = y_pred[i]
         tr = y_true[i]
-        m = _row_max(xr)
-        s = _exp_store(xr, m, dy[i]) if need_grad else _exp_sum(xr, m)
+        m = row_max(xr)
+        s = exp_store(xr, m, dy[i]) if need_grad else exp_sum(xr, m)
         lse = m + math.log(s)
         tsum = zero
         for j in range(c_n):
@@ -271,7 +157,7 @@ def categorical_ce(y_true, y_pred, from_logits, a, b, eps, w, w_per, use_w, need
     y_true, y_pred, dy (n, C); label smoothing t' = t * a + b.
     """
     n = y_pred.shape[0]
-    if n * y_pred.shape[1] < PAR_MIN:
+    if n * y_pred.shape[1] < PAR_MIN_ELEMENTWISE:
         for i in range(n):
             _cce_row(i, y_true, y_pred, from_logits, a, b, eps, w, w_per, use_w, need_grad, row_loss, dy)
     else:
@@ -301,17 +187,17 @@ def _sparse_row(i, labels, y_pred, from_logits, ignore, use_ignore, eps, w, w_pe
     wi = _weight(w, w_per, use_w, i, one)
     if from_logits:
         xr = y_pred[i]
-        m = _row_max(xr)
+        m = row_max(xr)
         if need_grad:
             dr = dy[i]
-            s = _exp_store(xr, m, dr)
+            s = exp_store(xr, m, dr)
             # softmax - onehot: the normalization and the -1 in one pass
             k_s = wi / s
             for j in range(c_n):
                 dr[j] *= k_s
             dr[k] -= wi
         else:
-            s = _exp_sum(xr, m)
+            s = exp_sum(xr, m)
         row_loss[i] = (m + math.log(s) - xr[k]) * wi
     else:
         s = zero
@@ -353,7 +239,7 @@ def sparse_ce(labels, y_pred, from_logits, ignore, use_ignore, eps, w, w_per, us
     n = y_pred.shape[0]
     used = 0
     bad = 0
-    if n * y_pred.shape[1] < PAR_MIN:
+    if n * y_pred.shape[1] < PAR_MIN_ELEMENTWISE:
         for i in range(n):
             r = _sparse_row(i, labels, y_pred, from_logits, ignore, use_ignore, eps, w, w_per, use_w,
                             need_grad, row_loss, dy)
@@ -387,7 +273,7 @@ def _in_top_k(x, i, k, target):
     (ties at the boundary count as in the top k)."""
     c_n = x.shape[1]
     v = x[i, target]
-    if v != v:
+    if math.isnan(v):
         return False
     above = 0
     for j in range(c_n):
@@ -415,7 +301,7 @@ def sparse_matches(labels, y_pred, k, out):
     """out[i] = 1.0 when row i is right: argmax equals the label (k == 0) or the
     label is in the top k (k >= 1); labels outside [0, C) never match."""
     n = y_pred.shape[0]
-    if n * y_pred.shape[1] < PAR_MIN:
+    if n * y_pred.shape[1] < PAR_MIN_ELEMENTWISE:
         for i in range(n):
             _sparse_match(labels, y_pred, k, out, i)
     else:
@@ -436,7 +322,7 @@ def _categorical_match(y_true, y_pred, k, out, i):
 def categorical_matches(y_true, y_pred, k, out):
     """Like sparse_matches, the label being argmax(y_true[i])."""
     n = y_pred.shape[0]
-    if n * y_pred.shape[1] < PAR_MIN:
+    if n * y_pred.shape[1] < PAR_MIN_ELEMENTWISE:
         for i in range(n):
             _categorical_match(y_true, y_pred, k, out, i)
     else:

@@ -15,10 +15,9 @@ import math
 
 import numpy as np
 
-from ._jit import inline, jit, pjit, prange
+from ._jit import PAR_MIN_ELEMENTWISE, inline, jit, pjit, prange
 
 CHUNK = 1 << 14
-PAR_MIN = 1 << 16
 
 
 @inline
@@ -86,7 +85,7 @@ def sgd_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, momentum, nest
     """SGD (Keras 3): m = momentum m - lr g; p += m (nesterov: p += momentum m - lr g);
     without momentum p -= lr g. ``m`` is unused (may be 1 element) when momentum is 0."""
     n = p.size
-    if n < PAR_MIN:
+    if n < PAR_MIN_ELEMENTWISE:
         _sgd_range(0, n, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, momentum, nesterov, m)
     else:
         for c in prange((n + CHUNK - 1) // CHUNK):
@@ -106,8 +105,7 @@ def _adam_piece(p, g, sc, use_cv, cv, use_wd, wd_lr, alpha, one_m_b1, one_m_b2, 
         m[j] = mj
         v[j] = vj
         if amsgrad:
-            if vj > vhat[j]:
-                vhat[j] = vj
+            vhat[j] = max(vhat[j], vj)
             vj = vhat[j]
         p[j] = pj - (mj * alpha) / (math.sqrt(vj) + eps)
 
@@ -132,7 +130,7 @@ def adam_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, alpha, one_m_b1, 
     p -= alpha m / (sqrt(v) + eps) with alpha = lr sqrt(1 - b2^t) / (1 - b1^t);
     AdamW first decays p -= p wd lr. ``vhat`` (amsgrad) may be 1 element when unused."""
     n = p.size
-    if n < PAR_MIN:
+    if n < PAR_MIN_ELEMENTWISE:
         _adam_range(0, n, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, alpha, one_m_b1, one_m_b2,
                     eps, amsgrad, m, v, vhat)
     else:
@@ -187,7 +185,7 @@ def rmsprop_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, rho, one_m
     (centered: sqrt(vel - avg^2 + eps), avg = rho avg + (1 - rho) g);
     with momentum: mom = momentum mom + inc, p -= mom; else p -= inc."""
     n = p.size
-    if n < PAR_MIN:
+    if n < PAR_MIN_ELEMENTWISE:
         _rmsprop_range(0, n, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, rho, one_m_rho,
                        momentum, eps, centered, vel, mom, avg)
     else:

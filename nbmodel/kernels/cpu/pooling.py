@@ -9,19 +9,19 @@ Flat unsigned indices let numba skip its negative-index checks so the
 channel loops vectorize. Each pass is a serial body over a range of images
 and a wrapper that splits the images into one block per thread when there is
 enough work (PAR_MIN elements) and more than one thread; blocks of whole
-images keep the backward scatters free of races.
+images keep the backward scatters free of races. The launch functions
+(max_pool_*, avg_pool_*, global_*) take no thread count: it is read here,
+from nbmodel.config.
 """
 import numpy as np
 
-from ._jit import jit, pjit, prange
-
-# elements a pass must touch before it is split across threads
-PAR_MIN = 1 << 17
+from ...config import get_num_threads
+from ._jit import PAR_MIN, jit, pjit, prange
 
 
 @jit
 def _max_pool_forward(x, ph, pw, sh, sw, pt, pl, b0, b1, out, arg):
-    n, h, w, c = x.shape
+    _, h, w, c = x.shape
     _, oh, ow, _ = out.shape
     xf = x.reshape(-1)
     of = out.reshape(-1)
@@ -56,7 +56,7 @@ def _max_pool_forward(x, ph, pw, sh, sw, pt, pl, b0, b1, out, arg):
 
 @jit
 def _max_pool_backward(dy, arg, b0, b1, dx):
-    n, h, w, c = dx.shape
+    _, h, w, c = dx.shape
     _, oh, ow, _ = dy.shape
     dyf = dy.reshape(-1)
     af = arg.reshape(-1)
@@ -76,7 +76,7 @@ def _max_pool_backward(dy, arg, b0, b1, dx):
 
 @jit
 def _avg_pool_forward(x, ph, pw, sh, sw, pt, pl, b0, b1, out):
-    n, h, w, c = x.shape
+    _, h, w, c = x.shape
     _, oh, ow, _ = out.shape
     xf = x.reshape(-1)
     of = out.reshape(-1)
@@ -105,7 +105,7 @@ def _avg_pool_forward(x, ph, pw, sh, sw, pt, pl, b0, b1, out):
 
 @jit
 def _avg_pool_backward(dy, ph, pw, sh, sw, pt, pl, b0, b1, dx):
-    n, h, w, c = dx.shape
+    _, h, w, c = dx.shape
     _, oh, ow, _ = dy.shape
     dyf = dy.reshape(-1)
     dxf = dx.reshape(-1)
@@ -130,10 +130,9 @@ def _avg_pool_backward(dy, ph, pw, sh, sw, pt, pl, b0, b1, dx):
                             dxf[np.uint64(d + ch)] += dyf[np.uint64(o + ch)] * inv
 
 
-@jit
-def _blocks(n, work, nthreads):
+def _blocks(n, work):
     """Threads to split n images over: 1 unless the work repays a parallel region."""
-    return min(nthreads, n) if work >= PAR_MIN else 1
+    return min(get_num_threads(), n) if work >= PAR_MIN else 1
 
 
 @pjit
@@ -143,10 +142,13 @@ def _max_pool_forward_par(x, ph, pw, sh, sw, pt, pl, out, arg, nb):
         _max_pool_forward(x, ph, pw, sh, sw, pt, pl, n * k // nb, n * (k + 1) // nb, out, arg)
 
 
-@jit
-def max_pool_forward(x, ph, pw, sh, sw, pt, pl, out, arg, nthreads):
-    """out = window max, arg = flat spatial index (ih * w + iw) of the first maximum (int32)."""
-    nb = _blocks(x.shape[0], x.size, nthreads)
+def max_pool_forward(x, ph, pw, sh, sw, pt, pl, out, arg):
+    """out = window max, arg = flat spatial index (ih * w + iw) of the first maximum (int32).
+
+    x (n, h, w, c), out and arg (n, oh, ow, c); windows ph x pw, strides
+    sh, sw, padding before pt (top), pl (left).
+    """
+    nb = _blocks(x.shape[0], x.size)
     if nb > 1:
         _max_pool_forward_par(x, ph, pw, sh, sw, pt, pl, out, arg, nb)
     else:
@@ -160,10 +162,9 @@ def _max_pool_backward_par(dy, arg, dx, nb):
         _max_pool_backward(dy, arg, n * k // nb, n * (k + 1) // nb, dx)
 
 
-@jit
-def max_pool_backward(dy, arg, dx, nthreads):
+def max_pool_backward(dy, arg, dx):
     """dx = 0, then dy routed to each window's recorded maximum."""
-    nb = _blocks(dx.shape[0], dx.size, nthreads)
+    nb = _blocks(dx.shape[0], dx.size)
     if nb > 1:
         _max_pool_backward_par(dy, arg, dx, nb)
     else:
@@ -177,10 +178,9 @@ def _avg_pool_forward_par(x, ph, pw, sh, sw, pt, pl, out, nb):
         _avg_pool_forward(x, ph, pw, sh, sw, pt, pl, n * k // nb, n * (k + 1) // nb, out)
 
 
-@jit
-def avg_pool_forward(x, ph, pw, sh, sw, pt, pl, out, nthreads):
+def avg_pool_forward(x, ph, pw, sh, sw, pt, pl, out):
     """out = mean of the real (unpadded) elements of each window."""
-    nb = _blocks(x.shape[0], x.size, nthreads)
+    nb = _blocks(x.shape[0], x.size)
     if nb > 1:
         _avg_pool_forward_par(x, ph, pw, sh, sw, pt, pl, out, nb)
     else:
@@ -194,10 +194,9 @@ def _avg_pool_backward_par(dy, ph, pw, sh, sw, pt, pl, dx, nb):
         _avg_pool_backward(dy, ph, pw, sh, sw, pt, pl, n * k // nb, n * (k + 1) // nb, dx)
 
 
-@jit
-def avg_pool_backward(dy, ph, pw, sh, sw, pt, pl, dx, nthreads):
+def avg_pool_backward(dy, ph, pw, sh, sw, pt, pl, dx):
     """dx = 0, then each window's dy / count spread over its real elements."""
-    nb = _blocks(dx.shape[0], dx.size, nthreads)
+    nb = _blocks(dx.shape[0], dx.size)
     if nb > 1:
         _avg_pool_backward_par(dy, ph, pw, sh, sw, pt, pl, dx, nb)
     else:
@@ -254,7 +253,7 @@ def global_max_forward(x, out, arg):
 
 @jit
 def global_max_backward(dy, arg, dx):
-    n, s, c = dx.shape
+    n, _, c = dx.shape
     dx[:] = 0
     for b in range(n):
         for ch in range(c):

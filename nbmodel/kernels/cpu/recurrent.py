@@ -31,10 +31,10 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from ..codes import SIGMOID, TANH
-from .activations import act_grad_scalar, act_scalar, sigmoid_scalar
 from ...config import FASTMATH
+from ..codes import SIGMOID, TANH
 from ._jit import inline, jit
+from .activations import act_grad_scalar, act_scalar, sigmoid_scalar
 
 # tanh(x) ~= x * P(x^2) / Q(x^2) on |x| <= 9 (fitted for this module; beyond 9
 # tanh is 1 to float32 precision).

@@ -1,0 +1,292 @@
+"""CPU kernel scheduling: what kernels/cpu decides on its own behind the
+device-neutral launch functions (chunks of images, thread blocks, which BLAS).
+
+Every schedule must give the serial result: parallel blocks equal the serial
+bodies exactly, chunked convolutions equal whole-batch ones, and the launchers
+give the same result at one and at two threads. Also: the private jitted
+bodies stay in float32 for float32 inputs.
+"""
+import numpy as np
+import pytest
+
+import nbmodel as nb
+from nbmodel.kernels.codes import ELU, GELU, LINEAR, RELU, SIGMOID
+from nbmodel.kernels.cpu import activations as act
+from nbmodel.kernels.cpu import conv as kconv
+from nbmodel.kernels.cpu import pooling as kpool
+from nbmodel.kernels.reference import conv as ref
+from nbmodel.kernels.reference import pooling as pref
+from nbmodel.testing import float64_ops
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+class Scratch:
+    """The scratch protocol of the kernel contract, recording what was asked for."""
+
+    def __init__(self):
+        self.arrays = {}
+
+    def __call__(self, key, shape, dtype=None):
+        shape = tuple(int(s) for s in shape)
+        arr = self.arrays.get(key)
+        if arr is None or arr.shape != shape or (dtype is not None and arr.dtype != dtype):
+            arr = np.empty(shape, dtype or np.float64)
+            self.arrays[key] = arr
+        return arr
+
+
+@pytest.fixture
+def threads():
+    """Set the thread count for one test and restore it afterwards."""
+    before = nb.get_num_threads()
+    yield nb.set_num_threads
+    nb.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ conv
+# (n, h, w, c, filters, kh, kw, sh, sw, dh, dw, pads (t, b, l, r))
+GEO = (5, 7, 6, 3, 4, 3, 3, 2, 1, 1, 1, (1, 1, 1, 1))
+
+
+def _geometry(geo):
+    h, w = geo[1:3]
+    kh, kw, sh, sw, dh, dw, pads = geo[5:]
+    oh = (h + pads[0] + pads[1] - (kh - 1) * dh - 1) // sh + 1
+    ow = (w + pads[2] + pads[3] - (kw - 1) * dw - 1) // sw + 1
+    return oh, ow
+
+
+def _conv_case(geo, dtype, seed=0):
+    n, h, w, c, f, kh, kw = geo[:7]
+    x = rng(seed).standard_normal((n, h, w, c)).astype(dtype)
+    kernel = (rng(seed + 1).standard_normal((kh, kw, c, f)) * 0.3).astype(dtype)
+    bias = rng(seed + 2).standard_normal(f).astype(dtype)
+    return x, kernel, bias
+
+
+def _run_conv(x, kernel, bias, code, geo, for_backward=True, dy=None, use_bias=True, need_dx=True):
+    """conv_forward (+ conv_backward when dy is given) through the launchers."""
+    n, c, f, kh, kw, sh, sw, dh, dw, pads = geo[0], *geo[3:]
+    oh, ow = _geometry(geo)
+    k2 = kernel.reshape(kh * kw * c, f)
+    rows = n * oh * ow
+    scratch = Scratch()
+    keep_pre = code == GELU
+    y = np.empty((rows, f), x.dtype)
+    pre = np.empty_like(y) if keep_pre else y
+    kconv.conv_forward(x, k2, bias if use_bias else np.zeros_like(bias), code, keep_pre, kh, kw, sh, sw,
+                       dh, dw, pads[0], pads[2], oh, ow, for_backward, scratch, pre, y)
+    out = {"y": y.copy(), "scratch": scratch}
+    if dy is not None:
+        dk = np.empty_like(k2)
+        db = np.empty(f, x.dtype) if use_bias else None
+        dx = np.empty_like(x) if need_dx else None
+        kconv.conv_backward(x, k2, pre, y, dy, code, kh, kw, sh, sw, dh, dw, pads[0], pads[2], oh, ow,
+                            scratch, dk, db, dx)
+        out.update(dk=dk.reshape(kernel.shape), db=db, dx=dx)
+    return out
+
+
+def test_conv_threaded_passes_match_serial():
+    # the parallel wrappers split rows/images into blocks; each must equal the serial body
+    x = rng().standard_normal((5, 6, 7, 3))
+    n, oh, ow, kk = 5, 3, 7, 27
+    geo = (3, 3, 2, 1, 1, 1, 1, 1, oh, ow)
+    serial, par = np.zeros((n * oh * ow, kk)), np.zeros((n * oh * ow, kk))
+    kconv._im2col_rows(x, *geo, 0, n * oh, serial, 0)
+    kconv._im2col_par(x, *geo, 0, n * oh, par, 0, 3)
+    np.testing.assert_array_equal(serial, par)
+    dx_s, dx_p = np.zeros_like(x), np.zeros_like(x)
+    kconv._col2im_images(serial, *geo, 0, n, 0, dx_s)
+    kconv._col2im_par(serial, *geo, 0, n, 0, dx_p, 2)
+    np.testing.assert_allclose(dx_s, dx_p, rtol=1e-14)
+    z = rng(1).standard_normal((11, 4))
+    b = rng(2).standard_normal(4)
+    for code in (RELU, GELU):
+        o_s, o_p, p_s, p_p = z.copy(), z.copy(), np.zeros_like(z), np.zeros_like(z)
+        act.bias_act_rows(o_s, b, code, code == GELU, 0, 11, p_s)
+        kconv._bias_act_par(o_p, b, code, code == GELU, 0, 11, p_p, 3)
+        np.testing.assert_array_equal(o_s, o_p)
+        d_s, d_p = np.zeros_like(z), np.zeros_like(z)
+        act.act_grad_rows(p_s, o_s, z, code, 0, 11, d_s)
+        kconv._act_backward_par(p_s, o_s, z, code, d_p, 3)
+        np.testing.assert_array_equal(d_s, d_p)
+
+
+def test_act_grad_sums_by_blocks_match_one_pass():
+    # conv sums the bias gradient in blocks of 256 rows, dense in one pass: same dz, close sums
+    pre = rng(3).standard_normal((600, 5))
+    y = pre.copy()
+    act.bias_act_rows(y, np.zeros(5), SIGMOID, False, 0, 600, y)
+    dy = rng(4).standard_normal(pre.shape)
+    dz1, dz2 = np.empty_like(dy), np.empty_like(dy)
+    db1, db2, part = np.empty(5), np.empty(5), np.empty(5)
+    kconv._act_backward_sums(pre, y, dy, SIGMOID, dz1, part, db1)
+    act.act_grad_bias(dy, pre, y, SIGMOID, dz2, db2)
+    np.testing.assert_array_equal(dz1, dz2)
+    np.testing.assert_allclose(db1, db2, rtol=1e-13)
+    np.testing.assert_allclose(db1, (dy * y * (1 - y)).sum(0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("code", [RELU, GELU, LINEAR])
+def test_conv_launchers_match_reference_in_chunks(code, monkeypatch, threads):
+    # at one thread the batch runs in chunks of images that fit CHUNK_BYTES: make them tiny
+    threads(1)
+    geo = GEO
+    n, c, f, kh, kw, sh, sw, dh, dw, pads = geo[0], *geo[3:]
+    x, kernel, bias = _conv_case(geo, np.float64)
+    oh, ow = _geometry(geo)
+    dy = rng(5).standard_normal((n * oh * ow, f))
+    whole = _run_conv(x, kernel, bias, code, geo, dy=dy)
+    per_image = oh * ow * kh * kw * c * 8
+    monkeypatch.setattr(kconv, "CHUNK_BYTES", 2 * per_image)  # chunks of 2 images: 2 + 2 + 1
+    chunked = _run_conv(x, kernel, bias, code, geo, dy=dy)
+    name = {RELU: "relu", GELU: "gelu", LINEAR: None}[code]
+    ry = ref.conv2d(x, kernel, bias, (sh, sw), pads, (dh, dw), name).reshape(-1, f)
+    z = ref.conv2d(x, kernel, bias, (sh, sw), pads, (dh, dw)).reshape(-1, f)
+    if code == RELU:
+        dz = dy * (z > 0)
+    elif code == GELU:
+        from scipy.special import erf
+
+        dz = dy * (0.5 * (1 + erf(z / np.sqrt(2))) + z * np.exp(-z * z / 2) / np.sqrt(2 * np.pi))
+    else:
+        dz = dy
+    rdx, rdk, rdb = ref.conv2d_backward(x, kernel, dz.reshape(n, oh, ow, f), (sh, sw), pads, (dh, dw))
+    for res in (whole, chunked):
+        np.testing.assert_allclose(res["y"], ry, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(res["dx"], rdx, rtol=1e-11, atol=1e-11)
+        np.testing.assert_allclose(res["dk"], rdk, rtol=1e-11, atol=1e-11)
+        np.testing.assert_allclose(res["db"], rdb, rtol=1e-11, atol=1e-11)
+    # the whole patch matrix is kept for backward; dcols holds one chunk of images
+    assert whole["scratch"].arrays["cols"].shape == (n * oh * ow, kh * kw * c)
+    assert chunked["scratch"].arrays["dcols"].shape == (2 * oh * ow, kh * kw * c)
+
+
+def test_conv_inference_keeps_only_one_chunk(monkeypatch, threads):
+    threads(1)
+    geo = GEO
+    c, kh, kw = geo[3], geo[5], geo[6]
+    oh, ow = _geometry(geo)
+    x, kernel, bias = _conv_case(geo, np.float32)
+    monkeypatch.setattr(kconv, "CHUNK_BYTES", 2 * oh * ow * kh * kw * c * 4)
+    train = _run_conv(x, kernel, bias, RELU, geo, for_backward=True)
+    infer = _run_conv(x, kernel, bias, RELU, geo, for_backward=False)
+    np.testing.assert_array_equal(train["y"], infer["y"])
+    assert infer["scratch"].arrays["cols"].shape == (2 * oh * ow, kh * kw * c)
+    assert infer["scratch"].arrays["cols"].dtype == np.float32
+
+
+def test_conv_backward_without_bias_or_input_gradient():
+    geo = GEO
+    n, f = geo[0], geo[4]
+    oh, ow = _geometry(geo)
+    x, kernel, bias = _conv_case(geo, np.float64)
+    dy = rng(6).standard_normal((n * oh * ow, f))
+    full = _run_conv(x, kernel, bias, ELU, geo, dy=dy, use_bias=False)
+    bare = _run_conv(x, kernel, bias, ELU, geo, dy=dy, use_bias=False, need_dx=False)
+    assert bare["db"] is None and bare["dx"] is None
+    np.testing.assert_array_equal(full["dk"], bare["dk"])
+    assert "dcols" not in bare["scratch"].arrays
+
+
+@pytest.mark.parametrize("code", [RELU, SIGMOID, LINEAR])
+def test_conv_launchers_same_at_one_and_two_threads(code, threads):
+    # large enough that two threads run the parallel passes (>= PAR_MIN elements) and
+    # the weight gradient goes through numba's BLAS instead of NumPy's
+    geo = (8, 16, 16, 8, 6, 3, 3, 1, 1, 1, 1, (1, 1, 1, 1))
+    n, c, f, kh, kw = geo[0], *geo[3:7]
+    oh, ow = _geometry(geo)
+    assert n * oh * ow * kh * kw * c >= kconv.PAR_MIN
+    x, kernel, bias = _conv_case(geo, np.float64)
+    dy = rng(7).standard_normal((n * oh * ow, f))
+    threads(1)
+    one = _run_conv(x, kernel, bias, code, geo, dy=dy)
+    threads(2)
+    two = _run_conv(x, kernel, bias, code, geo, dy=dy)
+    for key in ("y", "dx", "dk", "db"):
+        np.testing.assert_allclose(one[key], two[key], rtol=1e-12, atol=1e-12)
+
+
+def test_conv_private_bodies_stay_float32():
+    x = rng().standard_normal((2, 5, 5, 2)).astype(np.float32)
+    k2 = rng(1).standard_normal((18, 3)).astype(np.float32)
+    b = np.zeros(3, np.float32)
+    cols = np.empty((50, 18), np.float32)
+    y = np.empty((50, 3), np.float32)
+    geo = (3, 3, 1, 1, 1, 1, 1, 1, 5, 5)
+    assert float64_ops(kconv._conv_forward, x, k2, b, RELU, False, *geo, 1, 1, cols, y, y) == []
+    pre = np.empty_like(y)
+    assert float64_ops(kconv._conv_forward, x, k2, b, GELU, True, *geo, 1, 1, cols, pre, y) == []
+    dz, db = np.empty_like(y), np.empty_like(b)
+    assert float64_ops(kconv._conv_backward_dz, pre, y, y, GELU, True, 1, dz, db, np.empty_like(b)) == []
+    dcols, dx = np.empty((25, 18), np.float32), np.empty_like(x)
+    assert float64_ops(kconv._conv_backward_dx, dz, k2, *geo, 1, 1, dcols, dx) == []
+
+
+def test_shared_row_pieces_stay_float32():
+    z = rng().standard_normal((6, 5)).astype(np.float32)
+    b = np.zeros(5, np.float32)
+    out, pre, dz, acc = z.copy(), np.empty_like(z), np.empty_like(z), np.zeros(5, np.float32)
+    assert float64_ops(act.bias_act_rows, out, b, GELU, True, 0, 6, pre) == []
+    assert float64_ops(act.act_grad_rows, pre, out, z, GELU, 0, 6, dz) == []
+    assert float64_ops(act.act_grad_sum_rows, pre, out, z, GELU, 0, 6, dz, acc) == []
+
+
+# --------------------------------------------------------------- pooling
+def test_pool_threaded_passes_match_serial():
+    # blocks of images across threads must give exactly the serial result
+    x = rng().standard_normal((5, 7, 6, 3))
+    y_s, y_p = np.zeros((5, 4, 3, 3)), np.zeros((5, 4, 3, 3))
+    a_s, a_p = np.zeros(y_s.shape, np.int32), np.zeros(y_s.shape, np.int32)
+    kpool._max_pool_forward(x, 3, 3, 2, 2, 1, 1, 0, 5, y_s, a_s)
+    kpool._max_pool_forward_par(x, 3, 3, 2, 2, 1, 1, y_p, a_p, 2)
+    np.testing.assert_array_equal(y_s, y_p)
+    np.testing.assert_array_equal(a_s, a_p)
+    dx_s, dx_p = np.ones_like(x), np.ones_like(x)
+    kpool._max_pool_backward(y_s, a_s, 0, 5, dx_s)
+    kpool._max_pool_backward_par(y_s, a_s, dx_p, 3)
+    np.testing.assert_array_equal(dx_s, dx_p)
+    kpool._avg_pool_forward(x, 3, 3, 2, 2, 1, 1, 0, 5, y_s)
+    kpool._avg_pool_forward_par(x, 3, 3, 2, 2, 1, 1, y_p, 2)
+    np.testing.assert_array_equal(y_s, y_p)
+    kpool._avg_pool_backward(y_s, 3, 3, 2, 2, 1, 1, 0, 5, dx_s)
+    kpool._avg_pool_backward_par(y_s, 3, 3, 2, 2, 1, 1, dx_p, 3)
+    np.testing.assert_array_equal(dx_s, dx_p)
+
+
+def test_pool_launchers_same_at_one_and_two_threads(threads):
+    # 16 * 32 * 32 * 16 elements >= PAR_MIN: two threads split the images
+    x = rng(1).standard_normal((16, 32, 32, 16))
+    assert x.size >= kpool.PAR_MIN
+    pads = (1, 1, 1, 1)
+    dy = rng(2).standard_normal((16, 16, 16, 16))
+    results = []
+    for t in (1, 2):
+        threads(t)
+        y_max, arg = np.empty((16, 16, 16, 16)), np.empty((16, 16, 16, 16), np.int32)
+        y_avg = np.empty_like(y_max)
+        dx_max, dx_avg = np.empty_like(x), np.empty_like(x)
+        kpool.max_pool_forward(x, 3, 3, 2, 2, 1, 1, y_max, arg)
+        kpool.max_pool_backward(dy, arg, dx_max)
+        kpool.avg_pool_forward(x, 3, 3, 2, 2, 1, 1, y_avg)
+        kpool.avg_pool_backward(dy, 3, 3, 2, 2, 1, 1, dx_avg)
+        results.append((y_max, arg, dx_max, y_avg, dx_avg))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(results[0][0], pref.pool2d(x, (3, 3), (2, 2), pads, "max"), rtol=1e-15)
+    np.testing.assert_allclose(results[0][3], pref.pool2d(x, (3, 3), (2, 2), pads, "avg"), rtol=1e-13)
+    np.testing.assert_allclose(results[0][4], pref.pool2d_backward(x, dy, (3, 3), (2, 2), pads, "avg"),
+                               rtol=1e-12, atol=1e-13)
+
+
+def test_pool_private_bodies_stay_float32():
+    x = rng().standard_normal((2, 5, 5, 3)).astype(np.float32)
+    y = np.empty((2, 3, 3, 3), np.float32)
+    arg = np.empty(y.shape, np.int32)
+    assert float64_ops(kpool._max_pool_forward, x, 2, 2, 2, 2, 0, 0, 0, 2, y, arg) == []
+    assert float64_ops(kpool._avg_pool_forward, x, 2, 2, 2, 2, 0, 0, 0, 2, y) == []
+    assert float64_ops(kpool._avg_pool_backward, y, 2, 2, 2, 2, 0, 0, 0, 2, x) == []
