@@ -1,12 +1,13 @@
-"""MultiHeadAttention: forward/backward against the float64 reference, finite
-differences and PyTorch; masks, causal mask, cross-attention, shapes, errors."""
+"""MultiHeadAttention: layer cases (forward against the float64 reference, finite
+differences, on every device) over masks, causal mask, cross-attention, returned scores,
+output shapes and dropout; backward against the reference, PyTorch, shapes, errors."""
 import numpy as np
 import pytest
 
 import nbmodel as nb
 from nbmodel import layers as L
 from nbmodel.kernels.reference import attention as ref
-from nbmodel.testing import float64_ops, gradcheck
+from nbmodel.testing import LayerCase
 
 PARAMS = ["query_kernel", "query_bias", "key_kernel", "key_bias", "value_kernel", "value_bias",
           "output_kernel", "output_bias"]
@@ -44,7 +45,7 @@ def test_params_keras_names_shapes_and_order():
     assert list(no_bias.params) == ["query_kernel", "key_kernel", "value_kernel", "output_kernel"]
 
 
-CASES = {
+SETTINGS = {
     "self": dict(key=False, mask=None, causal=False),
     "cross_key": dict(key=True, mask=None, causal=False),
     "mask3d": dict(key=True, mask="3d", causal=False),
@@ -72,32 +73,97 @@ def make_mask(kind, b=2, h=2, tq=4, tk=5):
     raise ValueError(kind)
 
 
-@pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_forward_matches_reference(case, dtype):
-    c = CASES[case]
-    q, v, k = inputs()
-    layer = L.MultiHeadAttention(2, 3, value_dim=4, dtype=dtype, seed=1)
-    xs = (q, v, k) if c["key"] else (q, v)
-    layer.build(tuple(a.shape for a in xs))
-    randomize_biases(layer)
-    mask = make_mask(c["mask"])
-    y, scores = layer.forward(tuple(a.astype(dtype) for a in xs), attention_mask=mask,
-                              use_causal_mask=c["causal"], return_attention_scores=True)
-    assert y.dtype == np.dtype(dtype) and scores.dtype == np.dtype(dtype)
-    assert y.shape == (2, 4, 6) and scores.shape == (2, 2, 4, 5)
-    ey, ep = ref.mha_forward(q, v, k if c["key"] else None, layer.params, mask, c["causal"])
-    tol = 2e-5 if dtype == "float32" else 1e-12
-    np.testing.assert_allclose(y, ey, rtol=tol, atol=tol)
-    np.testing.assert_allclose(scores, ep, rtol=tol, atol=tol)
-    # inference without scores gives the same output
-    y2 = layer.forward(tuple(a.astype(dtype) for a in xs), attention_mask=mask, use_causal_mask=c["causal"])
-    np.testing.assert_allclose(y2, ey, rtol=tol, atol=tol)
+def with_random_biases(layer, shapes, seed=5):
+    """``layer`` built on ``shapes`` with non-zero biases (through set_weights, so on any device)."""
+    layer.build(shapes)
+    r = rng(seed)
+    layer.set_weights([r.standard_normal(w.shape) * 0.5 if n.endswith("bias") else w
+                       for n, w in zip(layer.params, layer.get_weights())])
+    return layer
+
+
+class FixedDropMHA(L.MultiHeadAttention):
+    def forward(self, inputs, training=False, **kw):
+        self.rng = np.random.default_rng(123)  # the same dropout mask at every call
+        return super().forward(inputs, training, **kw)
+
+
+TOL = {"float32": 2e-5, "float64": 1e-12}
+
+
+def mha_case(name, make, dims, key=False, mask=None, causal=False, scores=False, rtol=TOL, atol=TOL):
+    """A case on inputs (query, value[, key]) of ``dims`` = (b, tq, tk, dq, dv, dk); the reference
+    gives (output, scores) when the layer returns its attention scores."""
+    b, tq, tk, dq, dv, dk = dims
+    kwargs = dict(attention_mask=mask, use_causal_mask=causal)
+    if scores:
+        kwargs["return_attention_scores"] = True
+
+    def make_inputs(r):
+        q, v, k = r.standard_normal((b, tq, dq)), r.standard_normal((b, tk, dv)), r.standard_normal((b, tk, dk))
+        return (q, v, k) if key else (q, v)
+
+    def reference(w, q, v, k=None):
+        out, p = ref.mha_forward(q, v, k, w, mask, causal)
+        return (out, p) if scores else out
+
+    return LayerCase(name, make, inputs=make_inputs, reference=reference, forward_kwargs=kwargs,
+                     rtol=rtol, atol=atol)
+
+
+def _setting_cases(setting, c):
+    # small shapes with output only; larger ones returning the scores too (their gradient included)
+    small = (2, 3, 4, 4, 5, 3)
+    large = (2, 4, 5, 6, 7, 3)
+    qs = [(None, t, d) for t, d in ((small[1], small[3]), (small[2], small[4]), (small[2], small[5]))]
+    ql = [(None, t, d) for t, d in ((large[1], large[3]), (large[2], large[4]), (large[2], large[5]))]
+    n = 3 if c["key"] else 2
+    return [
+        mha_case(f"mha-{setting}",
+                 lambda dt: with_random_biases(L.MultiHeadAttention(2, 2, value_dim=3, dtype=dt, seed=4),
+                                               tuple(qs[:n])),
+                 small, c["key"], make_mask(c["mask"], tq=3, tk=4), c["causal"]),
+        mha_case(f"mha-{setting}-scores",
+                 lambda dt: with_random_biases(L.MultiHeadAttention(2, 3, value_dim=4, dtype=dt, seed=1),
+                                               tuple(ql[:n])),
+                 large, c["key"], make_mask(c["mask"]), c["causal"], scores=True),
+    ]
+
+
+CASES = [case for setting, c in SETTINGS.items() for case in _setting_cases(setting, c)]
+CASES += [
+    mha_case("mha-output-shape-tuple-no-bias",
+             lambda dt: L.MultiHeadAttention(2, 2, output_shape=(2, 3), use_bias=False, dtype=dt, seed=0),
+             (2, 3, 3, 4, 4, 4)),
+    # dropout: gradients with a fixed mask in training, the reference (no dropout) in inference
+    mha_case("mha-dropout-fixed-mask", lambda dt: FixedDropMHA(2, 2, dropout=0.4, dtype=dt, seed=0),
+             (2, 3, 4, 4, 4, 4), rtol={"float32": 2e-5, "float64": 1e-12}, atol={"float32": 2e-5, "float64": 0.0}),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_layer_case(case, device):
+    case.check(device)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.name.endswith("-scores")], ids=str)
+def test_output_is_the_same_without_scores(case, device):
+    """Inference without the scores gives the output of the case (checked against the reference there)."""
+    from nbmodel.backend import get_device
+
+    for dtype in ("float32", "float64"):
+        xs = tuple(np.asarray(a, dtype) for a in case.inputs(np.random.default_rng(case.seed)))
+        layer = case.make(dtype).to(get_device(device))
+        kwargs = dict(case.forward_kwargs)
+        y, scores = (layer.device.to_host(a) for a in layer.forward(xs, **kwargs))
+        assert y.shape == (2, 4, 6) and scores.shape == (2, 2, 4, 5)
+        del kwargs["return_attention_scores"]
+        np.testing.assert_array_equal(layer.device.to_host(layer.forward(xs, **kwargs)), y)
 
 
 @pytest.mark.parametrize("case", ["cross_key", "self", "causal_and_mask", "mask_padding"])
 def test_backward_matches_reference(case, float64):
-    c = CASES[case]
+    c = SETTINGS[case]
     q, v, k = inputs()
     layer = L.MultiHeadAttention(2, 3, value_dim=4, output_shape=5, seed=2)
     xs = (q, v, k) if c["key"] else (q, v)
@@ -117,43 +183,19 @@ def test_backward_matches_reference(case, float64):
         np.testing.assert_allclose(layer.grads[name], g[name], rtol=1e-10, atol=1e-12, err_msg=name)
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_gradients_finite_differences(case):
-    c = CASES[case]
-    q, v, k = inputs(tq=3, tk=4, dq=4, dv=5, dk=3)
-    xs = (q, v, k) if c["key"] else (q, v)
-    layer = L.MultiHeadAttention(2, 2, value_dim=3, seed=4)
-    layer.build(tuple(a.shape for a in xs))
-    randomize_biases(layer)
-    mask = make_mask(c["mask"], tq=3, tk=4)
-    gradcheck(layer, xs, forward_kwargs=dict(attention_mask=mask, use_causal_mask=c["causal"]))
-
-
-def test_gradients_output_shape_tuple_and_no_bias():
+def test_output_shape_tuple(float64):
+    """output_shape=(2, 3): the output and the output kernel shapes (the layer case compares the values)."""
     q, v, _ = inputs(tq=3, tk=3, dq=4, dv=4)
     layer = L.MultiHeadAttention(2, 2, output_shape=(2, 3), use_bias=False, seed=0)
-    gradcheck(layer, (q, v))
     y = layer.forward((q, v))
     assert y.shape == (2, 3, 2, 3)
     assert layer.params["output_kernel"].shape == (2, 2, 2, 3)
 
 
-def test_gradient_through_returned_scores():
-    q, v, _ = inputs(tq=3, tk=4, dq=4, dv=4)
-    layer = L.MultiHeadAttention(2, 2, seed=6)
-    gradcheck(layer, (q, v), forward_kwargs=dict(return_attention_scores=True, use_causal_mask=True))
-
-
-def test_dropout_gradients_with_a_fixed_mask():
-    class FixedDropMHA(L.MultiHeadAttention):
-        def forward(self, inputs, training=False, **kw):
-            self.rng = np.random.default_rng(123)  # the same dropout mask at every call
-            return super().forward(inputs, training, **kw)
-
+def test_dropout_is_active_in_training_only(float64):
+    """The layer case checks the gradients with a fixed mask and inference against the reference."""
     q, v, _ = inputs(tq=3, tk=4, dq=4, dv=4)
     layer = FixedDropMHA(2, 2, dropout=0.4, seed=0)
-    gradcheck(layer, (q, v))
-    # dropout is active in training only
     a = layer.forward((q, v), training=False)
     e, _ = ref.mha_forward(q, v, None, layer.params)
     np.testing.assert_allclose(a, e, rtol=1e-12)
@@ -231,37 +273,6 @@ def test_functional_model_with_scores(one_thread):
     e, ep = ref.mha_forward(q, v, None, model.get_layer("mha").params)
     np.testing.assert_allclose(y, e, rtol=2e-5, atol=2e-5)
     np.testing.assert_allclose(p, ep, rtol=2e-5, atol=2e-5)
-
-
-def test_kernels_stay_float32():
-    from nbmodel.kernels.cpu import attention as K
-
-    b, t, h, kd = 2, 4, 2, 3
-    f = np.float32
-    r = rng()
-    q2 = r.standard_normal((b * t, 5)).astype(f)
-    w = r.standard_normal((5, h * kd)).astype(f)
-    bias = np.zeros(h * kd, f)
-    wo = r.standard_normal((h * kd, 5)).astype(f)
-    bo = np.zeros(5, f)
-    mask = np.ones((1, 1, t, t), bool)
-    u = r.random((b, h, t, t)).astype(f)
-
-    def z(*s):
-        return np.zeros(s, f)
-
-    args = (q2, q2, q2, w, bias, w, bias, w, bias, wo, bo, True, f(0.5), b, t, t, h, kd, kd, mask, True,
-            True, True, f(0.1), u, z(b * t, h * kd), z(b * t, h * kd), z(b * t, h * kd), z(b, h, t, kd),
-            z(b, h, t, kd), z(b, h, t, kd), z(b, h, t, t), z(t, t), z(t, kd), np.zeros(t, np.int32),
-            z(b * t, h * kd), z(b * t, 5))
-    assert float64_ops(K.mha_forward, *args) == []
-    qh, kh, vh, probs, o2 = args[28], args[29], args[30], args[31], args[35]
-    bargs = (q2, q2, q2, w, w, w, wo, True, f(0.5), b, t, t, h, kd, kd, f(0.1), u, qh, kh, vh, probs, o2,
-             z(b * t, 5), z(b, h, t, t), True, True, z(b * t, h * kd), z(t, kd), z(t, t), z(t, t), z(t, kd),
-             z(t, kd), z(t, kd), z(b * t, h * kd), z(b * t, h * kd), z(b * t, h * kd), z(5, h * kd), z(h * kd),
-             z(5, h * kd), z(h * kd), z(5, h * kd), z(h * kd), z(h * kd, 5), z(5), z(b * t, 5), z(b * t, 5),
-             z(b * t, 5))
-    assert float64_ops(K.mha_backward, *bargs) == []
 
 
 # ------------------------------------------------------------------ errors

@@ -1,11 +1,12 @@
-"""TransformerEncoder (a composite layer) and PositionalEmbedding."""
+"""TransformerEncoder (a composite layer) and PositionalEmbedding: layer cases (forward against
+the float64 reference, finite differences, on every device), PyTorch parity, params, training, errors."""
 import numpy as np
 import pytest
 
 import nbmodel as nb
 from nbmodel import layers as L
 from nbmodel.kernels.reference import attention as ref
-from nbmodel.testing import float64_ops, gradcheck
+from nbmodel.testing import LayerCase
 
 NAMES = ["attention/query_kernel", "attention/query_bias", "attention/key_kernel", "attention/key_bias",
          "attention/value_kernel", "attention/value_bias", "attention/output_kernel", "attention/output_bias",
@@ -68,43 +69,83 @@ def test_rebound_params_reach_the_sublayers():
                                   layer.attention.grads["query_kernel"].reshape(-1))
 
 
-@pytest.mark.parametrize("norm_first", [False, True])
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_forward_matches_reference(norm_first, causal, dtype):
-    x = rng().standard_normal((2, 5, 6)).astype(dtype)
-    layer = built(x.shape, norm_first=norm_first, use_causal_mask=causal, activation="gelu", dtype=dtype)
-    y = layer.forward(x)
-    assert y.dtype == np.dtype(dtype) and y.shape == x.shape
-    e = ref.transformer_encoder(x, dict(layer.params), "gelu", norm_first, 1e-5, causal)
-    tol = 3e-5 if dtype == "float32" else 1e-11
-    np.testing.assert_allclose(y, e, rtol=tol, atol=tol)
+class FixedDropoutEncoder(L.TransformerEncoder):
+    def forward(self, x, training=False, **kw):
+        for i, sub in enumerate(self.sublayers()):  # the same dropout masks at every call
+            sub.rng = np.random.default_rng(i)
+        return super().forward(x, training, **kw)
 
 
-@pytest.mark.parametrize("norm_first,activation,causal", [(False, "relu", False), (True, "gelu", True),
-                                                         (False, "tanh", True)])
-def test_gradients_finite_differences(norm_first, activation, causal):
-    x = rng().standard_normal((2, 3, 4))
-    layer = L.TransformerEncoder(2, 2, 5, norm_first=norm_first, activation=activation,
-                                 use_causal_mask=causal, seed=1)
-    layer.build(x.shape)
-    for k, p in layer.params.items():  # move ReLU pre-activations away from the kink
-        if k.endswith("bias") or k.endswith("beta"):
-            p[...] = rng(2).standard_normal(p.shape) * 0.3
-    gradcheck(layer, x)
+def with_random_norms_and_biases(layer, x_shape, seed):
+    """``layer`` built on ``x_shape`` with non-trivial biases, betas and gammas (through set_weights)."""
+    layer.build(x_shape)
+    r = rng(seed + 10)
+    ws = []
+    for k, w in zip(layer.params, layer.get_weights()):
+        if k.endswith(("bias", "beta")):
+            w = r.standard_normal(w.shape) * 0.3
+        elif k.endswith("gamma"):
+            w = 1 + r.standard_normal(w.shape) * 0.3
+        ws.append(w)
+    layer.set_weights(ws)
+    return layer
 
 
-def test_attention_mask_and_dropout_gradients():
-    class Fixed(L.TransformerEncoder):
-        def forward(self, x, training=False, **kw):
-            for i, sub in enumerate(self.sublayers()):  # the same dropout masks at every call
-                sub.rng = np.random.default_rng(i)
-            return super().forward(x, training, **kw)
+def with_random_biases(layer, x_shape):
+    """Biases and betas moved away from zero (ReLU pre-activations away from the kink)."""
+    layer.build(x_shape)
+    layer.set_weights([rng(2).standard_normal(w.shape) * 0.3 if k.endswith(("bias", "beta")) else w
+                       for k, w in zip(layer.params, layer.get_weights())])
+    return layer
 
-    x = rng().standard_normal((2, 3, 4))
-    mask = np.array([[1, 1, 0], [1, 0, 0]], bool)[:, None, None, :]
-    layer = Fixed(2, 2, 5, dropout=0.3, seed=3)
-    gradcheck(layer, x, forward_kwargs=dict(attention_mask=mask))
+
+def encoder_case(name, make, shape, activation="relu", norm_first=False, causal=False, mask=None):
+    return LayerCase(
+        name, make, inputs=lambda r: r.standard_normal(shape),
+        reference=lambda w, x: ref.transformer_encoder(x, {k: w[k] for k in NAMES}, activation, norm_first, 1e-5,
+                                                       causal, attention_mask=mask),
+        forward_kwargs={} if mask is None else {"attention_mask": mask},
+        rtol={"float32": 3e-5, "float64": 1e-11}, atol={"float32": 3e-5, "float64": 1e-11})
+
+
+_PADDING = np.array([[1, 1, 0], [1, 0, 0]], bool)[:, None, None, :]
+
+CASES = [
+    encoder_case(f"encoder-{'pre' if nf else 'post'}-norm-gelu{'-causal' if causal else ''}",
+                 lambda dt, nf=nf, causal=causal: with_random_norms_and_biases(
+                     L.TransformerEncoder(2, 3, 8, norm_first=nf, use_causal_mask=causal, activation="gelu",
+                                          dtype=dt, seed=0), (None, 5, 6), seed=0),
+                 (2, 5, 6), "gelu", nf, causal)
+    for nf in (False, True) for causal in (False, True)
+]
+CASES += [
+    encoder_case(f"encoder-{'pre' if nf else 'post'}-norm-{act}{'-causal' if causal else ''}-small",
+                 lambda dt, nf=nf, act=act, causal=causal: with_random_biases(
+                     L.TransformerEncoder(2, 2, 5, norm_first=nf, activation=act, use_causal_mask=causal,
+                                          dtype=dt, seed=1), (None, 3, 4)),
+                 (2, 3, 4), act, nf, causal)
+    for nf, act, causal in [(False, "relu", False), (True, "gelu", True), (False, "tanh", True)]
+]
+# dropout: gradients with fixed masks in training, the reference (no dropout) in inference
+CASES += [encoder_case("encoder-padding-mask-dropout",
+                       lambda dt: FixedDropoutEncoder(2, 2, 5, dropout=0.3, dtype=dt, seed=3), (2, 3, 4),
+                       mask=_PADDING)]
+
+
+def positional_embedding_case():
+    return LayerCase(
+        "positional-embedding", lambda dt: L.PositionalEmbedding(6, 7, 5, dtype=dt, seed=0),
+        inputs=lambda r: r.integers(0, 7, (3, 4)),
+        reference=lambda w, ids: ref.pos_embed_forward(ids, w["token_embeddings"], w["position_embeddings"]),
+        rtol={"float32": 1e-6, "float64": 1e-12}, atol={"float32": 0.0, "float64": 0.0})
+
+
+CASES += [positional_embedding_case()]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_layer_case(case, device):
+    case.check(device)
 
 
 def test_input_gradient_skipped_when_not_needed(float64):
@@ -181,21 +222,6 @@ def test_inside_sequential_trains_and_saves(tmp_path, one_thread):
         np.testing.assert_array_equal(a, b)
 
 
-def test_kernels_stay_float32():
-    from nbmodel.kernels.cpu import attention as K
-
-    f = np.float32
-    x = rng().standard_normal((4, 6)).astype(f)
-    w1 = rng(1).standard_normal((6, 8)).astype(f)
-    w2 = rng(2).standard_normal((8, 6)).astype(f)
-    b1, b2 = np.zeros(8, f), np.zeros(6, f)
-    hid, pre, out = np.zeros((4, 8), f), np.zeros((4, 8), f), np.zeros((4, 6), f)
-    for code in (1, 4):  # relu, gelu
-        assert float64_ops(K.ffn_forward, x, w1, b1, w2, b2, code, True, pre, hid, out) == []
-        assert float64_ops(K.ffn_backward, x, w1, w2, pre, hid, out, code, True, hid.copy(), w1.copy(),
-                           b1.copy(), w2.copy(), b2.copy(), x.copy()) == []
-
-
 def test_bad_input_raises_errors_naming_the_layer():
     layer = L.TransformerEncoder(2, 3, 8, name="enc")
     layer.build((None, 4, 6))
@@ -214,17 +240,15 @@ def test_bad_input_raises_errors_naming_the_layer():
 
 
 # ------------------------------------------------------------ PositionalEmbedding
-def test_positional_embedding_forward_and_gradients():
+def test_positional_embedding_params_and_float_ids():
+    """Params, the default dtype, and whole-number float ids (the layer case compares the values)."""
     ids = rng().integers(0, 7, (3, 4))
     layer = L.PositionalEmbedding(6, 7, 5, seed=0)
     y = layer.forward(ids)
     assert y.shape == (3, 4, 5) and y.dtype == np.float32
     assert list(layer.params) == ["token_embeddings", "position_embeddings"]
     assert layer.params["position_embeddings"].shape == (6, 5)
-    e = ref.positional_embedding(ids, layer.params["token_embeddings"], layer.params["position_embeddings"])
-    np.testing.assert_allclose(y, e, rtol=1e-6)
-    gradcheck(L.PositionalEmbedding(6, 7, 5, seed=0), ids)
-    assert layer.forward(ids.astype(np.float64)).shape == (3, 4, 5)  # whole-number floats are ids
+    np.testing.assert_array_equal(layer.forward(ids.astype(np.float64)), y)  # whole-number floats are ids
 
 
 def test_positional_embedding_bad_ids():
@@ -258,28 +282,3 @@ def test_small_causal_language_model_learns(one_thread):
     model.fit(x, y, epochs=10, batch_size=16, verbose=0)
     after = model.evaluate(x, y)
     assert after < 0.5 * before
-
-
-def test_every_encoder_kernel_stays_float32(monkeypatch):
-    """Record the float32 arguments each kernel gets in a real training pass, then check its IR."""
-    from nbmodel.kernels.cpu import attention as KA
-    from nbmodel.kernels.cpu import norm as KN
-
-    names = {KA: ["mha_self_forward", "mha_self_backward", "ffn_forward", "ffn_backward"],
-             KN: ["add_layer_norm_forward", "layer_norm_backward", "layer_norm_backward_sum"]}
-    calls = {}
-    for mod, fns in names.items():
-        for fn in fns:
-            orig = getattr(mod, fn)
-
-            def rec(*args, _orig=orig, _fn=fn):
-                calls.setdefault(_fn, (_orig, args))
-                return _orig(*args)
-            monkeypatch.setattr(mod, fn, rec)
-    x = rng().standard_normal((2, 3, 4)).astype(np.float32)
-    layer = L.TransformerEncoder(2, 2, 8, use_causal_mask=True, seed=0)
-    layer.forward(x, training=True)
-    layer.backward(np.ones_like(x))
-    assert set(calls) == {fn for fns in names.values() for fn in fns}
-    for fn, (orig, args) in calls.items():
-        assert float64_ops(orig, *args) == [], fn

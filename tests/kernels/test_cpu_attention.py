@@ -1,0 +1,81 @@
+"""CPU attention kernels (nbmodel/kernels/cpu/attention.py, with the layer-norm kernels of
+norm.py the encoder uses) called directly: they stay in float32 for float32 inputs."""
+import numpy as np
+
+from nbmodel import layers as L
+from nbmodel.testing import float64_ops
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def test_mha_kernels_stay_float32():
+    from nbmodel.kernels.cpu import attention as K
+
+    b, t, h, kd = 2, 4, 2, 3
+    f = np.float32
+    r = rng()
+    q2 = r.standard_normal((b * t, 5)).astype(f)
+    w = r.standard_normal((5, h * kd)).astype(f)
+    bias = np.zeros(h * kd, f)
+    wo = r.standard_normal((h * kd, 5)).astype(f)
+    bo = np.zeros(5, f)
+    mask = np.ones((1, 1, t, t), bool)
+    u = r.random((b, h, t, t)).astype(f)
+
+    def z(*s):
+        return np.zeros(s, f)
+
+    args = (q2, q2, q2, w, bias, w, bias, w, bias, wo, bo, True, f(0.5), b, t, t, h, kd, kd, mask, True,
+            True, True, f(0.1), u, z(b * t, h * kd), z(b * t, h * kd), z(b * t, h * kd), z(b, h, t, kd),
+            z(b, h, t, kd), z(b, h, t, kd), z(b, h, t, t), z(t, t), z(t, kd), np.zeros(t, np.int32),
+            z(b * t, h * kd), z(b * t, 5))
+    assert float64_ops(K.mha_forward, *args) == []
+    qh, kh, vh, probs, o2 = args[28], args[29], args[30], args[31], args[35]
+    bargs = (q2, q2, q2, w, w, w, wo, True, f(0.5), b, t, t, h, kd, kd, f(0.1), u, qh, kh, vh, probs, o2,
+             z(b * t, 5), z(b, h, t, t), True, True, z(b * t, h * kd), z(t, kd), z(t, t), z(t, t), z(t, kd),
+             z(t, kd), z(t, kd), z(b * t, h * kd), z(b * t, h * kd), z(b * t, h * kd), z(5, h * kd), z(h * kd),
+             z(5, h * kd), z(h * kd), z(5, h * kd), z(h * kd), z(h * kd, 5), z(5), z(b * t, 5), z(b * t, 5),
+             z(b * t, 5))
+    assert float64_ops(K.mha_backward, *bargs) == []
+
+
+def test_ffn_kernels_stay_float32():
+    from nbmodel.kernels.cpu import attention as K
+
+    f = np.float32
+    x = rng().standard_normal((4, 6)).astype(f)
+    w1 = rng(1).standard_normal((6, 8)).astype(f)
+    w2 = rng(2).standard_normal((8, 6)).astype(f)
+    b1, b2 = np.zeros(8, f), np.zeros(6, f)
+    hid, pre, out = np.zeros((4, 8), f), np.zeros((4, 8), f), np.zeros((4, 6), f)
+    for code in (1, 4):  # relu, gelu
+        assert float64_ops(K.ffn_forward, x, w1, b1, w2, b2, code, True, pre, hid, out) == []
+        assert float64_ops(K.ffn_backward, x, w1, w2, pre, hid, out, code, True, hid.copy(), w1.copy(),
+                           b1.copy(), w2.copy(), b2.copy(), x.copy()) == []
+
+
+def test_every_encoder_kernel_stays_float32(monkeypatch):
+    """Record the float32 arguments each kernel gets in a real training pass, then check its IR."""
+    from nbmodel.kernels.cpu import attention as KA
+    from nbmodel.kernels.cpu import norm as KN
+
+    names = {KA: ["mha_self_forward", "mha_self_backward", "ffn_forward", "ffn_backward"],
+             KN: ["add_layer_norm_forward", "layer_norm_backward", "layer_norm_backward_sum"]}
+    calls = {}
+    for mod, fns in names.items():
+        for fn in fns:
+            orig = getattr(mod, fn)
+
+            def rec(*args, _orig=orig, _fn=fn):
+                calls.setdefault(_fn, (_orig, args))
+                return _orig(*args)
+            monkeypatch.setattr(mod, fn, rec)
+    x = rng().standard_normal((2, 3, 4)).astype(np.float32)
+    layer = L.TransformerEncoder(2, 2, 8, use_causal_mask=True, seed=0)
+    layer.forward(x, training=True)
+    layer.backward(np.ones_like(x))
+    assert set(calls) == {fn for fns in names.values() for fn in fns}
+    for fn, (orig, args) in calls.items():
+        assert float64_ops(orig, *args) == [], fn

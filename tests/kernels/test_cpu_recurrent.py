@@ -1,0 +1,41 @@
+"""CPU recurrent kernels (nbmodel/kernels/cpu/recurrent.py) called directly: the LSTM and
+GRU forward and backward kernels stay in float32 for float32 inputs."""
+import numpy as np
+
+B, T, D, U = 2, 3, 3, 4
+
+
+def test_lstm_and_gru_kernels_stay_float32():
+    from nbmodel import activations as codes
+    from nbmodel.kernels.cpu import recurrent as k
+    from nbmodel.testing import float64_ops
+
+    f = np.float32
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((B, T, D)).astype(f)
+    W = rng.standard_normal((D, 4 * U)).astype(f)
+    R = rng.standard_normal((U, 4 * U)).astype(f)
+    b = np.zeros(4 * U, f)
+    xs = np.empty((T, B, D), f)
+    G = np.empty((T, B, 4 * U), f)
+    H = np.zeros((T + 1, B, U), f)
+    C = np.zeros((T + 1, B, U), f)
+    TC = np.empty((T, B, U), f)
+    rec = np.empty((B, 4 * U), f)
+    y = np.empty((B, T, U), f)
+    tanh, sig = codes.TANH, codes.SIGMOID
+    assert float64_ops(k.lstm_forward, x, False, W, R, b, False, tanh, sig, True, xs, G, H, C, TC, rec, y) == []
+    dh = np.ones((B, U), f)
+    dc = np.zeros((B, U), f)
+    dZ = np.empty_like(G)
+    assert float64_ops(k.lstm_backward, xs, False, W, R, G, H, C, TC, y, True, tanh, sig, False, True, dh, dc,
+                       dZ, np.empty_like(W), np.empty_like(R), np.empty_like(b), np.empty_like(xs),
+                       np.empty_like(x)) == []
+    W3, R3, b3 = W[:, :3 * U].copy(), R[:, :3 * U].copy(), np.zeros((2, 3 * U), f)
+    G3 = np.empty((T, B, 3 * U), f)
+    RH = np.empty((T, B, U), f)
+    rec3 = np.empty((B, 3 * U), f)
+    assert float64_ops(k.gru_forward, x, True, W3, R3, b3, False, tanh, sig, True, xs, G3, H, RH, rec3, y) == []
+    assert float64_ops(k.gru_backward, xs, True, W3, R3, G3, H, RH, y, True, tanh, sig, False, True, dh,
+                       np.empty_like(dh), np.empty_like(G3), np.empty_like(G3), np.empty_like(W3),
+                       np.empty_like(R3), np.empty_like(b3), np.empty_like(xs), np.empty_like(x)) == []
