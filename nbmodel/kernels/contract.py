@@ -138,11 +138,11 @@ CONTRACT: dict[str, dict[str, tuple[str, str]]] = {
     "attention": {
         "mha_forward": ("q2, k2, v2, wq, bq, wk, bk, wv, bv, wo, bo, use_bias, scale, batch, tq, tk, heads, kd, "
                         "vd, mask, has_mask, causal, keep, rate, u, qtmp, ktmp, vtmp, qh, kh, vh, probs, pdrop, "
-                        "otmp, nscr, o2, out",
+                        "otmp, o2, out",
                         "projections, masked softmax(q k^T * scale), dropout, weighted values, output "
                         "projection"),
         "mha_self_forward": ("x2, wcat, bcat, wo, bo, use_bias, scale, batch, t, heads, kd, vd, mask, has_mask, "
-                             "causal, keep, rate, u, qkv, qh, kh, vh, probs, pdrop, otmp, nscr, o2, out",
+                             "causal, keep, rate, u, qkv, qh, kh, vh, probs, pdrop, otmp, o2, out",
                              "mha_forward for query = key = value with the three projections as one GEMM"),
         "mha_backward": ("q2, k2, v2, wq, wk, wv, wo, use_bias, scale, batch, tq, tk, heads, kd, vd, rate, u, "
                          "qh, kh, vh, probs, o2, dout, dscores, has_dscores, need_dx, do2, dotmp, dp, pdrop, "

@@ -210,7 +210,7 @@ class MultiHeadAttention(Layer):
         o2 = ws("o2", (b * tq, h * vd))
         out = ws("out", (b * tq, dout))
         pdrop = ws("pdrop", (tq, tk) if rate > 0.0 else (1, 1))
-        otmp, nscr = ws("otmp", (tq, vd)), ws("nscr", (tk,), np.int32)
+        otmp = ws("otmp", (tq, vd))
         scale = dt(1.0 / math.sqrt(kd))
         causal = bool(use_causal_mask)
         fused = self._fuse_self and not has_key and inputs[1] is inputs[0] and self._dq == self._dv == self._dk
@@ -229,13 +229,13 @@ class MultiHeadAttention(Layer):
                     ka.copy_block(bias.reshape(1, -1, 1), bcat.reshape(1, ctot, 1), off)
             self.kernels("attention").mha_self_forward(
                 args[0], wcat, bcat, args[9], args[10], self.use_bias, scale, b, tq, h, kd, vd, mask, has_mask,
-                causal, keep, dt(rate), u, ws("qkv", (b * tq, ctot)), qh, kh, vh, probs, pdrop, otmp, nscr, o2,
+                causal, keep, dt(rate), u, ws("qkv", (b * tq, ctot)), qh, kh, vh, probs, pdrop, otmp, o2,
                 out)
         else:
             self.kernels("attention").mha_forward(
                 *args, self.use_bias, scale, b, tq, tk, h, kd, vd, mask, has_mask, causal, keep, dt(rate), u,
                 ws("qtmp", (b * tq, h * kd)), ws("ktmp", (b * tk, h * kd)), ws("vtmp", (b * tk, h * vd)),
-                qh, kh, vh, probs, pdrop, otmp, nscr, o2, out)
+                qh, kh, vh, probs, pdrop, otmp, o2, out)
         self._cache = ((args[:3], has_key, b, tq, tk, rate, u, qh, kh, vh, probs, o2, wcat)
                        if keeps_backward_cache(training) else None)
         y = out.reshape((b, tq) + self._out_tail)

@@ -129,7 +129,7 @@ def _output_projection(o2, wo, bo, use_bias, out):
 @jit
 def mha_forward(q2, k2, v2, wq, bq, wk, bk, wv, bv, wo, bo, use_bias, scale, batch, tq, tk,
                 heads, kd, vd, mask, has_mask, causal, keep, rate, u,
-                qtmp, ktmp, vtmp, qh, kh, vh, probs, pdrop, otmp, nscr, o2, out):
+                qtmp, ktmp, vtmp, qh, kh, vh, probs, pdrop, otmp, o2, out):
     """Forward of multi-head attention on flattened inputs.
 
     q2 (batch*tq, dq), k2 (batch*tk, dk), v2 (batch*tk, dv); w* are the kernels
@@ -137,8 +137,7 @@ def mha_forward(q2, k2, v2, wq, bq, wk, bk, wv, bv, wo, bo, use_bias, scale, bat
     flattened. Writes qh/kh/vh (head-major projections, qh scaled), probs
     ((batch, heads, tq, tk) when keep, else one (1, 1, tq, tk) block), o2
     ((batch*tq, heads*vd), the attention output before the output GEMM) and
-    out (batch*tq, dout). nscr (an int32 (tk,) scratch of the former float32
-    exp) is unused, kept until the layer stops passing it.
+    out (batch*tq, dout).
     Dropout (rate > 0) multiplies the probabilities by
     (u >= rate) / (1 - rate), u uniform of probs' shape; pdrop is a (tq, tk)
     workspace.
@@ -156,7 +155,7 @@ def mha_forward(q2, k2, v2, wq, bq, wk, bk, wv, bv, wo, bo, use_bias, scale, bat
 
 @jit
 def mha_self_forward(x2, wcat, bcat, wo, bo, use_bias, scale, batch, t, heads, kd, vd, mask, has_mask,
-                     causal, keep, rate, u, qkv, qh, kh, vh, probs, pdrop, otmp, nscr, o2, out):
+                     causal, keep, rate, u, qkv, qh, kh, vh, probs, pdrop, otmp, o2, out):
     """mha_forward for self-attention (query = key = value = x2): one GEMM with
     wcat = [wq | wk | wv] (d, 2*heads*kd + heads*vd), biases bcat likewise."""
     one = out.dtype.type(1)
