@@ -255,8 +255,8 @@ def test_model_to_moves_everything_and_back(recording, float64):
         np.testing.assert_array_equal(v, state[k])
     model.fit(x, y, epochs=1, batch_size=8, verbose=0)
     model.to("cpu")
-    cpu = get_device("cpu")
-    assert model.device is cpu and all(layer.device is cpu for layer in model.layers)
+    cpu = model.device
+    assert isinstance(cpu, CpuDevice) and cpu.name == "cpu" and all(layer.device is cpu for layer in model.layers)
     for name, arr in _arrays_of_step(model):
         assert type(arr) is np.ndarray, name
     model.fit(x, y, epochs=1, batch_size=8, verbose=0)
@@ -266,4 +266,4 @@ def test_unknown_device_and_unknown_family_are_clear_errors():
     with pytest.raises(ValueError, match="unknown device 'nowhere'"):
         nb.Sequential([nb.layers.Dense(2)], device="nowhere")
     with pytest.raises(ValueError, match="unknown kernel family"):
-        get_device("cpu").kernels("no_such_family")
+        CpuDevice().kernels("no_such_family")

@@ -3,9 +3,7 @@ import numpy as np
 import pytest
 
 from nbmodel import optimizers, schedules
-from nbmodel.backend import get_device
 from nbmodel.kernels.reference.optim import Reference
-from nbmodel.testing import float64_ops
 
 SHAPES = [(3, 4), (4,), (2, 3), (1,)]
 
@@ -247,18 +245,3 @@ def test_against_torch():
     for factory, opt in cases:
         ours, theirs = _torch_run(factory, opt)
         np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-10, err_msg=repr(opt))
-
-
-# ----------------------------------------------------------------- purity
-def test_float32_kernels_have_no_float64_ops():
-    k = get_device("cpu").kernels("optim")
-    f = np.float32
-    r = np.random.default_rng(2)
-    p, g, m, v, w = (r.random(10).astype(f) for _ in range(5))
-    bounds = np.array([0, 4, 10])
-    scales = np.array([0.5, 0.25], f)
-    assert float64_ops(k.sgd_step, p, g, bounds, scales, True, f(1), True, f(1e-3), f(0.1), f(0.9), True, m) == []
-    assert float64_ops(k.adam_step, p, g, bounds, scales, True, f(1), True, f(1e-3), f(0.01), f(0.1), f(0.001),
-                       f(1e-7), True, m, v, w) == []
-    assert float64_ops(k.rmsprop_step, p, g, bounds, scales, True, f(1), True, f(1e-3), f(0.01), f(0.9), f(0.1),
-                       f(0.5), f(1e-7), True, m, v, w) == []
