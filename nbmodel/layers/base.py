@@ -14,7 +14,7 @@ tuples. Layers never import numba: kernels come from ``self.kernels(family)``,
 and every array a layer keeps (params, grads, state, workspaces) is allocated
 through ``self.device``, so the same layer runs on any registered device.
 
-Writing params and grads in place (``arr[...] = ...``, ``np.dot(..., out=)``)
+Kernels writing params' gradients in place (into the arrays of ``grads``)
 matters: a Model packs every param and grad into one flat buffer (one optimizer
 kernel, one allreduce) and the arrays in ``params``/``grads`` are views into it.
 A layer that rebinds ``self.grads[k]`` to a new array still works (the model
