@@ -1,11 +1,12 @@
-"""Conv1D and Conv2D: forward/backward vs the float64 reference, finite
-differences, PyTorch parity (TF-style "same" padding mapped by hand), errors."""
+"""Conv1D and Conv2D as layer cases (reference for every padding, stride, dilation and fused
+activation; finite differences; on every device); backward against the reference, PyTorch
+parity (TF-style "same" padding mapped by hand), errors."""
 import numpy as np
 import pytest
 
 from nbmodel import layers as L
 from nbmodel.kernels.reference import conv as ref
-from nbmodel.testing import float64_ops, gradcheck
+from nbmodel.testing import LayerCase
 
 # (input spatial, kernel, strides, padding, dilation, in channels, filters)
 CASES_2D = [
@@ -72,9 +73,65 @@ def _make_1d(case, dtype, activation=None, use_bias=True, batch=2, seed=0):
     return layer, x
 
 
+# ------------------------------------------------------------------ layer cases
+RTOL = {"float32": 1e-5, "float64": 1e-12}
+ATOL = {"float32": 1e-5, "float64": 1e-12}
+
+
+def _built(layer, input_shape, use_bias):
+    """``layer`` built, with a random bias (set through set_weights, so on any device)."""
+    layer.build(input_shape)
+    if use_bias:
+        kernel, bias = layer.get_weights()
+        layer.set_weights([kernel, rng(1).standard_normal(bias.shape)])
+    return layer
+
+
+def conv2d_case(label, case, activation=None, use_bias=True):
+    spatial, k, s, pad, d, c, f = case
+    pads, _ = _pads_2d(spatial, k, s, pad, d)
+
+    def make(dt):
+        return _built(L.Conv2D(f, k, strides=s, padding=pad, dilation_rate=d, activation=activation,
+                               use_bias=use_bias, dtype=dt, seed=0), (None,) + spatial + (c,), use_bias)
+
+    return LayerCase(f"conv2d-{label}", make, inputs=lambda r: r.standard_normal((2,) + spatial + (c,)),
+                     reference=lambda w, x: ref.conv_forward(x, w["kernel"], w.get("bias"), s, pads, d, activation),
+                     rtol=RTOL, atol=ATOL)
+
+
+def conv1d_case(label, case, activation=None):
+    n, k, s, pad, d, c, f = case
+    pads, _ = _pads_1d(n, k, s, pad, d)
+
+    def make(dt):
+        return _built(L.Conv1D(f, k, strides=s, padding=pad, dilation_rate=d, activation=activation,
+                               dtype=dt, seed=0), (None, n, c), True)
+
+    def reference(w, x):
+        return ref.conv_forward(x[:, None], w["kernel"][None], w["bias"], (1, s), pads, (1, d), activation)[:, 0]
+
+    return LayerCase(f"conv1d-{label}", make, inputs=lambda r: r.standard_normal((2, n, c)), reference=reference,
+                     rtol=RTOL, atol=ATOL)
+
+
+CASES = [conv2d_case(f"{i}-{act}", case, act) for i, case in enumerate(CASES_2D) for act in ("relu", "tanh")]
+CASES += [conv1d_case(f"{i}-{act}", case, act) for i, case in enumerate(CASES_1D) for act in ("linear", "sigmoid")]
+CASES += [conv2d_case(f"fused-{act}", CASES_2D[2], act)
+          for act in ("linear", "relu", "gelu", "silu", "elu", "leaky_relu", "softmax")]
+CASES += [conv2d_case("no-bias", CASES_2D[1], use_bias=False)]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_layer_case(case, device):
+    case.check(device)
+
+
+# ------------------------------------------------------------------ backward, shapes
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("case", CASES_2D)
-def test_conv2d_forward_backward_match_reference(case, dtype):
+def test_conv2d_backward_matches_reference(case, dtype):
+    """Output shapes and backward against the reference (the layer cases compare the output)."""
     spatial, k, s, pad, d, c, f = case
     layer, x = _make_2d(case, dtype, activation="relu")
     y = layer.forward(x, training=True)
@@ -82,15 +139,12 @@ def test_conv2d_forward_backward_match_reference(case, dtype):
     assert y.shape == (2, oh, ow, f) and y.dtype == np.dtype(dtype)
     assert layer.compute_output_shape((None,) + spatial + (c,)) == (None, oh, ow, f)
     kernel, bias = layer.params["kernel"], layer.params["bias"]
-    expected = ref.conv2d(x, kernel, bias, s, pads, d, "relu")
-    tol = 1e-5 if dtype == "float32" else 1e-12
-    np.testing.assert_allclose(y, expected, rtol=tol, atol=tol)
-
+    expected = ref.conv_forward(x, kernel, bias, s, pads, d, "relu")
     dy = rng(5).standard_normal(y.shape).astype(dtype)
     dx = layer.backward(dy)
     assert dx.dtype == np.dtype(dtype) and dx.shape == x.shape
     dz = dy * (expected > 0)
-    rdx, rdk, rdb = ref.conv2d_backward(x, kernel, dz, s, pads, d)
+    rdx, rdk, rdb = ref.conv_backward(x, kernel, dz, s, pads, d)
     tol = 1e-4 if dtype == "float32" else 1e-11
     np.testing.assert_allclose(dx, rdx, rtol=tol, atol=tol)
     np.testing.assert_allclose(layer.grads["kernel"], rdk, rtol=tol, atol=tol)
@@ -99,21 +153,19 @@ def test_conv2d_forward_backward_match_reference(case, dtype):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("case", CASES_1D)
-def test_conv1d_forward_backward_match_reference(case, dtype):
+def test_conv1d_backward_matches_reference(case, dtype):
+    """Output shapes and backward against the reference (the layer cases compare the output)."""
     n, k, s, pad, d, c, f = case
     layer, x = _make_1d(case, dtype)
     y = layer.forward(x, training=True)
     pads, out = _pads_1d(n, k, s, pad, d)
     assert y.shape == (2, out, f) and y.dtype == np.dtype(dtype)
     assert layer.compute_output_shape((None, n, c)) == (None, out, f)
-    kernel, bias = layer.params["kernel"], layer.params["bias"]
+    kernel = layer.params["kernel"]
     assert kernel.shape == (k, c, f)
-    expected = ref.conv2d(x[:, None], kernel[None], bias, (1, s), pads, (1, d))[:, 0]
-    tol = 1e-5 if dtype == "float32" else 1e-12
-    np.testing.assert_allclose(y, expected, rtol=tol, atol=tol)
     dy = rng(5).standard_normal(y.shape).astype(dtype)
     dx = layer.backward(dy)
-    rdx, rdk, rdb = ref.conv2d_backward(x[:, None], kernel[None], dy[:, None], (1, s), pads, (1, d))
+    rdx, rdk, rdb = ref.conv_backward(x[:, None], kernel[None], dy[:, None], (1, s), pads, (1, d))
     tol = 1e-4 if dtype == "float32" else 1e-11
     np.testing.assert_allclose(dx, rdx[:, 0], rtol=tol, atol=tol)
     np.testing.assert_allclose(layer.grads["kernel"], rdk[0], rtol=tol, atol=tol)
@@ -131,31 +183,9 @@ def test_causal_output_sees_only_the_past():
     assert not np.allclose(y0[:, 6:], y1[:, 6:])
 
 
-@pytest.mark.parametrize("case", CASES_2D)
-def test_conv2d_gradcheck(case):
-    layer, x = _make_2d(case, "float64", activation="tanh")
-    gradcheck(layer, x)
-
-
-@pytest.mark.parametrize("case", CASES_1D)
-def test_conv1d_gradcheck(case):
-    layer, x = _make_1d(case, "float64", activation="sigmoid")
-    gradcheck(layer, x)
-
-
-@pytest.mark.parametrize("activation", ["linear", "relu", "gelu", "silu", "elu", "leaky_relu", "softmax"])
-def test_fused_activations_gradcheck(activation):
-    layer, x = _make_2d(CASES_2D[2], "float64", activation=activation)
-    gradcheck(layer, x)
-
-
-def test_no_bias():
-    layer, x = _make_2d(CASES_2D[1], "float64", use_bias=False)
+def test_no_bias_params():
+    layer, _ = _make_2d(CASES_2D[1], "float64", use_bias=False)
     assert list(layer.params) == ["kernel"]
-    gradcheck(layer, x)
-    pads, _ = _pads_2d((5, 6), (3, 3), (1, 1), "same", (1, 1))
-    np.testing.assert_allclose(layer.forward(x), ref.conv2d(x, layer.params["kernel"], None, (1, 1), pads),
-                               rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -178,11 +208,11 @@ def _check_chunks():
     pads, _ = _pads_2d((12, 12), (3, 3), (1, 1), "same", (1, 1))
     for xb in (x, x[:1]):
         y = layer.forward(xb, training=True)
-        np.testing.assert_allclose(y, ref.conv2d(xb, layer.params["kernel"], layer.params["bias"], (1, 1), pads),
+        np.testing.assert_allclose(y, ref.conv_forward(xb, layer.params["kernel"], layer.params["bias"], (1, 1), pads),
                                    rtol=1e-12, atol=1e-12)
         dy = rng(1).standard_normal(y.shape)
         dx = layer.backward(dy)
-        rdx, rdk, _ = ref.conv2d_backward(xb, layer.params["kernel"], dy, (1, 1), pads)
+        rdx, rdk, _ = ref.conv_backward(xb, layer.params["kernel"], dy, (1, 1), pads)
         np.testing.assert_allclose(dx, rdx, rtol=1e-11, atol=1e-11)
         np.testing.assert_allclose(layer.grads["kernel"], rdk, rtol=1e-11, atol=1e-11)
     # inference keeps only one chunk of patches and gives the same output
@@ -197,7 +227,7 @@ def test_input_gradient_skipped_when_not_needed():
     dy = np.ones(y.shape, np.float32)
     assert layer.backward(dy) is None
     pads, _ = _pads_2d((5, 6), (3, 3), (1, 1), "same", (1, 1))
-    _, rdk, _ = ref.conv2d_backward(x, layer.params["kernel"], dy, (1, 1), pads)
+    _, rdk, _ = ref.conv_backward(x, layer.params["kernel"], dy, (1, 1), pads)
     np.testing.assert_allclose(layer.grads["kernel"], rdk, rtol=1e-5, atol=1e-5)
 
 
@@ -219,25 +249,6 @@ def test_grads_written_in_place():
     layer.backward(np.ones_like(y))
     assert layer.grads["kernel"] is gk and layer.grads["bias"] is gb
     assert np.abs(gk).sum() > 0 and np.abs(gb).sum() > 0
-
-
-def test_float32_kernels_stay_float32():
-    from nbmodel.kernels.cpu import conv as k
-
-    x = rng().standard_normal((2, 5, 5, 2)).astype(np.float32)
-    k2 = rng(1).standard_normal((18, 3)).astype(np.float32)
-    b = np.zeros(3, np.float32)
-    cols = np.empty((50, 18), np.float32)
-    y = np.empty((50, 3), np.float32)
-    from nbmodel.activations import GELU, RELU
-
-    assert float64_ops(k.conv_forward, x, k2, b, RELU, False, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, 1, 1, cols, y, y) == []
-    pre = np.empty_like(y)
-    assert float64_ops(k.conv_forward, x, k2, b, GELU, True, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, 1, 1, cols, pre, y) == []
-    dz, db = np.empty_like(y), np.empty_like(b)
-    assert float64_ops(k.conv_backward_dz, pre, y, y, GELU, True, 1, dz, db, np.empty_like(b)) == []
-    dcols, dx = np.empty((25, 18), np.float32), np.empty_like(x)
-    assert float64_ops(k.conv_backward_dx, dz, k2, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, 1, 1, dcols, dx) == []
 
 
 def test_keras_weight_shapes_and_config_roundtrip():
@@ -333,35 +344,6 @@ def test_conv1d_matches_torch(case):
                                atol=1e-10)
 
 
-def test_threaded_passes_match_serial():
-    # the parallel wrappers split rows/images into blocks; each must equal the serial body
-    from nbmodel.activations import GELU, RELU
-    from nbmodel.kernels.cpu import conv as k
-
-    x = rng().standard_normal((5, 6, 7, 3))
-    n, oh, ow, kk = 5, 3, 7, 27
-    geo = (3, 3, 2, 1, 1, 1, 1, 1, oh, ow)
-    serial, par = np.zeros((n * oh * ow, kk)), np.zeros((n * oh * ow, kk))
-    k._im2col_rows(x, *geo, 0, n * oh, serial, 0)
-    k._im2col_par(x, *geo, 0, n * oh, par, 0, 3)
-    np.testing.assert_array_equal(serial, par)
-    dx_s, dx_p = np.zeros_like(x), np.zeros_like(x)
-    k._col2im_images(serial, *geo, 0, n, 0, dx_s)
-    k._col2im_par(serial, *geo, 0, n, 0, dx_p, 2)
-    np.testing.assert_allclose(dx_s, dx_p, rtol=1e-14)
-    z = rng(1).standard_normal((11, 4))
-    b = rng(2).standard_normal(4)
-    for code in (RELU, GELU):
-        o_s, o_p, p_s, p_p = (np.zeros_like(z) for _ in range(4))
-        k._bias_act_rows(z, b, code, code == GELU, 0, 11, p_s, o_s)
-        k._bias_act_par(z, b, code, code == GELU, 0, 11, p_p, o_p, 3)
-        np.testing.assert_array_equal(o_s, o_p)
-        d_s, d_p = np.zeros_like(z), np.zeros_like(z)
-        k._act_backward_rows(p_s, o_s, z, code, 0, 11, d_s)
-        k._act_backward_par(p_s, o_s, z, code, d_p, 3)
-        np.testing.assert_array_equal(d_s, d_p)
-
-
 @pytest.mark.parametrize("threads", [1, 2])
 def test_same_gradients_at_one_and_two_threads(threads):
     # one thread takes the weight gradient through NumPy's BLAS, more threads through numba's
@@ -376,7 +358,7 @@ def test_same_gradients_at_one_and_two_threads(threads):
         dx = layer.backward(dy)
         spatial, k, s, pad, d, c, f = CASES_2D[2]
         pads, _ = _pads_2d(spatial, k, s, pad, d)
-        rdx, rdk, rdb = ref.conv2d_backward(x, layer.params["kernel"], dy * (y > 0), s, pads, d)
+        rdx, rdk, rdb = ref.conv_backward(x, layer.params["kernel"], dy * (y > 0), s, pads, d)
         np.testing.assert_allclose(dx, rdx, rtol=1e-11, atol=1e-11)
         np.testing.assert_allclose(layer.grads["kernel"], rdk, rtol=1e-11, atol=1e-11)
         np.testing.assert_allclose(layer.grads["bias"], rdb, rtol=1e-11, atol=1e-11)

@@ -1,45 +1,110 @@
-"""Core layers: Dense, Activation, Dropout, Flatten, Reshape, Add, Concatenate."""
+"""Core layers: Dense, Activation, Dropout, Flatten, Reshape, Add, Concatenate as layer
+cases (reference, finite differences, on every device); dropout masks, shapes, errors."""
 import numpy as np
 import pytest
 
 from nbmodel import layers as L
+from nbmodel.kernels.reference import activations as aref
 from nbmodel.kernels.reference import dense as ref
-from nbmodel.testing import float64_ops, gradcheck
+from nbmodel.testing import LayerCase
 
 ACTIVATIONS = ["linear", "relu", "sigmoid", "tanh", "softmax", "gelu", "leaky_relu", "elu", "silu"]
+EXACT = {"float32": 0.0, "float64": 0.0}
+# float64 agrees with the reference to rounding
+RTOL = {"float32": 1e-5, "float64": 1e-12}
+ATOL = {"float32": 1e-5, "float64": 1e-12}
 
 
 def rng(seed=0):
     return np.random.default_rng(seed)
 
 
-@pytest.mark.parametrize("activation", ACTIVATIONS)
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_dense_forward_matches_reference(activation, dtype):
-    x = rng().standard_normal((5, 7)).astype(dtype)
-    layer = L.Dense(4, activation=activation, dtype=dtype, seed=1)
-    layer.build(x.shape)
-    layer.params["bias"][:] = rng(2).standard_normal(4)
-    y = layer.forward(x)
-    assert y.dtype == np.dtype(dtype) and y.shape == (5, 4)
-    expected = ref.dense(x, layer.params["kernel"], layer.params["bias"], activation)
-    tol = 1e-5 if dtype == "float32" else 1e-12
-    np.testing.assert_allclose(y, expected, rtol=tol, atol=tol)
+# ------------------------------------------------------------------ layer cases
+def dense_case(activation):
+    def make(dt):
+        layer = L.Dense(4, activation=activation, dtype=dt, seed=1)
+        layer.build((None, 7))
+        layer.set_weights([layer.get_weights()[0], rng(2).standard_normal(4)])  # a non-zero bias
+        return layer
+
+    return LayerCase(f"dense-{activation}", make, inputs=lambda r: r.standard_normal((5, 7)),
+                     reference=lambda w, x: ref.dense_forward(x, w["kernel"], w["bias"], activation),
+                     rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_dense_gradients(activation):
-    x = rng().standard_normal((3, 5))
-    gradcheck(L.Dense(4, activation=activation, seed=3), x)
+def activation_case(activation):
+    return LayerCase(f"activation-{activation}", lambda dt: L.Activation(activation, dtype=dt),
+                     inputs=lambda r: r.standard_normal((3, 4)),
+                     reference=lambda w, x: aref.activation_forward(activation, x), rtol=RTOL, atol=ATOL)
 
 
-def test_dense_no_bias_and_3d_input():
-    x = rng().standard_normal((2, 3, 5))
+DROPOUT_SEED = 7
+
+
+class FixedMaskDropout(L.Dropout):
+    """Dropout that draws the same mask on every call (its generator seeded afresh), so a
+    training forward has a reference and finite differences see one function."""
+
+    def forward(self, x, training=False):
+        self.rng = np.random.default_rng(DROPOUT_SEED)
+        return super().forward(x, training)
+
+
+def dropout_training_case(rate):
+    made = {}
+
+    def make(dt):
+        made["dtype"] = dt
+        return FixedMaskDropout(rate, dtype=dt)
+
+    def reference(w, x):
+        # every device draws the mask on the host from the layer's generator, in the layer's dtype
+        u = np.random.default_rng(DROPOUT_SEED).random(x.shape, dtype=np.dtype(made["dtype"]))
+        return ref.dropout_forward(x, u, rate)
+
+    return LayerCase(f"dropout-{rate}-training", make, inputs=lambda r: r.standard_normal((6, 5)),
+                     reference=reference, training=True, rtol=RTOL, atol=ATOL)
+
+
+CASES = [dense_case(a) for a in ACTIVATIONS] + [
+    LayerCase("dense-no-bias-3d", lambda dt: L.Dense(4, use_bias=False, dtype=dt, seed=0),
+              inputs=lambda r: r.standard_normal((2, 3, 5)),
+              reference=lambda w, x: ref.dense_forward(x, w["kernel"]),
+              rtol=RTOL, atol={"float32": 1e-5, "float64": 0.0}),
+] + [activation_case(a) for a in ACTIVATIONS] + [
+    dropout_training_case(0.25),
+    dropout_training_case(0.5),
+    # inference is the identity (training draws a fresh mask: no finite differences)
+    LayerCase("dropout-inference", lambda dt: L.Dropout(0.25, seed=0, dtype=dt),
+              inputs=lambda r: r.standard_normal((6, 5)), reference=lambda w, x: x,
+              gradients=False, rtol=EXACT, atol=EXACT),
+    LayerCase("flatten", lambda dt: L.Flatten(dtype=dt), inputs=lambda r: r.standard_normal((2, 3, 4)),
+              reference=lambda w, x: np.reshape(x, (x.shape[0], -1)), rtol=EXACT, atol=EXACT),
+    LayerCase("reshape", lambda dt: L.Reshape((4, -1), dtype=dt), inputs=lambda r: r.standard_normal((2, 3, 4)),
+              reference=lambda w, x: np.reshape(x, (x.shape[0], 4, 3)), rtol=EXACT, atol=EXACT),
+    LayerCase("add", lambda dt: L.Add(dtype=dt),
+              inputs=lambda r: (r.standard_normal((2, 3)), r.standard_normal((2, 3))),
+              reference=lambda w, a, b: a + b, rtol={"float32": 1e-5, "float64": 0.0},
+              atol={"float32": 1e-5, "float64": 0.0}),
+    LayerCase("add-three", lambda dt: L.Add(dtype=dt),
+              inputs=lambda r: tuple(r.standard_normal((2, 2, 3)) for _ in range(3)),
+              reference=lambda w, a, b, c: a + b + c, rtol=RTOL, atol=ATOL),
+    LayerCase("concatenate", lambda dt: L.Concatenate(dtype=dt),
+              inputs=lambda r: (r.standard_normal((2, 3)), r.standard_normal((2, 5))),
+              reference=lambda w, a, c: np.concatenate([a, c], axis=-1), rtol=EXACT, atol=EXACT),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_layer_case(case, device):
+    case.check(device)
+
+
+# ------------------------------------------------------------------ special behaviours
+def test_dense_params_without_bias():
     layer = L.Dense(4, use_bias=False, seed=0)
-    gradcheck(layer, x)
+    layer.build((None, 3, 5))
     assert list(layer.params) == ["kernel"]
-    y = layer.forward(x)
-    np.testing.assert_allclose(y, x @ layer.params["kernel"], rtol=1e-12)
 
 
 def test_dense_skips_input_gradient_when_not_needed():
@@ -49,33 +114,6 @@ def test_dense_skips_input_gradient_when_not_needed():
     layer.input_grad_needed = False
     assert layer.backward(np.ones((4, 3), np.float32)) is None
     np.testing.assert_allclose(layer.grads["kernel"], x.T @ np.ones((4, 3)), rtol=1e-6)
-
-
-@pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_activation_layer(activation):
-    x = rng().standard_normal((3, 4))
-    layer = L.Activation(activation, dtype="float64")
-    np.testing.assert_allclose(layer.forward(x), ref.activation(activation, x), rtol=1e-12, atol=1e-12)
-    gradcheck(layer, x)
-
-
-def test_float32_kernels_stay_float32():
-    from nbmodel.kernels.cpu import activations, dense
-
-    x = rng().standard_normal((4, 3)).astype(np.float32)
-    w = rng().standard_normal((3, 5)).astype(np.float32)
-    b = np.zeros(5, np.float32)
-    out = np.empty((4, 5), np.float32)
-    # the activation code is a runtime argument: one compilation covers every activation
-    assert float64_ops(dense.dense_forward, x, w, b, 4, out.copy(), out) == []
-    assert float64_ops(dense.dense_backward, x, w, out, out, out, 4, True, out.copy(),
-                       w.copy(), b.copy(), x.copy()) == []
-    flat = out.reshape(-1)
-    assert float64_ops(activations.activation_forward, 4, flat, flat.copy()) == []
-    assert float64_ops(activations.activation_backward, 4, flat, flat, flat, flat.copy()) == []
-    assert float64_ops(activations.softmax_rows, out, out.copy()) == []
-    u = rng().random(20).astype(np.float32)
-    assert float64_ops(dense.dropout_forward, u, u, np.float32(0.5), u.copy()) == []
 
 
 def test_dropout_training_and_inference():
@@ -107,13 +145,8 @@ def test_flatten_reshape_roundtrip():
         L.Reshape((5, 5)).forward(x)
 
 
-def test_add_and_concatenate_gradients():
-    a, b = rng(1).standard_normal((2, 3)), rng(2).standard_normal((2, 3))
-    gradcheck(L.Add(), [a, b])
-    c = rng(3).standard_normal((2, 5))
-    layer = L.Concatenate(dtype="float64")
-    np.testing.assert_array_equal(layer.forward([a, c]), np.concatenate([a, c], axis=-1))
-    gradcheck(L.Concatenate(), [a, c])
+def test_add_rejects_different_shapes():
+    a, c = rng(1).standard_normal((2, 3)), rng(3).standard_normal((2, 5))
     with pytest.raises(ValueError, match="add"):
         L.Add().forward([a, c])
 

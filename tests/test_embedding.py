@@ -1,10 +1,13 @@
-"""Embedding: gather forward, scatter-add backward with repeated ids, errors."""
+"""Embedding as layer cases (gather forward against the reference, scatter-add gradients
+with repeated ids, integer id dtypes, on every device); gradient accumulation, errors."""
 import numpy as np
 import pytest
 
 from nbmodel import layers
 from nbmodel.kernels.reference import embedding as ref
-from nbmodel.testing import gradcheck
+from nbmodel.testing import LayerCase
+
+EXACT = {"float32": 0.0, "float64": 0.0}  # a gather copies rows
 
 
 def _layer(**kw):
@@ -13,20 +16,29 @@ def _layer(**kw):
     return layer
 
 
-def test_forward_matches_reference():
+def embedding_case(label, ids):
+    ids = np.asarray(ids)
+    return LayerCase(f"embedding-{label}", lambda dt: layers.Embedding(7, 3, seed=0, dtype=dt),
+                     inputs=lambda r: ids.copy(),
+                     reference=lambda w, i: ref.embedding_forward(i, w["embeddings"]), rtol=EXACT, atol=EXACT)
+
+
+CASES = [
+    embedding_case("repeats", [[0, 6, 2, 2], [5, 5, 1, 0]]),
+    embedding_case("repeats-2", [[1, 1, 4, 0], [6, 1, 2, 2]]),
+    embedding_case("3d-ids", [[[3, 3], [1, 3]], [[0, 1], [3, 6]]]),
+] + [embedding_case(np.dtype(t).name, np.array([[1, 2, 3, 6]], dtype=t))
+     for t in (np.int32, np.int64, np.uint8, np.int16)]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_layer_case(case, device):
+    case.check(device)
+
+
+def test_output_shape():
     layer = _layer()
-    ids = np.array([[0, 6, 2, 2], [5, 5, 1, 0]])
-    y = layer.forward(ids)
-    assert y.shape == (2, 4, 3) and y.dtype == np.float32
-    np.testing.assert_array_equal(y, ref.embedding(ids, layer.params["embeddings"]).astype(np.float32))
     assert layer.compute_output_shape((None, 4)) == (None, 4, 3)
-
-
-@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint8, np.int16])
-def test_integer_dtypes(dtype):
-    layer = _layer()
-    ids = np.array([[1, 2, 3, 6]], dtype=dtype)
-    np.testing.assert_array_equal(layer.forward(ids)[0], layer.params["embeddings"][[1, 2, 3, 6]])
 
 
 def test_gradient_accumulates_repeated_ids():
@@ -35,17 +47,12 @@ def test_gradient_accumulates_repeated_ids():
     layer.forward(ids, training=True)
     dy = np.random.default_rng(0).standard_normal((2, 4, 3))
     assert layer.backward(dy) is None  # ids are not differentiable
-    np.testing.assert_allclose(layer.grads["embeddings"], ref.embedding_grad(ids, dy, 7), atol=1e-14)
+    np.testing.assert_allclose(layer.grads["embeddings"], ref.embedding_backward(ids, dy, 7), atol=1e-14)
     np.testing.assert_allclose(layer.grads["embeddings"][3], dy[0, 0] + dy[0, 1] + dy[0, 3] + dy[1, 2])
     assert not layer.grads["embeddings"][[2, 4, 5]].any()
     # a second backward overwrites (gradients are not accumulated across calls)
     layer.backward(dy)
-    np.testing.assert_allclose(layer.grads["embeddings"], ref.embedding_grad(ids, dy, 7), atol=1e-14)
-
-
-def test_gradcheck():
-    layer = _layer()
-    gradcheck(layer, np.array([[1, 1, 4, 0], [6, 1, 2, 2]]))
+    np.testing.assert_allclose(layer.grads["embeddings"], ref.embedding_backward(ids, dy, 7), atol=1e-14)
 
 
 def test_initializer_range():
@@ -73,17 +80,6 @@ def test_config_roundtrip():
     layer = layers.Embedding(9, 4, name="e")
     clone = layers.Embedding.from_config(layer.get_config())
     assert (clone.input_dim, clone.output_dim, clone.name) == (9, 4, "e")
-
-
-def test_kernels_stay_float32():
-    from nbmodel.kernels.cpu import embedding as k
-    from nbmodel.testing import float64_ops
-
-    ids = np.array([0, 2, 2], np.int64)
-    table = np.ones((3, 4), np.float32)
-    out = np.empty((3, 4), np.float32)
-    assert float64_ops(k.embedding_forward, ids, table, out) == []
-    assert float64_ops(k.embedding_backward, ids, out, np.empty_like(table)) == []
 
 
 def test_in_a_model_as_first_layer():

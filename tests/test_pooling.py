@@ -1,12 +1,13 @@
-"""Pooling layers: forward/backward vs the float64 reference (sizes that do not
-divide evenly, "valid" and "same"), finite differences, PyTorch parity, errors."""
+"""Pooling layers as layer cases (reference for sizes that do not divide evenly, "valid" and
+"same"; finite differences; on every device); backward against the reference, PyTorch
+parity, errors."""
 import numpy as np
 import pytest
 
 from nbmodel import layers as L
 from nbmodel.kernels.reference import conv as conv_ref
 from nbmodel.kernels.reference import pooling as ref
-from nbmodel.testing import float64_ops, gradcheck
+from nbmodel.testing import LayerCase
 
 # (input spatial, pool, strides, padding)
 CASES_2D = [
@@ -18,6 +19,13 @@ CASES_2D = [
     ((6, 5), (2, 3), (3, 1), "same"),
 ]
 CASES_1D = [(7, 2, None, "valid"), (7, 2, None, "same"), (9, 3, 2, "same"), (8, 3, 1, "valid")]
+POOL_2D = {"max": L.MaxPooling2D, "avg": L.AveragePooling2D}
+POOL_1D = {"max": L.MaxPooling1D, "avg": L.AveragePooling1D}
+FORWARD = {"max": ref.max_pool_forward, "avg": ref.avg_pool_forward}
+BACKWARD = {"max": ref.max_pool_backward, "avg": ref.avg_pool_backward}
+GLOBAL = {"max": ref.global_max_forward, "avg": ref.global_avg_forward}
+RTOL = {"float32": 1e-6, "float64": 1e-12}
+ATOL = {"float32": 1e-6, "float64": 1e-12}
 
 
 def rng(seed=0):
@@ -31,54 +39,90 @@ def _pads(spatial, pool, strides, padding):
     return (t, b, lft, r), strides, (oh, ow)
 
 
+def _pads_1d(n, pool, strides, padding):
+    return _pads((1, n), (1, pool), None if strides is None else (1, strides), padding)
+
+
+# ------------------------------------------------------------------ layer cases
+def pool2d_case(i, mode):
+    spatial, pool, strides, padding = CASES_2D[i]
+    pads, st, _ = _pads(spatial, pool, strides, padding)
+    return LayerCase(f"{mode}-pool2d-{i}", lambda dt: POOL_2D[mode](pool, strides, padding=padding, dtype=dt),
+                     inputs=lambda r: r.standard_normal((2,) + spatial + (3,)),
+                     reference=lambda w, x: FORWARD[mode](x, pool, st, pads), rtol=RTOL, atol=ATOL)
+
+
+def pool1d_case(i, mode):
+    n, pool, strides, padding = CASES_1D[i]
+    pads, st, _ = _pads_1d(n, pool, strides, padding)
+    return LayerCase(f"{mode}-pool1d-{i}", lambda dt: POOL_1D[mode](pool, strides, padding=padding, dtype=dt),
+                     inputs=lambda r: r.standard_normal((2, n, 3)),
+                     reference=lambda w, x: FORWARD[mode](x[:, None], (1, pool), st, pads)[:, 0],
+                     rtol=RTOL, atol={"float32": 1e-6, "float64": 0.0})
+
+
+GLOBAL_CLASSES = {("avg", 2): L.GlobalAveragePooling2D, ("max", 2): L.GlobalMaxPooling2D,
+                  ("avg", 1): L.GlobalAveragePooling1D, ("max", 1): L.GlobalMaxPooling1D}
+
+
+def global_case(mode, rank, keepdims=False):
+    shape = (3, 5, 4, 2) if rank == 2 else (3, 7, 2)
+    cls = GLOBAL_CLASSES[mode, rank]
+
+    def reference(w, x):
+        y = GLOBAL[mode](x)
+        return y.reshape((y.shape[0],) + (1,) * rank + (y.shape[1],)) if keepdims else y
+
+    return LayerCase(f"global-{mode}-pool{rank}d" + ("-keepdims" if keepdims else ""),
+                     lambda dt: cls(keepdims=keepdims, dtype=dt), inputs=lambda r: r.standard_normal(shape),
+                     reference=reference, rtol={"float32": 1e-5, "float64": 1e-12},
+                     atol={"float32": 1e-6, "float64": 0.0})
+
+
+CASES = [pool2d_case(i, mode) for i in range(len(CASES_2D)) for mode in ("max", "avg")]
+CASES += [pool1d_case(i, mode) for i in range(len(CASES_1D)) for mode in ("max", "avg")]
+CASES += [global_case(mode, rank, keep) for mode in ("avg", "max") for rank in (2, 1) for keep in (False, True)]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_layer_case(case, device):
+    case.check(device)
+
+
+# ------------------------------------------------------------------ backward, shapes
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("mode", ["max", "avg"])
 @pytest.mark.parametrize("case", CASES_2D)
-def test_pool2d_matches_reference(case, mode, dtype):
+def test_pool2d_backward_matches_reference(case, mode, dtype):
+    """Output shapes and backward against the reference (the layer cases compare the output)."""
     spatial, pool, strides, padding = case
-    cls = L.MaxPooling2D if mode == "max" else L.AveragePooling2D
-    layer = cls(pool, strides, padding=padding, dtype=dtype)
+    layer = POOL_2D[mode](pool, strides, padding=padding, dtype=dtype)
     x = rng().standard_normal((2,) + spatial + (3,)).astype(dtype)
     y = layer.forward(x, training=True)
     pads, st, (oh, ow) = _pads(spatial, pool, strides, padding)
-    assert y.shape == (2, oh, ow, 3) and y.dtype == np.dtype(dtype)
+    assert y.shape == (2, oh, ow, 3)
     assert layer.compute_output_shape((None,) + spatial + (3,)) == (None, oh, ow, 3)
     tol = 1e-6 if dtype == "float32" else 1e-12
-    np.testing.assert_allclose(y, ref.pool2d(x, pool, st, pads, mode), rtol=tol, atol=tol)
     dy = rng(1).standard_normal(y.shape).astype(dtype)
     dx = layer.backward(dy)
     assert dx.shape == x.shape and dx.dtype == np.dtype(dtype)
-    np.testing.assert_allclose(dx, ref.pool2d_backward(x, dy, pool, st, pads, mode), rtol=tol, atol=tol)
+    np.testing.assert_allclose(dx, BACKWARD[mode](x, dy, pool, st, pads), rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("mode", ["max", "avg"])
 @pytest.mark.parametrize("case", CASES_1D)
-def test_pool1d_matches_reference(case, mode):
+def test_pool1d_backward_matches_reference(case, mode):
     n, pool, strides, padding = case
-    cls = L.MaxPooling1D if mode == "max" else L.AveragePooling1D
-    layer = cls(pool, strides, padding=padding, dtype="float64")
+    layer = POOL_1D[mode](pool, strides, padding=padding, dtype="float64")
     x = rng().standard_normal((2, n, 3))
     y = layer.forward(x, training=True)
-    pads, st, (_, ow) = _pads((1, n), (1, pool), None if strides is None else (1, strides), padding)
+    pads, st, (_, ow) = _pads_1d(n, pool, strides, padding)
     assert y.shape == (2, ow, 3)
     assert layer.compute_output_shape((None, n, 3)) == (None, ow, 3)
-    np.testing.assert_allclose(y, ref.pool2d(x[:, None], (1, pool), st, pads, mode)[:, 0], rtol=1e-12)
     dy = rng(1).standard_normal(y.shape)
     np.testing.assert_allclose(layer.backward(dy),
-                               ref.pool2d_backward(x[:, None], dy[:, None], (1, pool), st, pads, mode)[:, 0],
+                               BACKWARD[mode](x[:, None], dy[:, None], (1, pool), st, pads)[:, 0],
                                rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("cls", [L.MaxPooling2D, L.AveragePooling2D])
-@pytest.mark.parametrize("case", [CASES_2D[2], CASES_2D[3], CASES_2D[5]])
-def test_pool2d_gradcheck(cls, case):
-    spatial, pool, strides, padding = case
-    gradcheck(cls(pool, strides, padding=padding), rng(3).standard_normal((2,) + spatial + (2,)))
-
-
-@pytest.mark.parametrize("cls", [L.MaxPooling1D, L.AveragePooling1D])
-def test_pool1d_gradcheck(cls):
-    gradcheck(cls(3, 2, padding="same"), rng(3).standard_normal((2, 9, 2)))
 
 
 def test_same_average_counts_only_real_elements():
@@ -98,20 +142,14 @@ def test_max_pool_routes_gradient_to_the_max():
     np.testing.assert_array_equal(dx[0, :, :, 0], expected)
 
 
-@pytest.mark.parametrize("cls,mode,rank", [(L.GlobalAveragePooling2D, "avg", 2), (L.GlobalMaxPooling2D, "max", 2),
-                                           (L.GlobalAveragePooling1D, "avg", 1), (L.GlobalMaxPooling1D, "max", 1)])
-def test_global_pooling(cls, mode, rank):
+@pytest.mark.parametrize("cls,rank", [(L.GlobalAveragePooling2D, 2), (L.GlobalMaxPooling2D, 2),
+                                      (L.GlobalAveragePooling1D, 1), (L.GlobalMaxPooling1D, 1)])
+def test_global_pooling_shapes_and_config(cls, rank):
+    """(the layer cases compare the outputs, with and without keepdims)"""
     shape = (3, 5, 4, 2) if rank == 2 else (3, 7, 2)
     x = rng().standard_normal(shape)
-    layer = cls(dtype="float64")
-    y = layer.forward(x, training=True)
-    assert y.shape == (3, 2) and layer.compute_output_shape((None,) + shape[1:]) == (None, 2)
-    np.testing.assert_allclose(y, ref.global_pool(x, mode), rtol=1e-12)
-    gradcheck(cls(), x)
-    x32 = x.astype(np.float32)
-    y32 = cls().forward(x32)
-    assert y32.dtype == np.float32
-    np.testing.assert_allclose(y32, ref.global_pool(x32, mode), rtol=1e-5, atol=1e-6)
+    assert cls(dtype="float64").forward(x, training=True).shape == (3, 2)
+    assert cls().compute_output_shape((None,) + shape[1:]) == (None, 2)
     keep = cls(keepdims=True, dtype="float64")
     assert keep.forward(x).shape == (3,) + (1,) * rank + (2,)
     assert cls.from_config(keep.get_config()).keepdims
@@ -123,21 +161,6 @@ def test_config_roundtrip_and_default_strides():
     assert L.MaxPooling2D.from_config(layer.get_config()).get_config() == layer.get_config()
     p1 = L.AveragePooling1D(3, 2, name="p1")
     assert L.AveragePooling1D.from_config(p1.get_config()).get_config() == p1.get_config()
-
-
-def test_float32_kernels_stay_float32():
-    from nbmodel.kernels.cpu import pooling as k
-
-    x = rng().standard_normal((2, 5, 5, 3)).astype(np.float32)
-    y = np.empty((2, 3, 3, 3), np.float32)
-    arg = np.empty(y.shape, np.int32)
-    assert float64_ops(k.max_pool_forward, x, 2, 2, 2, 2, 0, 0, y, arg, 1) == []
-    assert float64_ops(k.avg_pool_forward, x, 2, 2, 2, 2, 0, 0, y, 1) == []
-    assert float64_ops(k.avg_pool_backward, y, 2, 2, 2, 2, 0, 0, x, 1) == []
-    x3 = x.reshape(2, 25, 3)
-    g = np.empty((2, 3), np.float32)
-    assert float64_ops(k.global_avg_forward, x3, np.empty(3, np.float32), g) == []
-    assert float64_ops(k.global_avg_backward, g, x3) == []
 
 
 def test_bad_input_names_the_layer():
@@ -182,26 +205,3 @@ def test_matches_torch(case):
         yt.backward(torch.tensor(dy.transpose(0, 3, 1, 2)))
         np.testing.assert_allclose(y, yt.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(dx, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
-
-
-def test_threaded_passes_match_serial():
-    # blocks of images across threads must give exactly the serial result
-    from nbmodel.kernels.cpu import pooling as k
-
-    x = rng().standard_normal((5, 7, 6, 3))
-    y_s, y_p = np.zeros((5, 4, 3, 3)), np.zeros((5, 4, 3, 3))
-    a_s, a_p = np.zeros(y_s.shape, np.int32), np.zeros(y_s.shape, np.int32)
-    k._max_pool_forward(x, 3, 3, 2, 2, 1, 1, 0, 5, y_s, a_s)
-    k._max_pool_forward_par(x, 3, 3, 2, 2, 1, 1, y_p, a_p, 2)
-    np.testing.assert_array_equal(y_s, y_p)
-    np.testing.assert_array_equal(a_s, a_p)
-    dx_s, dx_p = np.ones_like(x), np.ones_like(x)
-    k._max_pool_backward(y_s, a_s, 0, 5, dx_s)
-    k._max_pool_backward_par(y_s, a_s, dx_p, 3)
-    np.testing.assert_array_equal(dx_s, dx_p)
-    k._avg_pool_forward(x, 3, 3, 2, 2, 1, 1, 0, 5, y_s)
-    k._avg_pool_forward_par(x, 3, 3, 2, 2, 1, 1, y_p, 2)
-    np.testing.assert_array_equal(y_s, y_p)
-    k._avg_pool_backward(y_s, 3, 3, 2, 2, 1, 1, 0, 5, dx_s)
-    k._avg_pool_backward_par(y_s, 3, 3, 2, 2, 1, 1, dx_p, 3)
-    np.testing.assert_array_equal(dx_s, dx_p)

@@ -145,8 +145,8 @@ def test_conv_launchers_match_reference_in_chunks(code, monkeypatch, threads):
     monkeypatch.setattr(kconv, "CHUNK_BYTES", 2 * per_image)  # chunks of 2 images: 2 + 2 + 1
     chunked = _run_conv(x, kernel, bias, code, geo, dy=dy)
     name = {RELU: "relu", GELU: "gelu", LINEAR: None}[code]
-    ry = ref.conv2d(x, kernel, bias, (sh, sw), pads, (dh, dw), name).reshape(-1, f)
-    z = ref.conv2d(x, kernel, bias, (sh, sw), pads, (dh, dw)).reshape(-1, f)
+    ry = ref.conv_forward(x, kernel, bias, (sh, sw), pads, (dh, dw), name).reshape(-1, f)
+    z = ref.conv_forward(x, kernel, bias, (sh, sw), pads, (dh, dw)).reshape(-1, f)
     if code == RELU:
         dz = dy * (z > 0)
     elif code == GELU:
@@ -155,7 +155,7 @@ def test_conv_launchers_match_reference_in_chunks(code, monkeypatch, threads):
         dz = dy * (0.5 * (1 + erf(z / np.sqrt(2))) + z * np.exp(-z * z / 2) / np.sqrt(2 * np.pi))
     else:
         dz = dy
-    rdx, rdk, rdb = ref.conv2d_backward(x, kernel, dz.reshape(n, oh, ow, f), (sh, sw), pads, (dh, dw))
+    rdx, rdk, rdb = ref.conv_backward(x, kernel, dz.reshape(n, oh, ow, f), (sh, sw), pads, (dh, dw))
     for res in (whole, chunked):
         np.testing.assert_allclose(res["y"], ry, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(res["dx"], rdx, rtol=1e-11, atol=1e-11)
@@ -277,9 +277,9 @@ def test_pool_launchers_same_at_one_and_two_threads(threads):
         results.append((y_max, arg, dx_max, y_avg, dx_avg))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
-    np.testing.assert_allclose(results[0][0], pref.pool2d(x, (3, 3), (2, 2), pads, "max"), rtol=1e-15)
-    np.testing.assert_allclose(results[0][3], pref.pool2d(x, (3, 3), (2, 2), pads, "avg"), rtol=1e-13)
-    np.testing.assert_allclose(results[0][4], pref.pool2d_backward(x, dy, (3, 3), (2, 2), pads, "avg"),
+    np.testing.assert_allclose(results[0][0], pref.max_pool_forward(x, (3, 3), (2, 2), pads), rtol=1e-15)
+    np.testing.assert_allclose(results[0][3], pref.avg_pool_forward(x, (3, 3), (2, 2), pads), rtol=1e-13)
+    np.testing.assert_allclose(results[0][4], pref.avg_pool_backward(x, dy, (3, 3), (2, 2), pads),
                                rtol=1e-12, atol=1e-13)
 
 

@@ -9,7 +9,7 @@ True = attend.
 import numpy as np
 
 from .dense import activation
-from .norm import layer_norm
+from .norm import layer_norm_forward
 
 
 def full_mask(b, h, tq, tk, attention_mask=None, use_causal_mask=False):
@@ -106,7 +106,7 @@ def transformer_encoder(x, w, activation_name="relu", norm_first=False, epsilon=
     att = {k.split("/", 1)[1]: v for k, v in w.items() if k.startswith("attention/")}
 
     def ln(name, a):
-        return layer_norm(a, w[f"{name}/gamma"], w[f"{name}/beta"], epsilon)
+        return layer_norm_forward(a, w[f"{name}/gamma"], w[f"{name}/beta"], epsilon)
 
     def ff(a):
         hdn = activation(activation_name, a @ w["dense1/kernel"] + w["dense1/bias"])

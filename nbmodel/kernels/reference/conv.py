@@ -34,8 +34,8 @@ def padding_amounts(n, k, stride, dilation, padding):
 
 
 def _pad(x, pads):
-    t, b, l, r = pads
-    return np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))
+    t, b, lft, r = pads
+    return np.pad(x, ((0, 0), (t, b), (lft, r), (0, 0)))
 
 
 def _window(xp, i, j, strides, dilation, oh, ow):
@@ -44,8 +44,8 @@ def _window(xp, i, j, strides, dilation, oh, ow):
     return xp[:, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw, :]
 
 
-def conv2d(x, kernel, bias=None, strides=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1),
-           activation_name=None):
+def conv_forward(x, kernel, bias=None, strides=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1),
+                 activation_name=None):
     """y = act(conv(x, kernel) + bias); returns y of shape (n, oh, ow, filters)."""
     x = np.asarray(x, np.float64)
     kernel = np.asarray(kernel, np.float64)
@@ -62,7 +62,7 @@ def conv2d(x, kernel, bias=None, strides=(1, 1), pads=(0, 0, 0, 0), dilation=(1,
     return activation(activation_name, z)
 
 
-def conv2d_backward(x, kernel, dz, strides=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1)):
+def conv_backward(x, kernel, dz, strides=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1)):
     """Gradients (dx, dkernel, dbias) of z = conv(x, kernel) + bias given dz = dL/dz."""
     x = np.asarray(x, np.float64)
     kernel = np.asarray(kernel, np.float64)
@@ -77,6 +77,6 @@ def conv2d_backward(x, kernel, dz, strides=(1, 1), pads=(0, 0, 0, 0), dilation=(
             win = _window(xp, i, j, strides, dilation, oh, ow)
             dk[i, j] = np.einsum("nhwc,nhwf->cf", win, dz)
             _window(dxp, i, j, strides, dilation, oh, ow)[...] += dz @ kernel[i, j].T
-    t, _, l, _ = pads
-    dx = dxp[:, t: t + x.shape[1], l: l + x.shape[2], :]
+    t, _, lft, _ = pads
+    dx = dxp[:, t: t + x.shape[1], lft: lft + x.shape[2], :]
     return dx, dk, dz.sum(axis=(0, 1, 2))

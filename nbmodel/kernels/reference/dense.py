@@ -1,4 +1,9 @@
-"""Reference activations, Dense and Dropout (float64 NumPy)."""
+"""Reference Dense and Dropout (float64 NumPy), and the activations they fuse.
+
+``activation`` is the one implementation of every activation by name; the
+activations family's oracle (``activations.activation_forward``) and the
+other reference modules use it.
+"""
 import math
 
 import numpy as np
@@ -7,6 +12,7 @@ _erf = np.vectorize(math.erf)
 
 
 def activation(name, z):
+    """``act(z)`` for an activation given by name (softmax: over the last axis)."""
     z = np.asarray(z, np.float64)
     if name in (None, "linear"):
         return z.copy()
@@ -30,8 +36,15 @@ def activation(name, z):
     raise ValueError(name)
 
 
-def dense(x, kernel, bias=None, activation_name=None):
+def dense_forward(x, kernel, bias=None, activation_name=None):
+    """``act(x @ kernel + bias)`` over the last axis of x (any leading axes); no bias when None."""
     z = np.asarray(x, np.float64) @ np.asarray(kernel, np.float64)
     if bias is not None:
         z = z + bias
     return activation(activation_name, z)
+
+
+def dropout_forward(x, u, rate):
+    """``x / (1 - rate)`` where the uniform draw ``u >= rate``, else 0."""
+    x = np.asarray(x, np.float64)
+    return np.where(np.asarray(u) >= rate, x / (1.0 - rate), 0.0)

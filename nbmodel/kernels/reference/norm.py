@@ -2,7 +2,7 @@
 import numpy as np
 
 
-def batch_norm_train(x, gamma, beta, epsilon):
+def batch_norm_forward(x, gamma, beta, epsilon):
     """BatchNormalization in training mode over every axis but the last.
 
     Returns (y, batch mean, batch variance); the variance is the biased one
@@ -17,12 +17,13 @@ def batch_norm_train(x, gamma, beta, epsilon):
 
 
 def batch_norm_infer(x, gamma, beta, moving_mean, moving_variance, epsilon):
+    """BatchNormalization in inference mode (or frozen): the moving statistics normalize."""
     x = np.asarray(x, np.float64)
     return (x - moving_mean) / np.sqrt(moving_variance + epsilon) * gamma + beta
 
 
-def batch_norm_train_backward(x, gamma, dy, epsilon):
-    """(dx, dgamma, dbeta) of batch_norm_train, written out from the chain rule."""
+def batch_norm_backward(x, gamma, dy, epsilon):
+    """(dx, dgamma, dbeta) of batch_norm_forward (training mode), written out from the chain rule."""
     x = np.asarray(x, np.float64)
     dy = np.asarray(dy, np.float64)
     axes = tuple(range(x.ndim - 1))
@@ -38,8 +39,8 @@ def batch_norm_train_backward(x, gamma, dy, epsilon):
     return dx, dgamma, dbeta
 
 
-def layer_norm(x, gamma, beta, epsilon):
-    """LayerNormalization over the last axis (biased variance, like Keras)."""
+def layer_norm_forward(x, gamma, beta, epsilon):
+    """LayerNormalization over the last axis (biased variance, like Keras); gamma/beta None: off."""
     x = np.asarray(x, np.float64)
     mean = x.mean(axis=-1, keepdims=True)
     var = x.var(axis=-1, keepdims=True)
@@ -52,7 +53,7 @@ def layer_norm(x, gamma, beta, epsilon):
 
 
 def layer_norm_backward(x, gamma, dy, epsilon):
-    """(dx, dgamma, dbeta) of layer_norm, written out from the chain rule."""
+    """(dx, dgamma, dbeta) of layer_norm_forward, written out from the chain rule."""
     x = np.asarray(x, np.float64)
     dy = np.asarray(dy, np.float64)
     d = x.shape[-1]
