@@ -5,9 +5,9 @@ epoch and text sampled from the model.
     python examples/char_lm.py [--epochs N] [--chars N]
 """
 import argparse
+from pydoc_data.topics import topics
 
 import numpy as np
-from pydoc_data.topics import topics
 
 import nbmodel as nb
 from nbmodel import layers

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 # One code per activation, defined with the kernels that implement them.
-from .kernels.codes import (  # noqa: F401  (re-exported: layers use act_codes.RELU, ...)
-    ELU, GELU, LEAKY_RELU, LINEAR, NEEDS_PREACTIVATION, RELU, SIGMOID, SILU, SOFTMAX, TANH)
+from .kernels.codes import ELU, GELU, LEAKY_RELU, LINEAR, NEEDS_PREACTIVATION, RELU, SIGMOID, SILU, SOFTMAX, TANH  # noqa: F401  (re-exported: layers use act_codes.RELU, ...)
 
 CODES = {
     None: LINEAR, "linear": LINEAR, "relu": RELU, "sigmoid": SIGMOID, "tanh": TANH,

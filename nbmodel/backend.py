@@ -22,7 +22,8 @@ a family is asked for, so ``import nbmodel`` compiles nothing.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -188,7 +189,7 @@ def registered_devices() -> list[str]:
     return sorted(_FACTORIES)
 
 
-def get_device(device: "str | Device | None" = None) -> Device:
+def get_device(device: str | Device | None = None) -> Device:
     """The device called ``device`` (a Device passes through; None is the default device)."""
     if isinstance(device, Device):
         return device

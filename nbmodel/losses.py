@@ -68,7 +68,7 @@ class Loss:
         self._ws: dict = {}
         self.device: Device = default_device()
 
-    def to(self, device) -> "Loss":
+    def to(self, device) -> Loss:
         """Run on ``device`` from now on (a model's compile and ``to`` call this)."""
         dev = get_device(device)
         if dev is not self.device:

@@ -58,7 +58,7 @@ class Metric:
     # others get host copies of y_true and y_pred.
     on_device = False
 
-    def to(self, device) -> "Metric":
+    def to(self, device) -> Metric:
         """Read predictions from arrays on ``device`` (a model's compile and ``to`` call this)."""
         self.device = get_device(device)
         return self

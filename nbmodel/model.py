@@ -522,7 +522,7 @@ class Model:
 
         io.load_weights(self, filepath)
 
-    def to(self, device) -> "Model":
+    def to(self, device) -> Model:
         """Move the model to ``device``: every layer's params, grads and state,
         the flat parameter and gradient buffers, the optimizer's slots, and the
         losses and metrics. Returns the model."""

@@ -66,7 +66,7 @@ class Optimizer:
         self._pending_state = None
         self.device: Device = default_device()
 
-    def to(self, device) -> "Optimizer":
+    def to(self, device) -> Optimizer:
         """Keep the slots on ``device`` (moved there when built; a model's compile and ``to`` call this)."""
         dev = get_device(device)
         if dev is not self.device:

@@ -297,7 +297,8 @@ def test_bad_labels():
 
 def test_bad_shapes_and_types():
     p = np.zeros((4, 3))
-    with pytest.raises(ValueError, match=r"mean_squared_error: y_true shape \(4, 2\) does not match y_pred shape \(4, 3\)"):
+    with pytest.raises(ValueError,
+                       match=r"mean_squared_error: y_true shape \(4, 2\) does not match y_pred shape \(4, 3\)"):
         losses.MeanSquaredError()(np.zeros((4, 2)), p)
     with pytest.raises(ValueError, match=r"categorical_crossentropy: y_true shape \(4,\).*sparse_categorical"):
         losses.CategoricalCrossentropy()(np.zeros(4), p)

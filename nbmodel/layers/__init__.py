@@ -3,26 +3,23 @@ recurrent.py, embedding.py, attention.py. Each family's kernels live in
 nbmodel/kernels/cpu/<family>.py. Every family module lists its public layers
 in ``__all__``; this package re-exports them (one import line per family).
 """
-from .base import Input, InputLayer, KTensor, Layer
-from .core import *  # noqa: F401,F403
-from . import core as _core
-
-__all__ = ["Input", "InputLayer", "KTensor", "Layer"] + list(_core.__all__)
-from .normalization import *  # noqa: F401,F403
-from . import normalization as _normalization
-__all__ += list(_normalization.__all__)
-from .attention import *  # noqa: F401,F403
 from . import attention as _attention
-__all__ += list(_attention.__all__)
-from .recurrent import *  # noqa
-from . import recurrent as _recurrent
-__all__ += list(_recurrent.__all__)
-from .embedding import *  # noqa
-from . import embedding as _embedding
-__all__ += list(_embedding.__all__)
-from .conv import *  # noqa
 from . import conv as _conv
-__all__ += list(_conv.__all__)
-from .pooling import *  # noqa
+from . import core as _core
+from . import embedding as _embedding
+from . import normalization as _normalization
 from . import pooling as _pooling
-__all__ += list(_pooling.__all__)
+from . import recurrent as _recurrent
+from .attention import *  # noqa: F401,F403
+from .base import Input, InputLayer, KTensor, Layer
+from .conv import *  # noqa: F401,F403
+from .core import *  # noqa: F401,F403
+from .embedding import *  # noqa: F401,F403
+from .normalization import *  # noqa: F401,F403
+from .pooling import *  # noqa: F401,F403
+from .recurrent import *  # noqa: F401,F403
+
+__all__ = ["Input", "InputLayer", "KTensor", "Layer"]
+for _family in (_core, _normalization, _attention, _recurrent, _embedding, _conv, _pooling):
+    __all__ += list(_family.__all__)
+del _family

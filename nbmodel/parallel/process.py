@@ -36,9 +36,25 @@ from multiprocessing.connection import wait
 
 import numpy as np
 
-from .common import (ParallelError, ReplicatedTrainer, ShardRunner, SharedSlotsReduce, StatSync, bind_flat,
-                     ensure_metrics, extras_size, fit_replicated, get_state_arrays, layer_classes, rng_states,
-                     set_rng_states, set_state_arrays, shard_bounds, stat_sync_size, state_positions)
+from .common import (
+    ParallelError,
+    ReplicatedTrainer,
+    ShardRunner,
+    SharedSlotsReduce,
+    StatSync,
+    bind_flat,
+    ensure_metrics,
+    extras_size,
+    fit_replicated,
+    get_state_arrays,
+    layer_classes,
+    rng_states,
+    set_rng_states,
+    set_state_arrays,
+    shard_bounds,
+    stat_sync_size,
+    state_positions,
+)
 
 SHM_PREFIX = "nbm"
 _counter = itertools.count()

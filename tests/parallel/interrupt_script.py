@@ -9,11 +9,11 @@ import os
 import signal
 import sys
 
+from _models import case
+
 import nbmodel as nb
 from nbmodel.callbacks import Callback
 from nbmodel.parallel.process import segment_prefix
-
-from _models import case
 
 
 class Interrupt(Callback):

@@ -11,11 +11,10 @@ import os
 import sys
 
 import numpy as np
+from _models import FAMILIES, available, case
 
 import nbmodel as nb
 from nbmodel.parallel import mpi
-
-from _models import FAMILIES, available, case
 
 
 def callbacks_for(family):

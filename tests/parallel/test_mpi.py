@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 import pytest
-
 from _models import FAMILIES, assert_same_training, available, case
 
 pytest.importorskip("mpi4py")

@@ -13,14 +13,13 @@ import time
 
 import numpy as np
 import pytest
+from _models import FAMILIES, RaiseInTraining, assert_same_training, available, case
 
 import nbmodel as nb
 from nbmodel import layers as L
 from nbmodel.callbacks import Callback, ModelCheckpoint
 from nbmodel.parallel import ParallelError
 from nbmodel.parallel.process import segment_prefix
-
-from _models import FAMILIES, RaiseInTraining, assert_same_training, available, case
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
