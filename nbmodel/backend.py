@@ -30,7 +30,7 @@ import numpy as np
 from . import config
 
 __all__ = ["Device", "CpuDevice", "register_device", "unregister_device", "get_device",
-           "default_device", "registered_devices"]
+           "default_device", "registered_devices", "available_devices"]
 
 
 class Device:
@@ -168,25 +168,36 @@ class CpuDevice(Device):
 
 
 _FACTORIES: dict[str, Callable[[], Device]] = {}
+_AVAILABLE: dict[str, Callable[[], bool]] = {}
 _DEVICES: dict[str, Device] = {}
 
 
-def register_device(name: str, factory: Callable[[], Device]) -> None:
-    """Make ``get_device(name)`` return ``factory()`` (created once, on first use)."""
+def register_device(name: str, factory: Callable[[], Device], available: Callable[[], bool] | None = None) -> None:
+    """Make ``get_device(name)`` return ``factory()`` (created once, on first use).
+
+    ``available()`` says whether the device can run here (e.g. a GPU or its
+    simulator is present) without creating it; None means always."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"register_device: name must be a non-empty string, got {name!r}")
     _FACTORIES[name] = factory
+    _AVAILABLE[name] = available or (lambda: True)
     _DEVICES.pop(name, None)
 
 
 def unregister_device(name: str) -> None:
     """Forget a registered device (tests register temporary ones)."""
     _FACTORIES.pop(name, None)
+    _AVAILABLE.pop(name, None)
     _DEVICES.pop(name, None)
 
 
 def registered_devices() -> list[str]:
     return sorted(_FACTORIES)
+
+
+def available_devices() -> list[str]:
+    """The registered devices that can run on this machine."""
+    return [name for name in registered_devices() if _AVAILABLE[name]()]
 
 
 def get_device(device: str | Device | None = None) -> Device:

@@ -45,9 +45,9 @@ def digits():
 def _devices_under_test():
     """cpu, and every other registered device that can run here (cuda under the
     simulator or on a GPU, once its package registers it)."""
-    from nbmodel.backend import registered_devices
+    from nbmodel.backend import available_devices
 
-    return [name for name in registered_devices() if not name.startswith("test-")]
+    return [name for name in available_devices() if not name.startswith("test-")]
 
 
 @pytest.fixture(params=_devices_under_test())

@@ -7,10 +7,10 @@ import inspect
 
 import pytest
 
-from nbmodel.backend import get_device, registered_devices
+from nbmodel.backend import available_devices, get_device
 from nbmodel.kernels.contract import CONTRACT, FAMILIES, REFERENCE, parameters
 
-DEVICES = [name for name in registered_devices() if not name.startswith("test-")]
+DEVICES = [name for name in available_devices() if not name.startswith("test-")]
 ENTRIES = [(family, fn) for family in sorted(CONTRACT) for fn in CONTRACT[family]]
 
 
