@@ -220,4 +220,17 @@ def default_device() -> Device:
     return get_device(None)
 
 
+def _cuda_device() -> Device:
+    from .cuda import CudaDevice  # imports numba-cuda: only when the cuda device is asked for
+
+    return CudaDevice()
+
+
+def _cuda_available() -> bool:
+    from .cuda import cuda_available
+
+    return cuda_available()
+
+
 register_device("cpu", CpuDevice)
+register_device("cuda", _cuda_device, _cuda_available)

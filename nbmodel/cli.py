@@ -203,9 +203,11 @@ def cmd_info(args):
     for info in threadpool_info():
         lines.append(f"{info.get('user_api')}: {info.get('internal_api')} {info.get('version')} "
                      f"threads={info.get('num_threads')} ({os.path.basename(info.get('filepath', ''))})")
-    from .backend import get_device, registered_devices
+    from .backend import available_devices, get_device, registered_devices
 
-    lines.append("devices: " + "; ".join(get_device(name).describe() for name in registered_devices()))
+    usable = available_devices()
+    lines.append("devices: " + "; ".join(get_device(name).describe() if name in usable else f"{name} (not available)"
+                                         for name in registered_devices()))
     try:
         from numba import cuda
 

@@ -1,0 +1,216 @@
+"""Array family on CUDA: fills, elementwise sums, block copies, axis moves,
+time reversal and a float64 total (see nbmodel/kernels/contract.py).
+
+Every launcher flattens its C-contiguous arguments and runs one thread per
+output element (``runtime.launch_1d``); index arithmetic maps a flat output
+index back to the input. ``total`` is a block reduction in shared memory
+whose per-block sums are added atomically in float64.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .runtime import cuda, kernel, launch_1d, types
+
+_F = (types.float32, types.float64)
+_ANY = (types.float32, types.float64, types.int64, types.int32)
+
+
+def _flat(a):
+    return a.reshape(a.size)
+
+
+def _one(t):
+    return t[::1]
+
+
+@kernel(*[(_one(t), t) for t in _F])
+def _fill(out, value):
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = value
+
+
+@kernel(*[(_one(s), _one(t)) for s in _ANY for t in _F], *[(_one(t), _one(t)) for t in _ANY[2:]])
+def _copy(src, out):
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = src[i]
+
+
+@kernel(*[(_one(t), _one(t), _one(t)) for t in _F])
+def _add(a, b, out):
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = a[i] + b[i]
+
+
+@kernel(*[(_one(t), _one(t)) for t in _F])
+def _add_into(out, a):
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] += a[i]
+
+
+@kernel(*[(_one(t), _one(t), _one(t)) for t in _F])
+def _multiply(a, b, out):
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = a[i] * b[i]
+
+
+@kernel(*[(_one(t), t) for t in _F])
+def _scale(out, factor):
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] *= factor
+
+
+@kernel(*[(_one(t), _one(t), types.int64, types.int64, types.int64, types.int64) for t in _F])
+def _copy_block(src, out, k, m, inner, offset):
+    """out (p, m, inner)[:, offset:offset + k] = src (p, k, inner), one thread per src element."""
+    i = cuda.grid(1)
+    if i < src.size:
+        e = i % inner
+        j = (i // inner) % k
+        r = i // (inner * k)
+        out[(r * m + offset + j) * inner + e] = src[i]
+
+
+@kernel(*[(_one(t), _one(t), types.int64, types.int64, types.int64, types.int64) for t in _F])
+def _take_block(src, out, k, m, inner, offset):
+    """out (p, k, inner) = src (p, m, inner)[:, offset:offset + k], one thread per out element."""
+    i = cuda.grid(1)
+    if i < out.size:
+        e = i % inner
+        j = (i // inner) % k
+        r = i // (inner * k)
+        out[i] = src[(r * m + offset + j) * inner + e]
+
+
+@kernel(*[(_one(t), _one(t), types.int64, types.int64) for t in _F])
+def _move_last(src, out, c, q):
+    """out (p, q, c) from src (p, c, q), one thread per out element."""
+    i = cuda.grid(1)
+    if i < out.size:
+        ci = i % c
+        qi = (i // c) % q
+        p = i // (c * q)
+        out[i] = src[(p * c + ci) * q + qi]
+
+
+@kernel(*[(_one(t), _one(t), types.int64, types.int64) for t in _F])
+def _move_back(src, out, c, q):
+    """out (p, c, q) from src (p, q, c), one thread per out element."""
+    i = cuda.grid(1)
+    if i < out.size:
+        qi = i % q
+        ci = (i // q) % c
+        p = i // (c * q)
+        out[i] = src[(p * q + qi) * c + ci]
+
+
+@kernel(*[(_one(t), _one(t), types.int64, types.int64) for t in _F])
+def _reverse_steps(src, out, steps, inner):
+    """out (b, T, inner)[:, t] = src[:, T - 1 - t]."""
+    i = cuda.grid(1)
+    if i < out.size:
+        e = i % inner
+        t = (i // inner) % steps
+        b = i // (inner * steps)
+        out[i] = src[(b * steps + steps - 1 - t) * inner + e]
+
+
+_SUM_THREADS = 256
+
+
+@kernel(*[(_one(t), types.float64[::1]) for t in _F])
+def _total(a, out):
+    """out[0] += sum(a) in float64: a shared-memory tree per block, one atomic add per block."""
+    part = cuda.shared.array(256, types.float64)
+    tid = cuda.threadIdx.x
+    acc = types.float64(0)
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while i < a.size:
+        acc += types.float64(a[i])
+        i += stride
+    part[tid] = acc
+    cuda.syncthreads()
+    s = _SUM_THREADS // 2
+    while s > 0:
+        if tid < s:
+            part[tid] += part[tid + s]
+        cuda.syncthreads()
+        s //= 2
+    if tid == 0:
+        cuda.atomic.add(out, 0, part[0])
+
+
+# ------------------------------------------------------------ launchers
+def fill(out, value):
+    o = _flat(out)
+    _fill[launch_1d(o.size)](o, o.dtype.type(value))
+
+
+def copy(src, out):
+    o = _flat(out)
+    _copy[launch_1d(o.size)](_flat(src), o)
+
+
+def add(a, b, out):
+    o = _flat(out)
+    _add[launch_1d(o.size)](_flat(a), _flat(b), o)
+
+
+def add_into(out, a):
+    o = _flat(out)
+    _add_into[launch_1d(o.size)](o, _flat(a))
+
+
+def multiply(a, b, out):
+    o = _flat(out)
+    _multiply[launch_1d(o.size)](_flat(a), _flat(b), o)
+
+
+def scale(out, factor):
+    o = _flat(out)
+    _scale[launch_1d(o.size)](o, o.dtype.type(factor))
+
+
+def copy_block(src, out, offset):
+    p, k, inner = src.shape
+    if src.size:
+        _copy_block[launch_1d(src.size)](_flat(src), _flat(out), k, out.shape[1], inner, offset)
+
+
+def take_block(src, offset, out):
+    p, k, inner = out.shape
+    if out.size:
+        _take_block[launch_1d(out.size)](_flat(src), _flat(out), k, src.shape[1], inner, offset)
+
+
+def move_axis_last(src, out):
+    p, c, q = src.shape
+    if out.size:
+        _move_last[launch_1d(out.size)](_flat(src), _flat(out), c, q)
+
+
+def move_axis_back(src, out):
+    p, q, c = src.shape
+    if out.size:
+        _move_back[launch_1d(out.size)](_flat(src), _flat(out), c, q)
+
+
+def reverse_steps(src, out):
+    steps = src.shape[1]
+    if out.size:
+        _reverse_steps[launch_1d(out.size)](_flat(src), _flat(out), steps, out.size // (src.shape[0] * steps))
+
+
+def total(a) -> float:
+    out = cuda.to_device(np.zeros(1, np.float64))
+    if a.size:
+        blocks = min(-(-a.size // _SUM_THREADS), 1024)
+        _total[blocks, _SUM_THREADS](_flat(a), out)
+    return float(out.copy_to_host()[0])

@@ -1,0 +1,134 @@
+"""The one module through which nbmodel imports numba-cuda.
+
+Every CUDA kernel module imports ``cuda`` and the ``kernel`` decorator from
+here, so moving to another CUDA toolchain (numba-cuda is in maintenance mode)
+is a change to this file. Nothing here compiles at import: ``kernel`` records
+the Python function with the signatures it is launched with (for the PTX
+check, ``check_ptx``) and returns a lazily compiled ``cuda.jit`` kernel.
+
+numba-cuda must be imported after ``NUMBA_ENABLE_CUDASIM`` is set: with
+``NUMBA_ENABLE_CUDASIM=1`` in the environment before the first numba import,
+kernels run in numba's simulator (about 1 ms per thread) on a machine
+without a GPU.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+if not hasattr(np, "row_stack"):  # numba-cuda 0.30 calls np.row_stack, removed in NumPy 2.5
+    np.row_stack = np.vstack
+
+from numba import config as _numba_config  # noqa: E402
+from numba import cuda, types  # noqa: E402
+
+from ...config import FASTMATH as _FASTMATH  # noqa: E402
+
+__all__ = ["cuda", "types", "kernel", "simulator", "gpu_present", "available", "describe", "KERNELS",
+           "compile_ptx", "link", "float64_instructions", "is_device_array", "launch_1d", "THREADS"]
+
+THREADS = 256  # threads per block of the 1-D elementwise launches
+
+# fastmath flags of every CUDA kernel: the CPU kernels' set (never nnan/ninf: NaN checks must survive)
+FASTMATH = _FASTMATH
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """A CUDA kernel and the argument types it is launched with."""
+
+    name: str
+    py_func: object
+    signatures: tuple
+    fastmath: frozenset
+
+
+KERNELS: list[KernelSpec] = []
+
+
+def kernel(*signatures):
+    """Decorate a CUDA kernel: lazily compiled on first launch; ``signatures``
+    (tuples of numba types) are the ones the PTX check compiles."""
+    def wrap(fn):
+        KERNELS.append(KernelSpec(f"{fn.__module__}.{fn.__name__}", fn, tuple(signatures), FASTMATH))
+        return cuda.jit(fastmath=set(FASTMATH))(fn)
+    return wrap
+
+
+def is_device_array(a) -> bool:
+    """True for a numba CUDA device array (or the simulator's stand-in)."""
+    return bool(cuda.devicearray.is_cuda_ndarray(a))
+
+
+def launch_1d(n: int) -> tuple[int, int]:
+    """(blocks, threads) covering n elements with one thread each."""
+    return max(1, -(-n // THREADS)), THREADS
+
+
+def simulator() -> bool:
+    """True when numba runs CUDA kernels in its simulator."""
+    return bool(_numba_config.ENABLE_CUDASIM)
+
+
+def gpu_present() -> bool:
+    if simulator():
+        return False
+    try:
+        return bool(cuda.is_available())
+    except Exception:  # noqa: BLE001 - no driver, no device: no GPU
+        return False
+
+
+def available() -> bool:
+    """A GPU or the simulator can run the kernels here."""
+    return simulator() or gpu_present()
+
+
+def describe() -> str:
+    if simulator():
+        return "cuda (numba-cuda simulator: correct, about 1 ms per thread)"
+    if gpu_present():
+        dev = cuda.get_current_device()
+        return f"cuda ({dev.name.decode() if isinstance(dev.name, bytes) else dev.name}, cc {dev.compute_capability})"
+    return "cuda (not available: no GPU and the simulator is off)"
+
+
+def compile_ptx(spec: KernelSpec, signature, cc=(9, 0)) -> str:
+    """PTX of ``spec`` for ``signature`` on compute capability ``cc`` (needs no GPU)."""
+    ptx, _ = cuda.compile_ptx(spec.py_func, signature, cc=cc, fastmath=set(spec.fastmath))
+    return ptx
+
+
+_F64 = re.compile(r"\.f64\b")
+
+
+def float64_instructions(ptx: str) -> list[str]:
+    """PTX lines that compute or convert in float64."""
+    return [line.strip() for line in ptx.splitlines() if _F64.search(line) and not line.strip().startswith("//")]
+
+
+def link(ptx: str, arch="sm_90") -> str:
+    """Link ``ptx`` to machine code with nvJitLink; returns its info log
+    (registers, spill stores, shared memory per kernel). Raises on errors."""
+    import cuda.bindings.nvjitlink as nvj  # the cu13 wheels' linker
+
+    opts = [f"-arch={arch}", "-verbose"]
+    handle = nvj.create(len(opts), opts)
+    try:
+        data = ptx.encode()
+        nvj.add_data(handle, nvj.InputType.PTX, data, len(data), "kernel.ptx")
+        try:
+            nvj.complete(handle)
+        except nvj.nvJitLinkError:
+            size = nvj.get_error_log_size(handle)
+            log = bytearray(size)
+            nvj.get_error_log(handle, log)
+            raise RuntimeError(f"nvJitLink failed: {log.decode(errors='replace')}") from None
+        size = nvj.get_info_log_size(handle)
+        log = bytearray(size)
+        nvj.get_info_log(handle, log)
+        return log.decode(errors="replace")
+    finally:
+        nvj.destroy(handle)
