@@ -120,7 +120,10 @@ class Layer:
     # ------------------------------------------------------------------ helpers
     def kernels(self, family: str):
         """Kernel module of ``family`` on this layer's device."""
-        return self.device.kernels(family)
+        try:
+            return self.device.kernels(family)
+        except NotImplementedError as e:  # a family without a twin on this device: say which layer needs it
+            raise NotImplementedError(f"{self.name} ({type(self).__name__}): {e}") from None
 
     def add_param(self, name, shape, initializer, dtype=None):
         """Create a trainable param (and its zero grad) with the layer's RNG."""
