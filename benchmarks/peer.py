@@ -1,6 +1,6 @@
 """Reference models, nbmodel against PyTorch in the same run.
 
-    python -m benchmarks.peer --threads 1 --vs torch [--models mlp,cnn]
+    python -m benchmarks.peer --threads 1 --vs torch [--models mlp,cnn] [--device cuda]
 
 For each reference model: median train step (forward + backward + Adam) and
 predict, timed interleaved with PyTorch at the same thread count, the ratio
@@ -24,7 +24,7 @@ def _set_threads(n, with_torch):
         torch.set_num_threads(n)
 
 
-def run(models, threads, vs_torch, repeat, torch_only=False):
+def run(models, threads, vs_torch, repeat, torch_only=False, device="cpu"):
 
     from .common import blas_ceiling_gflops, discover_models, interleaved_medians, torch_train_step
 
@@ -39,8 +39,15 @@ def run(models, threads, vs_torch, repeat, torch_only=False):
     unknown = [m for m in names if m not in available]
     if unknown:
         raise SystemExit(f"unknown models {unknown}; available: {sorted(available)}")
-    ceiling = blas_ceiling_gflops()
-    print(f"threads={threads}  BLAS float32 ceiling: {ceiling:.1f} GFLOP/s")
+    on_gpu = device != "cpu"
+    if on_gpu:  # every model built below lives on the device; PyTorch runs on the same GPU
+        import nbmodel as nb
+
+        nb.config.set_default_device(device)
+        print(f"device={nb.backend.get_device(device).describe()}")
+    else:
+        ceiling = blas_ceiling_gflops()
+        print(f"threads={threads}  BLAS float32 ceiling: {ceiling:.1f} GFLOP/s")
     header = f"{'model':<12}{'nb step ms':>12}{'GFLOP/s':>9}"
     if vs_torch:
         header += f"{'torch ms':>10}{'ratio':>8}{'nb pred ms':>12}{'torch pred':>11}{'ratio':>8}"
@@ -59,13 +66,21 @@ def run(models, threads, vs_torch, repeat, torch_only=False):
 
             module, loss_fn = ref.build_torch()
             xt, yt = ref.torch_batch(x, y)
+            sync = (lambda: None)
+            if on_gpu:
+                module, xt, yt, sync = module.cuda(), xt.cuda(), yt.cuda(), torch.cuda.synchronize
             opt = torch.optim.Adam(module.parameters(), lr=1e-3)
-            fns["torch"] = torch_train_step(module, loss_fn, xt, yt, opt)
+            step = torch_train_step(module, loss_fn, xt, yt, opt)
+
+            def torch_step():
+                step()
+                sync()  # nbmodel's train_on_batch returns the loss to the host, which waits too
 
             def torch_pred():
                 with torch.no_grad():
                     module(xt)
-            pred["torch"] = torch_pred
+                sync()
+            fns["torch"], pred["torch"] = torch_step, torch_pred
         t = interleaved_medians(fns, warmup=5, repeat=repeat)
         p = interleaved_medians(pred, warmup=3, repeat=repeat)
         if torch_only:
@@ -90,13 +105,14 @@ def main(argv=None):
     parser.add_argument("--vs", choices=["torch"], default=None)
     parser.add_argument("--models", default=None, help="comma-separated names (default: all)")
     parser.add_argument("--repeat", type=int, default=50)
+    parser.add_argument("--device", default="cpu", help="nbmodel device; PyTorch runs on the GPU when not cpu")
     parser.add_argument("--torch-only", action="store_true",
                         help="time PyTorch alone: at several threads two frameworks' thread pools in one "
                              "process disturb each other, so compare two separate runs")
     args = parser.parse_args(argv)
     models = args.models.split(",") if args.models else None
     t0 = time.perf_counter()
-    run(models, args.threads, args.vs == "torch" or args.torch_only, args.repeat, args.torch_only)
+    run(models, args.threads, args.vs == "torch" or args.torch_only, args.repeat, args.torch_only, args.device)
     print(f"({time.perf_counter() - t0:.0f} s)")
     return 0
 
