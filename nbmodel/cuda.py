@@ -80,7 +80,8 @@ class CudaDevice(Device):
         if self.is_array(src):
             self.kernels("array").copy(src, dst)
             return
-        host = np.ascontiguousarray(np.broadcast_to(np.asarray(src, dtype=np.dtype(dst.dtype)), dst.shape))
+        host = np.empty(tuple(dst.shape), np.dtype(dst.dtype))  # fresh strides: never a stride-0 broadcast
+        host[...] = src
         dst.copy_to_device(host)
 
     def synchronize(self):

@@ -171,7 +171,7 @@ class Layer:
         for d in (self.params, self.state):
             for name, arr in d.items():
                 if name in inits:
-                    self.device.assign(arr, inits[name](arr.shape, arr.dtype, rng))
+                    self.device.assign(arr, inits[name](tuple(arr.shape), arr.dtype, rng))
         for i, sub in enumerate(self.sublayers()):
             sub.reinitialize(np.random.default_rng(rng.integers(2**63)))
 

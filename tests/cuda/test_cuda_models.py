@@ -31,8 +31,8 @@ def _embedding_norms(device):
 
 
 CASES = {
-    "mlp": (_mlp, lambda r: (r.standard_normal((20, 6)), r.integers(0, 3, 20))),
-    "embedding_norms": (_embedding_norms, lambda r: (r.integers(0, 11, (20, 5)), r.integers(0, 2, (20, 1)))),
+    "mlp": (_mlp, lambda r: (r.standard_normal((12, 6)), r.integers(0, 3, 12))),
+    "embedding_norms": (_embedding_norms, lambda r: (r.integers(0, 11, (12, 5)), r.integers(0, 2, (12, 1)))),
 }
 
 
@@ -45,8 +45,8 @@ def test_training_on_cuda_equals_cpu(cuda_device, name, dtype, rtol, float64):
     x, y = data(np.random.default_rng(0))
     cpu, gpu = build("cpu"), build("cuda")
     assert gpu.device is cuda_device
-    h_cpu = cpu.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0)
-    h_gpu = gpu.fit(x, y, epochs=2, batch_size=8, shuffle=False, verbose=0)
+    h_cpu = cpu.fit(x, y, epochs=1, batch_size=6, shuffle=False, verbose=0)
+    h_gpu = gpu.fit(x, y, epochs=1, batch_size=6, shuffle=False, verbose=0)
     for k in h_cpu.history:
         np.testing.assert_allclose(h_gpu.history[k], h_cpu.history[k], rtol=rtol, atol=rtol, err_msg=k)
     for a, b in zip(gpu.get_weights(), cpu.get_weights()):

@@ -26,6 +26,11 @@ from numba import cuda, types  # noqa: E402
 
 from ...config import FASTMATH as _FASTMATH  # noqa: E402
 
+if _numba_config.ENABLE_CUDASIM:  # the simulator's shape object refuses negative indices (x.shape[-1])
+    from numba.cuda.simulator.cudadrv import devicearray as _simarray
+
+    _simarray.FakeShape.__getitem__ = tuple.__getitem__
+
 __all__ = ["cuda", "types", "kernel", "simulator", "gpu_present", "available", "describe", "KERNELS",
            "compile_ptx", "link", "float64_instructions", "is_device_array", "launch_1d", "THREADS"]
 
