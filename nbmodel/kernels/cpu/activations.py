@@ -144,7 +144,7 @@ def bias_act(out, bias, code, pre):
 
 
 @inline
-def _act_grad(code, dy, z, y, one):
+def act_grad(code, dy, z, y, one):
     """dy * act'(z, y); ReLU as a select, so a masked gradient is 0 even when dy is not finite."""
     if code == RELU:
         return dy if y > one - one else one - one
@@ -156,7 +156,7 @@ def _act_grad_loop(pre, y, dy, code, r0, r1, dz, one):
     m = dy.shape[1]
     for r in range(r0, r1):
         for f in range(m):
-            dz[r, f] = _act_grad(code, dy[r, f], pre[r, f], y[r, f], one)
+            dz[r, f] = act_grad(code, dy[r, f], pre[r, f], y[r, f], one)
 
 
 @inline
@@ -164,7 +164,7 @@ def _act_grad_sum_loop(pre, y, dy, code, r0, r1, dz, acc, one):
     m = dy.shape[1]
     for r in range(r0, r1):
         for f in range(m):
-            g = _act_grad(code, dy[r, f], pre[r, f], y[r, f], one)
+            g = act_grad(code, dy[r, f], pre[r, f], y[r, f], one)
             dz[r, f] = g
             acc[f] += g
 

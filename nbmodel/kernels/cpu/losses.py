@@ -23,7 +23,7 @@ from ._math import exp_store, exp_sum, fast_exp, row_max
 
 
 @inline
-def _weight(w, w_per, use_w, i, one):
+def row_weight(w, w_per, use_w, i, one):
     return w[i // w_per] if use_w else one
 
 
@@ -34,7 +34,7 @@ def _dense_row(i, code, y_true, y_pred, a, b, eps, w, w_per, use_w, need_grad, r
     zero = one - one
     half = one / (one + one)
     inv_d = one / y_pred.dtype.type(d)
-    wi = _weight(w, w_per, use_w, i, one)
+    wi = row_weight(w, w_per, use_w, i, one)
     gs = wi * inv_d
     s = zero
     for j in range(d):
@@ -102,7 +102,7 @@ def _cce_row(i, y_true, y_pred, from_logits, a, b, eps, w, w_per, use_w, need_gr
     c_n = y_pred.shape[1]
     one = y_pred.dtype.type(1)
     zero = one - one
-    wi = _weight(w, w_per, use_w, i, one)
+    wi = row_weight(w, w_per, use_w, i, one)
     loss = zero
     if from_logits:
         xr = y_pred[i]
@@ -184,7 +184,7 @@ def _sparse_row(i, labels, y_pred, from_logits, ignore, use_ignore, eps, w, w_pe
     k = int(lab)
     if k != lab:  # a float label that is not a whole number
         return 2
-    wi = _weight(w, w_per, use_w, i, one)
+    wi = row_weight(w, w_per, use_w, i, one)
     if from_logits:
         xr = y_pred[i]
         m = row_max(xr)
@@ -256,7 +256,7 @@ def sparse_ce(labels, y_pred, from_logits, ignore, use_ignore, eps, w, w_per, us
 
 # ---------------------------------------------------------------- metrics
 @inline
-def _argmax_row(x, i):
+def argmax_row(x, i):
     c_n = x.shape[1]
     best = 0
     m = x[i, 0]
@@ -268,7 +268,7 @@ def _argmax_row(x, i):
 
 
 @inline
-def _in_top_k(x, i, k, target):
+def in_top_k(x, i, k, target):
     """True when fewer than k classes score strictly above the target's score
     (ties at the boundary count as in the top k)."""
     c_n = x.shape[1]
@@ -290,9 +290,9 @@ def _sparse_match(labels, y_pred, k, out, i):
     if lab >= 0 and lab < c_n and int(lab) == lab:
         t = int(lab)
         if k == 0:
-            hit = 1.0 if _argmax_row(y_pred, i) == t else 0.0
+            hit = 1.0 if argmax_row(y_pred, i) == t else 0.0
         else:
-            hit = 1.0 if _in_top_k(y_pred, i, k, t) else 0.0
+            hit = 1.0 if in_top_k(y_pred, i, k, t) else 0.0
     out[i] = hit
 
 
@@ -311,11 +311,11 @@ def sparse_matches(labels, y_pred, k, out):
 
 @inline
 def _categorical_match(y_true, y_pred, k, out, i):
-    t = _argmax_row(y_true, i)
+    t = argmax_row(y_true, i)
     if k == 0:
-        out[i] = 1.0 if _argmax_row(y_pred, i) == t else 0.0
+        out[i] = 1.0 if argmax_row(y_pred, i) == t else 0.0
     else:
-        out[i] = 1.0 if _in_top_k(y_pred, i, k, t) else 0.0
+        out[i] = 1.0 if in_top_k(y_pred, i, k, t) else 0.0
 
 
 @pjit

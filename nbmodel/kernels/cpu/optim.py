@@ -21,7 +21,7 @@ CHUNK = 1 << 14
 
 
 @inline
-def _segment_of(bounds, i):
+def segment_of(bounds, i):
     """Index s with bounds[s] <= i < bounds[s + 1] (binary search)."""
     lo = 0
     hi = bounds.size - 2
@@ -35,7 +35,7 @@ def _segment_of(bounds, i):
 
 
 @inline
-def _grad(g, j, sc, use_cv, cv):
+def clipped_grad(g, j, sc, use_cv, cv):
     v = g[j] * sc
     if use_cv:  # written as branches so that NaN stays NaN
         if v > cv:
@@ -49,29 +49,72 @@ def _grad(g, j, sc, use_cv, cv):
 # indices non-negative, drop numba's wraparound checks and vectorize the loop
 # (9x faster than indexing the flat buffer from an arbitrary start).
 
+# One element's update, shared with the CUDA kernels (kernels/cuda/optim.py):
+# p[j] and the slots at j from the clipped, scaled gradient gj.
+
+@inline
+def sgd_update(p, m, j, gj, use_wd, wd_lr, lr, momentum, nesterov):
+    pj = p[j]
+    if use_wd:
+        pj -= pj * wd_lr
+    if momentum != p.dtype.type(0):
+        mj = momentum * m[j] - gj * lr
+        m[j] = mj
+        if nesterov:
+            pj += momentum * mj - gj * lr
+        else:
+            pj += mj
+    else:
+        pj -= gj * lr
+    p[j] = pj
+
+
+@inline
+def adam_update(p, m, v, vhat, j, gj, use_wd, wd_lr, alpha, one_m_b1, one_m_b2, eps, amsgrad):
+    pj = p[j]
+    if use_wd:
+        pj -= pj * wd_lr
+    mj = m[j] + (gj - m[j]) * one_m_b1
+    vj = v[j] + (gj * gj - v[j]) * one_m_b2
+    m[j] = mj
+    v[j] = vj
+    if amsgrad:
+        vhat[j] = max(vhat[j], vj)
+        vj = vhat[j]
+    p[j] = pj - (mj * alpha) / (math.sqrt(vj) + eps)
+
+
+@inline
+def rmsprop_update(p, vel, mom, avg, j, gj, use_wd, wd_lr, lr, rho, one_m_rho, momentum, eps, centered):
+    pj = p[j]
+    if use_wd:
+        pj -= pj * wd_lr
+    vj = rho * vel[j] + one_m_rho * (gj * gj)
+    vel[j] = vj
+    if centered:
+        aj = rho * avg[j] + one_m_rho * gj
+        avg[j] = aj
+        den = vj - aj * aj + eps
+    else:
+        den = vj + eps
+    inc = (lr * gj) / math.sqrt(den)
+    if momentum > p.dtype.type(0):
+        mj = momentum * mom[j] + inc
+        mom[j] = mj
+        p[j] = pj - mj
+    else:
+        p[j] = pj - inc
+
+
 @inline
 def _sgd_piece(p, g, sc, use_cv, cv, use_wd, wd_lr, lr, momentum, nesterov, m):
-    zero = p.dtype.type(0)
     for j in range(p.size):
-        gj = _grad(g, j, sc, use_cv, cv)
-        pj = p[j]
-        if use_wd:
-            pj -= pj * wd_lr
-        if momentum != zero:
-            mj = momentum * m[j] - gj * lr
-            m[j] = mj
-            if nesterov:
-                pj += momentum * mj - gj * lr
-            else:
-                pj += mj
-        else:
-            pj -= gj * lr
-        p[j] = pj
+        sgd_update(p, m, j, clipped_grad(g, j, sc, use_cv, cv), use_wd, wd_lr, lr, momentum, nesterov)
 
 
 @inline
 def _sgd_range(start, stop, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, momentum, nesterov, m):
-    s = _segment_of(bounds, start)
+    s = segment_of(bounds, start)
     a = start
     while a < stop:
         b = min(stop, bounds[s + 1])
@@ -96,24 +139,14 @@ def sgd_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, momentum, nest
 @inline
 def _adam_piece(p, g, sc, use_cv, cv, use_wd, wd_lr, alpha, one_m_b1, one_m_b2, eps, amsgrad, m, v, vhat):
     for j in range(p.size):
-        gj = _grad(g, j, sc, use_cv, cv)
-        pj = p[j]
-        if use_wd:
-            pj -= pj * wd_lr
-        mj = m[j] + (gj - m[j]) * one_m_b1
-        vj = v[j] + (gj * gj - v[j]) * one_m_b2
-        m[j] = mj
-        v[j] = vj
-        if amsgrad:
-            vhat[j] = max(vhat[j], vj)
-            vj = vhat[j]
-        p[j] = pj - (mj * alpha) / (math.sqrt(vj) + eps)
+        adam_update(p, m, v, vhat, j, clipped_grad(g, j, sc, use_cv, cv), use_wd, wd_lr, alpha, one_m_b1,
+                    one_m_b2, eps, amsgrad)
 
 
 @inline
 def _adam_range(start, stop, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, alpha, one_m_b1, one_m_b2,
                 eps, amsgrad, m, v, vhat):
-    s = _segment_of(bounds, start)
+    s = segment_of(bounds, start)
     a = start
     while a < stop:
         b = min(stop, bounds[s + 1])
@@ -142,33 +175,15 @@ def adam_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, alpha, one_m_b1, 
 @inline
 def _rmsprop_piece(p, g, sc, use_cv, cv, use_wd, wd_lr, lr, rho, one_m_rho, momentum, eps, centered,
                    vel, mom, avg):
-    zero = p.dtype.type(0)
     for j in range(p.size):
-        gj = _grad(g, j, sc, use_cv, cv)
-        pj = p[j]
-        if use_wd:
-            pj -= pj * wd_lr
-        vj = rho * vel[j] + one_m_rho * (gj * gj)
-        vel[j] = vj
-        if centered:
-            aj = rho * avg[j] + one_m_rho * gj
-            avg[j] = aj
-            den = vj - aj * aj + eps
-        else:
-            den = vj + eps
-        inc = (lr * gj) / math.sqrt(den)
-        if momentum > zero:
-            mj = momentum * mom[j] + inc
-            mom[j] = mj
-            p[j] = pj - mj
-        else:
-            p[j] = pj - inc
+        rmsprop_update(p, vel, mom, avg, j, clipped_grad(g, j, sc, use_cv, cv), use_wd, wd_lr, lr, rho,
+                       one_m_rho, momentum, eps, centered)
 
 
 @inline
 def _rmsprop_range(start, stop, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, rho, one_m_rho,
                    momentum, eps, centered, vel, mom, avg):
-    s = _segment_of(bounds, start)
+    s = segment_of(bounds, start)
     a = start
     while a < stop:
         b = min(stop, bounds[s + 1])

@@ -3,7 +3,7 @@ nbmodel/kernels/contract.py and the CPU twin nbmodel/kernels/cpu/dense.py).
 
 The products go to ``gemm`` (cuBLAS through CuPy on a GPU that has it, the
 own tiled kernels otherwise). Around them, one fused pass each way, through
-the CPU kernels' scalar helpers (``act_scalar``, ``_act_grad``: the math is
+the CPU kernels' scalar helpers (``act_scalar``, ``act_grad``: the math is
 written once):
 
 - forward: ``_bias_act``, one thread per output element:
@@ -16,7 +16,7 @@ written once):
 from __future__ import annotations
 
 from ..codes import GELU, SILU
-from ..cpu.activations import _act_grad, act_scalar
+from ..cpu.activations import act_grad, act_scalar
 from .gemm import FLOATS, gemm, per_dtype
 from .runtime import cuda, kernel, launch_1d, types
 
@@ -62,7 +62,7 @@ def _build_act_grad_bias(nbt):
         acc = nbt(0)
         if f < units:
             for r in range(ty, n, _ROWS):
-                g = _act_grad(code, dy[r, f], pre[r, f], y[r, f], one)
+                g = act_grad(code, dy[r, f], pre[r, f], y[r, f], one)
                 dz[r, f] = g
                 acc += g
         part[ty, tx] = acc

@@ -8,8 +8,8 @@ suits the classification heads nbmodel trains (tens to hundreds of classes);
 a vocabulary of tens of thousands would want a block per row instead.
 
 Shared with the CPU kernels (``@inline`` helpers that numba inlines into a
-CUDA kernel): ``row_max`` of _math.py, ``_weight``, ``_argmax_row`` and
-``_in_top_k`` of cpu/losses.py. Not shared: ``fast_exp`` (and so
+CUDA kernel): ``row_max`` of _math.py, ``row_weight``, ``argmax_row`` and
+``in_top_k`` of cpu/losses.py. Not shared: ``fast_exp`` (and so
 ``exp_sum``/``exp_store`` and the CPU row helpers that call them). It is an
 ``@overload`` whose implementation numba-cuda compiles as a device function
 through ``compile_device``, which asks the *current device* for its compute
@@ -29,25 +29,18 @@ import numpy as np
 
 from ..codes import BCE, HUBER, MAE, MSE
 from ..cpu._math import row_max
-from ..cpu.losses import _argmax_row, _in_top_k, _weight
-from .runtime import cuda, kernel, simulator, types
+from ..cpu.losses import argmax_row, in_top_k, row_weight
+from .runtime import cuda, kernel, shared_helper, types
 
 _F = (types.float32, types.float64)
 _LABELS = (types.int64, types.int32, types.float32, types.float64)
 _ROW_THREADS = 128  # rows per block: one thread per row
 
 
-def _shared(fn):
-    """A CPU ``@inline`` helper called from a CUDA kernel: numba inlines it when it
-    compiles the kernel; the simulator runs its Python function instead (the CPU
-    dispatcher cannot take the simulator's stand-in arrays)."""
-    return fn.py_func if simulator() else fn
-
-
-_row_max = _shared(row_max)
-_weight_of = _shared(_weight)
-_argmax = _shared(_argmax_row)
-_top_k = _shared(_in_top_k)
+_row_max = shared_helper(row_max)
+_weight_of = shared_helper(row_weight)
+_argmax = shared_helper(argmax_row)
+_top_k = shared_helper(in_top_k)
 
 
 def _one(t):

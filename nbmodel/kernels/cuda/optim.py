@@ -3,9 +3,10 @@ parameter buffer, and the float64 per-segment sums of squares that the clip
 norms need (see nbmodel/kernels/contract.py and nbmodel/kernels/cpu/optim.py).
 
 The step kernels run one thread per element; each finds its segment of
-``bounds`` by the CPU's binary search (``_segment_of``) and forms the clipped,
-scaled gradient with the CPU's ``_grad``: both are ``@inline`` helpers that
-numba inlines into the CUDA kernel. Every element is updated independently,
+``bounds`` by the CPU's binary search (``segment_of``), forms the clipped,
+scaled gradient with the CPU's ``clipped_grad`` and updates the element with
+the CPU's ``sgd_update`` / ``adam_update`` / ``rmsprop_update``: ``@inline``
+helpers that numba inlines into the CUDA kernel. Every element is updated independently,
 as on the CPU, so the update matches it up to the GPU's float rounding
 (fused multiply-adds, fast division and square root).
 
@@ -18,25 +19,19 @@ vary from run to run.
 """
 from __future__ import annotations
 
-import math
-
-from ..cpu.optim import _grad, _segment_of
-from .runtime import THREADS, cuda, kernel, launch_1d, simulator, types
+from ..cpu import optim as _cpu
+from .runtime import THREADS, cuda, kernel, launch_1d, shared_helper, types
 
 _F = (types.float32, types.float64)
 _I = types.int64[::1]
 _B = types.boolean
 
 
-def _shared(fn):
-    """A CPU ``@inline`` helper called from a CUDA kernel: numba inlines it when it
-    compiles the kernel; the simulator runs its Python function instead (the CPU
-    dispatcher cannot take the simulator's stand-in arrays)."""
-    return fn.py_func if simulator() else fn
-
-
-_seg = _shared(_segment_of)
-_clipped = _shared(_grad)
+_seg = shared_helper(_cpu.segment_of)
+_clipped = shared_helper(_cpu.clipped_grad)
+_sgd_update = shared_helper(_cpu.sgd_update)
+_adam_update = shared_helper(_cpu.adam_update)
+_rmsprop_update = shared_helper(_cpu.rmsprop_update)
 
 
 def _one(t):
@@ -47,21 +42,8 @@ def _one(t):
 def _sgd(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, momentum, nesterov, m):
     i = cuda.grid(1)
     if i < p.size:
-        zero = p.dtype.type(0)
-        gj = _clipped(g, i, scales[_seg(bounds, i)], use_cv, cv)
-        pj = p[i]
-        if use_wd:
-            pj -= pj * wd_lr
-        if momentum != zero:
-            mj = momentum * m[i] - gj * lr
-            m[i] = mj
-            if nesterov:
-                pj += momentum * mj - gj * lr
-            else:
-                pj += mj
-        else:
-            pj -= gj * lr
-        p[i] = pj
+        _sgd_update(p, m, i, _clipped(g, i, scales[_seg(bounds, i)], use_cv, cv), use_wd, wd_lr, lr, momentum,
+                    nesterov)
 
 
 def sgd_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, momentum, nesterov, m):
@@ -75,19 +57,8 @@ def sgd_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, momentum, nest
 def _adam(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, alpha, one_m_b1, one_m_b2, eps, amsgrad, m, v, vhat):
     i = cuda.grid(1)
     if i < p.size:
-        gj = _clipped(g, i, scales[_seg(bounds, i)], use_cv, cv)
-        pj = p[i]
-        if use_wd:
-            pj -= pj * wd_lr
-        mj = m[i] + (gj - m[i]) * one_m_b1
-        vj = v[i] + (gj * gj - v[i]) * one_m_b2
-        m[i] = mj
-        v[i] = vj
-        if amsgrad:
-            vh = max(vhat[i], vj)
-            vhat[i] = vh
-            vj = vh
-        p[i] = pj - (mj * alpha) / (math.sqrt(vj) + eps)
+        _adam_update(p, m, v, vhat, i, _clipped(g, i, scales[_seg(bounds, i)], use_cv, cv), use_wd, wd_lr, alpha,
+                     one_m_b1, one_m_b2, eps, amsgrad)
 
 
 def adam_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, alpha, one_m_b1, one_m_b2, eps, amsgrad, m, v,
@@ -104,26 +75,8 @@ def _rmsprop(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, rho, one_m_rho
              vel, mom, avg):
     i = cuda.grid(1)
     if i < p.size:
-        zero = p.dtype.type(0)
-        gj = _clipped(g, i, scales[_seg(bounds, i)], use_cv, cv)
-        pj = p[i]
-        if use_wd:
-            pj -= pj * wd_lr
-        vj = rho * vel[i] + one_m_rho * (gj * gj)
-        vel[i] = vj
-        if centered:
-            aj = rho * avg[i] + one_m_rho * gj
-            avg[i] = aj
-            den = vj - aj * aj + eps
-        else:
-            den = vj + eps
-        inc = (lr * gj) / math.sqrt(den)
-        if momentum > zero:
-            mj = momentum * mom[i] + inc
-            mom[i] = mj
-            p[i] = pj - mj
-        else:
-            p[i] = pj - inc
+        _rmsprop_update(p, vel, mom, avg, i, _clipped(g, i, scales[_seg(bounds, i)], use_cv, cv), use_wd, wd_lr,
+                        lr, rho, one_m_rho, momentum, eps, centered)
 
 
 def rmsprop_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, rho, one_m_rho, momentum, eps, centered,

@@ -32,7 +32,7 @@ if _numba_config.ENABLE_CUDASIM:  # the simulator's shape object refuses negativ
     _simarray.FakeShape.__getitem__ = tuple.__getitem__
 
 __all__ = ["cuda", "types", "kernel", "simulator", "gpu_present", "available", "describe", "KERNELS",
-           "compile_ptx", "link", "float64_instructions", "is_device_array", "launch_1d", "THREADS"]
+           "compile_ptx", "link", "float64_instructions", "is_device_array", "launch_1d", "shared_helper", "THREADS"]
 
 THREADS = 256  # threads per block of the 1-D elementwise launches
 
@@ -70,6 +70,13 @@ def is_device_array(a) -> bool:
 def launch_1d(n: int) -> tuple[int, int]:
     """(blocks, threads) covering n elements with one thread each."""
     return max(1, -(-n // THREADS)), THREADS
+
+
+def shared_helper(fn):
+    """A CPU ``@inline`` helper (kernels/cpu) for a CUDA kernel to call: numba
+    inlines it when it compiles the kernel; the simulator runs its Python
+    function instead (a CPU dispatcher cannot take the simulator's arrays)."""
+    return fn.py_func if simulator() else fn
 
 
 def simulator() -> bool:
