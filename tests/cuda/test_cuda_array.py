@@ -3,12 +3,15 @@ span several blocks (256 threads each): simulator or GPU."""
 import numpy as np
 import pytest
 
-from nbmodel.backend import get_device
+from nbmodel.backend import CpuDevice
+
+CPU = CpuDevice()  # the twins' reference device
+
 
 
 @pytest.fixture(scope="module")
 def kernels(cuda_device):
-    return cuda_device, cuda_device.kernels("array"), get_device("cpu").kernels("array")
+    return cuda_device, cuda_device.kernels("array"), CPU.kernels("array")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

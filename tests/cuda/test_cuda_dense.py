@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 
 from nbmodel import layers as L
-from nbmodel.backend import get_device
+from nbmodel.backend import CpuDevice
 from nbmodel.kernels import codes
 from nbmodel.kernels.reference import activations as aref
 from nbmodel.kernels.reference import dense as ref
 from nbmodel.testing import LayerCase
+
+CPU = CpuDevice()  # the twins' reference device
 
 ELEMENTWISE = [codes.LINEAR, codes.RELU, codes.SIGMOID, codes.TANH, codes.GELU, codes.LEAKY_RELU, codes.ELU,
                codes.SILU]
@@ -38,7 +40,7 @@ def gemm_mod(cuda_device):
 
 @pytest.fixture(scope="module")
 def cpu():
-    return get_device("cpu")
+    return CPU
 
 
 def close(actual, expected, dtype, what=""):

@@ -20,8 +20,10 @@ sums in another order: rtol 1e-12.
 import numpy as np
 import pytest
 
-from nbmodel.backend import get_device
+from nbmodel.backend import CpuDevice
 from nbmodel.kernels.codes import BCE, BCE_LOGITS, HUBER, MAE, MSE
+
+CPU = CpuDevice()  # the twins' reference device
 
 F32_TOL = {"rtol": 2e-5, "atol": 2e-6}
 F64_TOL = {"rtol": 1e-12, "atol": 1e-13}
@@ -38,12 +40,12 @@ def _close(got, want, dtype, what):
 
 @pytest.fixture(scope="module")
 def losses(cuda_device):
-    return cuda_device, cuda_device.kernels("losses"), get_device("cpu").kernels("losses")
+    return cuda_device, cuda_device.kernels("losses"), CPU.kernels("losses")
 
 
 @pytest.fixture(scope="module")
 def optim(cuda_device):
-    return cuda_device, cuda_device.kernels("optim"), get_device("cpu").kernels("optim")
+    return cuda_device, cuda_device.kernels("optim"), CPU.kernels("optim")
 
 
 # ------------------------------------------------------------------- losses

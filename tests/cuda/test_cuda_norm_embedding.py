@@ -18,7 +18,10 @@ rows are copies (exact); repeated ids add in atomic order (float32: 1e-6).
 import numpy as np
 import pytest
 
-from nbmodel.backend import get_device
+from nbmodel.backend import CpuDevice
+
+CPU = CpuDevice()  # the twins' reference device
+
 
 F32_TOL = {"rtol": 1e-5, "atol": 1e-5}
 F64_TOL = {"rtol": 1e-11, "atol": 1e-12}
@@ -32,7 +35,7 @@ def _close(got, want, what):
 
 @pytest.fixture(scope="module")
 def norm(cuda_device):
-    return cuda_device, cuda_device.kernels("norm"), get_device("cpu").kernels("norm")
+    return cuda_device, cuda_device.kernels("norm"), CPU.kernels("norm")
 
 
 @pytest.fixture
@@ -241,7 +244,7 @@ V, E, NI = 7, 5, 60  # 60 ids x 5 columns: 300 threads, two blocks of 256
 
 @pytest.fixture(scope="module")
 def embedding(cuda_device):
-    return cuda_device, cuda_device.kernels("embedding"), get_device("cpu").kernels("embedding")
+    return cuda_device, cuda_device.kernels("embedding"), CPU.kernels("embedding")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
