@@ -1,7 +1,16 @@
 """Shared fixtures: a float64 switch that always switches back, and the digits data."""
+import os
+import sys
+
 import pytest
 
 import nbmodel as nb
+
+if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    # The CUDA simulator runs each thread of a block as a Python thread and polls them
+    # from the launching one; at the default 5 ms switch interval most of its time is
+    # spent waiting for the interpreter lock (a tenth of it at 0.1 ms).
+    sys.setswitchinterval(1e-4)
 
 
 @pytest.fixture

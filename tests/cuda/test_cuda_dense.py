@@ -1,20 +1,16 @@
 """The CUDA dense and activations families and the gemm helper: each launcher
 against its CPU twin (gemm against NumPy) on tiny ragged shapes that span
-several blocks, float32 and float64, every activation code; then the Dense,
-Activation and Dropout layers through the layer-case harness on the cuda
-device. Simulator or GPU; shapes stay tiny (the simulator runs each thread in
-Python, and gradcheck runs one forward per element)."""
+several blocks, float32 and float64, every activation code. Simulator or GPU;
+shapes stay tiny (the simulator runs each thread in Python). The layers'
+cases (tests/test_core.py) run on the cuda device through the ``device``
+fixture."""
 import importlib
 
 import numpy as np
 import pytest
 
-from nbmodel import layers as L
 from nbmodel.backend import CpuDevice
 from nbmodel.kernels import codes
-from nbmodel.kernels.reference import activations as aref
-from nbmodel.kernels.reference import dense as ref
-from nbmodel.testing import LayerCase
 
 CPU = CpuDevice()  # the twins' reference device
 
@@ -71,21 +67,48 @@ def test_gemm_matches_numpy(dev, gemm_mod, dtype, trans_a, trans_b):
     close(dev.to_host(out), expected, dtype, f"gemm {trans_a} {trans_b}")
 
 
+# (m, n, k) per kernel when op(b) is transposed; the other way round m and n swap
+OWN_SHAPES = {"small": (7, 9, 21), "tile": (20, 9, 21), "big": (70, 20, 19)}
+
+
 @pytest.mark.parametrize("trans_a, trans_b", TRANSPOSES)
-@pytest.mark.parametrize("big", [False, True], ids=["tile", "big"])
-def test_own_gemm_kernels(dev, gemm_mod, big, trans_a, trans_b):
-    """Both own kernels, whatever gemm would pick: the register-blocked one on two 64-wide tiles
-    along m or n (ragged), two 16-steps along k (ragged)."""
+@pytest.mark.parametrize("kind", ["small", "tile", "big"])
+def test_own_gemm_kernels(dev, gemm_mod, kind, trans_a, trans_b):
+    """Each own kernel, whatever gemm would pick: 4x4 tiles (an output of at most 128 elements)
+    two or three tiles along m and n, the 16x16 tiles two along m or n, the register-blocked
+    kernel two 64-wide tiles along m or n; all ragged, two or more steps along k (ragged)."""
     r = np.random.default_rng(1)
     dtype = np.float32 if trans_a == trans_b else np.float64
-    if big:
-        m, n, k = (70, 20, 19) if trans_b else (20, 70, 19)
-    else:
-        m, n, k = (20, 9, 21) if trans_b else (9, 20, 21)
+    m, n, k = OWN_SHAPES[kind]
+    if not trans_b:
+        m, n = n, m
+    assert (m * n <= gemm_mod.SMALL_MAX) == (kind == "small")
     a, b, expected = operands(r, m, n, k, trans_a, trans_b, dtype)
     out = dev.full((m, n), np.nan, dtype)
-    gemm_mod.own_gemm(dev.asarray(a), dev.asarray(b), out, trans_a, trans_b, big=big)
-    close(dev.to_host(out), expected, dtype, f"own gemm big={big} {trans_a} {trans_b}")
+    gemm_mod.own_gemm(dev.asarray(a), dev.asarray(b), out, trans_a, trans_b, big=kind == "big")
+    close(dev.to_host(out), expected, dtype, f"own gemm {kind} {trans_a} {trans_b}")
+
+
+def test_simulator_blocks_share_their_shared_arrays(dev, gemm_mod):
+    """The simulator makes a block's shared array on first use without a lock; runtime.py adds
+    one. Without it, threads switching every microsecond make two arrays for one block and the
+    product comes out wrong in about one launch of ten."""
+    runtime = importlib.import_module("nbmodel.kernels.cuda.runtime")
+    if not runtime.simulator():
+        pytest.skip("a simulator shim")
+    import sys
+
+    r = np.random.default_rng(2)
+    a, b, expected = operands(r, 8, 8, 9, True, True, np.float64)
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(12):
+            out = dev.full((8, 8), np.nan, np.float64)
+            gemm_mod.own_gemm(dev.asarray(a), dev.asarray(b), out, True, True)
+            close(dev.to_host(out), expected, np.float64, "small gemm under fast thread switching")
+    finally:
+        sys.setswitchinterval(previous)
 
 
 def test_gemm_empty_and_bad_shapes(dev, gemm_mod):
@@ -270,69 +293,3 @@ def test_dropout_matches_cpu(dev, cpu, dtype, rate):
     ddx = dev.full(x.shape, np.nan, dtype)
     kc.dropout_backward(dev.asarray(dy), dev.asarray(u), rate, ddx)  # a Python float rate works too
     np.testing.assert_array_equal(dev.to_host(ddx), dx)
-
-
-# ------------------------------------------------------------------ layers on the cuda device
-RTOL = {"float32": 1e-5, "float64": 1e-12}
-ATOL = {"float32": 1e-5, "float64": 1e-12}
-DROPOUT_SEED = 7
-
-
-def dense_case(activation):
-    def make(dt):
-        layer = L.Dense(2, activation=activation, dtype=dt, seed=1)
-        layer.build((None, 3))
-        layer.set_weights([layer.get_weights()[0], np.random.default_rng(2).standard_normal(2)])
-        return layer
-
-    return LayerCase(f"dense-{activation}", make, inputs=lambda r: r.standard_normal((2, 3)),
-                     reference=lambda w, x: ref.dense_forward(x, w["kernel"], w["bias"], activation),
-                     rtol=RTOL, atol=ATOL)
-
-
-class FixedMaskDropout(L.Dropout):
-    """The same mask on every call, so finite differences see one function."""
-
-    def forward(self, x, training=False):
-        self.rng = np.random.default_rng(DROPOUT_SEED)
-        return super().forward(x, training)
-
-
-def dropout_case(rate):
-    made = {}
-
-    def make(dt):
-        made["dtype"] = dt
-        return FixedMaskDropout(rate, dtype=dt)
-
-    def reference(w, x):
-        u = np.random.default_rng(DROPOUT_SEED).random(x.shape, dtype=np.dtype(made["dtype"]))
-        return ref.dropout_forward(x, u, rate)
-
-    return LayerCase(f"dropout-{rate}", make, inputs=lambda r: r.standard_normal((3, 4)),
-                     reference=reference, training=True, rtol=RTOL, atol=ATOL)
-
-
-CASES = [dense_case(a) for a in ("relu", "gelu", "softmax")] + [
-    LayerCase("dense-no-bias-3d", lambda dt: L.Dense(2, use_bias=False, dtype=dt, seed=0),
-              inputs=lambda r: r.standard_normal((2, 2, 2)),
-              reference=lambda w, x: ref.dense_forward(x, w["kernel"]), rtol=RTOL, atol=ATOL),
-] + [LayerCase(f"activation-{a}", lambda dt, a=a: L.Activation(a, dtype=dt),
-               inputs=lambda r: r.standard_normal((2, 3)),
-               reference=lambda w, x, a=a: aref.activation_forward(a, x), rtol=RTOL, atol=ATOL)
-     for a in list(NAMES.values()) + ["softmax"]] + [dropout_case(0.25)]
-
-
-@pytest.fixture
-def host_shapes(cuda_device, monkeypatch):
-    """Under the simulator, device arrays' shapes refuse negative indices (``x.shape[-1]``, which
-    the layers use); a GPU's device arrays have plain tuple shapes. Give the simulator's the same."""
-    runtime = importlib.import_module("nbmodel.kernels.cuda.runtime")
-    if runtime.simulator():
-        fake = importlib.import_module("numba.cuda.simulator.cudadrv.devicearray")
-        monkeypatch.setattr(fake.FakeShape, "__getitem__", tuple.__getitem__)
-
-
-@pytest.mark.parametrize("case", CASES, ids=str)
-def test_layer_case_on_cuda(case, cuda_device, host_shapes):
-    case.check(cuda_device.name)

@@ -17,7 +17,7 @@ per-element weights), read only when ``use_w``.
 """
 import math
 
-from ..codes import BCE, HUBER, MAE, MSE
+from ..codes import BCE, BCE_LOGITS, HUBER, MAE, MSE
 from ._jit import PAR_MIN_ELEMENTWISE, inline, pjit, prange
 from ._math import exp_store, exp_sum, fast_exp, row_max
 
@@ -28,53 +28,51 @@ def row_weight(w, w_per, use_w, i, one):
 
 
 @inline
+def dense_element(code, t, p, a, b, eps, ez, one):
+    """(loss, d loss / d p) of one element for the dense loss codes; ``ez`` is
+    exp(-|p|), read only by BCE_LOGITS (the caller computes it with its
+    device's exp: the CPU's vectorizable float32 exp cannot compile for CUDA)."""
+    zero = one - one
+    half = one / (one + one)
+    if code == MSE:
+        e = p - t
+        return e * e, e + e
+    if code == MAE:
+        e = p - t
+        return abs(e), (one if e > zero else (-one if e < zero else zero))
+    if code == HUBER:  # a = delta
+        e = p - t
+        ae = abs(e)
+        if ae <= a:
+            return half * e * e, e
+        return a * ae - half * a * a, (a if e > zero else -a)
+    tt = t * a + b  # a, b: label smoothing t' = t * a + b
+    if code == BCE:  # p clipped to [eps, 1 - eps], no gradient where clipped
+        c = p
+        inside = True
+        if c < eps:
+            c = eps
+            inside = False
+        elif c > one - eps:
+            c = one - eps
+            inside = False
+        return -(tt * math.log(c) + (one - tt) * math.log(one - c)), ((c - tt) / (c * (one - c)) if inside else zero)
+    # BCE_LOGITS, stable form: max(z, 0) - z t + log1p(exp(-|z|))
+    sig = one / (one + ez) if p >= zero else ez / (one + ez)
+    return max(zero, p) - p * tt + math.log1p(ez), sig - tt
+
+
+@inline
 def _dense_row(i, code, y_true, y_pred, a, b, eps, w, w_per, use_w, need_grad, row_loss, dy):
     d = y_pred.shape[1]
     one = y_pred.dtype.type(1)
     zero = one - one
-    half = one / (one + one)
-    inv_d = one / y_pred.dtype.type(d)
-    wi = row_weight(w, w_per, use_w, i, one)
-    gs = wi * inv_d
+    gs = row_weight(w, w_per, use_w, i, one) * (one / y_pred.dtype.type(d))
     s = zero
     for j in range(d):
-        t = y_true[i, j]
         p = y_pred[i, j]
-        if code == MSE:
-            e = p - t
-            l = e * e
-            g = e + e
-        elif code == MAE:
-            e = p - t
-            l = abs(e)
-            g = one if e > zero else (-one if e < zero else zero)
-        elif code == HUBER:  # a = delta
-            e = p - t
-            ae = abs(e)
-            if ae <= a:
-                l = half * e * e
-                g = e
-            else:
-                l = a * ae - half * a * a
-                g = a if e > zero else -a
-        elif code == BCE:  # a, b: label smoothing t' = t * a + b; p clipped to [eps, 1 - eps]
-            tt = t * a + b
-            c = p
-            inside = True
-            if c < eps:
-                c = eps
-                inside = False
-            elif c > one - eps:
-                c = one - eps
-                inside = False
-            l = -(tt * math.log(c) + (one - tt) * math.log(one - c))
-            g = (c - tt) / (c * (one - c)) if inside else zero
-        else:  # BCE_LOGITS, stable form: max(z, 0) - z t + log1p(exp(-|z|))
-            tt = t * a + b
-            ez = fast_exp(-abs(p))
-            l = max(zero, p) - p * tt + math.log1p(ez)
-            sig = one / (one + ez) if p >= zero else ez / (one + ez)
-            g = sig - tt
+        ez = fast_exp(-abs(p)) if code == BCE_LOGITS else zero
+        l, g = dense_element(code, y_true[i, j], p, a, b, eps, ez, one)
         s += l
         if need_grad:
             dy[i, j] = g * gs

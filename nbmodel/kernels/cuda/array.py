@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .runtime import cuda, kernel, launch_1d, types
+from .runtime import cuda, kernel, launch_1d, result_buffer, types
 
 _F = (types.float32, types.float64)
 _ANY = (types.float32, types.float64, types.int64, types.int32)
@@ -121,13 +121,13 @@ def _reverse_steps(src, out, steps, inner):
         out[i] = src[(b * steps + steps - 1 - t) * inner + e]
 
 
-_SUM_THREADS = 256
+_SUM_THREADS = 256  # most threads per block of _total (a power of two: the tree halves it)
 
 
 @kernel(*[(_one(t), types.float64[::1]) for t in _F])
 def _total(a, out):
     """out[0] += sum(a) in float64: a shared-memory tree per block, one atomic add per block."""
-    part = cuda.shared.array(256, types.float64)
+    part = cuda.shared.array(_SUM_THREADS, types.float64)
     tid = cuda.threadIdx.x
     acc = types.float64(0)
     i = cuda.grid(1)
@@ -137,7 +137,7 @@ def _total(a, out):
         i += stride
     part[tid] = acc
     cuda.syncthreads()
-    s = _SUM_THREADS // 2
+    s = cuda.blockDim.x // 2
     while s > 0:
         if tid < s:
             part[tid] += part[tid + s]
@@ -209,8 +209,10 @@ def reverse_steps(src, out):
 
 
 def total(a) -> float:
-    out = cuda.to_device(np.zeros(1, np.float64))
+    out = result_buffer(np.zeros(1, np.float64))
     if a.size:
-        blocks = min(-(-a.size // _SUM_THREADS), 1024)
-        _total[blocks, _SUM_THREADS](_flat(a), out)
+        threads = 32
+        while threads < min(a.size, _SUM_THREADS):
+            threads *= 2
+        _total[min(-(-a.size // threads), 1024), threads](_flat(a), out)
     return float(out.copy_to_host()[0])

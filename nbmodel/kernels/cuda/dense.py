@@ -7,7 +7,8 @@ the CPU kernels' scalar helpers (``act_scalar``, ``act_grad``: the math is
 written once):
 
 - forward: ``_bias_act``, one thread per output element:
-  out = act(out + bias), keeping pre = out + bias for GELU and SILU;
+  out = act(out + bias), keeping pre = out + bias for GELU and SILU
+  (public as ``bias_act``: the convolution runs it on its GEMM output too);
 - backward: ``_act_grad_bias``, a block of 32 columns x 8 row groups:
   dz = dy * act'(pre, y) (ReLU as a select: 0 where y <= 0 even for a
   non-finite dy), and the bias gradient as the column sums of dz from the
@@ -94,6 +95,15 @@ def _dropout(x, u, rate, out):
 
 
 # ------------------------------------------------------------ launchers
+def bias_act(out, bias, code: int, keep_pre: bool, pre) -> None:
+    """In place over a 2-D GEMM output (rows, units): out = act(out + bias);
+    pre = out + bias as well when keep_pre (pre may be ``out`` otherwise).
+    Not a contract function: the fused pass after the GEMM, shared with conv."""
+    o = _flat(out)
+    if o.size:
+        _bias_act[launch_1d(o.size)](o, bias, int(code), bool(keep_pre), _flat(pre), out.shape[1])
+
+
 def dense_forward(x, kernel, bias, code, pre, out):
     """out = act(x @ kernel + bias); pre = x @ kernel + bias for GELU/SILU.
 
@@ -101,10 +111,7 @@ def dense_forward(x, kernel, bias, code, pre, out):
     pre may be ``out`` when the activation does not need it.
     """
     gemm(x, kernel, out)
-    o = _flat(out)
-    if o.size:
-        code = int(code)
-        _bias_act[launch_1d(o.size)](o, bias, code, code == GELU or code == SILU, _flat(pre), out.shape[1])
+    bias_act(out, bias, code, code == GELU or code == SILU, pre)
 
 
 def dense_backward(x, kernel, pre, y, dy, code, need_dx, dz, dkernel, dbias, dx):

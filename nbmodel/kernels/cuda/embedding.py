@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .runtime import cuda, kernel, launch_1d, types
+from .runtime import cuda, kernel, launch_1d, result_buffer, types
 
 _F = (types.float32, types.float64)
 _IDS = (types.int64, types.int32)
@@ -63,7 +63,7 @@ def embedding_forward(ids, table, out):
     n = ids.size
     if not n:
         return -1
-    first_bad = cuda.to_device(np.full(1, n, np.int64))
+    first_bad = result_buffer(np.full(1, n, np.int64))
     _gather[launch_1d(n * max(table.shape[1], 1))](ids, table, out, first_bad)
     bad = int(first_bad.copy_to_host()[0])
     return -1 if bad == n else bad

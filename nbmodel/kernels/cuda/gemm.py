@@ -10,7 +10,9 @@ the numba kernels around it. Otherwise (always under the simulator) one of
 two own shared-memory kernels runs:
 
 - ``_gemm_tile``: 16x16 threads, one output each, 16x16 tiles of op(a) and
-  op(b) through shared memory; many small blocks, for small outputs;
+  op(b) through shared memory; many small blocks, for small outputs
+  (``_gemm_small``: the same with 4x4 tiles, for outputs of at most 128
+  elements, where a 16x16 block would leave most threads idle);
 - ``_gemm_big``: 16x16 threads, a 4x4 block of outputs each (a 64x64 output
   tile per block, register-blocked), k in steps of 16; for outputs with
   enough 64x64 tiles to occupy the GPU.
@@ -22,6 +24,11 @@ are padded by one column against bank conflicts. Accumulation is in the
 arrays' dtype: each kernel is built per dtype (``per_dtype``) with its
 constants and shared arrays of that numba type, so the float32 kernels hold
 no float64 instruction (checked in PTX by tests/cuda/test_ptx.py).
+
+``column_sums(a, out)`` is the product of a ones row with ``a``: the bias
+gradient of a layer whose forward is a GEMM plus a bias (recurrent cells,
+attention projections). One block per 32 columns, up to 8 row lanes, the
+lanes' sums meeting in a shared-memory tree: deterministic, no atomics.
 """
 from __future__ import annotations
 
@@ -31,16 +38,17 @@ import numpy as np
 
 from .runtime import cuda, kernel, simulator, types
 
-__all__ = ["gemm", "per_dtype", "FLOATS"]
+__all__ = ["gemm", "column_sums", "per_dtype", "FLOATS"]
 
 FLOATS = (types.float32, types.float64)
 _SUFFIX = {types.float32: "f32", types.float64: "f64"}
 
-TILE = 16        # _gemm_tile: tile edge = block edge
+TILE = 16        # _gemm_tile: output tile edge = block edge
+SMALL = 4        # _gemm_small: the same kernel with 4x4 tiles, for outputs of at most SMALL_MAX elements
+SMALL_MAX = 128  # (half a 16x16 block: fewer idle threads; the simulator runs about 1 ms per thread)
 BIG = 64         # _gemm_big: output tile edge per block
 BIG_K = 16       # _gemm_big: k step
 _PER = BIG // TILE  # outputs per thread along each axis in _gemm_big (4)
-_TILE_PAD = TILE + 1  # shared rows padded by one element against bank conflicts
 _BIG_PAD = BIG + 1
 
 
@@ -65,21 +73,23 @@ def _mat(t):
 _GEMM_SIG = (lambda t: (_mat(t), _mat(t), _mat(t), types.boolean, types.boolean),)
 
 
-def _build_tile(nbt):
+def _build_tile(nbt, tile=TILE):
+    pad = tile + 1  # shared rows padded by one element against bank conflicts
+
     def _gemm_tile(a, b, out, trans_a, trans_b):
-        """out = op(a) @ op(b); block (TILE, TILE) computes out[row0:row0+16, col0:col0+16]."""
-        sa = cuda.shared.array((TILE, _TILE_PAD), nbt)  # sa[r, kk] = op(a)[row0 + r, k0 + kk]
-        sb = cuda.shared.array((TILE, _TILE_PAD), nbt)  # sb[kk, c] = op(b)[k0 + kk, col0 + c]
+        """out = op(a) @ op(b); block (tile, tile) computes out[row0:row0+tile, col0:col0+tile]."""
+        sa = cuda.shared.array((tile, pad), nbt)  # sa[r, kk] = op(a)[row0 + r, k0 + kk]
+        sb = cuda.shared.array((tile, pad), nbt)  # sb[kk, c] = op(b)[k0 + kk, col0 + c]
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
-        row0 = cuda.blockIdx.x * TILE  # rows on the grid's x (no 65535 limit): tall im2col products
-        col0 = cuda.blockIdx.y * TILE
+        row0 = cuda.blockIdx.x * tile  # rows on the grid's x (no 65535 limit): tall im2col products
+        col0 = cuda.blockIdx.y * tile
         m = out.shape[0]
         n = out.shape[1]
         k = a.shape[0] if trans_a else a.shape[1]
         zero = nbt(0)
         acc = zero
-        for k0 in range(0, k, TILE):
+        for k0 in range(0, k, tile):
             # each thread reads a[.., tx]: neighbours in memory, whichever way a is stored
             if trans_a:  # a is (k, m): a[k0 + ty, row0 + tx] = op(a)[row0 + tx, k0 + ty]
                 kk = k0 + ty
@@ -98,7 +108,7 @@ def _build_tile(nbt):
                 c = col0 + tx
                 sb[ty, tx] = b[kk, c] if kk < k and c < n else zero
             cuda.syncthreads()
-            for j in range(TILE):
+            for j in range(tile):
                 acc += sa[ty, j] * sb[j, tx]
             cuda.syncthreads()
         r = row0 + ty
@@ -106,6 +116,8 @@ def _build_tile(nbt):
         if r < m and c < n:
             out[r, c] = acc
 
+    if tile != TILE:
+        _gemm_tile.__name__ = _gemm_tile.__qualname__ = "_gemm_small"
     return _gemm_tile
 
 
@@ -174,6 +186,42 @@ def _build_big(nbt):
 
 _TILE_KERNELS = per_dtype(_build_tile, *_GEMM_SIG)
 _BIG_KERNELS = per_dtype(_build_big, *_GEMM_SIG)
+_SMALL_KERNELS = per_dtype(lambda nbt: _build_tile(nbt, SMALL), *_GEMM_SIG)
+
+
+_SUM_COLS = 32     # columns per column_sums block, at most (a warp along a row: coalesced)
+_SUM_LANES = 8     # row lanes per column_sums block, at most (a power of two: the tree halves it)
+_LANE_ROWS = 32    # rows per lane before column_sums takes another lane
+
+
+def _build_column_sums(nbt):
+    def _column_sums(a, out):
+        """out = a.sum(axis=0); block (bx, by) over columns col0..col0+bx: thread (tx, ty)
+        sums rows ty, ty + by, ... of column col0 + tx; the by partial sums meet in shared memory."""
+        part = cuda.shared.array((_SUM_LANES, _SUM_COLS), nbt)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        lanes = cuda.blockDim.y
+        c = cuda.blockIdx.x * cuda.blockDim.x + tx
+        acc = nbt(0)
+        if c < a.shape[1]:
+            for r in range(ty, a.shape[0], lanes):
+                acc += a[r, c]
+        part[ty, tx] = acc
+        cuda.syncthreads()
+        s = lanes // 2
+        while s > 0:
+            if ty < s:
+                part[ty, tx] += part[ty + s, tx]
+            cuda.syncthreads()
+            s //= 2
+        if ty == 0 and c < a.shape[1]:
+            out[c] = part[0, tx]
+
+    return _column_sums
+
+
+_COLUMN_SUMS = per_dtype(_build_column_sums, lambda t: (_mat(t), t[::1]))
 
 
 # ------------------------------------------------------------ launchers
@@ -222,7 +270,8 @@ def _check(a, b, out, trans_a, trans_b):
 
 def own_gemm(a, b, out, trans_a=False, trans_b=False, big=None):
     """``gemm`` by the own kernels; ``big`` picks the register-blocked kernel
-    (None: when the output has at least one 64x64 tile per multiprocessor)."""
+    (None: when the output has at least one 64x64 tile per multiprocessor);
+    outputs of at most SMALL_MAX elements take 4x4 tiles."""
     m, n, k = _check(a, b, out, trans_a, trans_b)
     if m == 0 or n == 0:
         return
@@ -230,9 +279,11 @@ def own_gemm(a, b, out, trans_a=False, trans_b=False, big=None):
         big = (-(-m // BIG)) * (-(-n // BIG)) >= _sm_count()
     if big:
         grid, kern = (-(-m // BIG), -(-n // BIG)), _BIG_KERNELS[out.dtype]
+        block = (TILE, TILE)
     else:
-        grid, kern = (-(-m // TILE), -(-n // TILE)), _TILE_KERNELS[out.dtype]
-    kern[grid, (TILE, TILE)](a, b, out, bool(trans_a), bool(trans_b))
+        tile, kernels = (SMALL, _SMALL_KERNELS) if m * n <= SMALL_MAX else (TILE, _TILE_KERNELS)
+        grid, kern, block = (-(-m // tile), -(-n // tile)), kernels[out.dtype], (tile, tile)
+    kern[grid, block](a, b, out, bool(trans_a), bool(trans_b))
 
 
 def cupy_gemm(cp, a, b, out, trans_a=False, trans_b=False):
@@ -268,3 +319,23 @@ def gemm(a, b, out, trans_a=False, trans_b=False):
                 _CUPY_WORKED.append(True)
             return
     own_gemm(a, b, out, trans_a, trans_b)
+
+
+def _pow2(n: int) -> int:
+    p = 1
+    while p < n:
+        p *= 2
+    return p
+
+
+def column_sums(a, out):
+    """out = a.sum(axis=0) for a 2-D C-contiguous device array a (n, m) and out (m,)
+    of its dtype; zeros when n is 0. Deterministic (a fixed order of additions)."""
+    n, m = a.shape
+    if tuple(out.shape) != (m,) or a.dtype != out.dtype:
+        raise ValueError(f"column_sums: {a.shape} {a.dtype} does not fit out {tuple(out.shape)} {out.dtype}")
+    if m == 0:
+        return
+    cols = min(_SUM_COLS, _pow2(m))
+    lanes = min(_SUM_LANES, _pow2(-(-n // _LANE_ROWS)))  # one lane per 32 rows: tiny inputs take one
+    _COLUMN_SUMS[out.dtype][-(-m // cols), (cols, lanes)](a, out)

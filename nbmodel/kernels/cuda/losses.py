@@ -8,9 +8,10 @@ suits the classification heads nbmodel trains (tens to hundreds of classes);
 a vocabulary of tens of thousands would want a block per row instead.
 
 Shared with the CPU kernels (``@inline`` helpers that numba inlines into a
-CUDA kernel): ``row_max`` of _math.py, ``row_weight``, ``argmax_row`` and
-``in_top_k`` of cpu/losses.py. Not shared: ``fast_exp`` (and so
-``exp_sum``/``exp_store`` and the CPU row helpers that call them). It is an
+CUDA kernel): ``row_max`` of _math.py, ``row_weight``, ``dense_element`` (the
+value and gradient of each dense loss code), ``argmax_row`` and ``in_top_k``
+of cpu/losses.py. Not shared: ``fast_exp`` (and so ``exp_sum``/``exp_store``
+and the CPU cross-entropy row helpers that call them). It is an
 ``@overload`` whose implementation numba-cuda compiles as a device function
 through ``compile_device``, which asks the *current device* for its compute
 capability, so the PTX check cannot compile it without a GPU
@@ -27,10 +28,10 @@ import math
 
 import numpy as np
 
-from ..codes import BCE, HUBER, MAE, MSE
+from ..codes import BCE_LOGITS
 from ..cpu._math import row_max
-from ..cpu.losses import argmax_row, in_top_k, row_weight
-from .runtime import cuda, kernel, shared_helper, types
+from ..cpu.losses import argmax_row, dense_element, in_top_k, row_weight
+from .runtime import cuda, kernel, result_buffer, shared_helper, types
 
 _F = (types.float32, types.float64)
 _LABELS = (types.int64, types.int32, types.float32, types.float64)
@@ -39,6 +40,7 @@ _ROW_THREADS = 128  # rows per block: one thread per row
 
 _row_max = shared_helper(row_max)
 _weight_of = shared_helper(row_weight)
+_dense_element = shared_helper(dense_element)
 _argmax = shared_helper(argmax_row)
 _top_k = shared_helper(in_top_k)
 
@@ -52,7 +54,9 @@ def _two(t):
 
 
 def _rows(n):
-    return max(1, -(-n // _ROW_THREADS)), _ROW_THREADS
+    if n >= _ROW_THREADS:
+        return -(-n // _ROW_THREADS), _ROW_THREADS
+    return 1, max(32, -(-n // 32) * 32)  # whole warps only
 
 
 # ------------------------------------------------------------------ dense losses
@@ -65,49 +69,12 @@ def _dense_loss(code, y_true, y_pred, a, b, eps, w, w_per, use_w, need_grad, row
         d = y_pred.shape[1]
         one = y_pred.dtype.type(1)
         zero = one - one
-        half = one / (one + one)
-        inv_d = one / y_pred.dtype.type(d)
-        wi = _weight_of(w, w_per, use_w, i, one)
-        gs = wi * inv_d
+        gs = _weight_of(w, w_per, use_w, i, one) * (one / y_pred.dtype.type(d))
         s = zero
         for j in range(d):
-            t = y_true[i, j]
             p = y_pred[i, j]
-            if code == MSE:
-                e = p - t
-                l = e * e
-                g = e + e
-            elif code == MAE:
-                e = p - t
-                l = abs(e)
-                g = one if e > zero else (-one if e < zero else zero)
-            elif code == HUBER:  # a = delta
-                e = p - t
-                ae = abs(e)
-                if ae <= a:
-                    l = half * e * e
-                    g = e
-                else:
-                    l = a * ae - half * a * a
-                    g = a if e > zero else -a
-            elif code == BCE:  # t' = t * a + b; p clipped to [eps, 1 - eps], no gradient where clipped
-                tt = t * a + b
-                c = p
-                inside = True
-                if c < eps:
-                    c = eps
-                    inside = False
-                elif c > one - eps:
-                    c = one - eps
-                    inside = False
-                l = -(tt * math.log(c) + (one - tt) * math.log(one - c))
-                g = (c - tt) / (c * (one - c)) if inside else zero
-            else:  # BCE_LOGITS: max(z, 0) - z t + log1p(exp(-|z|))
-                tt = t * a + b
-                ez = math.exp(-abs(p))
-                l = max(zero, p) - p * tt + math.log1p(ez)
-                sig = one / (one + ez) if p >= zero else ez / (one + ez)
-                g = sig - tt
+            ez = math.exp(-abs(p)) if code == BCE_LOGITS else zero
+            l, g = _dense_element(code, y_true[i, j], p, a, b, eps, ez, one)
             s += l
             if need_grad:
                 dy[i, j] = g * gs
@@ -286,7 +253,7 @@ def sparse_ce(labels, y_pred, from_logits, ignore, use_ignore, eps, w, w_per, us
     use_ignore = bool(use_ignore)
     if lt.kind != "f" and use_ignore and not np.iinfo(lt).min <= int(ignore) <= np.iinfo(lt).max:
         use_ignore = False  # no label of this type can equal it
-    counts = cuda.to_device(np.zeros(2, np.int64))
+    counts = result_buffer(np.zeros(2, np.int64))
     t = np.dtype(y_pred.dtype).type
     _sparse_ce[_rows(n)](labels, y_pred, bool(from_logits), cast(ignore if use_ignore else 0), cast(y_pred.shape[1]),
                          use_ignore, t(eps), w, int(w_per), bool(use_w), bool(need_grad), row_loss, dy, counts)

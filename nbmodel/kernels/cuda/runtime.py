@@ -14,6 +14,7 @@ without a GPU.
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,20 +25,51 @@ if not hasattr(np, "row_stack"):  # numba-cuda 0.30 calls np.row_stack, removed 
 from numba import config as _numba_config  # noqa: E402
 from numba import cuda, types  # noqa: E402
 
-from ...config import FASTMATH as _FASTMATH  # noqa: E402
+if _numba_config.ENABLE_CUDASIM:
+    import sys
 
-if _numba_config.ENABLE_CUDASIM:  # the simulator's shape object refuses negative indices (x.shape[-1])
+    from numba.cuda import types as _simtypes
+    from numba.cuda.np import numpy_support as _numpy_support
+    from numba.cuda.simulator import kernelapi as _simapi
     from numba.cuda.simulator.cudadrv import devicearray as _simarray
 
+    # the simulator's shape object refuses negative indices (x.shape[-1])
     _simarray.FakeShape.__getitem__ = tuple.__getitem__
 
+    # The simulator's shared arrays are found by call site and made on first
+    # use, unlocked: two threads of a block that both miss make two arrays and
+    # the block computes garbage (seen under a short sys.setswitchinterval).
+    _SHARED_LOCK = threading.Lock()
+    _simulator_shared_array = _simapi.FakeCUDAShared.array
+
+    def _shared_array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:  # dynamic shared memory, or the simulator's error
+            return _simulator_shared_array(self, shape, dtype, alignment)
+        if isinstance(dtype, _simtypes.Type):
+            dtype = _numpy_support.as_dtype(dtype)
+        frame = sys._getframe(1)
+        site = (frame.f_code.co_filename, frame.f_lineno)
+        with _SHARED_LOCK:
+            arr = self._allocations.get(site)
+            if arr is None:
+                arr = self._allocations[site] = np.empty(shape, dtype)
+        return arr
+
+    _simapi.FakeCUDAShared.array = _shared_array
+
 __all__ = ["cuda", "types", "kernel", "simulator", "gpu_present", "available", "describe", "KERNELS",
-           "compile_ptx", "link", "float64_instructions", "is_device_array", "launch_1d", "shared_helper", "THREADS"]
+           "compile_ptx", "link", "float64_instructions", "is_device_array", "launch_1d", "shared_helper",
+           "result_buffer", "THREADS"]
 
 THREADS = 256  # threads per block of the 1-D elementwise launches
+WARP = 32
 
-# fastmath flags of every CUDA kernel: the CPU kernels' set (never nnan/ninf: NaN checks must survive)
-FASTMATH = _FASTMATH
+# fastmath flags of every CUDA kernel: none. numba-cuda 0.30 takes any non-empty set as
+# fastmath=True: every LLVM fast flag (nnan and ninf included, which would let the compiler
+# drop the NaN checks the CPU kernels keep) plus flush-to-zero and approximate division and
+# square root. Without it, division and sqrt are IEEE-rounded and NVVM still fuses
+# multiply-adds (its default), the CPU set's "contract".
+FASTMATH = frozenset()
 
 
 @dataclass(frozen=True)
@@ -58,8 +90,25 @@ def kernel(*signatures):
     (tuples of numba types) are the ones the PTX check compiles."""
     def wrap(fn):
         KERNELS.append(KernelSpec(f"{fn.__module__}.{fn.__name__}", fn, tuple(signatures), FASTMATH))
-        return cuda.jit(fastmath=set(FASTMATH))(fn)
+        return cuda.jit(fastmath=bool(FASTMATH))(fn)
     return wrap
+
+
+_RESULTS: dict = {}
+
+
+def result_buffer(initial: np.ndarray):
+    """A small device array set to ``initial``, for a kernel to leave results
+    that its launcher copies back to the host right after. One per thread,
+    shape and dtype, reused by every later call: no device allocation per step
+    (each would be a cudaMalloc and cudaFree), one host-to-device copy."""
+    key = (threading.get_ident(), initial.shape, initial.dtype.str)
+    buf = _RESULTS.get(key)
+    if buf is None:
+        buf = _RESULTS[key] = cuda.to_device(initial)
+    else:
+        buf.copy_to_device(initial)
+    return buf
 
 
 def is_device_array(a) -> bool:
@@ -68,8 +117,11 @@ def is_device_array(a) -> bool:
 
 
 def launch_1d(n: int) -> tuple[int, int]:
-    """(blocks, threads) covering n elements with one thread each."""
-    return max(1, -(-n // THREADS)), THREADS
+    """(blocks, threads) covering n elements with one thread each; a launch of
+    fewer than THREADS elements takes whole warps only (no idle warps)."""
+    if n >= THREADS:
+        return -(-n // THREADS), THREADS
+    return 1, max(WARP, -(-n // WARP) * WARP)
 
 
 def shared_helper(fn):
@@ -109,7 +161,7 @@ def describe() -> str:
 
 def compile_ptx(spec: KernelSpec, signature, cc=(9, 0)) -> str:
     """PTX of ``spec`` for ``signature`` on compute capability ``cc`` (needs no GPU)."""
-    ptx, _ = cuda.compile_ptx(spec.py_func, signature, cc=cc, fastmath=set(spec.fastmath))
+    ptx, _ = cuda.compile_ptx(spec.py_func, signature, cc=cc, fastmath=bool(spec.fastmath))
     return ptx
 
 
