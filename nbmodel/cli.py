@@ -208,13 +208,9 @@ def cmd_info(args):
     usable = available_devices()
     lines.append("devices: " + "; ".join(get_device(name).describe() if name in usable else f"{name} (not available)"
                                          for name in registered_devices()))
-    try:
-        from numba import cuda
+    from .cuda import cuda_report
 
-        ok = cuda.is_available()
-        lines.append(f"cuda available: {ok}" + (f" ({cuda.get_current_device().name})" if ok else ""))
-    except Exception as e:  # noqa: BLE001 - any failure means no usable CUDA
-        lines.append(f"cuda available: False ({type(e).__name__})")
+    lines.append(cuda_report())
     print("\n".join(lines))
     return 0
 

@@ -25,6 +25,18 @@ def cuda_available() -> bool:
     return runtime.available()
 
 
+def cuda_report() -> str:
+    """One line for ``nbmodel info``: the GPU (or the simulator) the cuda device
+    runs on, or why it cannot run here and how to get it."""
+    try:
+        from .kernels.cuda import runtime
+    except ImportError as e:
+        return f"cuda available: False (numba-cuda is not installed: {e}); to use it, {_HOW_TO}"
+    if runtime.available():
+        return f"cuda available: True, {runtime.describe()}"
+    return f"cuda available: False (no CUDA GPU found and the simulator is off); to use it, {_HOW_TO}"
+
+
 class CudaDevice(Device):
     """numba CUDA device arrays; kernels from ``nbmodel.kernels.cuda``."""
 

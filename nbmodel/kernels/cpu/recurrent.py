@@ -24,6 +24,9 @@ evaluates five of them per unit and step. In float32 they are computed with a
 rational approximation of tanh (max abs error ~3e-7, about float32 rounding)
 that LLVM turns into SIMD code; float64 (the gradient checks) uses math.tanh
 and math.exp. The choice is made at compile time from the argument type.
+The CUDA twins compute the same float32 formulas through ``gate_act``
+(numba-cuda cannot compile the ``ftanh``/``fsigmoid`` overloads without a
+GPU): ``tanh_f32`` and ``sigmoid_f32`` are the bodies of both.
 """
 import math
 
@@ -68,16 +71,28 @@ def fsigmoid(v):
     return 1.0 / (1.0 + math.exp(-v))
 
 
+@inline
+def tanh_f32(v):
+    """The float32 tanh of this module (see the module doc) for a float32 v."""
+    x = min(max(v, -_TCLIP), _TCLIP)
+    s = x * x
+    p = (((_TP4 * s + _TP3) * s + _TP2) * s + _TP1) * s + _TP0
+    q = (((_TQ4 * s + _TQ3) * s + _TQ2) * s + _TQ1) * s + _F1
+    r = x * p / q
+    return min(max(r, -_F1), _F1)
+
+
+@inline
+def sigmoid_f32(v):
+    """The float32 sigmoid of this module, through tanh_f32."""
+    return _FHALF + _FHALF * tanh_f32(_FHALF * v)
+
+
 @overload(ftanh, jit_options=_OVERLOAD_OPTIONS)
 def _ftanh_impl(v):
     if v == types.float32:
         def impl(v):
-            x = min(max(v, -_TCLIP), _TCLIP)
-            s = x * x
-            p = (((_TP4 * s + _TP3) * s + _TP2) * s + _TP1) * s + _TP0
-            q = (((_TQ4 * s + _TQ3) * s + _TQ2) * s + _TQ1) * s + _F1
-            r = x * p / q
-            return min(max(r, -_F1), _F1)
+            return tanh_f32(v)
         return impl
 
     def impl(v):
@@ -89,7 +104,7 @@ def _ftanh_impl(v):
 def _fsigmoid_impl(v):
     if v == types.float32:
         def impl(v):
-            return _FHALF + _FHALF * ftanh(_FHALF * v)
+            return sigmoid_f32(v)
         return impl
 
     def impl(v):
@@ -117,6 +132,18 @@ def ract(code, v, one):
     if code == SIGMOID:
         return fsigmoid(v)
     return _act_call(code, v, one)
+
+
+@inline
+def gate_act(code, v, one, f32):
+    """``ract`` for kernels that pick the float32 formulas themselves (``f32``:
+    a constant of the compiled kernel): the CUDA twins, which cannot compile
+    the overloads. Other codes through act_scalar, inlined."""
+    if f32 and code == TANH:
+        return tanh_f32(v)
+    if f32 and code == SIGMOID:
+        return sigmoid_f32(v)
+    return act_scalar(code, v, one)
 
 
 @inline

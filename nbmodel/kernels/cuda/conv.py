@@ -1,0 +1,198 @@
+"""Conv family on CUDA: Conv1D/Conv2D forward and backward, channels_last
+(see nbmodel/kernels/contract.py and the CPU twin nbmodel/kernels/cpu/conv.py,
+whose layout this keeps: x (n, h, w, c), the kernel as a (kh*kw*c, filters)
+matrix, a 1-D convolution as a 2-D one with h = kh = 1).
+
+Each pass is the CPU twin's im2col + GEMM, with the products in ``gemm``
+(cuBLAS on a GPU, the own tiled kernels otherwise) and the passes around
+them as kernels:
+
+- ``_im2col``: one thread per element of the patch matrix ``cols``
+  (rows (n, oh, ow), columns (ki, kj, c)); neighbouring threads read
+  neighbouring channels (coalesced), padding reads as zero.
+- forward: out = cols @ kernel, then dense's fused ``bias_act`` (one thread
+  per output element).
+- backward: ``_act_grad``, one thread per element: dz = dy * act'(pre, y)
+  through the CPU's ``act_grad`` (skipped for a linear activation: dz is dy).
+  The bias gradient is two deterministic ``column_sums``: over the batch for
+  each (position, filter), then over positions. Dense's fused
+  act-grad + bias kernel would run one block per 32 filters down all
+  n*oh*ow rows: too few threads for a convolution's tall dz.
+  dkernel = cols.T @ dz, one GEMM over every output pixel.
+- dx: dcols = dz @ kernel.T, then ``_col2im``, one thread per element of dx
+  gathering its patch gradients from dcols (no atomics: deterministic, and in
+  the CPU twin's order of additions).
+
+In training the forward keeps the whole patch matrix in scratch("cols") for
+the weight gradient, as the CPU twin does. Inference, and dx in backward,
+run in chunks of whole images whose patch rows fit in CHUNK_BYTES, so the
+patch buffers stay bounded for large batches.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..codes import LINEAR
+from ..cpu.activations import act_grad
+from .dense import bias_act
+from .gemm import FLOATS, column_sums, gemm
+from .runtime import cuda, kernel, launch_1d, types
+
+CHUNK_BYTES = 1 << 26  # patch rows per chunk outside training (64 MiB: big products, bounded memory)
+
+
+def _one(t):
+    return t[::1]
+
+
+def _mat(t):
+    return t[:, ::1]
+
+
+def _img(t):
+    return t[:, :, :, ::1]
+
+
+def _flat(a):
+    return a.reshape(a.size)
+
+
+_I = types.int64
+_GEOMETRY = (_I,) * 10  # kh, kw, sh, sw, dh, dw, pt, pl, oh, ow
+
+
+@kernel(*[(_img(t), *_GEOMETRY, _mat(t)) for t in FLOATS])
+def _im2col(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, cols):
+    """cols[(b*oh + i)*ow + j, (ki*kw + kj)*c + ch] = x[b, i*sh + ki*dh - pt, j*sw + kj*dw - pl, ch],
+    zero in the padding; one thread per element of cols."""
+    e = cuda.grid(1)
+    if e < cols.size:
+        h = x.shape[1]
+        w = x.shape[2]
+        c = x.shape[3]
+        kk = cols.shape[1]
+        r = e // kk
+        q = e - r * kk
+        ch = q % c
+        kj = (q // c) % kw
+        ki = q // (c * kw)
+        j = r % ow
+        i = (r // ow) % oh
+        b = r // (ow * oh)
+        ih = i * sh + ki * dh - pt
+        iw = j * sw + kj * dw - pl
+        if ih >= 0 and ih < h and iw >= 0 and iw < w:
+            cols[r, q] = x[b, ih, iw, ch]
+        else:
+            cols[r, q] = x.dtype.type(0)
+
+
+@kernel(*[(_mat(t), *_GEOMETRY, _img(t)) for t in FLOATS])
+def _col2im(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, dx):
+    """dx[b, ih, iw, ch] = the sum of the dcols entries of every (output pixel, kernel tap)
+    that read x[b, ih, iw, ch]; one thread per element of dx. Taps run from the last to
+    the first, so the output pixels come in ascending order: the CPU's order of additions."""
+    e = cuda.grid(1)
+    if e < dx.size:
+        h = dx.shape[1]
+        w = dx.shape[2]
+        c = dx.shape[3]
+        ch = e % c
+        iw = (e // c) % w
+        ih = (e // (c * w)) % h
+        b = e // (c * w * h)
+        acc = dx.dtype.type(0)
+        for ki in range(kh - 1, -1, -1):
+            t = ih + pt - ki * dh  # = i * sh for the output row i that reads ih through tap ki
+            if t < 0 or t % sh != 0 or t // sh >= oh:
+                continue
+            row = (b * oh + t // sh) * ow
+            for kj in range(kw - 1, -1, -1):
+                u = iw + pl - kj * dw
+                if u < 0 or u % sw != 0 or u // sw >= ow:
+                    continue
+                acc += dcols[row + u // sw, (ki * kw + kj) * c + ch]
+        dx[b, ih, iw, ch] = acc
+
+
+@kernel(*[(_one(t), _one(t), _one(t), _I, _one(t)) for t in FLOATS])
+def _act_grad(dy, pre, y, code, dz):
+    """dz = dy * act'(pre, y) over flat arrays (ReLU as a select, as on the CPU)."""
+    i = cuda.grid(1)
+    if i < dz.size:
+        dz[i] = act_grad(code, dy[i], pre[i], y[i], dz.dtype.type(1))
+
+
+def _chunk_images(n: int, oh: int, ow: int, kk: int, itemsize: int) -> int:
+    """Images per chunk: as many as keep one chunk's patch rows within CHUNK_BYTES (at least one)."""
+    return max(1, min(n, CHUNK_BYTES // max(1, oh * ow * kk * itemsize)))
+
+
+def _im2col_launch(x, geometry, cols):
+    if cols.size:
+        _im2col[launch_1d(cols.size)](x, *geometry, cols)
+
+
+# ------------------------------------------------------------ launchers
+def conv_forward(x, kernel, bias, code: int, keep_pre: bool, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
+                 pt: int, pl: int, oh: int, ow: int, for_backward: bool, scratch: Callable, pre, out) -> None:
+    """out = act(conv(x, kernel) + bias) as (n*oh*ow, filters) rows (NHWC order).
+
+    x (n, h, w, c); kernel (kh*kw*c, filters); bias (filters,), zeros for a
+    layer without one; strides sh, sw, dilations dh, dw, padding before pt,
+    pl; output size oh, ow. keep_pre: pre = conv + bias as well (pre may be
+    ``out`` otherwise). for_backward: the whole patch matrix stays in
+    scratch("cols", (n*oh*ow, kh*kw*c)) for conv_backward; otherwise patches
+    go through a buffer of one chunk of images.
+    """
+    n = x.shape[0]
+    kk = kernel.shape[0]
+    per = oh * ow
+    geometry = (kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
+    chunk = max(1, n) if for_backward else _chunk_images(n, oh, ow, kk, x.dtype.itemsize)
+    cols = scratch("cols", (min(n, chunk) * per, kk), x.dtype)
+    for n0 in range(0, n, chunk):
+        n1 = min(n, n0 + chunk)
+        r0, r1 = n0 * per, n1 * per
+        part = cols[:r1 - r0]
+        _im2col_launch(x[n0:n1], geometry, part)
+        gemm(part, kernel, out[r0:r1])
+        bias_act(out[r0:r1], bias, code, keep_pre, pre[r0:r1])
+
+
+def conv_backward(x, kernel, pre, y, dy, code: int, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, pt: int,
+                  pl: int, oh: int, ow: int, scratch: Callable, dkernel, dbias, dx) -> None:
+    """Gradients of conv_forward (run with for_backward=True on the same x and
+    scratch): dkernel (kh*kw*c, filters), dbias (filters,) unless None, dx
+    (n, h, w, c) unless None, from dy (n*oh*ow, filters), already through the
+    softmax backward for a softmax layer (code is then LINEAR). Work buffers
+    come from scratch (keys "cols", "dz", "bias_part", "dcols")."""
+    n = x.shape[0]
+    kk, f = kernel.shape
+    per = oh * ow
+    dtype = x.dtype
+    cols = scratch("cols", (n * per, kk), dtype)
+    if code == LINEAR:
+        dz = dy
+    else:
+        dz = scratch("dz", tuple(dy.shape), dtype)
+        if dz.size:
+            _act_grad[launch_1d(dz.size)](_flat(dy), _flat(pre), _flat(y), int(code), _flat(dz))
+    if dbias is not None:
+        part = scratch("bias_part", (per * f,), dtype)
+        column_sums(dz.reshape(n, per * f), part)   # over the batch: one column per (position, filter)
+        column_sums(part.reshape(per, f), dbias)     # then over positions
+    gemm(cols, dz, dkernel, trans_a=True)
+    if dx is None:
+        return
+    geometry = (kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
+    chunk = _chunk_images(n, oh, ow, kk, dtype.itemsize)
+    dcols = scratch("dcols", (min(n, chunk) * per, kk), dtype)
+    for n0 in range(0, n, chunk):
+        n1 = min(n, n0 + chunk)
+        r0, r1 = n0 * per, n1 * per
+        part = dcols[:r1 - r0]
+        gemm(dz[r0:r1], kernel, part, trans_b=True)
+        dxc = dx[n0:n1]
+        if dxc.size:
+            _col2im[launch_1d(dxc.size)](part, *geometry, dxc)

@@ -1,0 +1,445 @@
+"""Recurrent family on CUDA: SimpleRNN, LSTM and GRU forward and backward
+through time (see nbmodel/kernels/contract.py and the CPU twin
+nbmodel/kernels/cpu/recurrent.py, whose workspaces, formulas and order of
+operations these kernels follow).
+
+Layout as on the CPU: time-major workspaces, so that every step's slice is
+one contiguous (batch, features) matrix.
+
+- ``_swap_steps`` copies x (B, T, D) to xs (T, B, D), reversing time for
+  ``go_backwards`` (by index), and dxs back to dx after backward;
+- the input projection of all steps is one gemm, xs (T*B, D) @ kernel into
+  P/G (T, B, n);
+- each step is one launch of the cell's step kernel, one thread per (batch
+  row, unit): the biases and the recurrent term are added, the gate
+  activations applied (``gate_act``: the CPU's float32 tanh/sigmoid
+  formulas), the cell and h updated, and what backward needs written (the
+  activated gates over the projection in G, c and act(c), the GRU's
+  recurrent candidate term) together with the output row y[:, t] when the
+  sequence is returned;
+- the recurrent term h_{t-1} @ recurrent_kernel is computed by the step
+  kernel itself, each thread the dot products of its own gates (one launch
+  per step), unless the product is big (``_FUSED_MAX`` multiply-adds per
+  step): then a gemm into ``rec`` (cuBLAS on a GPU) runs before the step
+  kernel, whose threads would otherwise each read the whole
+  recurrent_kernel once per batch row;
+- backward runs the same way in reverse: per step one launch of the
+  gate-gradient kernel, which first takes the gradient reaching h_t from the
+  step above (dZ_{t+1} @ recurrent_kernel.T, the same fused-or-gemm choice)
+  and writes the step's gate gradients into dZ (and dR, GRU); after the loop
+  dkernel = xs.T @ dZ, drecurrent = H.T @ dZ, dx = dZ @ kernel.T are one
+  gemm each over all T*B rows and dbias the column sums of dZ.
+
+Every kernel is deterministic: each output element is written by one thread,
+sums run in a fixed order, no atomics.
+"""
+from __future__ import annotations
+
+from ..cpu._jit import inline
+from ..cpu.activations import act_grad_scalar
+from ..cpu.recurrent import gate_act
+from .array import add_into, copy, fill
+from .gemm import column_sums, gemm, per_dtype
+from .runtime import cuda, kernel, launch_1d, shared_helper, types
+
+_F = (types.float32, types.float64)
+_I = types.int64
+_B = types.boolean
+
+# Where a step kernel finds the recurrent term (forward) or the gradient
+# reaching h_t from the step above (backward).
+_NONE = 0   # nothing: the first step without an initial state (h_{-1} = 0); the last step of backward (dh given)
+_GEMM = 1   # in rec (forward) or dh (backward), written by a gemm before the launch
+_FUSED = 2  # computed by each thread, dot products over the previous step
+
+# The fused recurrent term up to this many multiply-adds per step (batch *
+# n_gates*units * units): each thread reads one column of recurrent_kernel per
+# gate, so the whole matrix is read once per batch row. A guess (no GPU
+# measurement yet): below it one launch per step beats a gemm plus a launch.
+_FUSED_MAX = 1 << 22
+
+
+def _one(t):
+    return t[::1]
+
+
+def _two(t):
+    return t[:, ::1]
+
+
+def _three(t):
+    return t[:, :, ::1]
+
+
+# ------------------------------------------------------------ shared pieces
+@inline
+def _rec_term(H, t, b, rk, rec, col, mode):
+    """Column ``col`` of h_{t-1} @ recurrent_kernel for batch row b (h_{t-1} = H[t])."""
+    acc = H.dtype.type(0)
+    if mode == _GEMM:
+        acc = rec[b, col]
+    elif mode == _FUSED:
+        for k in range(H.shape[2]):
+            acc += H[t, b, k] * rk[k, col]
+    return acc
+
+
+@inline
+def _dh_term(Z, t, b, rk, dh, j, mode):
+    """dh[b, j] as it reaches h_t: dh itself, or (Z[t + 1] @ recurrent_kernel.T)[b, j]."""
+    if mode != _FUSED:
+        return dh[b, j]
+    acc = dh.dtype.type(0)
+    for k in range(rk.shape[1]):
+        acc += Z[t + 1, b, k] * rk[j, k]
+    return acc
+
+
+_rec = shared_helper(_rec_term)
+_dh = shared_helper(_dh_term)
+
+
+@kernel(*[(_three(t), _B, _B, _three(t)) for t in _F])
+def _swap_steps(src, rev0, rev1, out):
+    """out[i, j, k] = src[j', i', k]: the first two axes swapped, i' = n0 - 1 - i when rev0,
+    j' = n1 - 1 - j when rev1 (n0, n1: out's first two sizes)."""
+    n = cuda.grid(1)
+    if n < out.size:
+        n0 = out.shape[0]
+        n1 = out.shape[1]
+        d = out.shape[2]
+        k = n % d
+        ij = n // d
+        j = ij % n1
+        i = ij // n1
+        out[i, j, k] = src[n1 - 1 - j if rev1 else j, n0 - 1 - i if rev0 else i, k]
+
+
+def _time_major(x, reverse, xs):
+    _swap_steps[launch_1d(xs.size)](x, reverse, False, xs)
+
+
+def _batch_major(xs, reverse, x):
+    _swap_steps[launch_1d(x.size)](xs, False, reverse, x)
+
+
+def _cells(B, u):
+    return launch_1d(B * u)
+
+
+def _mode(B, n, u):
+    return _FUSED if B * n * u <= _FUSED_MAX else _GEMM
+
+
+def _weight_grads(xs, kernel_, H, Z, R, use_init, need_dx, dkernel, drecurrent, dxs, reverse, dx):
+    """After the loop: dkernel = xs.T @ Z, drecurrent = h_{t-1}.T @ R over every step
+    with a previous state, dx = Z @ kernel.T (R is Z except for the GRU)."""
+    T, B, D = xs.shape
+    n = Z.shape[2]
+    u = H.shape[2]
+    Z2 = Z.reshape(T * B, n)
+    gemm(xs.reshape(T * B, D), Z2, dkernel, trans_a=True)
+    s = 0 if use_init else 1  # without an initial state h_{-1} = 0 adds nothing
+    if T > s:
+        gemm(H[s:T].reshape((T - s) * B, u), R[s:T].reshape((T - s) * B, n), drecurrent, trans_a=True)
+    else:
+        fill(drecurrent, 0)
+    if need_dx:
+        gemm(Z2, kernel_, dxs.reshape(T * B, D), trans_b=True)
+        _batch_major(dxs, reverse, dx)
+
+
+# ------------------------------------------------------------------ LSTM
+def _build_lstm_step(nbt):
+    f32 = nbt == types.float32
+
+    def _lstm_step(G, H, C, TC, rec, rk, bias, t, mode, act, rec_act, ret_seq, y):
+        """Step t (gates i, f, c, o) for thread (b, j): G[t] holds the projection on entry,
+        the activated gates on exit; C[t + 1], TC[t], H[t + 1] (and y[b, t]) written."""
+        k = cuda.grid(1)
+        u = H.shape[2]
+        if k < H.shape[1] * u:
+            b = k // u
+            j = k - b * u
+            one = nbt(1)
+            for g in range(4):
+                c = g * u + j
+                v = G[t, b, c] + _rec(H, t, b, rk, rec, c, mode) + bias[c]
+                G[t, b, c] = gate_act(act if g == 2 else rec_act, v, one, f32)
+            cell = G[t, b, u + j] * C[t, b, j] + G[t, b, j] * G[t, b, 2 * u + j]
+            a = nbt(gate_act(act, cell, one, f32))
+            h = G[t, b, 3 * u + j] * a
+            C[t + 1, b, j] = cell
+            TC[t, b, j] = a
+            H[t + 1, b, j] = h
+            if ret_seq:
+                y[b, t, j] = h
+
+    return _lstm_step
+
+
+def _build_lstm_step_back(nbt):
+    def _lstm_step_back(G, C, TC, dy, dh, dc, dZ, rk, t, mode, has_seq, act, rec_act):
+        """Gate gradients of step t into dZ[t] for thread (b, j); dc[b, j] becomes the
+        gradient of c_{t-1}."""
+        k = cuda.grid(1)
+        u = dh.shape[1]
+        if k < dh.shape[0] * u:
+            b = k // u
+            j = k - b * u
+            one = nbt(1)
+            d = _dh(dZ, t, b, rk, dh, j, mode)
+            if has_seq:
+                d += dy[b, t, j]
+            a = TC[t, b, j]
+            o = G[t, b, 3 * u + j]
+            dZ[t, b, 3 * u + j] = d * a * act_grad_scalar(rec_act, o, o, one)
+            dct = dc[b, j] + d * o * act_grad_scalar(act, a, a, one)
+            i = G[t, b, j]
+            f = G[t, b, u + j]
+            c_hat = G[t, b, 2 * u + j]
+            dZ[t, b, j] = dct * c_hat * act_grad_scalar(rec_act, i, i, one)
+            dZ[t, b, u + j] = dct * C[t, b, j] * act_grad_scalar(rec_act, f, f, one)
+            dZ[t, b, 2 * u + j] = dct * i * act_grad_scalar(act, c_hat, c_hat, one)
+            dc[b, j] = dct * f
+
+    return _lstm_step_back
+
+
+_LSTM_STEP = per_dtype(_build_lstm_step, lambda t: (
+    _three(t), _three(t), _three(t), _three(t), _two(t), _two(t), _one(t), _I, _I, _I, _I, _B, _three(t)))
+_LSTM_STEP_BACK = per_dtype(_build_lstm_step_back, lambda t: (
+    _three(t), _three(t), _three(t), _three(t), _two(t), _two(t), _three(t), _two(t), _I, _I, _B, _I, _I))
+
+
+def lstm_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act, rec_act, ret_seq,
+                 xs, G, H, C, TC, rec, y):
+    """LSTM over x (B, T, D) (gate order i, f, c, o); H[0], C[0] hold the initial
+    state (zeros without one: ``use_init`` False skips the first recurrent term)."""
+    B, T, D = x.shape
+    u = H.shape[2]
+    step = _LSTM_STEP[G.dtype]
+    fused = _mode(B, 4 * u, u)
+    _time_major(x, reverse, xs)
+    gemm(xs.reshape(T * B, D), kernel, G.reshape(T * B, 4 * u))
+    for t in range(T):
+        mode = fused if t > 0 or use_init else _NONE
+        if mode == _GEMM:
+            gemm(H[t], recurrent_kernel, rec)
+        step[_cells(B, u)](G, H, C, TC, rec, recurrent_kernel, bias, t, mode, int(act), int(rec_act),
+                           bool(ret_seq), y)
+
+
+def lstm_backward(xs, reverse, kernel, recurrent_kernel, G, H, C, TC, dy, has_seq, act, rec_act,
+                  use_init, need_dx, dh, dc, dZ, dkernel, drecurrent, dbias, dxs, dx):
+    """Backward through time of lstm_forward: dh, dc (B, u) hold the gradients reaching the
+    last step on entry, those of the initial state on exit."""
+    T, B, D = xs.shape
+    u = dh.shape[1]
+    step = _LSTM_STEP_BACK[dZ.dtype]
+    fused = _mode(B, 4 * u, u)
+    for t in range(T - 1, -1, -1):
+        mode = fused if t < T - 1 else _NONE
+        if mode == _GEMM:
+            gemm(dZ[t + 1], recurrent_kernel, dh, trans_b=True)
+        step[_cells(B, u)](G, C, TC, dy, dh, dc, dZ, recurrent_kernel, t, mode, bool(has_seq), int(act),
+                           int(rec_act))
+    if use_init:
+        gemm(dZ[0], recurrent_kernel, dh, trans_b=True)
+    else:
+        fill(dh, 0)
+    _weight_grads(xs, kernel, H, dZ, dZ, use_init, need_dx, dkernel, drecurrent, dxs, reverse, dx)
+    column_sums(dZ.reshape(T * B, 4 * u), dbias)
+
+
+# ------------------------------------------------------------------- GRU
+def _build_gru_step(nbt):
+    f32 = nbt == types.float32
+
+    def _gru_step(G, H, RH, rec, rk, bias, t, mode, act, rec_act, ret_seq, y):
+        """Step t (reset_after, gates z, r, h) for thread (b, j): z, r from projection +
+        biases + recurrence, RH[t] = the recurrent candidate term h_{t-1} U_h + b_rec_h,
+        candidate act(x_h + b_in_h + r * RH), h = z * h_{t-1} + (1 - z) * candidate."""
+        k = cuda.grid(1)
+        u = H.shape[2]
+        if k < H.shape[1] * u:
+            b = k // u
+            j = k - b * u
+            one = nbt(1)
+            for g in range(2):
+                c = g * u + j
+                v = G[t, b, c] + bias[0, c] + bias[1, c] + _rec(H, t, b, rk, rec, c, mode)
+                G[t, b, c] = gate_act(rec_act, v, one, f32)
+            c = 2 * u + j
+            rh = _rec(H, t, b, rk, rec, c, mode) + bias[1, c]
+            RH[t, b, j] = rh
+            hh = nbt(gate_act(act, G[t, b, c] + bias[0, c] + G[t, b, u + j] * rh, one, f32))
+            G[t, b, c] = hh
+            z = G[t, b, j]
+            h = z * H[t, b, j] + (one - z) * hh
+            H[t + 1, b, j] = h
+            if ret_seq:
+                y[b, t, j] = h
+
+    return _gru_step
+
+
+def _build_gru_step_back(nbt):
+    def _gru_step_back(G, H, RH, dy, dh, dhz, dZ, dR, rk, t, mode, first, has_seq, act, rec_act):
+        """Gradients of step t into dZ[t] (input projection) and dR[t] (recurrent product) for
+        thread (b, j); dhz[b, j] becomes the direct gradient of h_{t-1} through z."""
+        k = cuda.grid(1)
+        u = dh.shape[1]
+        if k < dh.shape[0] * u:
+            b = k // u
+            j = k - b * u
+            one = nbt(1)
+            d = _dh(dR, t, b, rk, dh, j, mode)
+            if not first:  # dhz starts at zero
+                d += dhz[b, j]
+            if has_seq:
+                d += dy[b, t, j]
+            o = 2 * u + j
+            z = G[t, b, j]
+            r = G[t, b, u + j]
+            hh = G[t, b, o]
+            dpz = d * (H[t, b, j] - hh) * act_grad_scalar(rec_act, z, z, one)
+            dph = d * (one - z) * act_grad_scalar(act, hh, hh, one)
+            dpr = dph * RH[t, b, j] * act_grad_scalar(rec_act, r, r, one)
+            dZ[t, b, j] = dpz
+            dZ[t, b, u + j] = dpr
+            dZ[t, b, o] = dph
+            dR[t, b, j] = dpz
+            dR[t, b, u + j] = dpr
+            dR[t, b, o] = dph * r
+            dhz[b, j] = d * z
+
+    return _gru_step_back
+
+
+_GRU_STEP = per_dtype(_build_gru_step, lambda t: (
+    _three(t), _three(t), _three(t), _two(t), _two(t), _two(t), _I, _I, _I, _I, _B, _three(t)))
+_GRU_STEP_BACK = per_dtype(_build_gru_step_back, lambda t: (
+    _three(t), _three(t), _three(t), _three(t), _two(t), _two(t), _three(t), _three(t), _two(t), _I, _I, _B,
+    _B, _I, _I))
+
+
+def gru_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act, rec_act, ret_seq,
+                xs, G, H, RH, rec, y):
+    """GRU (reset_after, gate order z, r, h) over x (B, T, D); bias (2, 3u): input and
+    recurrent biases."""
+    B, T, D = x.shape
+    u = H.shape[2]
+    step = _GRU_STEP[G.dtype]
+    fused = _mode(B, 3 * u, u)
+    _time_major(x, reverse, xs)
+    gemm(xs.reshape(T * B, D), kernel, G.reshape(T * B, 3 * u))
+    for t in range(T):
+        mode = fused if t > 0 or use_init else _NONE
+        if mode == _GEMM:
+            gemm(H[t], recurrent_kernel, rec)
+        step[_cells(B, u)](G, H, RH, rec, recurrent_kernel, bias, t, mode, int(act), int(rec_act),
+                           bool(ret_seq), y)
+
+
+def gru_backward(xs, reverse, kernel, recurrent_kernel, G, H, RH, dy, has_seq, act, rec_act,
+                 use_init, need_dx, dh, dhz, dZ, dR, dkernel, drecurrent, dbias, dxs, dx):
+    """Backward through time of gru_forward: dh (B, u) the gradient reaching the last step
+    on entry, that of the initial state on exit; dhz (B, u) workspace; dbias (2, 3u)."""
+    T, B, D = xs.shape
+    u = dh.shape[1]
+    step = _GRU_STEP_BACK[dZ.dtype]
+    fused = _mode(B, 3 * u, u)
+    for t in range(T - 1, -1, -1):
+        mode = fused if t < T - 1 else _NONE
+        if mode == _GEMM:
+            gemm(dR[t + 1], recurrent_kernel, dh, trans_b=True)
+        step[_cells(B, u)](G, H, RH, dy, dh, dhz, dZ, dR, recurrent_kernel, t, mode, t == T - 1,
+                           bool(has_seq), int(act), int(rec_act))
+    # the initial state's gradient: dR_0 @ recurrent_kernel.T (none without an initial state) + dhz
+    if use_init:
+        gemm(dR[0], recurrent_kernel, dh, trans_b=True)
+        add_into(dh, dhz)
+    else:
+        copy(dhz, dh)
+    _weight_grads(xs, kernel, H, dZ, dR, use_init, need_dx, dkernel, drecurrent, dxs, reverse, dx)
+    column_sums(dZ.reshape(T * B, 3 * u), dbias[0])
+    column_sums(dR.reshape(T * B, 3 * u), dbias[1])
+
+
+# -------------------------------------------------------------- SimpleRNN
+def _build_rnn_step(nbt):
+    f32 = nbt == types.float32
+
+    def _rnn_step(P, H, rec, rk, bias, t, mode, act, ret_seq, y):
+        """h_t = act(x_t kernel + bias + h_{t-1} recurrent_kernel) for thread (b, j)."""
+        k = cuda.grid(1)
+        u = H.shape[2]
+        if k < H.shape[1] * u:
+            b = k // u
+            j = k - b * u
+            h = nbt(gate_act(act, P[t, b, j] + bias[j] + _rec(H, t, b, rk, rec, j, mode), nbt(1), f32))
+            H[t + 1, b, j] = h
+            if ret_seq:
+                y[b, t, j] = h
+
+    return _rnn_step
+
+
+def _build_rnn_step_back(nbt):
+    def _rnn_step_back(H, dy, dh, dZ, rk, t, mode, has_seq, act):
+        """dZ[t] = (gradient reaching h_t) * act'(h_t) for thread (b, j)."""
+        k = cuda.grid(1)
+        u = dh.shape[1]
+        if k < dh.shape[0] * u:
+            b = k // u
+            j = k - b * u
+            d = _dh(dZ, t, b, rk, dh, j, mode)
+            if has_seq:
+                d += dy[b, t, j]
+            h = H[t + 1, b, j]
+            dZ[t, b, j] = d * act_grad_scalar(act, h, h, nbt(1))
+
+    return _rnn_step_back
+
+
+_RNN_STEP = per_dtype(_build_rnn_step, lambda t: (
+    _three(t), _three(t), _two(t), _two(t), _one(t), _I, _I, _I, _B, _three(t)))
+_RNN_STEP_BACK = per_dtype(_build_rnn_step_back, lambda t: (
+    _three(t), _three(t), _two(t), _three(t), _two(t), _I, _I, _B, _I))
+
+
+def simple_rnn_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act, ret_seq, xs, P, H, rec, y):
+    """h_t = act(x_t kernel + h_{t-1} recurrent_kernel + bias) over x (B, T, D); P (T, B, u)
+    the input projection, H (T + 1, B, u) every state, H[0] the initial one."""
+    B, T, D = x.shape
+    u = H.shape[2]
+    step = _RNN_STEP[P.dtype]
+    fused = _mode(B, u, u)
+    _time_major(x, reverse, xs)
+    gemm(xs.reshape(T * B, D), kernel, P.reshape(T * B, u))
+    for t in range(T):
+        mode = fused if t > 0 or use_init else _NONE
+        if mode == _GEMM:
+            gemm(H[t], recurrent_kernel, rec)
+        step[_cells(B, u)](P, H, rec, recurrent_kernel, bias, t, mode, int(act), bool(ret_seq), y)
+
+
+def simple_rnn_backward(xs, reverse, kernel, recurrent_kernel, H, dy, has_seq, act, use_init, need_dx,
+                        dh, dZ, dkernel, drecurrent, dbias, dxs, dx):
+    """Backward through time of simple_rnn_forward (arguments as lstm_backward)."""
+    T, B, D = xs.shape
+    u = dh.shape[1]
+    step = _RNN_STEP_BACK[dZ.dtype]
+    fused = _mode(B, u, u)
+    for t in range(T - 1, -1, -1):
+        mode = fused if t < T - 1 else _NONE
+        if mode == _GEMM:
+            gemm(dZ[t + 1], recurrent_kernel, dh, trans_b=True)
+        step[_cells(B, u)](H, dy, dh, dZ, recurrent_kernel, t, mode, bool(has_seq), int(act))
+    if use_init:
+        gemm(dZ[0], recurrent_kernel, dh, trans_b=True)
+    else:
+        fill(dh, 0)
+    _weight_grads(xs, kernel, H, dZ, dZ, use_init, need_dx, dkernel, drecurrent, dxs, reverse, dx)
+    column_sums(dZ.reshape(T * B, u), dbias)
