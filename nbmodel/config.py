@@ -28,6 +28,7 @@ FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 _FLOATX = "float32"
 _DEFAULT_DEVICE = os.environ.get("NBMODEL_DEVICE", "cpu")
 _num_threads: int | None = None
+_STEP_TIMEOUT = float(os.environ.get("NBMODEL_STEP_TIMEOUT", 900.0))
 
 
 def default_device() -> str:
@@ -55,6 +56,25 @@ def set_floatx(value: str) -> None:
     if value not in ("float32", "float64"):
         raise ValueError(f"set_floatx: expected 'float32' or 'float64', got {value!r}")
     _FLOATX = value
+
+
+def step_timeout() -> float:
+    """Seconds a data-parallel step may take before ``fit`` gives up on a stopped,
+    stuck or dead worker or MPI rank and raises an error naming it
+    (``NBMODEL_STEP_TIMEOUT``, else 900: generous, the first step compiles kernels)."""
+    return _STEP_TIMEOUT
+
+
+def set_step_timeout(seconds: float) -> None:
+    """Set the per-step deadline of data-parallel training (see ``step_timeout``)."""
+    global _STEP_TIMEOUT
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"set_step_timeout: expected a positive number of seconds, got {seconds!r}")
+    _STEP_TIMEOUT = value
 
 
 def standardize_dtype(dtype) -> np.dtype:

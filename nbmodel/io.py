@@ -4,12 +4,16 @@ The file is a NumPy ``.npz`` archive (zip): ``__meta__`` is UTF-8 JSON
 (format version, model config, compile config, optimizer config, extras),
 ``w/<i>`` the weights in ``get_weights`` order, ``opt/<key>`` the optimizer
 state. Every write goes to a temporary file in the same directory, is fsynced,
-then renamed over the target, so a crash mid-save leaves the previous file.
+then renamed over the target and the directory fsynced, so a crash mid-save
+leaves the previous file. The temporary file's name holds the writer's host
+and pid: the next write to the same target removes those of dead writers on
+this host (a killed save leaves nothing behind for long).
 """
 from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 
 import numpy as np
@@ -19,12 +23,69 @@ VERSION = 1
 
 
 # ----------------------------------------------------------------- atomic I/O
-def atomic_write(path, write_fn):
-    """Call ``write_fn(fileobj)`` on a temp file beside ``path``, then rename it over ``path``."""
+def _temp_prefix(path: str, host: str | None = None, pid: int | None = None) -> str:
+    """``.<name>.<host>.<pid>.``: the temporary files of ``path``'s writers."""
+    host = (host or socket.gethostname()).replace(".", "-")
+    return f".{os.path.basename(path)}.{host}.{os.getpid() if pid is None else pid}."
+
+
+def _writer_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path) -> list[str]:
+    """Remove the temporary files that killed writes of ``path`` left beside it
+    (writers on this host whose process is gone); returns their names. Writers
+    on other hosts of a shared file system are never touched."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    mine = _temp_prefix(path, pid=0)[:-2]  # ".<name>.<host>."
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        if not (name.startswith(mine) and name.endswith(".tmp")):
+            continue
+        pid = name[len(mine):].split(".", 1)[0]
+        if pid.isdigit() and not _writer_alive(int(pid)):
+            try:
+                os.remove(os.path.join(directory, name))
+                removed.append(name)
+            except OSError:  # removed by another writer meanwhile
+                pass
+    return removed
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make a rename in ``directory`` durable (where the platform can open a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, write_fn) -> None:
+    """Call ``write_fn(fileobj)`` on a temp file beside ``path``, fsync it, rename it
+    over ``path`` and fsync the directory; first remove what killed writes left."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             write_fn(f)
@@ -35,6 +96,7 @@ def atomic_write(path, write_fn):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    _fsync_directory(directory)
 
 
 def _write_archive(path, meta, arrays):

@@ -215,3 +215,71 @@ def test_save_load_layer_families(tmp_path, family):
         reseed(m)
         m.fit(x, y, epochs=1, batch_size=2, shuffle=False, verbose=0)
     assert_same_weights(model, loaded)
+
+
+_SAVER = """
+import sys
+import nbmodel as nb
+from nbmodel import layers as L
+model = nb.Sequential([L.Input((400,)), L.Dense(1000)], seed=int(sys.argv[2]))
+print("READY", flush=True)
+while True:
+    model.save(sys.argv[1])
+"""
+
+
+def test_saves_killed_mid_write_leave_a_loadable_file_and_no_temporary(tmp_path):
+    """20 savers killed with SIGKILL at random moments of back-to-back saves: after each
+    kill the file loads and holds the previous or the new weights; the temporary files the
+    kills leave are removed by the next save."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = str(tmp_path / "model.nbm")
+
+    def weights(seed):
+        return nb.Sequential([layers.Input((400,)), layers.Dense(1000)], seed=seed).get_weights()
+
+    nb.Sequential([layers.Input((400,)), layers.Dense(1000)], seed=0).save(path)
+    rng = np.random.default_rng(0)
+    left_behind, previous = 0, weights(0)
+    for seed in range(1, 21):
+        saver = subprocess.Popen([sys.executable, "-c", _SAVER, path, str(seed)], stdout=subprocess.PIPE, text=True)
+        assert saver.stdout.readline().strip() == "READY"
+        time.sleep(float(rng.uniform(0.02, 0.2)))
+        saver.send_signal(signal.SIGKILL)
+        saver.wait(30)
+        saver.stdout.close()
+        left_behind += any(name.endswith(".tmp") for name in os.listdir(tmp_path))
+        loaded = nb.load_model(path).get_weights()
+        new = weights(seed)
+        assert any(all(np.array_equal(a, b) for a, b in zip(loaded, w)) for w in (previous, new)), seed
+        previous = loaded
+    assert left_behind > 0, "no kill landed mid-save: the test did not exercise the temporary files"
+    nb.load_model(path).save(path)
+    assert sorted(os.listdir(tmp_path)) == ["model.nbm"]
+
+
+def test_stale_temporaries_of_live_writers_and_other_hosts_are_kept(tmp_path):
+    import socket
+
+    path = str(tmp_path / "m.nbm")
+    dead, host = _dead_pid(), socket.gethostname().replace(".", "-")
+    ours = tmp_path / f".m.nbm.{host}.{dead}.abc.tmp"
+    live = tmp_path / f".m.nbm.{host}.{os.getpid()}.abc.tmp"
+    other_host = tmp_path / f".m.nbm.another-node.{dead}.abc.tmp"
+    for f in (ours, live, other_host):
+        f.write_bytes(b"partial")
+    assert io.remove_stale_temporaries(path) == [ours.name]
+    assert live.exists() and other_host.exists() and not ours.exists()
+
+
+def _dead_pid():
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid

@@ -16,6 +16,11 @@ broadcast from rank 0 before and after the callbacks, so EarlyStopping,
 ReduceLROnPlateau and the others decide alike on every rank. Other callbacks
 run on every rank (check ``is_root()`` before writing files in your own).
 
+The step's collectives (the gradient sum, BatchNormalization's statistics)
+are non-blocking with a deadline (``config.step_timeout()``): when a rank is
+stopped, stuck or dead, the others wait that long, report to rank 0, which
+names the ranks that never arrived, and the job is aborted.
+
 An exception on one rank while the others wait in a collective would hang
 the job: fit calls ``MPI.COMM_WORLD.Abort(1)`` instead (after printing the
 traceback), which ends every rank with a non-zero exit status. A non-finite
@@ -24,12 +29,14 @@ loss is seen by every rank alike and raises FloatingPointError everywhere.
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 import warnings
 
 import numpy as np
 
 from .common import (
+    ParallelError,
     ReplicatedTrainer,
     ShardRunner,
     StatSync,
@@ -95,6 +102,50 @@ def rank_threads(comm):
         local.Free()
 
 
+_LATE_TAG = 7177       # "I waited past the deadline": the ranks that arrived, to rank 0
+_REPORT_S = 3.0        # how long rank 0 collects those reports, and the others wait for its abort
+
+
+class StepTimeout(ParallelError):
+    """A step's collective did not complete within the deadline on this rank."""
+
+
+def _wait(req, comm, MPI, what):
+    """Wait for the non-blocking collective ``req`` until the step deadline; past it,
+    the ranks that arrived report to rank 0, which names the ones that did not."""
+    from .. import config
+
+    timeout = config.step_timeout()
+    deadline = time.monotonic() + timeout
+    pause = 1e-5
+    while not req.Test():
+        if time.monotonic() > deadline:
+            _timed_out(comm, MPI, what, timeout)
+        time.sleep(pause)
+        pause = min(2 * pause, 1e-3)  # microseconds for a fast step, at most 1 ms of extra latency
+
+
+def _timed_out(comm, MPI, what, timeout):
+    rank, size = comm.Get_rank(), comm.Get_size()
+    hint = "(deadline: nbmodel.config.set_step_timeout or NBMODEL_STEP_TIMEOUT)"
+    if rank != 0:
+        comm.isend(rank, dest=0, tag=_LATE_TAG)
+        time.sleep(_REPORT_S)  # let rank 0 name the missing ranks and abort the job first
+        raise StepTimeout(f"rank {rank} of {size}: {what} did not complete within {timeout:g} s; "
+                          f"rank 0 did not report either (it may be the stuck one) {hint}")
+    arrived, until = {0}, time.monotonic() + _REPORT_S
+    status = MPI.Status()
+    while time.monotonic() < until and len(arrived) < size:
+        if comm.iprobe(source=MPI.ANY_SOURCE, tag=_LATE_TAG, status=status):
+            arrived.add(comm.recv(source=status.Get_source(), tag=_LATE_TAG))
+        else:
+            time.sleep(0.01)
+    missing = sorted(set(range(size)) - arrived)
+    raise StepTimeout(f"rank 0 of {size}: {what} did not complete within {timeout:g} s: "
+                      f"rank(s) {missing or 'unknown'} never arrived (stopped, stuck or dead); "
+                      f"aborting the job {hint}")
+
+
 class MPIBackend(ReplicatedTrainer):
     def __init__(self, model, xs, ys, sw):
         from .. import config
@@ -137,7 +188,7 @@ class MPIBackend(ReplicatedTrainer):
         self.buf = np.zeros(n_p + extras_size(model), np.float64)
         sync = None
         if stat_sync_size(model):  # BatchNormalization: statistics of the global batch
-            sync = StatSync(lambda buf: self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM))
+            sync = StatSync(lambda buf: self._sum(buf, "BatchNormalization's statistics sum"))
         self.runner = ShardRunner(model, self.xs, self.ys, self.sw, self.plan, np.zeros(extras_size(model)),
                                   sync)
         self.positions = state_positions(model)
@@ -150,9 +201,14 @@ class MPIBackend(ReplicatedTrainer):
         buf, n_p = self.buf, g.size
         buf[:n_p] = g
         buf[n_p:] = self.runner.extras
-        self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+        self._sum(buf, "the gradient sum")
         g[...] = buf[:n_p]
         return buf[n_p:].copy()
+
+    def _sum(self, buf, what):
+        """buf summed in place over the ranks, within the step deadline."""
+        req = self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+        _wait(req, self.comm, self.MPI, what)
 
     def epoch_begin(self):
         pass

@@ -12,6 +12,16 @@ sums the gradient buffers in worker order into the model's flat gradient (a
 fixed order, so the result is the same run after run) and applies the
 optimizer once. Other messages (state, generators, errors) are pickled.
 
+The segments are unlinked as soon as every worker has attached them: the
+memory lives while a process maps it and goes with the last one, so even a
+SIGKILL of the whole process group (a time limit, scancel, the OOM killer)
+leaves nothing in /dev/shm. Segments of a parent killed during the start-up
+(before the unlink) are removed by the next ``fit(workers=N)`` on the machine.
+
+Each step has a deadline (``config.step_timeout()``): a worker that is
+stopped (SIGSTOP), stuck or silent past it ends ``fit`` with a
+``ParallelError`` naming it; the workers are then killed.
+
 Workers are spawned (never forked: numba's thread pool may already run in the
 parent), each with ``cores // N`` threads for numba and BLAS, rebuild the model
 from ``io.model_config`` + weights, and ignore SIGINT: Ctrl-C reaches the
@@ -73,6 +83,37 @@ def segment_prefix(pid=None):
     return f"{SHM_PREFIX}_{os.getpid() if pid is None else pid}_"
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_segments(directory="/dev/shm") -> list[str]:
+    """Unlink the segments of parents that died before unlinking them (killed
+    during a fit's start-up); returns their names. Segments of live processes
+    are left alone."""
+    try:
+        names = os.listdir(directory)
+    except OSError:  # no /dev/shm (not Linux): nothing to clean
+        return []
+    removed = []
+    for name in names:
+        parts = name.split("_")
+        if len(parts) < 3 or parts[0] != SHM_PREFIX or not parts[1].isdigit() or _pid_alive(int(parts[1])):
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+            removed.append(name)
+        except OSError:  # gone already, or not ours to remove
+            pass
+    return removed
+
+
 class _Segment:
     """A shared-memory block holding one array; the creator unlinks it."""
 
@@ -91,17 +132,23 @@ class _Segment:
     def spec(self):
         return (self.name, self.shape, self.dtype.str)
 
+    def unlink(self):
+        """Remove the name (the creator, once every process has attached): the memory
+        stays mapped here and in the workers and goes with the last of them."""
+        if self.owner:
+            self.owner = False
+            try:
+                self.shm.unlink()
+            except FileNotFoundError:
+                pass
+
     def close(self):
         self.array = None
         try:
             self.shm.close()
         except BufferError:  # a view is still alive somewhere: the mapping goes with the process
             pass
-        if self.owner:
-            try:
-                self.shm.unlink()
-            except FileNotFoundError:
-                pass
+        self.unlink()
 
 
 def _attach(spec):
@@ -215,6 +262,7 @@ class ProcessBackend(ReplicatedTrainer):
 
         model = self.model
         packed = model._packed
+        remove_stale_segments()
         try:
             data = {"xs": [self._segment(a).spec() for a in self.xs],
                     "ys": [self._segment(a).spec() for a in self.ys],
@@ -259,20 +307,26 @@ class ProcessBackend(ReplicatedTrainer):
                         os.environ.pop(k, None)
                     else:
                         os.environ[k] = v
-            self._gather("ready", timeout=_START_TIMEOUT_S)
+            self._gather("ready", timeout=_START_TIMEOUT_S, what="start")
+            for seg in self.segments:  # every worker has attached: nothing can leak from here on
+                seg.unlink()
             self.positions = state_positions(model)
         except BaseException:
             self.close(error=True)
             raise
 
     # ------------------------------------------------------------ messaging
-    def _gather(self, expect, timeout=None):
-        """Each worker's reply, in worker order; ParallelError as soon as one fails or dies."""
+    def _gather(self, expect, timeout=None, what="step"):
+        """Each worker's reply, in worker order; ParallelError as soon as one fails or
+        dies, or when ``timeout`` seconds (default: the step deadline) pass first."""
         import time
 
+        from .. import config
+
+        timeout = config.step_timeout() if timeout is None else timeout
         replies = [None] * self.replicas
         pending = set(range(self.replicas))
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = time.monotonic() + timeout
         while pending:
             objs = {}
             for r in pending:
@@ -298,8 +352,12 @@ class ProcessBackend(ReplicatedTrainer):
                         raise ParallelError(f"data-parallel worker {r}: expected {expect!r}, got {msg[0]!r}")
                     replies[r] = msg
                     pending.discard(r)
-            if deadline is not None and pending and time.monotonic() > deadline:
-                raise ParallelError(f"data-parallel workers {sorted(pending)} did not answer within {timeout} s")
+            if pending and time.monotonic() > deadline:
+                late = ", ".join(f"worker {r} (pid {self.procs[r].pid}, {_process_state(self.procs[r].pid)})"
+                                 for r in sorted(pending))
+                raise ParallelError(f"data-parallel {late}: no answer within {timeout:g} s ({what}); fit stopped "
+                                    "and the workers were killed (deadline: nbmodel.config.set_step_timeout or "
+                                    "NBMODEL_STEP_TIMEOUT)")
         return replies
 
     def _died(self, r):
@@ -362,8 +420,8 @@ class ProcessBackend(ReplicatedTrainer):
     def close(self, error=False):
         """Stop every worker and unlink every segment (idempotent)."""
         for r, (p, c) in enumerate(zip(self.procs, self.conns)):
-            if error and p.is_alive():  # it may be mid-step: do not wait for it
-                p.terminate()
+            if error and p.is_alive():  # mid-step, stopped or stuck: workers hold nothing worth a clean exit
+                p.kill()
             elif p.is_alive():
                 try:
                     c.send(("stop",))
@@ -382,6 +440,17 @@ class ProcessBackend(ReplicatedTrainer):
         for s in self.segments:
             s.close()
         self.procs, self.conns, self.segments = [], [], []
+
+
+def _process_state(pid: int) -> str:
+    """'stopped', 'running', 'sleeping', ... from /proc (Linux), else 'alive'."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            code = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "alive"
+    return {"T": "stopped", "t": "stopped", "R": "running", "S": "sleeping", "D": "in uninterruptible I/O",
+            "Z": "exited"}.get(code, f"state {code}")
 
 
 def fit_process(model, workers, xs, ys, sw, val, **kw):

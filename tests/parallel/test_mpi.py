@@ -96,6 +96,16 @@ def test_exception_on_one_rank_aborts_the_job():
     assert ended - raised < 30
 
 
+def test_stuck_rank_ends_the_job_naming_it():
+    r, _ = _mpiexec([os.path.join(HERE, "mpi_stuck.py")], timeout=120)
+    ended = time.time()
+    out = r.stderr + r.stdout
+    assert r.returncode != 0, out
+    assert "rank(s) [1] never arrived" in out, out
+    stuck = float(r.stdout.split("STUCK AT ")[1].split()[0])
+    assert ended - stuck < 5 + 30  # the deadline, the report window, the abort
+
+
 def test_cli_train_under_mpiexec(tmp_path):
     config = os.path.join(REPO, "examples", "digits_mlp.toml")
     r, _ = _mpiexec(["-m", "mpi4py", "-m", "nbmodel", "train", config, "--distributed", "mpi", "--epochs", "1",

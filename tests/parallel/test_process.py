@@ -186,3 +186,73 @@ def test_several_outputs_with_label_dependent_count_are_refused():
     y = np.ones(6, np.int64)
     with pytest.raises(NotImplementedError, match="several outputs"):
         model.fit(np.zeros((6, 3)), [y, y], verbose=0, workers=2, batch_size=4)
+
+
+@pytest.fixture
+def short_deadline():
+    before = nb.config.step_timeout()
+    nb.config.set_step_timeout(4)
+    yield 4
+    nb.config.set_step_timeout(before)
+
+
+def test_stopped_worker_ends_fit_within_the_deadline(short_deadline, float64):
+    """SIGSTOP of a worker (its process is alive, it never answers): fit ends with an
+    error naming it once the step deadline passes, and the workers are killed."""
+    build, x, y, fit = case("dense")
+    stopped = {}
+
+    class Stop(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1 and not stopped:
+                victim = next(p for p in _workers_alive() if p.name == "nbmodel-worker-1")
+                stopped["pid"], stopped["t"] = victim.pid, time.monotonic()
+                os.kill(victim.pid, signal.SIGSTOP)
+
+    model = build()
+    with pytest.raises(ParallelError, match=r"worker 1 \(pid \d+, stopped\): no answer within 4 s") as err:
+        model.fit(x, y, verbose=0, workers=2, epochs=20, batch_size=8, callbacks=[Stop()])
+    assert str(stopped["pid"]) in str(err.value)
+    assert time.monotonic() - stopped["t"] < short_deadline + 15
+
+
+def test_deadline_setting_is_checked():
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        nb.config.set_step_timeout(0)
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        nb.config.set_step_timeout("soon")
+
+
+def test_process_group_sigkill_leaves_no_shared_memory():
+    """What a time limit, scancel or the OOM killer do: SIGKILL to the parent and its
+    workers at once, mid-epoch. The segments were unlinked once the workers attached."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, REPO, os.environ.get("PYTHONPATH", "")]))
+    job = subprocess.Popen([sys.executable, os.path.join(HERE, "group_kill_script.py")], env=env,
+                           stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        line = job.stdout.readline()
+        assert line.startswith("TRAINING"), line
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(30)
+        job.stdout.close()
+    assert [f for f in os.listdir("/dev/shm") if f.startswith(segment_prefix(job.pid))] == []
+
+
+def test_segments_of_parents_killed_during_start_up_are_removed_by_the_next_fit():
+    from nbmodel.parallel.process import remove_stale_segments
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = f"/dev/shm/{segment_prefix(dead)}0_feed"
+    live = f"/dev/shm/{segment_prefix()}0_beef"
+    for f in (stale, live):
+        with open(f, "wb") as fh:
+            fh.write(b"x")
+    try:
+        assert os.path.basename(stale) in remove_stale_segments()
+        assert not os.path.exists(stale) and os.path.exists(live)
+    finally:
+        for f in (stale, live):
+            if os.path.exists(f):
+                os.remove(f)
