@@ -26,6 +26,15 @@ class Callback:
     def set_params(self, params):
         self.params = params
 
+    def get_state(self) -> dict:
+        """What this callback has learned during training (counters, best values,
+        arrays), for BackupAndRestore: a dict of JSON values and NumPy arrays (or
+        lists of arrays). Stateless callbacks return {}."""
+        return {}
+
+    def set_state(self, state: dict) -> None:
+        """Take back what ``get_state`` returned (called after ``on_train_begin``)."""
+
     def on_train_begin(self, logs=None): pass
     def on_train_end(self, logs=None): pass
     def on_epoch_begin(self, epoch, logs=None): pass
@@ -150,6 +159,15 @@ class EarlyStopping(Callback, _MonitorMixin):
         self.best_weights = None
         self.best_epoch = 0
 
+    def get_state(self):
+        return {"wait": self.wait, "stopped_epoch": self.stopped_epoch, "best": float(self.best),
+                "best_epoch": self.best_epoch, "best_weights": self.best_weights}
+
+    def set_state(self, state):
+        self.wait, self.stopped_epoch = int(state["wait"]), int(state["stopped_epoch"])
+        self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
+        self.best_weights = state["best_weights"]
+
     def on_epoch_end(self, epoch, logs=None):
         current = self._value(logs)
         if current is None or epoch < self.start_from_epoch:
@@ -199,6 +217,12 @@ class ModelCheckpoint(Callback, _MonitorMixin):
         self.save_best_only = save_best_only
         self.save_weights_only = save_weights_only
         self.best = initial_value_threshold
+
+    def get_state(self):
+        return {"best": None if self.best is None else float(self.best)}
+
+    def set_state(self, state):
+        self.best = state["best"]
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -266,6 +290,13 @@ class ReduceLROnPlateau(Callback, _MonitorMixin):
         self.best = self._initial_best()
         self.wait = 0
         self.cooldown_counter = 0
+
+    def get_state(self):
+        return {"best": float(self.best), "wait": self.wait, "cooldown_counter": self.cooldown_counter}
+
+    def set_state(self, state):
+        self.best, self.wait = float(state["best"]), int(state["wait"])
+        self.cooldown_counter = int(state["cooldown_counter"])
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -361,9 +392,16 @@ class LambdaCallback(Callback):
 class BackupAndRestore(Callback):
     """Back up the whole training state each epoch; a restarted ``fit`` resumes from it.
 
-    The backup (``backup_dir/latest.nbm``: weights, optimizer state, the epoch
-    reached) is written atomically, so a crash mid-save leaves the previous one.
-    It is deleted when training ends normally (``delete_checkpoint=True``).
+    The backup (``backup_dir/latest.nbm``) holds the weights, the optimizer
+    state and learning rate, the epoch reached, the state of every random
+    generator training draws from (shuffling, dropout: ``Model.get_random_state``)
+    and the state of the other callbacks (``Callback.get_state``: counters, best
+    values, best weights), so a run killed after epoch k and restarted ends
+    with the same weights as one that was never interrupted. It is written
+    after every other callback's ``on_epoch_end`` (they may change the learning
+    rate or their own state), atomically: a crash mid-save leaves the
+    previous one. It is deleted when training ends normally
+    (``delete_checkpoint=True``).
     """
 
     def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True):
@@ -373,27 +411,48 @@ class BackupAndRestore(Callback):
         self.backup_dir = os.fspath(backup_dir)
         self.delete_checkpoint = delete_checkpoint
         self.path = os.path.join(self.backup_dir, "latest.nbm")
+        self.resume_epoch = None
+        self._restored = None
 
     def on_train_begin(self, logs=None):
         from . import io
 
-        self.resume_epoch = None
+        self.resume_epoch, self._restored = None, None
         if os.path.exists(self.path):
-            meta = io.restore_training_state(self.model, self.path)
-            self.resume_epoch = int(meta["epoch"]) + 1
-            rngs = meta.get("rngs")
-            if rngs is not None:
-                for gen, state in zip(_model_rngs(self.model), rngs):
-                    gen.bit_generator.state = state
+            extra = io.restore_training_state(self.model, self.path)
+            self.resume_epoch = int(extra["epoch"]) + 1
+            states = extra.get("random_state", extra.get("rngs"))  # "rngs": backups of earlier versions
+            if states is not None:
+                self.model.set_random_state(states)
+            if extra.get("learning_rate") is not None:
+                self.model.optimizer.learning_rate = extra["learning_rate"]
+            self._restored = extra
 
-    def on_epoch_end(self, epoch, logs=None):
+    def restore_callbacks(self, callbacks) -> None:
+        """Give the other callbacks their backed-up state (after their on_train_begin)."""
+        if not self._restored:
+            return
+        saved = self._restored.get("callbacks", {})
+        arrays = self._restored.get("arrays", {})
+        for i, cb in enumerate(callbacks):
+            entry = saved.get(str(i))
+            if entry is not None and entry["class"] == type(cb).__name__:
+                cb.set_state(_decode_state(entry["state"], f"cb/{i}", arrays))
+
+    def write_backup(self, epoch, callbacks) -> None:
+        """The backup after ``epoch``: called once every callback's on_epoch_end has run."""
         from . import io
 
         os.makedirs(self.backup_dir, exist_ok=True)
-        # the shuffling and dropout generators too: a restarted process then
-        # continues with the very batches and masks the interrupted run would have used
-        rngs = [gen.bit_generator.state for gen in _model_rngs(self.model)]
-        io.save_model(self.model, self.path, extra={"epoch": int(epoch), "rngs": rngs})
+        arrays, states = {}, {}
+        for i, cb in enumerate(callbacks):
+            state = cb.get_state() if cb is not self else {}
+            if state:
+                states[str(i)] = {"class": type(cb).__name__, "state": _encode_state(state, f"cb/{i}", arrays)}
+        lr = self.model.optimizer.get_config().get("learning_rate")
+        extra = {"epoch": int(epoch), "random_state": self.model.get_random_state(), "callbacks": states,
+                 "learning_rate": float(lr) if isinstance(lr, (int, float)) else None}
+        io.save_model(self.model, self.path, extra=extra, extra_arrays=arrays)
 
     def on_train_end(self, logs=None):
         # only reached when fit ends normally: after a crash the backup stays for the restart
@@ -401,19 +460,32 @@ class BackupAndRestore(Callback):
             os.remove(self.path)
 
 
-def _model_rngs(model):
-    """The model's shuffling generator and every layer's generator, in a fixed order."""
-    gens = [model._rng]
+def _encode_state(state, prefix, arrays):
+    """A callback state for JSON: arrays (and lists of arrays) go to ``arrays`` by key."""
+    out = {}
+    for key, value in state.items():
+        name = f"{prefix}/{key}"
+        if isinstance(value, np.ndarray):
+            arrays[name] = value
+            out[key] = {"__array__": name}
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, np.ndarray) for v in value):
+            for j, v in enumerate(value):
+                arrays[f"{name}/{j}"] = v
+            out[key] = {"__arrays__": name, "n": len(value)}
+        else:
+            out[key] = value
+    return out
 
-    def visit(layer):
-        if isinstance(getattr(layer, "rng", None), np.random.Generator):
-            gens.append(layer.rng)
-        for sub in layer.sublayers():
-            visit(sub)
 
-    for layer in model.layers:
-        visit(layer)
-    return gens
+def _decode_state(state, prefix, arrays):
+    out = {}
+    for key, value in state.items():
+        if isinstance(value, dict) and "__array__" in value:
+            value = arrays[value["__array__"]]
+        elif isinstance(value, dict) and "__arrays__" in value:
+            value = [arrays[f"{value['__arrays__']}/{j}"] for j in range(value["n"])]
+        out[key] = value
+    return out
 
 
 class CallbackList:
@@ -453,6 +525,9 @@ class CallbackList:
 
     def on_train_begin(self):
         self._call("on_train_begin", {})
+        for cb in self.callbacks:
+            if isinstance(cb, BackupAndRestore):
+                cb.restore_callbacks(self.callbacks)
 
     def on_train_end(self):
         self._call("on_train_end", {})
@@ -462,6 +537,9 @@ class CallbackList:
 
     def on_epoch_end(self, epoch, logs):
         self._call("on_epoch_end", epoch, logs)
+        for cb in self.callbacks:  # last: the learning rate and the callbacks' state are final
+            if isinstance(cb, BackupAndRestore):
+                cb.write_backup(epoch, self.callbacks)
 
     def on_train_batch_begin(self, step):
         self._call("on_train_batch_begin", step, {})

@@ -272,10 +272,14 @@ def _restore_compile(model, meta, arrays):
 
 
 # -------------------------------------------------------------- public API
-def save_model(model, path, extra=None):
+def save_model(model, path, extra=None, extra_arrays=None):
+    """Architecture, weights, compile config and optimizer state in one file; ``extra``
+    (JSON values) and ``extra_arrays`` ({name: array}) ride along for
+    ``restore_training_state``."""
     meta = {"format": FORMAT, "version": VERSION, "kind": "model", "model": model_config(model),
             "compile": _compile_meta(model), "extra": extra or {}}
     arrays = {f"w/{i}": w for i, w in enumerate(model.get_weights())}
+    arrays.update({f"x/{k}": np.asarray(v) for k, v in (extra_arrays or {}).items()})
     if meta["compile"] is not None:
         for k, v in model.optimizer.get_state().items():
             arrays[f"opt/{k}"] = np.asarray(v)
@@ -301,13 +305,16 @@ def load_model(path, custom_objects=None, compile=True):
 
 
 def restore_training_state(model, path):
-    """Load weights and optimizer state of a backup into an existing, compiled model."""
+    """Load weights and optimizer state of a backup into an existing, compiled model;
+    returns the ``extra`` it was saved with, its ``extra_arrays`` under "arrays"."""
     meta, arrays = _read_archive(path)
     model.set_weights(_weights_from(arrays))
     state = {k[4:]: v for k, v in arrays.items() if k.startswith("opt/")}
     if state and model.optimizer is not None:
         model.optimizer.set_state(state)
-    return meta.get("extra", {})
+    extra = dict(meta.get("extra", {}))
+    extra["arrays"] = {k[2:]: v for k, v in arrays.items() if k.startswith("x/")}
+    return extra
 
 
 def save_weights(model, path):

@@ -424,6 +424,39 @@ class Model:
         logs.update({name: m.result() for _, name, m in self._metrics})
         return logs if return_dict else list(logs.values())
 
+    # ------------------------------------------------------------ generators
+    def _generators(self) -> list:
+        """The shuffling generator, then each layer's (sub-layers depth first): a fixed order."""
+        gens = [self._rng]
+
+        def visit(layer):
+            rng = getattr(layer, "rng", None)
+            if hasattr(rng, "bit_generator"):  # a Generator, or a data-parallel wrapper around one
+                gens.append(rng)
+            for sub in layer.sublayers():
+                visit(sub)
+
+        for layer in self.layers:
+            visit(layer)
+        return gens
+
+    def get_random_state(self) -> list[dict]:
+        """The bit-generator states of every random generator training draws from
+        (batch shuffling, then each layer's: dropout masks, noise), JSON-able: with
+        the weights and optimizer state, what a resumed ``fit`` needs to draw the
+        very batches and masks an uninterrupted one would."""
+        return [g.bit_generator.state for g in self._generators()]
+
+    def set_random_state(self, states) -> None:
+        """Restore what ``get_random_state`` returned (same architecture)."""
+        gens = self._generators()
+        states = list(states)
+        if len(states) != len(gens):
+            raise ValueError(f"{self.name}: set_random_state expected {len(gens)} generator states, "
+                             f"got {len(states)}")
+        for g, st in zip(gens, states):
+            g.bit_generator.state = st
+
     # --------------------------------------------------------------- weights
     def get_weights(self) -> list[np.ndarray]:
         """All weights, layer by layer, each layer's in Keras order (copies)."""

@@ -48,6 +48,9 @@ class LocalTrainer:
     def sync_state(self):
         pass
 
+    def pull_random_state(self):
+        """The generators here are the ones that drew: nothing to bring back."""
+
     def finish(self, completed):
         pass
 
@@ -75,6 +78,7 @@ def run_fit(model, trainer, n, val, batch_size, epochs, verbose, callbacks, shuf
                               verbose=verbose if trainer.is_root else 0, epochs=epochs, steps=steps, samples=n)
     model.stop_training = False
     stop_on_nan = cbs.has(cb_mod.TerminateOnNaN)
+    backup = cbs.has(cb_mod.BackupAndRestore)
     multi_out = len(model._losses) > 1
     cbs.on_train_begin()
     start_epoch = trainer.agree(cbs.start_epoch(initial_epoch))
@@ -125,6 +129,8 @@ def run_fit(model, trainer, n, val, batch_size, epochs, verbose, callbacks, shuf
                 # every replica sees the root's logs, so callbacks decide alike everywhere
                 logs = trainer.agree(logs)
                 if n_seen:
+                    if backup:  # the backup must hold the generators as the replicas left them
+                        trainer.pull_random_state()
                     cbs.on_epoch_end(epoch, logs)
                 lr = model.optimizer._learning_rate
                 stop, lr = trainer.agree((bool(model.stop_training), lr if not callable(lr) else None))

@@ -407,6 +407,10 @@ class ReplicatedTrainer:
 
     plan = None
 
+    def pull_random_state(self):
+        """Bring the replicas' generator states into the model (before a backup);
+        a no-op where the model's own generators are the ones that drew (MPI)."""
+
     def train_step(self, idx):
         model = self.model
         extras = self.step(idx)

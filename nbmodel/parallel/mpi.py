@@ -43,8 +43,6 @@ from .common import (
     extras_size,
     fit_replicated,
     get_state_arrays,
-    rng_states,
-    set_rng_states,
     set_state_arrays,
     shard_bounds,
     stat_sync_size,
@@ -176,14 +174,17 @@ class MPIBackend(ReplicatedTrainer):
                              f"{shapes}; every rank must load the same data and build the same model")
         # rank 0's weights, optimizer state and generators (restored by BackupAndRestore, if any)
         comm.Bcast(packed["params"], root=0)
+        lr = model.optimizer.get_config().get("learning_rate")  # a float, or a schedule's config
         state = comm.bcast(None if not self.is_root else {
             "weights": model.get_weights(), "opt": model.optimizer.get_state(),
-            "rng": model._rng.bit_generator.state, "layer_rngs": rng_states(model)}, root=0)
+            "lr": float(lr) if isinstance(lr, (int, float)) else None,
+            "random_state": model.get_random_state()}, root=0)
         if not self.is_root:
             model.set_weights(state["weights"])
             model.optimizer.set_state(state["opt"])
-            model._rng.bit_generator.state = state["rng"]
-            set_rng_states(model, state["layer_rngs"])
+            if state["lr"] is not None:  # e.g. lowered by ReduceLROnPlateau before a restart
+                model.optimizer.learning_rate = state["lr"]
+            model.set_random_state(state["random_state"])
         n_p = packed["params"].size
         self.buf = np.zeros(n_p + extras_size(model), np.float64)
         sync = None

@@ -408,12 +408,15 @@ class ProcessBackend(ReplicatedTrainer):
         self._send_all([("get_state",)] * self.replicas)
         set_state_arrays(self.model, self.positions, self._gather("state")[0][1])
 
+    def pull_random_state(self):
+        """Every replica drew the same global-batch noise: worker 0's generators to the model."""
+        self._send_all([("rng",)] * self.replicas)
+        set_rng_states(self.model, self._gather("rng")[0][1])
+
     def finish(self, completed):
         try:
             if completed and self.procs and all(p.is_alive() for p in self.procs):
-                # every replica drew the same global-batch noise: take worker 0's generators
-                self._send_all([("rng",)] * self.replicas)
-                set_rng_states(self.model, self._gather("rng")[0][1])
+                self.pull_random_state()
         finally:
             self.close(error=not completed)
 

@@ -209,3 +209,15 @@ def assert_same_training(ref_model, ref_hist, model, hist, rtol=1e-10):
     scale = max(float(np.max(np.abs(a))) for a in wa if a.size)
     for i, (a, b) in enumerate(zip(wa, wb)):
         np.testing.assert_allclose(b, a, rtol=rtol, atol=rtol * scale, err_msg=f"weight {i}")
+
+
+def assert_same_final(done_dir, resumed_dir):
+    """resume_script.py's final.npz of an uninterrupted and of a killed-and-resumed run:
+    the same weights, optimizer state and learning rate, bit for bit."""
+    import os
+
+    with np.load(os.path.join(done_dir, "final.npz")) as a, np.load(os.path.join(resumed_dir, "final.npz")) as b:
+        assert sorted(a.files) == sorted(b.files)
+        for k in a.files:
+            np.testing.assert_array_equal(b[k], a[k], err_msg=k)
+        assert float(a["lr"]) < 1e-2 / 8  # ReduceLROnPlateau lowered it every epoch

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 import pytest
-from _models import FAMILIES, assert_same_training, available, case
+from _models import FAMILIES, assert_same_final, assert_same_training, available, case
 
 pytest.importorskip("mpi4py")
 MPIEXEC = shutil.which("mpiexec")
@@ -94,6 +94,20 @@ def test_exception_on_one_rank_aborts_the_job():
     assert "deliberate failure on rank 1" in r.stderr + r.stdout
     raised = float(r.stdout.split("RAISING AT ")[1].split()[0])
     assert ended - raised < 30
+
+
+def test_killed_job_resumes_bit_identically(tmp_path):
+    """kill -9 of rank 0 mid-epoch ends the job; restarted, it ends like an uninterrupted
+    job (Dropout, BatchNormalization, ReduceLROnPlateau; resume_script.py)."""
+    script = os.path.join(HERE, "resume_script.py")
+    done, resumed = tmp_path / "done", tmp_path / "resumed"
+    r, _ = _mpiexec([script, str(done), "mpi"], timeout=180)
+    assert r.returncode == 0, r.stderr
+    r, _ = _mpiexec([script, str(resumed), "mpi", "--kill"], timeout=180)
+    assert r.returncode != 0 and not os.path.exists(resumed / "final.npz"), r.stderr
+    r, _ = _mpiexec([script, str(resumed), "mpi"], timeout=180)
+    assert r.returncode == 0, r.stderr
+    assert_same_final(done, resumed)
 
 
 def test_stuck_rank_ends_the_job_naming_it():
