@@ -22,8 +22,14 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 import numpy as np  # noqa: E402
 
 # fastmath flags for every CPU kernel. Never "nnan"/"ninf": they let LLVM delete
-# the NaN checks that training relies on to stop on a non-finite loss.
-FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+# the NaN checks that training relies on to stop on a non-finite loss. Never
+# "reassoc": a kernel that calls another one links its own re-optimized copy of
+# the callee, and which copy runs depends on what the process loaded first (a
+# cold or a warm kernel cache); with reassoc the copies round differently and
+# the same seeded training ends with other weights. Reductions that must
+# vectorize keep explicit partial sums instead (see docs/performance.md).
+# Changing this set needs a cleared kernel cache: numba's cache key ignores it.
+FASTMATH = frozenset({"nsz", "arcp", "contract", "afn"})
 
 _FLOATX = "float32"
 _DEFAULT_DEVICE = os.environ.get("NBMODEL_DEVICE", "cpu")
