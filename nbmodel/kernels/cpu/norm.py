@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from ._jit import jit
+from ._math import row_sum
 
 
 @jit
@@ -24,15 +25,8 @@ def layer_norm_forward(x, gamma, beta, eps, use_scale, use_center, out, mean, rs
     zero = one - one
     inv_d = one / x.dtype.type(d)
     for i in range(n):
-        s = zero
-        for j in range(d):
-            s += x[i, j]
-        mu = s * inv_d
-        v = zero
-        for j in range(d):
-            c = x[i, j] - mu
-            v += c * c
-        r = one / math.sqrt(v * inv_d + eps)
+        mu = row_sum(x[i], zero, False) * inv_d
+        r = one / math.sqrt(row_sum(x[i], mu, True) * inv_d + eps)
         mean[i] = mu
         rstd[i] = r
         for j in range(d):
@@ -92,17 +86,10 @@ def add_layer_norm_forward(a, b, gamma, beta, eps, s, out, mean, rstd):
     zero = one - one
     inv_d = one / a.dtype.type(d)
     for i in range(n):
-        t = zero
         for j in range(d):
-            v = a[i, j] + b[i, j]
-            s[i, j] = v
-            t += v
-        mu = t * inv_d
-        v2 = zero
-        for j in range(d):
-            c = s[i, j] - mu
-            v2 += c * c
-        r = one / math.sqrt(v2 * inv_d + eps)
+            s[i, j] = a[i, j] + b[i, j]
+        mu = row_sum(s[i], zero, False) * inv_d
+        r = one / math.sqrt(row_sum(s[i], mu, True) * inv_d + eps)
         mean[i] = mu
         rstd[i] = r
         for j in range(d):
