@@ -205,6 +205,7 @@ class Model:
         for k, specs in enumerate(self._metric_specs):
             for spec in specs:
                 m = metrics_mod.get(spec, loss=self._losses[k], y_true=ys[k], y_pred=preds[k]).to(self._device)
+                m.build(ys[k], preds[k])  # totals() sized before the first update (data parallel)
                 prefix = _output_name(self._graph.outputs[k]) + "_" if multi else ""
                 self._metrics.append((k, prefix + m.name, m))
 

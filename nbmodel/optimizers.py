@@ -27,7 +27,8 @@ import numpy as np
 from . import schedules as schedules_module
 from .backend import Device, default_device, get_device
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get", "serialize", "deserialize"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Nadam", "Adagrad", "Adadelta", "Adamax", "Lion", "get",
+           "serialize", "deserialize"]
 
 
 def _opt_float(cls_name, arg, value, allow_none=True, positive=False):
@@ -40,6 +41,18 @@ def _opt_float(cls_name, arg, value, allow_none=True, positive=False):
     value = float(value)
     if value < 0 or (positive and value == 0) or not math.isfinite(value):
         raise ValueError(f"{cls_name}: argument `{arg}` must be {'> 0' if positive else '>= 0'}, got {value}")
+    return value
+
+
+def _opt_unit(cls_name, arg, value, low_open=False, high_open=True):
+    """``value`` as a float in [0, 1) (``low_open``: (0, ...; ``high_open=False``: ..., 1]), else ValueError."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if ok:
+        value = float(value)
+        ok = (0 < value if low_open else 0 <= value) and (value < 1 if high_open else value <= 1)
+    if not ok:
+        span = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+        raise ValueError(f"{cls_name}: argument `{arg}` must be in {span}, got {value!r}")
     return value
 
 
@@ -116,6 +129,10 @@ class Optimizer:
     def _slot_names(self) -> list[str]:
         return []
 
+    def _slot_initial_value(self, name: str) -> float:
+        """The value slot ``name`` starts from (0 unless a subclass says otherwise)."""
+        return 0.0
+
     def build(self, params_flat, segments=None):
         """Allocate the slots for ``params_flat`` (1-D, float32/float64).
 
@@ -162,7 +179,8 @@ class Optimizer:
         self._one_sumsq = dev.empty(1, np.float64)
         self._one_value = None  # the gradient scale held in _one_scale
         self._dummy = dev.zeros(1, p.dtype)
-        self.slots = {k: dev.zeros(n, p.dtype) for k in self._slot_names()}
+        self.slots = {k: dev.full(n, v, p.dtype) if (v := self._slot_initial_value(k)) else dev.zeros(n, p.dtype)
+                      for k in self._slot_names()}
         self.built = True
         if self._pending_state is not None:
             state, self._pending_state = self._pending_state, None
@@ -303,11 +321,8 @@ class Adam(Optimizer):
         super().__init__(learning_rate, clipnorm=clipnorm, clipvalue=clipvalue,
                          global_clipnorm=global_clipnorm, name=name, weight_decay=weight_decay)
         cls = type(self).__name__
-        for arg, v in (("beta_1", beta_1), ("beta_2", beta_2)):
-            if not isinstance(v, numbers.Real) or not 0 <= v < 1:
-                raise ValueError(f"{cls}: argument `{arg}` must be in [0, 1), got {v!r}")
-        self.beta_1 = float(beta_1)
-        self.beta_2 = float(beta_2)
+        self.beta_1 = _opt_unit(cls, "beta_1", beta_1)
+        self.beta_2 = _opt_unit(cls, "beta_2", beta_2)
         self.epsilon = _opt_float(cls, "epsilon", epsilon, allow_none=False)
         self.amsgrad = bool(amsgrad)
 
@@ -347,9 +362,7 @@ class RMSprop(Optimizer):
                  weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None, name="rmsprop"):
         super().__init__(learning_rate, clipnorm=clipnorm, clipvalue=clipvalue,
                          global_clipnorm=global_clipnorm, name=name, weight_decay=weight_decay)
-        if not isinstance(rho, numbers.Real) or not 0 <= rho < 1:
-            raise ValueError(f"RMSprop: argument `rho` must be in [0, 1), got {rho!r}")
-        self.rho = float(rho)
+        self.rho = _opt_unit("RMSprop", "rho", rho)
         self.momentum = _opt_float("RMSprop", "momentum", momentum, allow_none=False)
         self.epsilon = _opt_float("RMSprop", "epsilon", epsilon, allow_none=False)
         self.centered = bool(centered)
@@ -369,13 +382,156 @@ class RMSprop(Optimizer):
                 "epsilon": self.epsilon, "centered": self.centered}
 
 
-_BY_NAME = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
-_CLASSES = {c.__name__: c for c in (SGD, Adam, AdamW, RMSprop)}
+class Nadam(Optimizer):
+    """Nadam, Keras 3 form: Adam's m and v with Nesterov momentum through the momentum-cache
+    schedule u_t = beta_1 (1 - 0.5 * 0.96^t):
+    m_hat = u_{t+1} m / (1 - u_1...u_{t+1}) + (1 - u_t) g / (1 - u_1...u_t), v_hat = v / (1 - beta_2^t),
+    p -= lr * m_hat / (sqrt(v_hat) + epsilon)."""
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=None,
+                 clipnorm=None, clipvalue=None, global_clipnorm=None, name="nadam"):
+        super().__init__(learning_rate, clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, name=name, weight_decay=weight_decay)
+        self.beta_1 = _opt_unit("Nadam", "beta_1", beta_1)
+        self.beta_2 = _opt_unit("Nadam", "beta_2", beta_2)
+        self.epsilon = _opt_float("Nadam", "epsilon", epsilon, allow_none=False)
+        self._u_product = (0, 1.0)  # (step t, u_1 * ... * u_t), a function of the step count only
+
+    def _u(self, step):
+        return self.beta_1 * (1.0 - 0.5 * 0.96 ** step)
+
+    def _u_product_at(self, step):
+        k, prod = self._u_product
+        if k > step:  # iterations went back (set_state): start over
+            k, prod = 0, 1.0
+        while k < step:
+            k += 1
+            prod *= self._u(k)
+        self._u_product = (k, prod)
+        return prod
+
+    def _slot_names(self):
+        return ["momentum", "velocity"]
+
+    def _update(self, kern, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, t):
+        step = self.iterations + 1
+        u_t, u_next = self._u(step), self._u(step + 1)
+        prod = self._u_product_at(step)
+        m_coef = u_next / (1.0 - prod * u_next)
+        g_coef = (1.0 - u_t) / (1.0 - prod)
+        v_coef = 1.0 / (1.0 - self.beta_2 ** step)
+        kern.nadam_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, t(lr), t(1.0 - self.beta_1),
+                        t(1.0 - self.beta_2), t(m_coef), t(g_coef), t(v_coef), t(self.epsilon),
+                        self.slots["momentum"], self.slots["velocity"])
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+
+
+class Adagrad(Optimizer):
+    """Adagrad, Keras 3 form: accumulator (starting at initial_accumulator_value) += g^2;
+    p -= lr * g / sqrt(accumulator + epsilon)."""
+
+    def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7, weight_decay=None,
+                 clipnorm=None, clipvalue=None, global_clipnorm=None, name="adagrad"):
+        super().__init__(learning_rate, clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, name=name, weight_decay=weight_decay)
+        self.initial_accumulator_value = _opt_float("Adagrad", "initial_accumulator_value",
+                                                    initial_accumulator_value, allow_none=False)
+        self.epsilon = _opt_float("Adagrad", "epsilon", epsilon, allow_none=False)
+
+    def _slot_names(self):
+        return ["accumulator"]
+
+    def _slot_initial_value(self, name):
+        return self.initial_accumulator_value
+
+    def _update(self, kern, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, t):
+        kern.adagrad_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, t(lr), t(self.epsilon),
+                          self.slots["accumulator"])
+
+    def get_config(self):
+        return {**super().get_config(), "initial_accumulator_value": self.initial_accumulator_value,
+                "epsilon": self.epsilon}
+
+
+class Adadelta(Optimizer):
+    """Adadelta, Keras 3 form: a_g = rho a_g + (1 - rho) g^2;
+    d = -sqrt(a_d + epsilon) g / sqrt(a_g + epsilon); a_d = rho a_d + (1 - rho) d^2; p += lr * d."""
+
+    def __init__(self, learning_rate=0.001, rho=0.95, epsilon=1e-7, weight_decay=None, clipnorm=None,
+                 clipvalue=None, global_clipnorm=None, name="adadelta"):
+        super().__init__(learning_rate, clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, name=name, weight_decay=weight_decay)
+        self.rho = _opt_unit("Adadelta", "rho", rho, high_open=False)
+        self.epsilon = _opt_float("Adadelta", "epsilon", epsilon, allow_none=False)
+
+    def _slot_names(self):
+        return ["accumulated_grad", "accumulated_delta_var"]
+
+    def _update(self, kern, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, t):
+        kern.adadelta_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, t(lr), t(self.rho), t(1.0 - self.rho),
+                           t(self.epsilon), self.slots["accumulated_grad"], self.slots["accumulated_delta_var"])
+
+    def get_config(self):
+        return {**super().get_config(), "rho": self.rho, "epsilon": self.epsilon}
+
+
+class Adamax(Optimizer):
+    """Adamax, Keras 3 form (Adam with the infinity norm): m += (g - m)(1 - beta_1);
+    u = max(beta_2 u, |g|); p -= lr * m / ((1 - beta_1^t) (u + epsilon))."""
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=None,
+                 clipnorm=None, clipvalue=None, global_clipnorm=None, name="adamax"):
+        super().__init__(learning_rate, clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, name=name, weight_decay=weight_decay)
+        self.beta_1 = _opt_unit("Adamax", "beta_1", beta_1)
+        self.beta_2 = _opt_unit("Adamax", "beta_2", beta_2, high_open=False)
+        self.epsilon = _opt_float("Adamax", "epsilon", epsilon, allow_none=False)
+
+    def _slot_names(self):
+        return ["momentum", "norm"]
+
+    def _update(self, kern, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, t):
+        alpha = lr / (1.0 - self.beta_1 ** (self.iterations + 1))
+        kern.adamax_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, t(alpha), t(1.0 - self.beta_1),
+                         t(self.beta_2), t(self.epsilon), self.slots["momentum"], self.slots["norm"])
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+
+
+class Lion(Optimizer):
+    """Lion, Keras 3 form: p -= lr * sign(beta_1 m + (1 - beta_1) g); m = beta_2 m + (1 - beta_2) g.
+    beta_1 must be in (0, 1] (Keras: 0 would make it SignSGD)."""
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.99, weight_decay=None, clipnorm=None,
+                 clipvalue=None, global_clipnorm=None, name="lion"):
+        super().__init__(learning_rate, clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, name=name, weight_decay=weight_decay)
+        self.beta_1 = _opt_unit("Lion", "beta_1", beta_1, low_open=True, high_open=False)
+        self.beta_2 = _opt_unit("Lion", "beta_2", beta_2, high_open=False)
+
+    def _slot_names(self):
+        return ["momentum"]
+
+    def _update(self, kern, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, t):
+        kern.lion_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, t(lr), t(self.beta_1), t(1.0 - self.beta_1),
+                       t(self.beta_2), t(1.0 - self.beta_2), self.slots["momentum"])
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2}
+
+
+_ALL = (SGD, Adam, AdamW, RMSprop, Nadam, Adagrad, Adadelta, Adamax, Lion)
+_BY_NAME = {c.__name__.lower(): c for c in _ALL}
+_CLASSES = {c.__name__: c for c in _ALL}
 
 
 def get(identifier) -> Optimizer:
-    """An optimizer from a name ("sgd", "adam", "adamw", "rmsprop", case-insensitive; Keras
-    defaults), a serialize() dict, or an Optimizer instance (returned as is)."""
+    """An optimizer from a name ("sgd", "adam", "adamw", "rmsprop", "nadam", "adagrad", "adadelta",
+    "adamax", "lion", case-insensitive; Keras defaults), a serialize() dict, or an Optimizer instance
+    (returned as is)."""
     if isinstance(identifier, Optimizer):
         return identifier
     if isinstance(identifier, str):

@@ -48,6 +48,28 @@ CONTRACT: dict[str, dict[str, tuple[str, str]]] = {
         "move_axis_back": ("src, out", "(p, q, c) -> (p, c, q)"),
         "reverse_steps": ("src, out", "out[:, t] = src[:, T - 1 - t]"),
         "total": ("a", "float64 sum of every element, returned to the host"),
+        "subtract": ("a, b, out", "out = a - b (same shape)"),
+        "extremum_into": ("out, arg, a, index, largest",
+                          "where a > out (largest) or a < out (not largest): out = a, arg (int32) = index; "
+                          "ties keep the earlier input"),
+        "take_where": ("dy, arg, index, dx", "dx = dy where arg == index, else 0"),
+        "batch_matmul": ("a, b, ta, tb, out", "out[p] = op(a[p]) @ op(b[p]) for 3-D a, b, out; op transposes "
+                                              "when ta / tb"),
+        "l2_normalize": ("x, eps, out, inv", "out = x * inv over axis 1 of x (p, m, q), "
+                                             "inv (p, q) = min(1 / sqrt(sum x**2), 1 / eps)"),
+        "l2_normalize_backward": ("y, inv, dy, eps, dx", "gradient of l2_normalize given its out y and inv"),
+    },
+    "reshaping": {
+        "repeat_rows": ("src, out", "out[:, j, :] = src for src (p, q), out (p, m, q)"),
+        "sum_rows": ("src, out", "out = src[:, 0, :] + src[:, 1, :] + ... in that order, src (p, m, q), "
+                                 "out (p, q)"),
+        "resize_linear": ("src, out", "linear upsampling along axis 1 of src (p, m, q) to out (p, m * s, q): "
+                                      "half-pixel centres, edges clamped (TF resize, torch align_corners=False)"),
+        "resize_linear_backward": ("dy, dx", "the gradient of resize_linear (a gather, fixed order)"),
+        "pad_2d": ("src, top, left, out", "out (n, H, W, c) = 0 but out[:, top:top + h, left:left + w] = src "
+                                          "(n, h, w, c)"),
+        "crop_2d": ("src, top, left, out", "out (n, oh, ow, c) = src[:, top:top + oh, left:left + ow]"),
+        "permute": ("src, axes, out", "out = src.transpose(axes) (axes: a tuple of at most 8 ints)"),
     },
     "activations": {
         "activation_forward": ("code, x, out", "out = act(x), elementwise (any code but softmax)"),
@@ -178,6 +200,15 @@ CONTRACT: dict[str, dict[str, tuple[str, str]]] = {
                       "m, v, vhat", "Adam / AdamW"),
         "rmsprop_step": ("p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, rho, one_m_rho, momentum, eps, "
                          "centered, vel, mom, avg", "RMSprop (centered, momentum)"),
+        "nadam_step": ("p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, one_m_b1, one_m_b2, m_coef, g_coef, "
+                       "v_coef, eps, m, v", "Nadam (Keras 3 momentum-cache schedule; coefficients from the caller)"),
+        "adagrad_step": ("p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, eps, acc", "Adagrad"),
+        "adadelta_step": ("p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, rho, one_m_rho, eps, acc_g, acc_d",
+                          "Adadelta"),
+        "adamax_step": ("p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, alpha, one_m_b1, beta_2, eps, m, u",
+                        "Adamax (infinity norm)"),
+        "lion_step": ("p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, beta_1, one_m_b1, beta_2, one_m_b2, m",
+                      "Lion (sign update)"),
         "segment_sumsq": ("g, bounds, out", "out[i] = sum of g**2 over segment i, in float64"),
     },
 }
@@ -187,6 +218,7 @@ FAMILIES = frozenset(CONTRACT)
 # family -> the reference oracle functions (nbmodel/kernels/reference/<family>.py) that check it
 REFERENCE: dict[str, tuple[str, ...]] = {
     "array": ("copy_block", "move_axis_last", "reverse_steps"),
+    "reshaping": ("repeat_rows", "sum_rows", "resize_linear", "pad_2d", "crop_2d", "permute"),
     "activations": ("activation_forward", "softmax_rows"),
     "dense": ("dense_forward", "dropout_forward"),
     "conv": ("conv_forward", "conv_backward"),
@@ -197,7 +229,8 @@ REFERENCE: dict[str, tuple[str, ...]] = {
     "recurrent": ("simple_rnn_forward", "lstm_forward", "gru_forward"),
     "attention": ("mha_forward", "mha_backward", "pos_embed_forward"),
     "losses": ("dense_loss", "categorical_ce", "sparse_ce", "sparse_matches"),
-    "optim": ("sgd_step", "adam_step", "rmsprop_step", "segment_sumsq"),
+    "optim": ("sgd_step", "adam_step", "rmsprop_step", "nadam_step", "adagrad_step", "adadelta_step",
+              "adamax_step", "lion_step", "segment_sumsq"),
 }
 
 

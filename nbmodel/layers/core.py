@@ -1,6 +1,14 @@
-"""Core layers: Dense, Activation, Dropout, Flatten, Reshape, Add, Concatenate.
+"""Core layers: Dense, Activation, Dropout (noise_shape), SpatialDropout1D/2D,
+Flatten, Reshape, and the merge layers Add, Subtract, Multiply, Average,
+Maximum, Minimum, Concatenate, Dot.
 
-Kernels: nbmodel/kernels/cpu/dense.py (Dense, Dropout) and activations.py.
+Kernels: nbmodel/kernels/cpu/dense.py (Dense, Dropout), activations.py,
+array.py (merges) and reshaping.py (broadcasting a dropout mask).
+
+Maximum / Minimum gradients follow TensorFlow's rule for ``maximum(x, y)``
+(the whole gradient goes to x where x >= y; ``minimum``: x <= y), applied
+input by input as Keras chains them: at a tie the first of the tied inputs
+gets the whole gradient (PyTorch and JAX split it instead).
 """
 from __future__ import annotations
 
@@ -9,7 +17,8 @@ import numpy as np
 from .. import activations as act_codes
 from .base import Layer
 
-__all__ = ["Dense", "Activation", "Dropout", "Flatten", "Reshape", "Add", "Concatenate"]
+__all__ = ["Dense", "Activation", "Dropout", "SpatialDropout1D", "SpatialDropout2D", "Flatten", "Reshape", "Add",
+           "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "Dot"]
 
 
 def _check_dim(layer, value, what):
@@ -136,7 +145,13 @@ class Activation(Layer):
 
 
 class Dropout(Layer):
-    """Zeroes a fraction ``rate`` of inputs in training and scales the rest by 1/(1-rate)."""
+    """Zeroes a fraction ``rate`` of inputs in training and scales the rest by 1/(1-rate).
+
+    ``noise_shape`` (Keras): the shape of the drawn mask, broadcast over the input; None
+    entries take the input's size, e.g. (None, 1, None) on (batch, steps, features) drops
+    the same features at every step. The mask is drawn at that shape from the layer's generator, so a seed
+    gives the same masks on every device and a resumed fit continues the sequence.
+    """
 
     def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
         super().__init__(seed=seed, **kwargs)
@@ -144,16 +159,61 @@ class Dropout(Layer):
             raise ValueError(f"{self.name}: rate must be in [0, 1), got {rate!r}")
         self.rate = float(rate)
         if noise_shape is not None:
-            raise ValueError(f"{self.name}: noise_shape is not supported")
+            try:
+                noise_shape = tuple(noise_shape)
+            except TypeError:
+                noise_shape = (noise_shape,)
+            if not all(d is None or (isinstance(d, (int, np.integer)) and d > 0) for d in noise_shape):
+                raise ValueError(f"{self.name}: noise_shape must be a tuple of positive ints or None, "
+                                 f"got {noise_shape!r}")
+            noise_shape = tuple(None if d is None else int(d) for d in noise_shape)
+        self.noise_shape = noise_shape
+
+    def mask_shape(self, shape) -> tuple:
+        """The shape of the mask drawn for an input of ``shape`` (broadcastable to it)."""
+        shape = tuple(shape)
+        if self.noise_shape is None:
+            return shape
+        if len(self.noise_shape) != len(shape):
+            raise ValueError(f"{self.name}: noise_shape {self.noise_shape} has rank {len(self.noise_shape)}, "
+                             f"the input has shape {shape}")
+        ns = tuple(s if d is None else d for d, s in zip(self.noise_shape, shape))
+        if any(d not in (1, s) for d, s in zip(ns, shape)):
+            raise ValueError(f"{self.name}: noise_shape {self.noise_shape} does not broadcast to the input "
+                             f"shape {shape} (each entry must be None, 1 or the input's size)")
+        return ns
+
+    def _draw_mask(self, shape):
+        """Uniform draws of mask_shape(shape), broadcast to ``shape`` (repeats of whole rows)."""
+        ns = self.mask_shape(shape)
+        cur = self.workspace("u" if ns == shape else "noise", ns)
+        self.device.fill_uniform(self.rng, cur)
+        axes = [a for a in range(len(shape)) if ns[a] != shape[a]]
+        runs = []  # runs of consecutive broadcast axes: one repeat each
+        for a in axes:
+            if runs and runs[-1][1] == a:
+                runs[-1][1] = a + 1
+            else:
+                runs.append([a, a + 1])
+        cur_shape = list(ns)
+        for i, (a0, a1) in enumerate(runs):
+            p = int(np.prod(cur_shape[:a0]))
+            q = int(np.prod(cur_shape[a1:]))
+            m = int(np.prod(shape[a0:a1]))
+            cur_shape[a0:a1] = shape[a0:a1]
+            nxt = self.workspace("u" if i == len(runs) - 1 else ("noise", i), cur_shape)
+            self.kernels("reshaping").repeat_rows(cur.reshape(p, q), nxt.reshape(p, m, q))
+            cur = nxt
+        return cur
 
     def forward(self, x, training=False):
         self.ensure_built(np.shape(x))
         x = self.check_input(x)
         self._active = bool(training) and self.rate > 0.0
         if not self._active:
+            self.mask_shape(x.shape)  # a wrong noise_shape fails in inference too
             return x
-        u = self.workspace("u", x.shape)
-        self.device.fill_uniform(self.rng, u)
+        u = self._u = self._draw_mask(x.shape)
         y = self.workspace("y", x.shape)
         self.kernels("dense").dropout_forward(x.reshape(-1), u.reshape(-1), self.dtype.type(self.rate),
                                               y.reshape(-1))
@@ -162,7 +222,7 @@ class Dropout(Layer):
     def backward(self, dy):
         if not self._active:
             return dy
-        u = self.workspace("u", np.shape(dy))
+        u = self._u
         dy = self.asarray(dy)
         dx = self.workspace("dx", dy.shape)
         self.kernels("dense").dropout_backward(dy.reshape(-1), u.reshape(-1), self.dtype.type(self.rate),
@@ -172,7 +232,53 @@ class Dropout(Layer):
     def get_config(self):
         cfg = super().get_config()
         cfg["rate"] = self.rate
+        cfg["noise_shape"] = None if self.noise_shape is None else list(self.noise_shape)
         return cfg
+
+
+class _SpatialDropout(Dropout):
+    """Dropout of whole channels: one mask value per (sample, channel), channels_last."""
+
+    rank = 1
+
+    def __init__(self, rate, data_format=None, seed=None, **kwargs):
+        super().__init__(rate, noise_shape=None, seed=seed, **kwargs)
+        if data_format not in (None, "channels_last"):
+            raise ValueError(f"{self.name}: only data_format='channels_last' is supported, got {data_format!r}")
+
+    def _check_rank(self, shape):
+        if len(shape) != self.rank + 2:
+            what = "steps" if self.rank == 1 else "height, width"
+            raise ValueError(f"{self.name}: expected input of rank {self.rank + 2} (batch, {what}, channels), "
+                             f"got shape {tuple(shape)}")
+
+    def build(self, input_shape):
+        self._check_rank(input_shape)
+        super().build(input_shape)
+
+    def mask_shape(self, shape):
+        self._check_rank(shape)
+        return (shape[0],) + (1,) * self.rank + (shape[-1],)
+
+    def get_config(self):
+        cfg = super().get_config()
+        del cfg["noise_shape"]
+        return cfg
+
+
+class SpatialDropout1D(_SpatialDropout):
+    """Drops whole channels of (batch, steps, channels): the mask has shape (batch, 1, channels)."""
+
+    rank = 1
+
+    def __init__(self, rate, seed=None, **kwargs):
+        super().__init__(rate, seed=seed, **kwargs)
+
+
+class SpatialDropout2D(_SpatialDropout):
+    """Drops whole channels of (batch, h, w, channels): the mask has shape (batch, 1, 1, channels)."""
+
+    rank = 2
 
 
 class Flatten(Layer):
@@ -243,10 +349,20 @@ class _Merge(Layer):
         return [self.check_input(x, what=f"input {i}") for i, x in enumerate(xs)]
 
 
-class Add(_Merge):
-    """Elementwise sum of inputs of the same shape."""
+class _Elementwise(_Merge):
+    """Merges of inputs of one shape (``inputs``: how many it takes, None: 2 or more)."""
+
+    inputs = None
+
+    def _check_count(self, n):
+        if self.inputs is not None and n != self.inputs:
+            raise ValueError(f"{self.name}: expected exactly {self.inputs} inputs, got {n}")
 
     def build(self, input_shape):
+        if not isinstance(input_shape, (list, tuple)) or not input_shape or \
+                not isinstance(input_shape[0], (list, tuple)):
+            raise ValueError(f"{self.name}: expected a list of input shapes, got {input_shape}")
+        self._check_count(len(input_shape))
         shapes = [tuple(s[1:]) for s in input_shape]
         if len(input_shape) < 2 or any(s != shapes[0] for s in shapes):
             raise ValueError(f"{self.name}: expected at least 2 inputs of the same shape, got {input_shape}")
@@ -255,10 +371,20 @@ class Add(_Merge):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[0])
 
-    def forward(self, xs, training=False):
+    def _same_shape(self, xs):
+        if isinstance(xs, (list, tuple)):
+            self._check_count(len(xs))
         xs = self._check_inputs(xs)
         if any(x.shape != xs[0].shape for x in xs):
             raise ValueError(f"{self.name}: inputs must have the same shape, got {[x.shape for x in xs]}")
+        return xs
+
+
+class Add(_Elementwise):
+    """Elementwise sum of inputs of the same shape."""
+
+    def forward(self, xs, training=False):
+        xs = self._same_shape(xs)
         y = self.workspace("y", xs[0].shape)
         k = self.kernels("array")
         k.add(xs[0], xs[1], y)
@@ -269,6 +395,117 @@ class Add(_Merge):
 
     def backward(self, dy):
         return tuple(dy for _ in range(self._n))
+
+
+class Subtract(_Elementwise):
+    """``inputs[0] - inputs[1]`` (exactly 2 inputs of the same shape)."""
+
+    inputs = 2
+
+    def forward(self, xs, training=False):
+        a, b = self._same_shape(xs)
+        y = self.workspace("y", a.shape)
+        self.kernels("array").subtract(a, b, y)
+        return y
+
+    def backward(self, dy):
+        dy = self.asarray(dy)
+        neg = self.workspace("dneg", dy.shape)
+        self.kernels("array").subtract(self.constant("zero", dy.shape, 0), dy, neg)
+        return dy, neg
+
+
+class Multiply(_Elementwise):
+    """Elementwise product of inputs of the same shape."""
+
+    def forward(self, xs, training=False):
+        xs = self._same_shape(xs)
+        y = self.workspace("y", xs[0].shape)
+        k = self.kernels("array")
+        k.multiply(xs[0], xs[1], y)
+        for x in xs[2:]:
+            k.multiply(y, x, y)
+        self._xs = xs
+        return y
+
+    def backward(self, dy):
+        dy = self.asarray(dy)
+        k = self.kernels("array")
+        dxs = []
+        for i in range(len(self._xs)):  # dy times the product of the other inputs
+            dx = self.workspace(("dx", i), dy.shape)
+            src = dy
+            for j, x in enumerate(self._xs):
+                if j != i:
+                    k.multiply(src, x, dx)
+                    src = dx
+            dxs.append(dx)
+        return tuple(dxs)
+
+
+class Average(_Elementwise):
+    """Elementwise mean of inputs of the same shape."""
+
+    def forward(self, xs, training=False):
+        xs = self._same_shape(xs)
+        y = self.workspace("y", xs[0].shape)
+        k = self.kernels("array")
+        k.add(xs[0], xs[1], y)
+        for x in xs[2:]:
+            k.add_into(y, x)
+        k.scale(y, 1.0 / len(xs))
+        self._n = len(xs)
+        return y
+
+    def backward(self, dy):
+        dy = self.asarray(dy)
+        dx = self.workspace("dx", dy.shape)
+        k = self.kernels("array")
+        k.copy(dy, dx)
+        k.scale(dx, 1.0 / self._n)
+        return tuple(dx for _ in range(self._n))
+
+
+class _Extremum(_Elementwise):
+    """Elementwise maximum (largest) or minimum; the first of tied inputs gets the gradient."""
+
+    largest = True
+
+    def forward(self, xs, training=False):
+        xs = self._same_shape(xs)
+        shape = xs[0].shape
+        y = self.workspace("y", shape)
+        arg = self.workspace("arg", shape, np.int32)
+        k = self.kernels("array")
+        k.copy(xs[0], y)
+        k.copy(self.constant("arg0", shape, 0, np.int32), arg)
+        for i, x in enumerate(xs[1:], start=1):
+            k.extremum_into(y, arg, x, i, self.largest)
+        self._n = len(xs)
+        return y
+
+    def backward(self, dy):
+        dy = self.asarray(dy)
+        arg = self.workspace("arg", dy.shape, np.int32)
+        k = self.kernels("array")
+        dxs = []
+        for i in range(self._n):
+            dx = self.workspace(("dx", i), dy.shape)
+            k.take_where(dy, arg, i, dx)
+            dxs.append(dx)
+        return tuple(dxs)
+
+
+class Maximum(_Extremum):
+    """Elementwise maximum of inputs of the same shape (ties: the first input gets the gradient)."""
+
+    largest = True
+
+
+class Minimum(_Extremum):
+    """Elementwise minimum of inputs of the same shape (ties: the first input gets the gradient)."""
+
+    largest = False
 
 
 def _blocks3(a, axis):
@@ -339,4 +576,123 @@ class Concatenate(_Merge):
     def get_config(self):
         cfg = super().get_config()
         cfg["axis"] = self.axis
+        return cfg
+
+
+NORMALIZE_EPSILON = 1e-7  # Keras backend.epsilon(): 1 / norm is capped at 1 / epsilon
+
+
+class Dot(_Merge):
+    """Batchwise dot product of 2 inputs along ``axes`` (an int or one axis per input).
+
+    Inputs of rank 2 or 3: (b, d) . (b, d) -> (b, 1); (b, n, d) . (b, m, d) with axes=2 ->
+    (b, n, m); the output is the first input's shape less its axis, then the second's less
+    the batch and its axis (Keras ``batch_dot``). ``normalize=True`` L2-normalizes both
+    inputs along their axes first (Keras: x * min(1 / ||x||, 1 / 1e-7)): cosine similarity.
+    """
+
+    def __init__(self, axes, normalize=False, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(axes, (list, tuple)):
+            if len(axes) != 2 or not all(isinstance(a, (int, np.integer)) for a in axes):
+                raise ValueError(f"{self.name}: axes must be an int or a tuple of 2 ints, got {axes!r}")
+            axes = tuple(int(a) for a in axes)
+        elif isinstance(axes, (int, np.integer)):
+            axes = int(axes)
+        else:
+            raise TypeError(f"{self.name}: axes must be an int or a tuple of 2 ints, got {axes!r}")
+        self.axes = axes
+        self.normalize = bool(normalize)
+
+    def _resolve(self, shapes):
+        """(axis of input 0, axis of input 1) for these shapes, validated."""
+        if len(shapes) != 2:
+            raise ValueError(f"{self.name}: expected exactly 2 inputs, got {len(shapes)}")
+        ranks = [len(s) for s in shapes]
+        if any(r not in (2, 3) for r in ranks):
+            raise ValueError(f"{self.name}: inputs of rank 2 or 3 are supported, got shapes {list(shapes)}")
+        axes = (self.axes, self.axes) if isinstance(self.axes, int) else self.axes
+        axes = tuple(a + r if a < 0 else a for a, r in zip(axes, ranks))
+        if any(a <= 0 or a >= r for a, r in zip(axes, ranks)):
+            raise ValueError(f"{self.name}: axes {self.axes} out of range for shapes {list(shapes)} "
+                             "(the batch axis cannot be reduced)")
+        d0, d1 = shapes[0][axes[0]], shapes[1][axes[1]]
+        if d0 is not None and d1 is not None and d0 != d1:
+            raise ValueError(f"{self.name}: incompatible shapes {list(shapes)}: size {d0} at axis {axes[0]} "
+                             f"!= {d1} at axis {axes[1]}")
+        b0, b1 = shapes[0][0], shapes[1][0]
+        if b0 is not None and b1 is not None and b0 != b1:
+            raise ValueError(f"{self.name}: inputs have different batch sizes, got shapes {list(shapes)}")
+        return axes
+
+    def build(self, input_shape):
+        if not isinstance(input_shape, (list, tuple)) or not input_shape or \
+                not isinstance(input_shape[0], (list, tuple)):
+            raise ValueError(f"{self.name}: expected a list of 2 input shapes, got {input_shape}")
+        self._resolve(input_shape)
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        a0, a1 = self._resolve(input_shape)
+        s0 = [d for i, d in enumerate(input_shape[0]) if i != a0]
+        s1 = [d for i, d in enumerate(input_shape[1]) if i not in (0, a1)]
+        out = s0 + s1
+        return tuple(out + [1] if len(out) == 1 else out)
+
+    @staticmethod
+    def _operand(x, axis, first):
+        """x as a 3-D batch of matrices and whether the product must transpose it: the first
+        operand as (b, i, k), the second as (b, k, j), k the reduced axis."""
+        if x.ndim == 2:
+            return x.reshape((x.shape[0], 1, x.shape[1]) if first else (x.shape[0], x.shape[1], 1)), False
+        return x, (axis == 1) if first else (axis == 2)
+
+    def forward(self, xs, training=False):
+        if not isinstance(xs, (list, tuple)) or len(xs) != 2:
+            raise ValueError(f"{self.name}: expected a list of exactly 2 inputs")
+        xs = self._check_inputs(xs)
+        axes = self._resolve([x.shape for x in xs])
+        k = self.kernels("array")
+        norms = []
+        if self.normalize:
+            for i, (x, a) in enumerate(zip(xs, axes)):
+                xn = self.workspace(("xn", i), x.shape)
+                inv = self.workspace(("inv", i), (int(np.prod(x.shape[:a])), int(np.prod(x.shape[a + 1:]))))
+                k.l2_normalize(_blocks3(x, a), NORMALIZE_EPSILON, _blocks3(xn, a), inv)
+                norms.append((xn, inv))
+            xs = [xn for xn, _ in norms]
+        (a3, ta), (b3, tb) = self._operand(xs[0], axes[0], True), self._operand(xs[1], axes[1], False)
+        rows = a3.shape[2] if ta else a3.shape[1]
+        cols = b3.shape[1] if tb else b3.shape[2]
+        y = self.workspace("y", (a3.shape[0], rows, cols))
+        k.batch_matmul(a3, b3, ta, tb, y)
+        self._cache = (a3, ta, b3, tb, [x.shape for x in xs], axes, norms)
+        return y.reshape((xs[0].shape[0],) + self.compute_output_shape([x.shape for x in xs])[1:])
+
+    def backward(self, dy):
+        a3, ta, b3, tb, shapes, axes, norms = self._cache
+        dy3 = self.asarray(dy).reshape(a3.shape[0], a3.shape[2] if ta else a3.shape[1],
+                                       b3.shape[1] if tb else b3.shape[2])
+        k = self.kernels("array")
+        da = self.workspace(("d", 0), a3.shape)
+        db = self.workspace(("d", 1), b3.shape)
+        if ta:   # a3 holds op(a)^T: d a3 = op(b) @ dy^T
+            k.batch_matmul(b3, dy3, tb, True, da)
+        else:    # d a3 = dy @ op(b)^T
+            k.batch_matmul(dy3, b3, False, not tb, da)
+        if tb:   # b3 holds op(b)^T: d b3 = dy^T @ op(a)
+            k.batch_matmul(dy3, a3, True, ta, db)
+        else:    # d b3 = op(a)^T @ dy
+            k.batch_matmul(a3, dy3, not ta, False, db)
+        dxs = [da.reshape(shapes[0]), db.reshape(shapes[1])]
+        for i, (xn, inv) in enumerate(norms):
+            dx = self.workspace(("dx", i), shapes[i])
+            k.l2_normalize_backward(_blocks3(xn, axes[i]), inv, _blocks3(dxs[i], axes[i]), NORMALIZE_EPSILON,
+                                    _blocks3(dx, axes[i]))
+            dxs[i] = dx
+        return tuple(dxs)
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(axes=list(self.axes) if isinstance(self.axes, tuple) else self.axes, normalize=self.normalize)
         return cfg

@@ -221,8 +221,21 @@ def ensure_metrics(model, ys):
         model._build_metrics([tuple(a.shape) for a in ys], preds)
 
 
+def metric_slices(model):
+    """Where each metric's ``totals()`` sits in a step's extras, after the losses'
+    [totals, counts]: 2 numbers for a mean, the whole state for AUC and the like."""
+    off = 2 * len(model._losses)
+    out = []
+    for _, _, m in model._metrics or []:
+        n = m.totals().size
+        out.append(slice(off, off + n))
+        off += n
+    return out
+
+
 def extras_size(model):
-    return 2 * len(model._losses) + 2 * len(model._metrics or [])
+    slices = metric_slices(model)
+    return slices[-1].stop if slices else 2 * len(model._losses)
 
 
 def reduce_step(model, extras, plan):
@@ -242,9 +255,8 @@ def reduce_step(model, extras, plan):
 
 
 def merge_metrics(model, extras):
-    off = 2 * len(model._losses)
-    for j, (_, _, m) in enumerate(model._metrics or []):
-        m.merge_totals(extras[off + 2 * j: off + 2 * j + 2])
+    for (_, _, m), where in zip(model._metrics or [], metric_slices(model)):
+        m.merge_totals(extras[where])
 
 
 # ------------------------------------------------------------------ RNGs
@@ -346,6 +358,7 @@ class ShardRunner:
             install_stat_sync(model, stat_sync)
         # private metric objects: the model's own accumulate the reduced totals (same process under MPI)
         self.metrics = [(k, copy.deepcopy(m)) for k, _, m in model._metrics or []]
+        self.metric_slices = metric_slices(model)
 
     def run(self, idx, lo, hi, total):
         model = self.model
@@ -390,9 +403,8 @@ class ShardRunner:
                 p.end()
             if self.stat_sync is not None:
                 self.stat_sync.end()
-        off = 2 * n_out
-        for j, (_, m) in enumerate(self.metrics):
-            ex[off + 2 * j: off + 2 * j + 2] = m.totals()
+        for (_, m), where in zip(self.metrics, self.metric_slices):
+            ex[where] = m.totals()
 
 
 # ------------------------------------------------------------ the trainers

@@ -224,7 +224,12 @@ RMSPROP = [dict(centered=False, momentum=0.0, use_cv=False, use_wd=False),
            dict(centered=True, momentum=0.0, use_cv=False, use_wd=False),
            dict(centered=False, momentum=0.8, use_cv=False, use_wd=True),
            dict(centered=True, momentum=0.8, use_cv=True, use_wd=False)]
-CASES = ([("sgd", c) for c in SGD] + [("adam", c) for c in ADAM] + [("rmsprop", c) for c in RMSPROP])
+PLAIN = [dict(use_cv=False, use_wd=False), dict(use_cv=True, use_wd=True)]
+NEW = ("nadam", "adagrad", "adadelta", "adamax", "lion")
+CASES = ([("sgd", c) for c in SGD] + [("adam", c) for c in ADAM] + [("rmsprop", c) for c in RMSPROP]
+         + [(k, c) for k in NEW for c in PLAIN])
+# slots per rule (sizes when used; a variant's unused slots are 1-element placeholders)
+N_SLOTS = {"nadam": 2, "adagrad": 1, "adadelta": 2, "adamax": 2, "lion": 1}
 
 
 def _step(kern, kind, p, g, bounds, scales, slots, opt, t, step):
@@ -237,9 +242,18 @@ def _step(kern, kind, p, g, bounds, scales, slots, opt, t, step):
         alpha = 0.01 * np.sqrt(1 - b2 ** step) / (1 - b1 ** step)
         kern.adam_step(p, g, bounds, scales, opt["use_cv"], cv, opt["use_wd"], wd_lr, t(alpha), t(1 - b1),
                        t(1 - b2), t(1e-7), opt["amsgrad"], *slots)
-    else:
+    elif kind == "rmsprop":
         kern.rmsprop_step(p, g, bounds, scales, opt["use_cv"], cv, opt["use_wd"], wd_lr, t(0.01), t(0.9), t(0.1),
                           t(opt["momentum"]), t(1e-7), opt["centered"], *slots)
+    else:
+        base = (p, g, bounds, scales, opt["use_cv"], cv, opt["use_wd"], wd_lr)
+        hyper = {"nadam": (0.01, 0.1, 0.001, 0.9 / (1 - 0.4 * step), 0.5 / (1 - 0.3 * step), 1 / (1 - 0.999 ** step),
+                           1e-7),
+                 "adagrad": (0.05, 1e-7),
+                 "adadelta": (1.0, 0.95, 0.05, 1e-7),
+                 "adamax": (0.01 / (1 - 0.9 ** step), 0.1, 0.999, 1e-7),
+                 "lion": (0.01, 0.9, 0.1, 0.99, 0.01)}[kind]
+        getattr(kern, f"{kind}_step")(*base, *[t(h) for h in hyper], *slots)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -251,15 +265,19 @@ def test_optimizer_steps_match_cpu(optim, kind, opt, dtype):
     t = np.dtype(dtype).type
     p = r.standard_normal(P).astype(dtype)
     # slots a variant does not use are 1-element placeholders, as the optimizers pass them
-    sizes = {"sgd": [P if opt.get("momentum") else 1],
+    sizes = {**{k: [P] * n for k, n in N_SLOTS.items()},
+             "sgd": [P if opt.get("momentum") else 1],
              "adam": [P, P, P if opt.get("amsgrad") else 1],
              "rmsprop": [P, P if opt.get("momentum") else 1, P if opt.get("centered") else 1]}[kind]
     slots = [np.zeros(n, dtype) for n in sizes]
+    if kind == "adagrad":
+        slots[0] += dtype(0.1)  # Keras' initial_accumulator_value
     scales = np.array(SCALES, dtype)
     p_d, slots_d = dev.asarray(p), [dev.asarray(s) for s in slots]
     bounds_d, scales_d = dev.asarray(BOUNDS), dev.asarray(scales)
     for step in (1, 2):
         g = (r.standard_normal(P) * 0.6).astype(dtype)
+        g[::37] = 0.0  # Lion: sign(0) on the first step
         _step(kh, kind, p, g, BOUNDS, scales, slots, opt, t, step)
         _step(kc, kind, p_d, dev.asarray(g), bounds_d, scales_d, slots_d, opt, t, step)
     _close(dev.to_host(p_d), p, dtype, f"{kind} {opt}: params")
@@ -285,3 +303,25 @@ def test_segment_sumsq_matches_cpu(optim, monkeypatch, dtype):
         assert got.dtype == np.float64
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=0, err_msg=f"{threads} threads x {items}")
     assert want[1] == 0 and dev.to_host(out)[1] == 0
+
+
+@pytest.mark.parametrize("name", ["nadam", "adagrad", "adadelta", "adamax", "lion"])
+def test_optimizer_classes_on_cuda_match_cpu(cuda_device, name):
+    # the Python side (hyperparameters, Nadam's schedule, Adagrad's initial accumulator) on the device
+    from nbmodel import optimizers
+
+    r = np.random.default_rng(29)
+    p = r.standard_normal(40)
+    segments = [(0, 15), (15, 25)]
+    host = type(optimizers.get(name))(learning_rate=0.05, clipnorm=1.0, weight_decay=0.01)
+    dev_opt = optimizers.deserialize(optimizers.serialize(host)).to(cuda_device)
+    p_h, p_d = p.copy(), cuda_device.asarray(p)
+    host.build(p_h, segments)
+    dev_opt.build(p_d, segments)
+    for _ in range(3):
+        g = r.standard_normal(40)
+        host.apply(p_h, g, 0.5)
+        dev_opt.apply(p_d, cuda_device.asarray(g), 0.5)
+    np.testing.assert_allclose(cuda_device.to_host(p_d), p_h, **F64_TOL)
+    for k, v in host.get_state().items():
+        np.testing.assert_allclose(dev_opt.get_state()[k], v, **F64_TOL, err_msg=k)

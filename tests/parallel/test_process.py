@@ -256,3 +256,25 @@ def test_segments_of_parents_killed_during_start_up_are_removed_by_the_next_fit(
         for f in (stale, live):
             if os.path.exists(f):
                 os.remove(f)
+
+
+def test_state_vector_metrics_match_one_process(float64):
+    # AUC, Precision, Recall, F1Score and R2Score exchange their whole state (not a
+    # [total, count] pair) between workers: the logged values equal one process's
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((24, 4))
+    y = (x[:, :1] + 0.3 * rng.standard_normal((24, 1)) > 0).astype(np.float64)
+
+    def build():
+        model = nb.Sequential([L.Input((4,)), L.Dense(1, activation="sigmoid")], seed=1)
+        model.compile(optimizer="sgd", loss="binary_crossentropy",
+                      metrics=["auc", "precision", "recall", nb.metrics.F1Score(threshold=0.5),
+                               nb.metrics.R2Score(), nb.metrics.AUC(curve="PR", num_thresholds=7)])
+        return model
+
+    fit = dict(epochs=2, batch_size=8, shuffle=False, validation_data=(x[:8], y[:8]), verbose=0)
+    ref = build()
+    ref_hist = ref.fit(x, y, **fit)
+    model = build()
+    hist = model.fit(x, y, workers=2, **fit)
+    assert_same_training(ref, ref_hist, model, hist)

@@ -107,6 +107,71 @@ def rmsprop_update(p, vel, mom, avg, j, gj, use_wd, wd_lr, lr, rho, one_m_rho, m
 
 
 @inline
+def nadam_update(p, m, v, j, gj, use_wd, wd_lr, lr, one_m_b1, one_m_b2, m_coef, g_coef, v_coef, eps):
+    pj = p[j]
+    if use_wd:
+        pj -= pj * wd_lr
+    mj = m[j] + (gj - m[j]) * one_m_b1
+    vj = v[j] + (gj * gj - v[j]) * one_m_b2
+    m[j] = mj
+    v[j] = vj
+    m_hat = m_coef * mj + g_coef * gj
+    p[j] = pj - (m_hat * lr) / (math.sqrt(vj * v_coef) + eps)
+
+
+@inline
+def adagrad_update(p, acc, j, gj, use_wd, wd_lr, lr, eps):
+    pj = p[j]
+    if use_wd:
+        pj -= pj * wd_lr
+    aj = acc[j] + gj * gj
+    acc[j] = aj
+    p[j] = pj - (lr * gj) / math.sqrt(aj + eps)
+
+
+@inline
+def adadelta_update(p, acc_g, acc_d, j, gj, use_wd, wd_lr, lr, rho, one_m_rho, eps):
+    pj = p[j]
+    if use_wd:
+        pj -= pj * wd_lr
+    ag = rho * acc_g[j] + one_m_rho * (gj * gj)
+    acc_g[j] = ag
+    delta = -(math.sqrt(acc_d[j] + eps) * gj) / math.sqrt(ag + eps)
+    acc_d[j] = rho * acc_d[j] + one_m_rho * (delta * delta)
+    p[j] = pj + lr * delta
+
+
+@inline
+def adamax_update(p, m, u, j, gj, use_wd, wd_lr, alpha, one_m_b1, beta_2, eps):
+    pj = p[j]
+    if use_wd:
+        pj -= pj * wd_lr
+    mj = m[j] + (gj - m[j]) * one_m_b1
+    m[j] = mj
+    uj = beta_2 * u[j]
+    ag = abs(gj)
+    if not ag <= uj:  # max(beta_2 u, |g|) that keeps a NaN gradient NaN
+        uj = ag
+    u[j] = uj
+    p[j] = pj - (alpha * mj) / (uj + eps)
+
+
+@inline
+def lion_update(p, m, j, gj, use_wd, wd_lr, lr, beta_1, one_m_b1, beta_2, one_m_b2):
+    pj = p[j]
+    if use_wd:
+        pj -= pj * wd_lr
+    c = m[j] * beta_1 + gj * one_m_b1
+    zero = p.dtype.type(0)
+    if c > zero:
+        c = p.dtype.type(1)
+    elif c < zero:
+        c = p.dtype.type(-1)  # 0 stays 0 and NaN stays NaN, as sign()
+    m[j] = m[j] * beta_2 + gj * one_m_b2
+    p[j] = pj - lr * c
+
+
+@inline
 def _sgd_piece(p, g, sc, use_cv, cv, use_wd, wd_lr, lr, momentum, nesterov, m):
     for j in range(p.size):
         sgd_update(p, m, j, clipped_grad(g, j, sc, use_cv, cv), use_wd, wd_lr, lr, momentum, nesterov)
@@ -207,6 +272,166 @@ def rmsprop_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, rho, one_m
         for c in prange((n + CHUNK - 1) // CHUNK):
             _rmsprop_range(c * CHUNK, min(n, (c + 1) * CHUNK), p, g, bounds, scales, use_cv, cv, use_wd,
                            wd_lr, lr, rho, one_m_rho, momentum, eps, centered, vel, mom, avg)
+
+
+@inline
+def _nadam_piece(p, g, sc, use_cv, cv, use_wd, wd_lr, lr, one_m_b1, one_m_b2, m_coef, g_coef, v_coef, eps, m, v):
+    for j in range(p.size):
+        nadam_update(p, m, v, j, clipped_grad(g, j, sc, use_cv, cv), use_wd, wd_lr, lr, one_m_b1, one_m_b2, m_coef,
+                     g_coef, v_coef, eps)
+
+
+@inline
+def _nadam_range(start, stop, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, one_m_b1, one_m_b2, m_coef, g_coef,
+                 v_coef, eps, m, v):
+    s = segment_of(bounds, start)
+    a = start
+    while a < stop:
+        b = min(stop, bounds[s + 1])
+        _nadam_piece(p[a:b], g[a:b], scales[s], use_cv, cv, use_wd, wd_lr, lr, one_m_b1, one_m_b2, m_coef, g_coef,
+                     v_coef, eps, m[a:b], v[a:b])
+        a = b
+        s += 1
+
+
+@pjit
+def nadam_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, one_m_b1, one_m_b2, m_coef, g_coef, v_coef, eps, m,
+               v):
+    """Nadam (Keras 3): m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2);
+    p -= lr (m_coef m + g_coef g) / (sqrt(v v_coef) + eps), the coefficients from the
+    momentum-cache schedule (m_coef = u_{t+1} / (1 - prod u_1..u_{t+1}), g_coef = (1 - u_t) /
+    (1 - prod u_1..u_t), v_coef = 1 / (1 - b2^t)), computed by the caller."""
+    n = p.size
+    if n < PAR_MIN_ELEMENTWISE:
+        _nadam_range(0, n, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, one_m_b1, one_m_b2, m_coef, g_coef,
+                     v_coef, eps, m, v)
+    else:
+        for c in prange((n + CHUNK - 1) // CHUNK):
+            _nadam_range(c * CHUNK, min(n, (c + 1) * CHUNK), p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr,
+                         one_m_b1, one_m_b2, m_coef, g_coef, v_coef, eps, m, v)
+
+
+@inline
+def _adagrad_piece(p, g, sc, use_cv, cv, use_wd, wd_lr, lr, eps, acc):
+    for j in range(p.size):
+        adagrad_update(p, acc, j, clipped_grad(g, j, sc, use_cv, cv), use_wd, wd_lr, lr, eps)
+
+
+@inline
+def _adagrad_range(start, stop, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, eps, acc):
+    s = segment_of(bounds, start)
+    a = start
+    while a < stop:
+        b = min(stop, bounds[s + 1])
+        _adagrad_piece(p[a:b], g[a:b], scales[s], use_cv, cv, use_wd, wd_lr, lr, eps, acc[a:b])
+        a = b
+        s += 1
+
+
+@pjit
+def adagrad_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, eps, acc):
+    """Adagrad (Keras 3): acc += g^2; p -= lr g / sqrt(acc + eps)."""
+    n = p.size
+    if n < PAR_MIN_ELEMENTWISE:
+        _adagrad_range(0, n, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, eps, acc)
+    else:
+        for c in prange((n + CHUNK - 1) // CHUNK):
+            _adagrad_range(c * CHUNK, min(n, (c + 1) * CHUNK), p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr,
+                           eps, acc)
+
+
+@inline
+def _adadelta_piece(p, g, sc, use_cv, cv, use_wd, wd_lr, lr, rho, one_m_rho, eps, acc_g, acc_d):
+    for j in range(p.size):
+        adadelta_update(p, acc_g, acc_d, j, clipped_grad(g, j, sc, use_cv, cv), use_wd, wd_lr, lr, rho, one_m_rho, eps)
+
+
+@inline
+def _adadelta_range(start, stop, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, rho, one_m_rho, eps, acc_g,
+                    acc_d):
+    s = segment_of(bounds, start)
+    a = start
+    while a < stop:
+        b = min(stop, bounds[s + 1])
+        _adadelta_piece(p[a:b], g[a:b], scales[s], use_cv, cv, use_wd, wd_lr, lr, rho, one_m_rho, eps, acc_g[a:b],
+                        acc_d[a:b])
+        a = b
+        s += 1
+
+
+@pjit
+def adadelta_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, rho, one_m_rho, eps, acc_g, acc_d):
+    """Adadelta (Keras 3): acc_g = rho acc_g + (1 - rho) g^2;
+    d = -sqrt(acc_d + eps) g / sqrt(acc_g + eps); acc_d = rho acc_d + (1 - rho) d^2; p += lr d."""
+    n = p.size
+    if n < PAR_MIN_ELEMENTWISE:
+        _adadelta_range(0, n, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, rho, one_m_rho, eps, acc_g, acc_d)
+    else:
+        for c in prange((n + CHUNK - 1) // CHUNK):
+            _adadelta_range(c * CHUNK, min(n, (c + 1) * CHUNK), p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr,
+                            rho, one_m_rho, eps, acc_g, acc_d)
+
+
+@inline
+def _adamax_piece(p, g, sc, use_cv, cv, use_wd, wd_lr, alpha, one_m_b1, beta_2, eps, m, u):
+    for j in range(p.size):
+        adamax_update(p, m, u, j, clipped_grad(g, j, sc, use_cv, cv), use_wd, wd_lr, alpha, one_m_b1, beta_2, eps)
+
+
+@inline
+def _adamax_range(start, stop, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, alpha, one_m_b1, beta_2, eps, m, u):
+    s = segment_of(bounds, start)
+    a = start
+    while a < stop:
+        b = min(stop, bounds[s + 1])
+        _adamax_piece(p[a:b], g[a:b], scales[s], use_cv, cv, use_wd, wd_lr, alpha, one_m_b1, beta_2, eps, m[a:b],
+                      u[a:b])
+        a = b
+        s += 1
+
+
+@pjit
+def adamax_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, alpha, one_m_b1, beta_2, eps, m, u):
+    """Adamax (Keras 3): m += (g - m)(1 - b1); u = max(b2 u, |g|);
+    p -= alpha m / (u + eps) with alpha = lr / (1 - b1^t)."""
+    n = p.size
+    if n < PAR_MIN_ELEMENTWISE:
+        _adamax_range(0, n, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, alpha, one_m_b1, beta_2, eps, m, u)
+    else:
+        for c in prange((n + CHUNK - 1) // CHUNK):
+            _adamax_range(c * CHUNK, min(n, (c + 1) * CHUNK), p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, alpha,
+                          one_m_b1, beta_2, eps, m, u)
+
+
+@inline
+def _lion_piece(p, g, sc, use_cv, cv, use_wd, wd_lr, lr, beta_1, one_m_b1, beta_2, one_m_b2, m):
+    for j in range(p.size):
+        lion_update(p, m, j, clipped_grad(g, j, sc, use_cv, cv), use_wd, wd_lr, lr, beta_1, one_m_b1, beta_2, one_m_b2)
+
+
+@inline
+def _lion_range(start, stop, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, beta_1, one_m_b1, beta_2, one_m_b2,
+                m):
+    s = segment_of(bounds, start)
+    a = start
+    while a < stop:
+        b = min(stop, bounds[s + 1])
+        _lion_piece(p[a:b], g[a:b], scales[s], use_cv, cv, use_wd, wd_lr, lr, beta_1, one_m_b1, beta_2, one_m_b2,
+                    m[a:b])
+        a = b
+        s += 1
+
+
+@pjit
+def lion_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, beta_1, one_m_b1, beta_2, one_m_b2, m):
+    """Lion (Keras 3): p -= lr sign(b1 m + (1 - b1) g); m = b2 m + (1 - b2) g."""
+    n = p.size
+    if n < PAR_MIN_ELEMENTWISE:
+        _lion_range(0, n, p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, beta_1, one_m_b1, beta_2, one_m_b2, m)
+    else:
+        for c in prange((n + CHUNK - 1) // CHUNK):
+            _lion_range(c * CHUNK, min(n, (c + 1) * CHUNK), p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr,
+                        beta_1, one_m_b1, beta_2, one_m_b2, m)
 
 
 @jit

@@ -1,5 +1,7 @@
 """Array family on CUDA: fills, elementwise sums, block copies, axis moves,
-time reversal and a float64 total (see nbmodel/kernels/contract.py).
+time reversal, a float64 total and the merge layers' kernels (differences,
+running maxima/minima with the winner's index, batched products, L2
+normalization) (see nbmodel/kernels/contract.py).
 
 Every launcher flattens its C-contiguous arguments and runs one thread per
 output element (``runtime.launch_1d``); index arithmetic maps a flat output
@@ -8,11 +10,14 @@ whose per-block sums are added atomically in float64.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .runtime import cuda, kernel, launch_1d, result_buffer, types
 
 _F = (types.float32, types.float64)
+_I = types.int64
 _ANY = (types.float32, types.float64, types.int64, types.int32)
 
 
@@ -147,6 +152,82 @@ def _total(a, out):
         cuda.atomic.add(out, 0, part[0])
 
 
+@kernel(*[(_one(t), _one(t), _one(t)) for t in _F])
+def _subtract(a, b, out):
+    i = cuda.grid(1)
+    if i < out.size:
+        out[i] = a[i] - b[i]
+
+
+@kernel(*[(_one(t), types.int32[::1], _one(t), types.int32, types.boolean) for t in _F])
+def _extremum_into(out, arg, a, index, largest):
+    i = cuda.grid(1)
+    if i < out.size:
+        v = a[i]
+        better = v > out[i] if largest else v < out[i]
+        if better:
+            out[i] = v
+            arg[i] = index
+
+
+@kernel(*[(_one(t), types.int32[::1], types.int32, _one(t)) for t in _F])
+def _take_where(dy, arg, index, dx):
+    i = cuda.grid(1)
+    if i < dx.size:
+        dx[i] = dy[i] if arg[i] == index else dx.dtype.type(0)
+
+
+@kernel(*[(_one(t), _one(t), types.boolean, types.boolean, _I, _I, _I, _one(t)) for t in _F])
+def _batch_matmul(a, b, ta, tb, rows, cols, depth, out):
+    """out (p, rows, cols); a (p, rows, depth) or (p, depth, rows) when ta; b likewise. A thread per out element."""
+    i = cuda.grid(1)
+    if i < out.size:
+        c = i % cols
+        r = (i // cols) % rows
+        p = i // (cols * rows)
+        ab = p * rows * depth
+        bb = p * depth * cols
+        acc = out.dtype.type(0)
+        for k in range(depth):
+            av = a[ab + k * rows + r] if ta else a[ab + r * depth + k]
+            bv = b[bb + c * depth + k] if tb else b[bb + k * cols + c]
+            acc += av * bv
+        out[i] = acc
+
+
+@kernel(*[(_one(t), t, _one(t), _one(t), _I, _I) for t in _F])
+def _l2_normalize(x, eps, out, inv, m, q):
+    """A thread per (p, q) column: its squared sum over the m entries, then the scaled copy."""
+    i = cuda.grid(1)
+    if i < inv.size:
+        e = i % q
+        base = (i // q) * m * q + e
+        s = x.dtype.type(0)
+        for j in range(m):
+            v = x[base + j * q]
+            s += v * v
+        cap = x.dtype.type(1) / eps
+        f = cap if s * cap * cap <= x.dtype.type(1) else x.dtype.type(1) / math.sqrt(s)
+        inv[i] = f
+        for j in range(m):
+            out[base + j * q] = x[base + j * q] * f
+
+
+@kernel(*[(_one(t), _one(t), _one(t), t, _one(t), _I, _I) for t in _F])
+def _l2_normalize_backward(y, inv, dy, eps, dx, m, q):
+    i = cuda.grid(1)
+    if i < inv.size:
+        e = i % q
+        base = (i // q) * m * q + e
+        f = inv[i]
+        dot = y.dtype.type(0)
+        if f < y.dtype.type(1) / eps:
+            for j in range(m):
+                dot += dy[base + j * q] * y[base + j * q]
+        for j in range(m):
+            dx[base + j * q] = f * (dy[base + j * q] - y[base + j * q] * dot)
+
+
 # ------------------------------------------------------------ launchers
 def fill(out, value):
     o = _flat(out)
@@ -216,3 +297,40 @@ def total(a) -> float:
             threads *= 2
         _total[min(-(-a.size // threads), 1024), threads](_flat(a), out)
     return float(out.copy_to_host()[0])
+
+
+def subtract(a, b, out):
+    o = _flat(out)
+    _subtract[launch_1d(o.size)](_flat(a), _flat(b), o)
+
+
+def extremum_into(out, arg, a, index, largest):
+    o = _flat(out)
+    if o.size:
+        _extremum_into[launch_1d(o.size)](o, _flat(arg), _flat(a), np.int32(index), bool(largest))
+
+
+def take_where(dy, arg, index, dx):
+    o = _flat(dx)
+    if o.size:
+        _take_where[launch_1d(o.size)](_flat(dy), _flat(arg), np.int32(index), o)
+
+
+def batch_matmul(a, b, ta, tb, out):
+    p, rows, cols = out.shape
+    depth = a.shape[1] if ta else a.shape[2]
+    if out.size:
+        _batch_matmul[launch_1d(out.size)](_flat(a), _flat(b), bool(ta), bool(tb), rows, cols, depth, _flat(out))
+
+
+def l2_normalize(x, eps, out, inv):
+    p, m, q = x.shape
+    if inv.size:
+        _l2_normalize[launch_1d(inv.size)](_flat(x), x.dtype.type(eps), _flat(out), _flat(inv), m, q)
+
+
+def l2_normalize_backward(y, inv, dy, eps, dx):
+    p, m, q = y.shape
+    if inv.size:
+        _l2_normalize_backward[launch_1d(inv.size)](_flat(y), _flat(inv), _flat(dy), y.dtype.type(eps), _flat(dx),
+                                                     m, q)

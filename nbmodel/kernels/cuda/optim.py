@@ -5,7 +5,8 @@ norms need (see nbmodel/kernels/contract.py and nbmodel/kernels/cpu/optim.py).
 The step kernels run one thread per element; each finds its segment of
 ``bounds`` by the CPU's binary search (``segment_of``), forms the clipped,
 scaled gradient with the CPU's ``clipped_grad`` and updates the element with
-the CPU's ``sgd_update`` / ``adam_update`` / ``rmsprop_update``: ``@inline``
+the CPU's ``<rule>_update`` (sgd, adam, rmsprop, nadam, adagrad, adadelta,
+adamax, lion): ``@inline``
 helpers that numba inlines into the CUDA kernel. Every element is updated independently,
 as on the CPU, so the update matches it up to the GPU's float rounding
 (fused multiply-adds, fast division and square root).
@@ -32,6 +33,11 @@ _clipped = shared_helper(_cpu.clipped_grad)
 _sgd_update = shared_helper(_cpu.sgd_update)
 _adam_update = shared_helper(_cpu.adam_update)
 _rmsprop_update = shared_helper(_cpu.rmsprop_update)
+_nadam_update = shared_helper(_cpu.nadam_update)
+_adagrad_update = shared_helper(_cpu.adagrad_update)
+_adadelta_update = shared_helper(_cpu.adadelta_update)
+_adamax_update = shared_helper(_cpu.adamax_update)
+_lion_update = shared_helper(_cpu.lion_update)
 
 
 def _one(t):
@@ -85,6 +91,88 @@ def rmsprop_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, rho, one_m
         t = p.dtype.type
         _rmsprop[launch_1d(p.size)](p, g, bounds, scales, bool(use_cv), t(cv), bool(use_wd), t(wd_lr), t(lr),
                                     t(rho), t(one_m_rho), t(momentum), t(eps), bool(centered), vel, mom, avg)
+
+
+def _sig(n_scalars, n_slots):
+    """Signatures (float32, float64) of a step kernel: p, g, bounds, scales, use_cv, cv, use_wd, wd_lr,
+    then ``n_scalars`` hyperparameters and ``n_slots`` slot arrays."""
+    return [(_one(t), _one(t), _I, _one(t), _B, t, _B, t) + (t,) * n_scalars + (_one(t),) * n_slots for t in _F]
+
+
+@kernel(*_sig(7, 2))
+def _nadam(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, one_m_b1, one_m_b2, m_coef, g_coef, v_coef, eps, m,
+           v):
+    i = cuda.grid(1)
+    if i < p.size:
+        _nadam_update(p, m, v, i, _clipped(g, i, scales[_seg(bounds, i)], use_cv, cv), use_wd, wd_lr, lr, one_m_b1,
+                      one_m_b2, m_coef, g_coef, v_coef, eps)
+
+
+def nadam_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, one_m_b1, one_m_b2, m_coef, g_coef, v_coef, eps,
+               m, v):
+    if p.size:
+        t = p.dtype.type
+        _nadam[launch_1d(p.size)](p, g, bounds, scales, bool(use_cv), t(cv), bool(use_wd), t(wd_lr), t(lr),
+                                  t(one_m_b1), t(one_m_b2), t(m_coef), t(g_coef), t(v_coef), t(eps), m, v)
+
+
+@kernel(*_sig(2, 1))
+def _adagrad(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, eps, acc):
+    i = cuda.grid(1)
+    if i < p.size:
+        _adagrad_update(p, acc, i, _clipped(g, i, scales[_seg(bounds, i)], use_cv, cv), use_wd, wd_lr, lr, eps)
+
+
+def adagrad_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, eps, acc):
+    if p.size:
+        t = p.dtype.type
+        _adagrad[launch_1d(p.size)](p, g, bounds, scales, bool(use_cv), t(cv), bool(use_wd), t(wd_lr), t(lr), t(eps),
+                                    acc)
+
+
+@kernel(*_sig(4, 2))
+def _adadelta(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, rho, one_m_rho, eps, acc_g, acc_d):
+    i = cuda.grid(1)
+    if i < p.size:
+        _adadelta_update(p, acc_g, acc_d, i, _clipped(g, i, scales[_seg(bounds, i)], use_cv, cv), use_wd, wd_lr, lr,
+                         rho, one_m_rho, eps)
+
+
+def adadelta_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, rho, one_m_rho, eps, acc_g, acc_d):
+    if p.size:
+        t = p.dtype.type
+        _adadelta[launch_1d(p.size)](p, g, bounds, scales, bool(use_cv), t(cv), bool(use_wd), t(wd_lr), t(lr),
+                                     t(rho), t(one_m_rho), t(eps), acc_g, acc_d)
+
+
+@kernel(*_sig(4, 2))
+def _adamax(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, alpha, one_m_b1, beta_2, eps, m, u):
+    i = cuda.grid(1)
+    if i < p.size:
+        _adamax_update(p, m, u, i, _clipped(g, i, scales[_seg(bounds, i)], use_cv, cv), use_wd, wd_lr, alpha,
+                       one_m_b1, beta_2, eps)
+
+
+def adamax_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, alpha, one_m_b1, beta_2, eps, m, u):
+    if p.size:
+        t = p.dtype.type
+        _adamax[launch_1d(p.size)](p, g, bounds, scales, bool(use_cv), t(cv), bool(use_wd), t(wd_lr), t(alpha),
+                                   t(one_m_b1), t(beta_2), t(eps), m, u)
+
+
+@kernel(*_sig(5, 1))
+def _lion(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, beta_1, one_m_b1, beta_2, one_m_b2, m):
+    i = cuda.grid(1)
+    if i < p.size:
+        _lion_update(p, m, i, _clipped(g, i, scales[_seg(bounds, i)], use_cv, cv), use_wd, wd_lr, lr, beta_1,
+                     one_m_b1, beta_2, one_m_b2)
+
+
+def lion_step(p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, beta_1, one_m_b1, beta_2, one_m_b2, m):
+    if p.size:
+        t = p.dtype.type
+        _lion[launch_1d(p.size)](p, g, bounds, scales, bool(use_cv), t(cv), bool(use_wd), t(wd_lr), t(lr), t(beta_1),
+                                 t(one_m_b1), t(beta_2), t(one_m_b2), m)
 
 
 # --------------------------------------------------------------- segment_sumsq

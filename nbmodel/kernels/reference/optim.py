@@ -58,6 +58,25 @@ class Reference:
         rmsprop_step(p, g, s, lr, self.h.get("rho", 0.9), self.h.get("momentum", 0.0),
                      self.h.get("epsilon", 1e-7), self.h.get("centered", False))
 
+    def _nadam(self, p, g, s, lr):
+        nadam_step(p, g, s, lr, self.t + 1, self.h.get("beta_1", 0.9), self.h.get("beta_2", 0.999),
+                   self.h.get("epsilon", 1e-7))
+
+    def _adagrad(self, p, g, s, lr):
+        if "acc" not in s:
+            s["acc"] = np.full_like(p, self.h.get("initial_accumulator_value", 0.1), np.float64)
+        adagrad_step(p, g, s, lr, self.h.get("epsilon", 1e-7))
+
+    def _adadelta(self, p, g, s, lr):
+        adadelta_step(p, g, s, lr, self.h.get("rho", 0.95), self.h.get("epsilon", 1e-7))
+
+    def _adamax(self, p, g, s, lr):
+        adamax_step(p, g, s, lr, self.t + 1, self.h.get("beta_1", 0.9), self.h.get("beta_2", 0.999),
+                    self.h.get("epsilon", 1e-7))
+
+    def _lion(self, p, g, s, lr):
+        lion_step(p, g, s, lr, self.h.get("beta_1", 0.9), self.h.get("beta_2", 0.99))
+
 
 # One step of each rule on one variable, in place on p and the slots s (the
 # contract's names; the kernels run them over the flat buffer by segment).
@@ -96,6 +115,46 @@ def rmsprop_step(p, g, s, lr, rho=0.9, momentum=0.0, epsilon=1e-7, centered=Fals
         p -= s["m"]
     else:
         p -= inc
+
+
+def nadam_step(p, g, s, lr, t, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+    """Nadam at step t = 1, 2, ... as Keras 3 writes it: u_t = beta_1 (1 - 0.5 * 0.96^t), the
+    product of u_1..u_t kept across steps (the same for every variable of a step)."""
+    u_t = beta_1 * (1 - 0.5 * 0.96 ** t)
+    u_t_1 = beta_1 * (1 - 0.5 * 0.96 ** (t + 1))
+    u_product_t = np.prod([beta_1 * (1 - 0.5 * 0.96 ** k) for k in range(1, t + 1)])
+    u_product_t_1 = u_product_t * u_t_1
+    s["m"] += (g - s["m"]) * (1 - beta_1)
+    s["v"] += (g * g - s["v"]) * (1 - beta_2)
+    m_hat = u_t_1 * s["m"] / (1 - u_product_t_1) + (1 - u_t) * g / (1 - u_product_t)
+    v_hat = s["v"] / (1 - beta_2 ** t)
+    p -= m_hat * lr / (np.sqrt(v_hat) + epsilon)
+
+
+def adagrad_step(p, g, s, lr, epsilon=1e-7):
+    """Adagrad; s["acc"] starts at initial_accumulator_value."""
+    s["acc"] += g * g
+    p -= lr * g / np.sqrt(s["acc"] + epsilon)
+
+
+def adadelta_step(p, g, s, lr, rho=0.95, epsilon=1e-7):
+    """Adadelta; s["v"] accumulates g^2 (accumulated_grad), s["a"] the updates (accumulated_delta_var)."""
+    s["v"] = rho * s["v"] + (1 - rho) * g * g
+    delta = -np.sqrt(s["a"] + epsilon) * g / np.sqrt(s["v"] + epsilon)
+    s["a"] = rho * s["a"] + (1 - rho) * delta * delta
+    p += lr * delta
+
+
+def adamax_step(p, g, s, lr, t, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+    """Adamax at step t = 1, 2, ...; s["v"] is the infinity norm u."""
+    s["m"] += (g - s["m"]) * (1 - beta_1)
+    s["v"] = np.maximum(beta_2 * s["v"], np.abs(g))
+    p -= lr * s["m"] / ((1 - beta_1 ** t) * (s["v"] + epsilon))
+
+
+def lion_step(p, g, s, lr, beta_1=0.9, beta_2=0.99):
+    p -= lr * np.sign(s["m"] * beta_1 + g * (1 - beta_1))
+    s["m"] = s["m"] * beta_2 + g * (1 - beta_2)
 
 
 def segment_sumsq(g, bounds):
