@@ -437,7 +437,7 @@ class BackupAndRestore(Callback):
         for i, cb in enumerate(callbacks):
             entry = saved.get(str(i))
             if entry is not None and entry["class"] == type(cb).__name__:
-                cb.set_state(_decode_state(entry["state"], f"cb/{i}", arrays))
+                cb.set_state(_decode_state(entry["state"], arrays))
 
     def write_backup(self, epoch, callbacks) -> None:
         """The backup after ``epoch``: called once every callback's on_epoch_end has run."""
@@ -477,7 +477,7 @@ def _encode_state(state, prefix, arrays):
     return out
 
 
-def _decode_state(state, prefix, arrays):
+def _decode_state(state, arrays):
     out = {}
     for key, value in state.items():
         if isinstance(value, dict) and "__array__" in value:

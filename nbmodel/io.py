@@ -29,7 +29,8 @@ def _temp_prefix(path: str, host: str | None = None, pid: int | None = None) -> 
     return f".{os.path.basename(path)}.{host}.{os.getpid() if pid is None else pid}."
 
 
-def _writer_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True when a process ``pid`` runs on this host (ours or another user's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -55,7 +56,7 @@ def remove_stale_temporaries(path) -> list[str]:
         if not (name.startswith(mine) and name.endswith(".tmp")):
             continue
         pid = name[len(mine):].split(".", 1)[0]
-        if pid.isdigit() and not _writer_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             try:
                 os.remove(os.path.join(directory, name))
                 removed.append(name)

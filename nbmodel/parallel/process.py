@@ -36,10 +36,12 @@ import itertools
 import multiprocessing as mp
 import os
 import pickle
+import platform
 import secrets
 import signal
 import struct
 import sys
+import time
 import traceback
 from multiprocessing import shared_memory
 from multiprocessing.connection import wait
@@ -83,20 +85,12 @@ def segment_prefix(pid=None):
     return f"{SHM_PREFIX}_{os.getpid() if pid is None else pid}_"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
 def remove_stale_segments(directory="/dev/shm") -> list[str]:
     """Unlink the segments of parents that died before unlinking them (killed
     during a fit's start-up); returns their names. Segments of live processes
     are left alone."""
+    from ..io import pid_alive
+
     try:
         names = os.listdir(directory)
     except OSError:  # no /dev/shm (not Linux): nothing to clean
@@ -104,7 +98,7 @@ def remove_stale_segments(directory="/dev/shm") -> list[str]:
     removed = []
     for name in names:
         parts = name.split("_")
-        if len(parts) < 3 or parts[0] != SHM_PREFIX or not parts[1].isdigit() or _pid_alive(int(parts[1])):
+        if len(parts) < 3 or parts[0] != SHM_PREFIX or not parts[1].isdigit() or pid_alive(int(parts[1])):
             continue
         try:
             os.unlink(os.path.join(directory, name))
@@ -157,6 +151,87 @@ def _attach(spec):
 
 
 # ------------------------------------------------------------------ worker
+# x86-64 keeps stores in program order for other cores to see (total store order), so a
+# counter bumped after a row is written tells the other workers the row is there
+_STORES_IN_ORDER = platform.machine().lower() in ("x86_64", "amd64")
+
+
+class FlagBarrier:
+    """A barrier between worker processes on x86-64 for BatchNormalization's mid-step
+    sums (common.SharedSlotsReduce): each worker bumps its own counter in shared
+    memory and polls until every counter has reached its own.
+
+    Correct because x86's total store order makes a worker's earlier writes (its
+    row of the sum) visible before its counter; weakly ordered CPUs (ARM, POWER)
+    use PipeBarrier, whose system calls order memory. A few microseconds where
+    ``multiprocessing.Barrier`` takes tens (docs/performance.md, Data parallel).
+    After POLL_S of polling it sleeps between looks, so a descheduled or
+    stopped peer does not hold a core (the parent's step deadline ends a stuck one).
+    """
+
+    POLL_S = 2e-4
+
+    def __init__(self, rank: int, counts: np.ndarray):
+        self.rank, self.counts, self.gen = rank, counts, 0
+
+    def wait(self) -> None:
+        self.gen += 1
+        self.counts[self.rank] = self.gen
+        poll_until = time.perf_counter() + self.POLL_S
+        while self.counts.min() < self.gen:
+            if time.perf_counter() > poll_until:
+                time.sleep(5e-5)
+
+
+class PipeBarrier:
+    """A barrier between worker processes over pipes, for BatchNormalization's
+    mid-step sums (common.SharedSlotsReduce): each worker sends its rank to
+    every other worker's inbox and returns once it has heard from all of them.
+
+    A sender's messages arrive in order, so one that is already at the next
+    barrier is counted for that one (``early``), never for this one. Pipe
+    reads and writes are system calls, so what a worker wrote to shared memory
+    before ``wait`` is visible to the others after theirs, on any CPU: the
+    portable choice where FlagBarrier's reasoning does not hold (about 2x
+    faster than ``multiprocessing.Barrier``).
+    """
+
+    SPIN_S = 2e-4  # polling before a blocking read; the steps around a sum are milliseconds
+
+    def __init__(self, rank: int, inbox, outboxes):
+        self.rank, self.inbox, self.outboxes = rank, inbox, outboxes
+        self.early = [0] * (len(outboxes) + 1)
+        self._msg = struct.pack("<I", rank)
+
+    @staticmethod
+    def create(ctx, replicas: int):
+        """One (inbox, outboxes) pair per rank: pass pairs[r] to worker r."""
+        pipes = [ctx.Pipe(duplex=False) for _ in range(replicas)]  # (reader, writer) of each rank's inbox
+        return [(pipes[r][0], [w for q, (_, w) in enumerate(pipes) if q != r]) for r in range(replicas)]
+
+    def wait(self) -> None:
+        for out in self.outboxes:
+            out.send_bytes(self._msg)
+        missing = len(self.outboxes)
+        for r, n in enumerate(self.early):
+            if n and r != self.rank:
+                self.early[r] -= 1
+                missing -= 1
+        heard = set()
+        spin_until = time.perf_counter() + self.SPIN_S
+        while missing:
+            # poll first for a short while: a blocking read that sleeps costs a wake-up
+            # (tens of us) where the others arrive within microseconds
+            if not self.inbox.poll(0) and time.perf_counter() < spin_until:
+                continue
+            (r,) = struct.unpack("<I", self.inbox.recv_bytes())
+            if r in heard:
+                self.early[r] += 1  # already at the next barrier
+            else:
+                heard.add(r)
+                missing -= 1
+
+
 def _worker_main(rank, conn, spec):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     segments = []
@@ -166,7 +241,7 @@ def _worker_main(rank, conn, spec):
 
         config.set_floatx(spec["floatx"])
         config.set_num_threads(spec["threads"])
-        for key in ("xs", "ys", "sw", "params", "grads", "extras", "batch", "stat_slots"):
+        for key in ("xs", "ys", "sw", "params", "grads", "extras", "batch", "stat_slots", "stat_flags"):
             specs = spec[key]
             if specs is None:
                 continue
@@ -188,7 +263,9 @@ def _worker_main(rank, conn, spec):
         ensure_metrics(model, ys)
         sync = None
         if spec["stat_slots"] is not None:
-            sync = StatSync(SharedSlotsReduce(spec["stat_slots"].array, rank, spec["stat_barrier"]))
+            barrier = (FlagBarrier(rank, spec["stat_flags"].array) if spec["stat_flags"] is not None
+                       else PipeBarrier(rank, *spec["stat_pipes"]))
+            sync = StatSync(SharedSlotsReduce(spec["stat_slots"].array, rank, barrier))
         runner = ShardRunner(model, xs, ys, sw, spec["plan"], spec["extras"].array, sync)
         positions = state_positions(model)
         batch, replicas = spec["batch"].array, spec["replicas"]
@@ -277,8 +354,9 @@ class ProcessBackend(ReplicatedTrainer):
             ctx = mp.get_context("spawn")
             # BatchNormalization's statistics: summed between the workers, mid-step (common.StatSync)
             slots = self._segment(shape=(2, self.replicas, sync_size), dtype=np.float64) if sync_size else None
-            data.update(stat_slots=slots.spec() if slots else None,
-                        stat_barrier=ctx.Barrier(self.replicas) if sync_size else None)
+            flags = self._segment(np.zeros(self.replicas, np.int64)) if sync_size and _STORES_IN_ORDER else None
+            stat_pipes = PipeBarrier.create(ctx, self.replicas) if sync_size and flags is None else None
+            data.update(stat_slots=slots.spec() if slots else None, stat_flags=flags.spec() if flags else None)
             threads = max(1, config.available_cores() // self.replicas)
             base = {"config": io.model_config(model), "classes": layer_classes(model),
                     "weights": model.get_weights(), "floatx": packed["params"].dtype.name,
@@ -293,7 +371,8 @@ class ProcessBackend(ReplicatedTrainer):
                 for k in env_keys:
                     os.environ[k] = str(threads)
                 for r in range(self.replicas):
-                    spec = dict(base, grads=self.grads[r].spec(), extras=self.extras[r].spec())
+                    spec = dict(base, grads=self.grads[r].spec(), extras=self.extras[r].spec(),
+                                stat_pipes=stat_pipes[r] if stat_pipes else None)
                     parent_conn, child_conn = ctx.Pipe(duplex=True)
                     p = ctx.Process(target=_worker_main, args=(r, child_conn, spec),
                                     name=f"nbmodel-worker-{r}", daemon=True)
@@ -310,6 +389,9 @@ class ProcessBackend(ReplicatedTrainer):
             self._gather("ready", timeout=_START_TIMEOUT_S, what="start")
             for seg in self.segments:  # every worker has attached: nothing can leak from here on
                 seg.unlink()
+            for inbox, outboxes in stat_pipes or ():  # the workers hold their own ends
+                for end in (inbox, *outboxes):
+                    end.close()
             self.positions = state_positions(model)
         except BaseException:
             self.close(error=True)

@@ -278,3 +278,44 @@ def test_state_vector_metrics_match_one_process(float64):
     model = build()
     hist = model.fit(x, y, workers=2, **fit)
     assert_same_training(ref, ref_hist, model, hist)
+
+
+@pytest.mark.parametrize("kind", ["flag", "pipe"])
+def test_statistics_barriers_give_every_worker_every_sum(kind):
+    # BatchNormalization's mid-step sums: FlagBarrier (x86-64) and PipeBarrier (elsewhere)
+    # over 3 workers that reach the barriers at different times; each checks every sum
+    r = subprocess.run([sys.executable, os.path.join(HERE, "barrier_script.py"), kind], capture_output=True,
+                       text=True, timeout=180, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO))
+    assert r.stdout.strip() == "OK", r.stdout + r.stderr
+
+
+def test_pipe_barrier_keeps_a_fast_peers_next_arrival_for_the_next_barrier():
+    # rank 0 of 3: peer 1 arrives at barrier 1 and already at barrier 2 before peer 2
+    # arrives at barrier 1; the first wait must not end on peer 1's second message
+    import struct
+
+    from nbmodel.parallel.process import PipeBarrier
+
+    class Inbox:
+        def __init__(self, senders):
+            self.msgs = [struct.pack("<I", r) for r in senders]
+
+        def poll(self, timeout=0):
+            return bool(self.msgs)
+
+        def recv_bytes(self):
+            return self.msgs.pop(0)
+
+    class Outbox:
+        def __init__(self):
+            self.sent = 0
+
+        def send_bytes(self, msg):
+            self.sent += 1
+
+    inbox, outboxes = Inbox([1, 1, 2, 2]), [Outbox(), Outbox()]
+    barrier = PipeBarrier(0, inbox, outboxes)
+    barrier.wait()
+    assert len(inbox.msgs) == 1  # peer 2's first message was needed; its second is next time's
+    barrier.wait()
+    assert inbox.msgs == [] and [o.sent for o in outboxes] == [2, 2]
