@@ -63,66 +63,41 @@ def make_torch(name, layer, x):
     return xt, lambda: bn(xt)
 
 
-class _LayerBench:
-    case = ""
+class ConvLayers:
+    """asv: each case's forward (training), backward and inference, one thread."""
 
-    def setup(self):
+    params = (list(CASES),)
+    param_names = ["layer"]
+
+    def setup(self, case):
         import nbmodel as nb
         from nbmodel.layers.base import finite_checks
 
         nb.set_num_threads(1)
         self._checks = finite_checks(False)  # as inside Model.fit
         self._checks.__enter__()
-        self.layer, self.x, self.dy = make_nb(self.case)
+        self.layer, self.x, self.dy = make_nb(case)
+        self.layer.backward(self.dy)  # compiled before timing
 
-    def teardown(self):
+    def teardown(self, case):
         self._checks.__exit__(None, None, None)
 
-    def time_forward(self):
+    def time_forward(self, case):
         self.layer.forward(self.x, training=True)
 
-    def time_backward(self):
+    def time_backward(self, case):
         self.layer.backward(self.dy)
 
-    def time_inference(self):
+    def time_inference(self, case):
         self.layer.forward(self.x, training=False)
-
-
-class Conv1(_LayerBench):
-    case = "conv1 32 3x3 same relu"
-
-
-class MaxPool1(_LayerBench):
-    case = "maxpool1 2x2"
-
-
-class Conv2(_LayerBench):
-    case = "conv2 64 3x3 same relu"
-
-
-class MaxPool2(_LayerBench):
-    case = "maxpool2 2x2"
-
-
-class BatchNorm(_LayerBench):
-    case = "batchnorm (64,28,28,32)"
-
-
-class AvgPool(_LayerBench):
-    case = "avgpool 2x2"
-
-
-class GlobalAvgPool(_LayerBench):
-    case = "global avg pool"
 
 
 def compare(threads=1, repeat=30, names=None):
     import torch
 
     import nbmodel as nb
+    from nbmodel.bench import interleaved_medians
     from nbmodel.layers.base import finite_checks
-
-    from .common import interleaved_medians
 
     with finite_checks(False):  # as inside Model.fit
         return _compare(nb, torch, interleaved_medians, threads, repeat, names)

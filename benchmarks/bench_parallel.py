@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_parallel [--models cnn,mlp] [--batch 256] [--steps 8] [--repeats 3]
 
-Each configuration trains the same model (benchmarks/models_<name>.py) on
+Each configuration trains the same model (nbmodel/bench/models.py) on
 synthetic data at one GLOBAL batch size:
 
     1 process, 1 thread      fit(workers=1) after nb.set_num_threads(1)
@@ -64,11 +64,10 @@ def _data(ref, n, seed=0):
 def _half_batch_rate(model_name, batch, steps, start, out):
     """Child of the ceiling configuration: 1-thread train steps on batch // 2 samples."""
     import nbmodel as nb
-
-    from .common import discover_models
+    from nbmodel.bench import REFERENCE_MODELS
 
     nb.set_num_threads(1)
-    ref = discover_models()[model_name]
+    ref = REFERENCE_MODELS[model_name]
     x, y = _data(ref, batch // 2)
     model = ref.build_nb()
     for _ in range(2):
@@ -99,11 +98,10 @@ def measure(model_name, config, batch=256, steps=8):
     if config.startswith("ceiling"):
         return _ceiling(model_name, batch, steps)
     import nbmodel as nb
+    from nbmodel.bench import REFERENCE_MODELS
     from nbmodel.parallel.process import fit_process  # noqa: F401 - import cost outside the timing
 
-    from .common import discover_models
-
-    ref = discover_models()[model_name]
+    ref = REFERENCE_MODELS[model_name]
     x, y = _data(ref, batch * steps)
     cores = nb.config.available_cores()
     nb.set_num_threads(1 if config == "1 process, 1 thread" else cores)
@@ -139,8 +137,13 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--sync", action="store_true", help="also time the BatchNormalization statistics sum")
     args = p.parse_args(argv)
     import nbmodel as nb
+
+    if args.sync:
+        for kind in SYNCS * 2:  # twice, alternating
+            print(f"statistics sum between 2 workers, {kind}: {stat_sync_us(kind):.1f} us per call")
 
     models = [m for m in args.models.split(",") if m]
     med = run(models, args.batch, args.steps, args.repeats)
@@ -157,6 +160,79 @@ def main(argv=None):
     return 0
 
 
+SYNCS = ("multiprocessing.Barrier", "PipeBarrier", "FlagBarrier")
+
+
+def _sync_child(kind, rank, barrier, slots_name, calls, size, out):
+    from multiprocessing import shared_memory
+
+    from nbmodel.parallel.common import SharedSlotsReduce
+    from nbmodel.parallel.process import FlagBarrier, PipeBarrier
+
+    shm = shared_memory.SharedMemory(name=slots_name)
+    try:
+        slots = np.ndarray((2, 2, size), np.float64, buffer=shm.buf)
+        counts = np.ndarray((2,), np.int64, buffer=shm.buf, offset=slots.nbytes)
+        if kind == "PipeBarrier":
+            barrier = PipeBarrier(rank, *barrier)
+        elif kind == "FlagBarrier":
+            barrier = FlagBarrier(rank, counts)
+        reduce = SharedSlotsReduce(slots, rank, barrier)
+        buf = np.full(size, float(rank + 1))
+        for _ in range(20):  # warm-up
+            reduce(buf)
+        t = time.perf_counter()
+        for _ in range(calls):
+            buf[:] = rank + 1
+            reduce(buf)
+        out.put((time.perf_counter() - t) / calls)
+        del slots, counts, reduce, barrier
+    finally:
+        shm.close()
+
+
+def stat_sync_us(kind="PipeBarrier", calls=2000, size=129):
+    """Microseconds per BatchNormalization statistics sum between two worker
+    processes (common.SharedSlotsReduce over ``size`` floats) through one of
+    the barriers: FlagBarrier (what the process backend uses on x86-64),
+    PipeBarrier (elsewhere) or multiprocessing.Barrier (before both)."""
+    import multiprocessing as mp
+    from multiprocessing import shared_memory
+
+    from nbmodel.parallel.process import PipeBarrier
+
+    ctx = mp.get_context("spawn")
+    shm = shared_memory.SharedMemory(create=True, size=2 * 2 * size * 8 + 2 * 8)
+    try:
+        np.ndarray((2,), np.int64, buffer=shm.buf, offset=2 * 2 * size * 8)[:] = 0
+        barriers = {"PipeBarrier": lambda: PipeBarrier.create(ctx, 2), "FlagBarrier": lambda: [None, None],
+                    "multiprocessing.Barrier": lambda: [ctx.Barrier(2)] * 2}[kind]()
+        out = ctx.Queue()
+        procs = [ctx.Process(target=_sync_child, args=(kind, r, barriers[r], shm.name, calls, size, out))
+                 for r in range(2)]
+        for p in procs:
+            p.start()
+        per_call = max(out.get(timeout=300) for _ in procs)
+        for p in procs:
+            p.join()
+    finally:
+        shm.close()
+        shm.unlink()
+    return per_call * 1e6
+
+
+class StatSync:
+    """asv: one BatchNormalization statistics sum between two worker processes."""
+
+    params = (list(SYNCS),)
+    param_names = ["barrier"]
+    timeout = 300
+    unit = "us"
+
+    def track_stat_sync_us(self, kind):
+        return stat_sync_us(kind)
+
+
 class ParallelThroughput:
     """asv: samples/s of each reference model with 1 and 2 workers."""
 
@@ -166,9 +242,9 @@ class ParallelThroughput:
     unit = "samples/s"
 
     def setup(self, model, config):
-        from .common import discover_models
+        from nbmodel.bench import REFERENCE_MODELS
 
-        if model not in discover_models():
+        if model not in REFERENCE_MODELS:
             raise NotImplementedError(f"no reference model {model!r}")
 
     def track_samples_per_s(self, model, config):

@@ -104,8 +104,7 @@ def main(argv=None):
     import torch
 
     import nbmodel as nb
-
-    from .common import interleaved_medians
+    from nbmodel.bench import interleaved_medians
 
     nb.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)

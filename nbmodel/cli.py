@@ -215,22 +215,12 @@ def cmd_info(args):
     return 0
 
 
-def cmd_bench(args):
-    here = os.path.abspath(args.repo)
-    if not os.path.isfile(os.path.join(here, "benchmarks", "peer.py")):
-        print("nbmodel bench runs the suite in benchmarks/ of a source checkout; "
-              f"none found under {here} (use --repo)", file=sys.stderr)
-        return 2
-    sys.path.insert(0, here)
-    from benchmarks import peer
-
-    argv = ["--threads", str(args.threads)] + (["--vs", args.vs] if args.vs else [])
-    if args.models:
-        argv += ["--models", args.models]
-    return peer.main(argv)
-
-
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # its own parser (nbmodel/bench/runner.py): `nbmodel bench --help`
+        from .bench.runner import main as bench_main
+
+        return bench_main(argv[1:])
     parser = argparse.ArgumentParser(prog="nbmodel", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a model described by a TOML config")
@@ -244,12 +234,7 @@ def main(argv=None):
     p.set_defaults(fn=cmd_train)
     p = sub.add_parser("info", help="versions, threads, BLAS libraries, CUDA availability")
     p.set_defaults(fn=cmd_info)
-    p = sub.add_parser("bench", help="time the reference models (and PyTorch with --vs torch)")
-    p.add_argument("--vs", choices=["torch"], default=None)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--models", default=None, help="comma-separated reference model names")
-    p.add_argument("--repo", default=".", help="source checkout holding benchmarks/")
-    p.set_defaults(fn=cmd_bench)
+    sub.add_parser("bench", help="time the reference models against PyTorch (nbmodel bench --help)")
     args = parser.parse_args(argv)
     try:
         return args.fn(args)

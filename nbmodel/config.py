@@ -121,6 +121,37 @@ def set_num_threads(n: int) -> None:
     _num_threads = n
 
 
+class kernel_blas_serial:
+    """Context: the BLAS that numba's ``np.dot`` calls (SciPy's) on one thread.
+
+    For kernels whose ``prange`` blocks each run their own GEMM (conv over
+    blocks of images): every thread then owns a whole product, and BLAS's pool
+    does not spin against numba's. Restores the policy's count on exit. A
+    ctypes call each way (about 2 us), so it can wrap every kernel launch.
+    """
+
+    _libs: list | None = None
+
+    def __enter__(self):
+        cls = type(self)
+        if cls._libs is None:
+            import scipy.linalg.cython_blas  # noqa: F401 - loaded, so threadpoolctl sees it
+            from threadpoolctl import ThreadpoolController
+
+            blas = ThreadpoolController().select(user_api="blas").lib_controllers
+            # NumPy's own copy (wheels ship one in numpy.libs) keeps its threads; where both
+            # use one shared library (e.g. conda) that one is the kernels' BLAS
+            cls._libs = [lib for lib in blas if "numpy" not in (lib.filepath or "")] or blas
+        for lib in cls._libs:
+            lib.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        for lib in type(self)._libs:
+            lib.set_num_threads(get_num_threads())
+        return False
+
+
 def get_num_threads() -> int:
     """Threads in use (set by set_num_threads, else all available cores)."""
     return _num_threads if _num_threads is not None else available_cores()

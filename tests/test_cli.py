@@ -1,5 +1,6 @@
 """The ``nbmodel`` command: train from a TOML config, info, and config errors."""
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -151,3 +152,32 @@ batch_size = 8
     assert main(["train", write(tmp_path, cfg, "npz.toml"), "--verbose", "0", "--out", str(tmp_path / "o")]) == 0
     assert "test accuracy:" in capsys.readouterr().out
     assert nb.load_model(tmp_path / "o" / "model.nbm").get_weights()[0].shape == (3, 2)
+
+
+def test_bench_one_thread_in_process(capsys):
+    assert main(["bench", "--models", "mlp", "--repeat", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "BLAS float32 ceiling" in out
+    row = next(line for line in out.splitlines() if line.startswith("mlp"))
+    ms, gflops, share = row.split()[1:4]
+    assert float(ms) > 0 and float(gflops) > 0 and share.endswith("%")
+
+
+def test_bench_threads_run_each_framework_in_its_own_processes(capsys):
+    pytest.importorskip("torch")
+    assert main(["bench", "--models", "mlp", "--threads", "2", "--rounds", "2", "--repeat", "2", "--vs", "torch",
+                 "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    (row,) = res["rows"]
+    assert res["threads"] == 2 and res["ceiling_gflops"] > 0
+    assert row["model"] == "mlp" and row["nb_ms"] > 0 and row["torch_ms"] > 0
+    assert row["nb_over_torch"] == pytest.approx(row["nb_ms"] / row["torch_ms"])
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--models", "resnet"], "unknown reference models"),
+    (["--threads", "0"], "must be >= 1"),
+])
+def test_bench_bad_arguments(argv, match, capsys):
+    assert main(["bench"] + argv) == 2
+    assert match in capsys.readouterr().err

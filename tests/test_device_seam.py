@@ -217,9 +217,9 @@ def test_every_layer_family_trains_through_the_device(recording, family, float64
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "lstm", "gru", "transformer"])
 def test_reference_models_step_through_the_device(recording, name):
-    from benchmarks.common import discover_models
+    from nbmodel.bench import REFERENCE_MODELS
 
-    ref = discover_models()[name]
+    ref = REFERENCE_MODELS[name]
     x, y = ref.data()
     x, y = x[:8], y[:8]  # the reference architectures on a small batch
     cpu = ref.build_nb()

@@ -108,9 +108,9 @@ def test_reference_model_trains_on_cuda_like_on_cpu(cuda_device, name):
     """Three float32 train steps (Adam) of each reference architecture: losses, weights and
     predictions on cuda equal those on cpu (float32 rounding: the products sum in
     another order)."""
-    from benchmarks.common import discover_models
+    from nbmodel.bench import REFERENCE_MODELS
 
-    ref = type(name, (type(discover_models()[name]),), TINY[name])()
+    ref = type(name, (type(REFERENCE_MODELS[name]),), TINY[name])()
     x, y = ref.data()
     cpu, gpu = ref.build_nb(), ref.build_nb().to("cuda")
     assert gpu.device is cuda_device

@@ -90,30 +90,50 @@ def _run_conv(x, kernel, bias, code, geo, for_backward=True, dy=None, use_bias=T
     return out
 
 
-def test_conv_threaded_passes_match_serial():
-    # the parallel wrappers split rows/images into blocks; each must equal the serial body
-    x = rng().standard_normal((5, 6, 7, 3))
-    n, oh, ow, kk = 5, 3, 7, 27
-    geo = (3, 3, 2, 1, 1, 1, 1, 1, oh, ow)
-    serial, par = np.zeros((n * oh * ow, kk)), np.zeros((n * oh * ow, kk))
-    kconv._im2col_rows(x, *geo, 0, n * oh, serial, 0)
-    kconv._im2col_par(x, *geo, 0, n * oh, par, 0, 3)
-    np.testing.assert_array_equal(serial, par)
-    dx_s, dx_p = np.zeros_like(x), np.zeros_like(x)
-    kconv._col2im_images(serial, *geo, 0, n, 0, dx_s)
-    kconv._col2im_par(serial, *geo, 0, n, 0, dx_p, 2)
-    np.testing.assert_allclose(dx_s, dx_p, rtol=1e-14)
-    z = rng(1).standard_normal((11, 4))
-    b = rng(2).standard_normal(4)
-    for code in (RELU, GELU):
-        o_s, o_p, p_s, p_p = z.copy(), z.copy(), np.zeros_like(z), np.zeros_like(z)
-        act.bias_act_rows(o_s, b, code, code == GELU, 0, 11, p_s)
-        kconv._bias_act_par(o_p, b, code, code == GELU, 0, 11, p_p, 3)
-        np.testing.assert_array_equal(o_s, o_p)
-        d_s, d_p = np.zeros_like(z), np.zeros_like(z)
-        act.act_grad_rows(p_s, o_s, z, code, 0, 11, d_s)
-        kconv._act_backward_par(p_s, o_s, z, code, d_p, 3)
-        np.testing.assert_array_equal(d_s, d_p)
+@pytest.mark.parametrize("code", [RELU, GELU, LINEAR])
+@pytest.mark.parametrize("nblocks", [2, 3])
+def test_conv_thread_blocks_match_serial_bodies(code, nblocks):
+    # blocks of whole images (5 images: uneven blocks) must give the serial result: the
+    # forward exactly, the gradients up to the order in which block partials are summed
+    n, f, kh, kw, sh, sw, dh, dw, pads = GEO[0], *GEO[4:]
+    oh, ow = _geometry(GEO)
+    x, kernel, bias = _conv_case(GEO, np.float64)
+    k2 = kernel.reshape(-1, f)
+    kk, rows = k2.shape[0], n * oh * ow
+    geo = (kh, kw, sh, sw, dh, dw, pads[0], pads[2], oh, ow)
+    keep = code == GELU
+    y_s, y_b = np.empty((rows, f)), np.empty((rows, f))
+    p_s, p_b = (np.empty_like(y_s), np.empty_like(y_b)) if keep else (y_s, y_b)
+    cols_s, cols_b = np.empty((rows, kk)), np.empty((rows, kk))
+    kconv._forward_images(x, k2, bias, code, keep, *geo, 0, n, 2, True, 0, cols_s, p_s, y_s)
+    kconv._forward_blocks(x, k2, bias, code, keep, *geo, 2, True, nblocks, cols_b, p_b, y_b)
+    np.testing.assert_array_equal(cols_s, cols_b)
+    np.testing.assert_array_equal(y_s, y_b)
+    # inference: one chunk of patch rows per block, in the block's own slot
+    y_i = np.empty_like(y_s)
+    cols_i = np.empty((nblocks * 2 * oh * ow, kk))
+    kconv._forward_blocks(x, k2, bias, code, keep, *geo, 2, False, nblocks, cols_i,
+                          np.empty_like(y_i) if keep else y_i, y_i)
+    np.testing.assert_array_equal(y_s, y_i)
+    dy = rng(9).standard_normal((rows, f))
+    dz_s = np.empty_like(dy) if code != LINEAR else dy
+    db_s, part = np.zeros(f), np.empty(f)
+    kconv._dz_rows(p_s, y_s, dy, code, True, 0, rows, dz_s, part, db_s)
+    dk_s = cols_s.T @ dz_s
+    dx_s = np.empty_like(x)
+    kconv._dx_images(dz_s, k2, *geo, 0, n, 2, 0, np.empty((2 * oh * ow, kk)), dx_s)
+    dz_b = np.empty_like(dy) if code != LINEAR else dy
+    dbp, dkp = np.empty((nblocks, f)), np.empty((nblocks, kk, f))
+    dx_b = np.full_like(x, np.nan)  # every image is written
+    kconv._backward_blocks(p_b, y_b, dy, code, True, True, cols_b, k2, *geo, 2, nblocks, dz_b,
+                           np.empty((nblocks, f)), dbp, dkp, np.empty((nblocks * 2 * oh * ow, kk)), dx_b)
+    db_b, dk_b = np.empty(f), np.empty((kk, f))
+    kconv._sum_blocks(dbp, db_b)
+    kconv._sum_blocks(dkp, dk_b)
+    np.testing.assert_array_equal(dz_s, dz_b)
+    np.testing.assert_array_equal(dx_s, dx_b)
+    np.testing.assert_allclose(db_b, db_s, rtol=1e-13)
+    np.testing.assert_allclose(dk_b, dk_s, rtol=1e-12, atol=1e-13)
 
 
 def test_act_grad_sums_by_blocks_match_one_pass():
@@ -123,8 +143,8 @@ def test_act_grad_sums_by_blocks_match_one_pass():
     act.bias_act_rows(y, np.zeros(5), SIGMOID, False, 0, 600, y)
     dy = rng(4).standard_normal(pre.shape)
     dz1, dz2 = np.empty_like(dy), np.empty_like(dy)
-    db1, db2, part = np.empty(5), np.empty(5), np.empty(5)
-    kconv._act_backward_sums(pre, y, dy, SIGMOID, dz1, part, db1)
+    db1, db2, part = np.zeros(5), np.empty(5), np.empty(5)
+    kconv._dz_rows(pre, y, dy, SIGMOID, True, 0, 600, dz1, part, db1)
     act.act_grad_bias(dy, pre, y, SIGMOID, dz2, db2)
     np.testing.assert_array_equal(dz1, dz2)
     np.testing.assert_allclose(db1, db2, rtol=1e-13)
@@ -218,13 +238,16 @@ def test_conv_private_bodies_stay_float32():
     cols = np.empty((50, 18), np.float32)
     y = np.empty((50, 3), np.float32)
     geo = (3, 3, 1, 1, 1, 1, 1, 1, 5, 5)
-    assert float64_ops(kconv._conv_forward, x, k2, b, RELU, False, *geo, 1, 1, cols, y, y) == []
+    assert float64_ops(kconv._forward_images, x, k2, b, RELU, False, *geo, 0, 2, 1, True, 0, cols, y, y) == []
     pre = np.empty_like(y)
-    assert float64_ops(kconv._conv_forward, x, k2, b, GELU, True, *geo, 1, 1, cols, pre, y) == []
-    dz, db = np.empty_like(y), np.empty_like(b)
-    assert float64_ops(kconv._conv_backward_dz, pre, y, y, GELU, True, 1, dz, db, np.empty_like(b)) == []
+    assert float64_ops(kconv._forward_blocks, x, k2, b, GELU, True, *geo, 1, True, 2, cols, pre, y) == []
+    dz, db, part = np.empty_like(y), np.zeros_like(b), np.empty_like(b)
+    assert float64_ops(kconv._dz_rows, pre, y, y, GELU, True, 0, 50, dz, part, db) == []
     dcols, dx = np.empty((25, 18), np.float32), np.empty_like(x)
-    assert float64_ops(kconv._conv_backward_dx, dz, k2, *geo, 1, 1, dcols, dx) == []
+    assert float64_ops(kconv._dx_images, dz, k2, *geo, 0, 2, 1, 0, dcols, dx) == []
+    parts, dkp = np.empty((2, 3), np.float32), np.empty((2, 18, 3), np.float32)
+    assert float64_ops(kconv._backward_blocks, pre, y, y, GELU, True, True, cols, k2, *geo, 1, 2, dz, parts,
+                       parts, dkp, cols, dx) == []
 
 
 def test_shared_row_pieces_stay_float32():
@@ -290,3 +313,41 @@ def test_pool_private_bodies_stay_float32():
     assert float64_ops(kpool._max_pool_forward, x, 2, 2, 2, 2, 0, 0, 0, 2, y, arg) == []
     assert float64_ops(kpool._avg_pool_forward, x, 2, 2, 2, 2, 0, 0, 0, 2, y) == []
     assert float64_ops(kpool._avg_pool_backward, y, 2, 2, 2, 2, 0, 0, 0, 2, x) == []
+
+
+# --------------------------------------------------------------- attention
+@pytest.mark.parametrize("rate", [0.0, 0.3])
+@pytest.mark.parametrize("keep", [True, False])
+def test_attention_core_over_threads_matches_serial(rate, keep):
+    # the (batch, head) blocks over threads, each with its own workspaces, give the serial
+    # result exactly: every block is computed alone and writes its own rows and columns
+    from nbmodel.kernels.cpu import attention as katt
+
+    batch, heads, tq, tk, kd, vd = 3, 2, 5, 4, 3, 2
+    r = rng(11)
+    qh, kh = r.standard_normal((batch, heads, tq, kd)), r.standard_normal((batch, heads, tk, kd))
+    vh = r.standard_normal((batch, heads, tk, vd))
+    mask = r.random((batch, 1, tq, tk)) > 0.3
+    u = r.random((batch, heads, tq, tk))
+    probs_shape = (batch, heads, tq, tk) if keep else (1, 1, tq, tk)
+    o_s, o_p = np.empty((batch * tq, heads * vd)), np.empty((batch * tq, heads * vd))
+    p_s, p_p = np.zeros(probs_shape), np.zeros(probs_shape)
+    katt._attend_forward(qh, kh, vh, mask, True, False, keep, rate, u, p_s, np.empty((tq, tk)),
+                         np.empty((tq, vd)), o_s)
+    katt._attend_forward_par(qh, kh, vh, mask, True, False, keep, rate, u, p_p, o_p)
+    np.testing.assert_array_equal(o_s, o_p)
+    if not keep:
+        return
+    np.testing.assert_array_equal(p_s, p_p)
+    do2 = r.standard_normal(o_s.shape)
+    ds = r.standard_normal((batch, heads, tq, tk))
+    shapes = [(batch * t, heads * d) for t, d in ((tq, kd), (tk, kd), (tk, vd))]  # dQ, dK, dV
+    g_s = [np.full(s, np.nan) for s in shapes]
+    g_p = [np.full(s, np.nan) for s in shapes]
+    ws = (np.empty((tq, vd)), np.empty((tq, tk)), np.empty((tq, tk)), np.empty((tk, vd)), np.empty((tq, kd)),
+          np.empty((tk, kd)))
+    katt._attend_backward(qh, kh, vh, p_s, rate, u, do2, ds, True, 0.5, *ws, g_s[0], 0, g_s[1], 0, g_s[2], 0)
+    katt._attend_backward_par(qh, kh, vh, p_p, rate, u, do2, ds, True, 0.5, g_p[0], 0, g_p[1], 0, g_p[2], 0)
+    for a, b in zip(g_s, g_p):
+        assert not np.isnan(a).any()
+        np.testing.assert_array_equal(a, b)

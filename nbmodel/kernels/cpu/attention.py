@@ -20,12 +20,17 @@ output is the output bias. Masks are (mask_batch, mask_heads, q_len, k_len)
 with mask_batch in {1, batch} and mask_heads in {1, heads} (broadcast by
 indexing, never materialized per head).
 
-np.dot inside these kernels goes to BLAS; the (batch, head) loop is serial on
-purpose (BLAS must not be called from prange).
+Threads: the projections are big GEMMs and run with BLAS's own threads; the
+(batch, head) blocks of the attention core are spread over numba's threads
+(``prange``, each block with workspaces of its own) with BLAS single-threaded
+inside (``config.kernel_blas_serial``), so every thread owns whole small
+products and one pool runs at a time. The launchers (``mha_forward``, ...)
+are Python functions that pick the schedule and call the jitted stages.
 """
 import numpy as np
 
-from ._jit import jit
+from ...config import get_num_threads, kernel_blas_serial
+from ._jit import PAR_MIN_ELEMENTWISE, jit, pjit, prange
 from ._math import exp_store, row_max, scale_row
 from .activations import act_grad_sum_rows, bias_act_rows
 
@@ -83,37 +88,77 @@ def _softmax_block(s, mask, has_mask, mb, mh, causal):
 
 
 @jit
-def _attend_forward(qh, kh, vh, mask, has_mask, causal, keep, rate, u, probs, pdrop, otmp, o2):
-    """Attention core: per (batch, head) S = Qs K^T, masked softmax, O = P V
-    written into o2 (batch*tq, heads*vd) at the head's column block."""
-    batch, heads, tq, _ = qh.shape
+def _attend_block(qh, kh, vh, mask, has_mask, causal, rate, u, b, h, p, pdrop, otmp, o2):
+    """Attention core of one (batch b, head h) block: S = Qs K^T into p, masked
+    softmax, O = P V written into o2 (batch*tq, heads*vd) at the head's column
+    block. pdrop (tq, tk) and otmp (tq, vd) are the block's workspaces."""
+    tq = qh.shape[2]
     tk = kh.shape[2]
     vd = vh.shape[3]
     one = o2.dtype.type(1)
     zero = one - one
-    inv_keep = one / (one - rate)
-    mbn = mask.shape[0]
-    mhn = mask.shape[1]
+    mb = b if mask.shape[0] > 1 else 0
+    mh = h if mask.shape[1] > 1 else 0
+    np.dot(qh[b, h], kh[b, h].T, p)
+    _softmax_block(p, mask, has_mask, mb, mh, causal)
+    if rate > zero:
+        inv_keep = one / (one - rate)
+        ub = u[b, h]
+        for i in range(tq):
+            for j in range(tk):
+                pdrop[i, j] = p[i, j] * inv_keep if ub[i, j] >= rate else zero
+        np.dot(pdrop, vh[b, h], otmp)
+    else:
+        np.dot(p, vh[b, h], otmp)
+    c0 = h * vd
+    for i in range(tq):
+        r = b * tq + i
+        for e in range(vd):
+            o2[r, c0 + e] = otmp[i, e]
+
+
+@jit
+def _attend_forward(qh, kh, vh, mask, has_mask, causal, keep, rate, u, probs, pdrop, otmp, o2):
+    """The attention core over every (batch, head) block, serially, reusing one set of
+    workspaces (probs[0, 0] for every block when not keep)."""
+    batch, heads = qh.shape[0], qh.shape[1]
     for b in range(batch):
-        mb = b if mbn > 1 else 0
         for h in range(heads):
-            mh = h if mhn > 1 else 0
             p = probs[b, h] if keep else probs[0, 0]
-            np.dot(qh[b, h], kh[b, h].T, p)
-            _softmax_block(p, mask, has_mask, mb, mh, causal)
-            if rate > zero:
-                ub = u[b, h]
-                for i in range(tq):
-                    for j in range(tk):
-                        pdrop[i, j] = p[i, j] * inv_keep if ub[i, j] >= rate else zero
-                np.dot(pdrop, vh[b, h], otmp)
-            else:
-                np.dot(p, vh[b, h], otmp)
-            c0 = h * vd
-            for i in range(tq):
-                r = b * tq + i
-                for e in range(vd):
-                    o2[r, c0 + e] = otmp[i, e]
+            _attend_block(qh, kh, vh, mask, has_mask, causal, rate, u, b, h, p, pdrop, otmp, o2)
+
+
+@pjit
+def _attend_forward_par(qh, kh, vh, mask, has_mask, causal, keep, rate, u, probs, o2):
+    """_attend_forward with the (batch, head) blocks spread over threads; each block
+    has workspaces of its own (BLAS single-threaded inside: the launcher's job)."""
+    batch, heads, tq, _ = qh.shape
+    tk = kh.shape[2]
+    for bh in prange(batch * heads):
+        b = bh // heads
+        h = bh - b * heads
+        p = probs[b, h] if keep else np.empty((tq, tk), o2.dtype)
+        pdrop = np.empty((tq, tk) if rate > 0 else (1, 1), o2.dtype)
+        otmp = np.empty((tq, vh.shape[3]), o2.dtype)
+        _attend_block(qh, kh, vh, mask, has_mask, causal, rate, u, b, h, p, pdrop, otmp, o2)
+
+
+def _attend(qh, kh, vh, mask, has_mask, causal, keep, rate, u, probs, pdrop, otmp, o2):
+    """The attention core, over threads when there are blocks enough for each."""
+    if _core_threads(qh, kh):
+        with kernel_blas_serial():
+            _attend_forward_par(qh, kh, vh, mask, has_mask, causal, keep, rate, u, probs, o2)
+    else:
+        _attend_forward(qh, kh, vh, mask, has_mask, causal, keep, rate, u, probs, pdrop, otmp, o2)
+
+
+def _core_threads(qh, kh):
+    """True when the (batch, head) blocks are worth spreading over threads: more than
+    one thread, a block for each, and enough score elements (PAR_MIN_ELEMENTWISE)
+    to repay a parallel region."""
+    nt = get_num_threads()
+    blocks = qh.shape[0] * qh.shape[1]
+    return nt > 1 and blocks >= nt and blocks * qh.shape[2] * kh.shape[2] >= PAR_MIN_ELEMENTWISE
 
 
 @jit
@@ -127,6 +172,17 @@ def _output_projection(o2, wo, bo, use_bias, out):
 
 
 @jit
+def _project_heads(q2, k2, v2, wq, bq, wk, bk, wv, bv, use_bias, scale, batch, tq, tk, heads, kd, vd,
+                   qtmp, ktmp, vtmp, qh, kh, vh):
+    one = qh.dtype.type(1)
+    np.dot(q2, wq, qtmp)
+    _split_heads(qtmp, 0, bq, use_bias, scale, batch, tq, heads, kd, qh)
+    np.dot(k2, wk, ktmp)
+    _split_heads(ktmp, 0, bk, use_bias, one, batch, tk, heads, kd, kh)
+    np.dot(v2, wv, vtmp)
+    _split_heads(vtmp, 0, bv, use_bias, one, batch, tk, heads, vd, vh)
+
+
 def mha_forward(q2, k2, v2, wq, bq, wk, bk, wv, bv, wo, bo, use_bias, scale, batch, tq, tk,
                 heads, kd, vd, mask, has_mask, causal, keep, rate, u,
                 qtmp, ktmp, vtmp, qh, kh, vh, probs, pdrop, otmp, o2, out):
@@ -142,29 +198,28 @@ def mha_forward(q2, k2, v2, wq, bq, wk, bk, wv, bv, wo, bo, use_bias, scale, bat
     (u >= rate) / (1 - rate), u uniform of probs' shape; pdrop is a (tq, tk)
     workspace.
     """
-    one = out.dtype.type(1)
-    np.dot(q2, wq, qtmp)
-    _split_heads(qtmp, 0, bq, use_bias, scale, batch, tq, heads, kd, qh)
-    np.dot(k2, wk, ktmp)
-    _split_heads(ktmp, 0, bk, use_bias, one, batch, tk, heads, kd, kh)
-    np.dot(v2, wv, vtmp)
-    _split_heads(vtmp, 0, bv, use_bias, one, batch, tk, heads, vd, vh)
-    _attend_forward(qh, kh, vh, mask, has_mask, causal, keep, rate, u, probs, pdrop, otmp, o2)
+    _project_heads(q2, k2, v2, wq, bq, wk, bk, wv, bv, use_bias, scale, batch, tq, tk, heads, kd, vd,
+                   qtmp, ktmp, vtmp, qh, kh, vh)
+    _attend(qh, kh, vh, mask, has_mask, causal, keep, rate, u, probs, pdrop, otmp, o2)
     _output_projection(o2, wo, bo, use_bias, out)
 
 
 @jit
-def mha_self_forward(x2, wcat, bcat, wo, bo, use_bias, scale, batch, t, heads, kd, vd, mask, has_mask,
-                     causal, keep, rate, u, qkv, qh, kh, vh, probs, pdrop, otmp, o2, out):
-    """mha_forward for self-attention (query = key = value = x2): one GEMM with
-    wcat = [wq | wk | wv] (d, 2*heads*kd + heads*vd), biases bcat likewise."""
-    one = out.dtype.type(1)
+def _project_self(x2, wcat, bcat, use_bias, scale, batch, t, heads, kd, vd, qkv, qh, kh, vh):
+    one = qh.dtype.type(1)
     hk = heads * kd
     np.dot(x2, wcat, qkv)
     _split_heads(qkv, 0, bcat, use_bias, scale, batch, t, heads, kd, qh)
     _split_heads(qkv, hk, bcat, use_bias, one, batch, t, heads, kd, kh)
     _split_heads(qkv, 2 * hk, bcat, use_bias, one, batch, t, heads, vd, vh)
-    _attend_forward(qh, kh, vh, mask, has_mask, causal, keep, rate, u, probs, pdrop, otmp, o2)
+
+
+def mha_self_forward(x2, wcat, bcat, wo, bo, use_bias, scale, batch, t, heads, kd, vd, mask, has_mask,
+                     causal, keep, rate, u, qkv, qh, kh, vh, probs, pdrop, otmp, o2, out):
+    """mha_forward for self-attention (query = key = value = x2): one GEMM with
+    wcat = [wq | wk | wv] (d, 2*heads*kd + heads*vd), biases bcat likewise."""
+    _project_self(x2, wcat, bcat, use_bias, scale, batch, t, heads, kd, vd, qkv, qh, kh, vh)
+    _attend(qh, kh, vh, mask, has_mask, causal, keep, rate, u, probs, pdrop, otmp, o2)
     _output_projection(o2, wo, bo, use_bias, out)
 
 
@@ -195,63 +250,101 @@ def _output_backward(o2, wo, dout, use_bias, dwo, dbo, do2):
 
 
 @jit
-def _attend_backward(qh, kh, vh, probs, rate, u, do2, dscores, has_dscores, scale,
-                     dotmp, dp, pdrop, tvtmp, tqtmp, tktmp, gq, qo, gk, ko, gv, vo):
-    """Backward of _attend_forward: writes the projection gradients (before
-    bias) into gq/gk/gv at column offsets qo/ko/vo (one array when fused)."""
-    batch, heads, tq, kd = qh.shape
+def _attend_block_backward(qh, kh, vh, probs, rate, u, do2, dscores, has_dscores, scale, b, h,
+                           dotmp, dp, pdrop, tvtmp, tqtmp, tktmp, gq, qo, gk, ko, gv, vo):
+    """Backward of _attend_block for block (b, h): writes its rows and columns of the
+    projection gradients (before bias) into gq/gk/gv at column offsets qo/ko/vo
+    (one array when fused). dotmp (tq, vd), dp and pdrop (tq, tk), tvtmp (tk, vd),
+    tqtmp (tq, kd), tktmp (tk, kd) are the block's workspaces."""
+    tq, kd = qh.shape[2], qh.shape[3]
     tk = kh.shape[2]
     vd = vh.shape[3]
     one = do2.dtype.type(1)
     zero = one - one
-    inv_keep = one / (one - rate)
-    for b in range(batch):
-        for h in range(heads):
-            p = probs[b, h]
-            cv = h * vd
-            for i in range(tq):
-                r = b * tq + i
-                for e in range(vd):
-                    dotmp[i, e] = do2[r, cv + e]
-            np.dot(dotmp, vh[b, h].T, dp)
-            if rate > zero:
-                ub = u[b, h]
-                for i in range(tq):
-                    for j in range(tk):
-                        keepij = ub[i, j] >= rate
-                        pdrop[i, j] = p[i, j] * inv_keep if keepij else zero
-                        dp[i, j] = dp[i, j] * inv_keep if keepij else zero
-                np.dot(pdrop.T, dotmp, tvtmp)
-            else:
-                np.dot(p.T, dotmp, tvtmp)
+    p = probs[b, h]
+    cv = h * vd
+    for i in range(tq):
+        r = b * tq + i
+        for e in range(vd):
+            dotmp[i, e] = do2[r, cv + e]
+    np.dot(dotmp, vh[b, h].T, dp)
+    if rate > zero:
+        inv_keep = one / (one - rate)
+        ub = u[b, h]
+        for i in range(tq):
             for j in range(tk):
-                r = b * tk + j
-                for e in range(vd):
-                    gv[r, vo + cv + e] = tvtmp[j, e]
-            # softmax backward, fused: dS = P * (dP - sum_j P dP)
-            for i in range(tq):
-                dot = zero
-                if has_dscores:
-                    for j in range(tk):
-                        dp[i, j] += dscores[b, h, i, j]
-                for j in range(tk):
-                    dot += p[i, j] * dp[i, j]
-                for j in range(tk):
-                    dp[i, j] = p[i, j] * (dp[i, j] - dot)
-            np.dot(dp, kh[b, h], tqtmp)
-            np.dot(dp.T, qh[b, h], tktmp)
-            ck = h * kd
-            for i in range(tq):
-                r = b * tq + i
-                for e in range(kd):
-                    gq[r, qo + ck + e] = tqtmp[i, e] * scale
+                keepij = ub[i, j] >= rate
+                pdrop[i, j] = p[i, j] * inv_keep if keepij else zero
+                dp[i, j] = dp[i, j] * inv_keep if keepij else zero
+        np.dot(pdrop.T, dotmp, tvtmp)
+    else:
+        np.dot(p.T, dotmp, tvtmp)
+    for j in range(tk):
+        r = b * tk + j
+        for e in range(vd):
+            gv[r, vo + cv + e] = tvtmp[j, e]
+    # softmax backward, fused: dS = P * (dP - sum_j P dP)
+    for i in range(tq):
+        dot = zero
+        if has_dscores:
             for j in range(tk):
-                r = b * tk + j
-                for e in range(kd):
-                    gk[r, ko + ck + e] = tktmp[j, e]
+                dp[i, j] += dscores[b, h, i, j]
+        for j in range(tk):
+            dot += p[i, j] * dp[i, j]
+        for j in range(tk):
+            dp[i, j] = p[i, j] * (dp[i, j] - dot)
+    np.dot(dp, kh[b, h], tqtmp)
+    np.dot(dp.T, qh[b, h], tktmp)
+    ck = h * kd
+    for i in range(tq):
+        r = b * tq + i
+        for e in range(kd):
+            gq[r, qo + ck + e] = tqtmp[i, e] * scale
+    for j in range(tk):
+        r = b * tk + j
+        for e in range(kd):
+            gk[r, ko + ck + e] = tktmp[j, e]
 
 
 @jit
+def _attend_backward(qh, kh, vh, probs, rate, u, do2, dscores, has_dscores, scale,
+                     dotmp, dp, pdrop, tvtmp, tqtmp, tktmp, gq, qo, gk, ko, gv, vo):
+    """Backward of _attend_forward, serially over the (batch, head) blocks."""
+    for b in range(qh.shape[0]):
+        for h in range(qh.shape[1]):
+            _attend_block_backward(qh, kh, vh, probs, rate, u, do2, dscores, has_dscores, scale, b, h,
+                                   dotmp, dp, pdrop, tvtmp, tqtmp, tktmp, gq, qo, gk, ko, gv, vo)
+
+
+@pjit
+def _attend_backward_par(qh, kh, vh, probs, rate, u, do2, dscores, has_dscores, scale,
+                         gq, qo, gk, ko, gv, vo):
+    """_attend_backward with the blocks spread over threads, workspaces of their own."""
+    batch, heads, tq, kd = qh.shape
+    tk = kh.shape[2]
+    vd = vh.shape[3]
+    dt = do2.dtype
+    for bh in prange(batch * heads):
+        b = bh // heads
+        h = bh - b * heads
+        _attend_block_backward(qh, kh, vh, probs, rate, u, do2, dscores, has_dscores, scale, b, h,
+                               np.empty((tq, vd), dt), np.empty((tq, tk), dt),
+                               np.empty((tq, tk) if rate > 0 else (1, 1), dt), np.empty((tk, vd), dt),
+                               np.empty((tq, kd), dt), np.empty((tk, kd), dt), gq, qo, gk, ko, gv, vo)
+
+
+def _attend_grad(qh, kh, vh, probs, rate, u, do2, dscores, has_dscores, scale,
+                 dotmp, dp, pdrop, tvtmp, tqtmp, tktmp, gq, qo, gk, ko, gv, vo):
+    """Backward of the attention core, over threads when _attend does so."""
+    if _core_threads(qh, kh):
+        with kernel_blas_serial():
+            _attend_backward_par(qh, kh, vh, probs, rate, u, do2, dscores, has_dscores, scale,
+                                 gq, qo, gk, ko, gv, vo)
+    else:
+        _attend_backward(qh, kh, vh, probs, rate, u, do2, dscores, has_dscores, scale,
+                         dotmp, dp, pdrop, tvtmp, tqtmp, tktmp, gq, qo, gk, ko, gv, vo)
+
+
 def mha_backward(q2, k2, v2, wq, wk, wv, wo, use_bias, scale, batch, tq, tk, heads, kd, vd,
                  rate, u, qh, kh, vh, probs, o2, dout, dscores, has_dscores, need_dx,
                  do2, dotmp, dp, pdrop, tvtmp, tqtmp, tktmp, dq2, dk2, dv2,
@@ -264,14 +357,20 @@ def mha_backward(q2, k2, v2, wq, wk, wv, wo, use_bias, scale, batch, tq, tk, hea
     bias), dxq/dxk/dxv the input gradients (when need_dx).
     """
     _output_backward(o2, wo, dout, use_bias, dwo, dbo, do2)
-    _attend_backward(qh, kh, vh, probs, rate, u, do2, dscores, has_dscores, scale,
-                     dotmp, dp, pdrop, tvtmp, tqtmp, tktmp, dq2, 0, dk2, 0, dv2, 0)
+    _attend_grad(qh, kh, vh, probs, rate, u, do2, dscores, has_dscores, scale,
+                 dotmp, dp, pdrop, tvtmp, tqtmp, tktmp, dq2, 0, dk2, 0, dv2, 0)
+    _projections_backward(q2, k2, v2, wq, wk, wv, dq2, dk2, dv2, use_bias, need_dx,
+                          dwq, dbq, dwk, dbk, dwv, dbv, dxq, dxk, dxv)
+
+
+@jit
+def _projections_backward(q2, k2, v2, wq, wk, wv, dq2, dk2, dv2, use_bias, need_dx,
+                          dwq, dbq, dwk, dbk, dwv, dbv, dxq, dxk, dxv):
     _project_backward(q2, wq, dq2, use_bias, need_dx, dwq, dbq, dxq)
     _project_backward(k2, wk, dk2, use_bias, need_dx, dwk, dbk, dxk)
     _project_backward(v2, wv, dv2, use_bias, need_dx, dwv, dbv, dxv)
 
 
-@jit
 def mha_self_backward(x2, wcat, wo, use_bias, scale, batch, t, heads, kd, vd, rate, u, qh, kh, vh, probs,
                       o2, dout, dscores, has_dscores, need_dx, do2, dotmp, dp, pdrop, tvtmp, tqtmp, tktmp,
                       g, dwcat, dbcat, dwo, dbo, dx):
@@ -281,8 +380,8 @@ def mha_self_backward(x2, wcat, wo, use_bias, scale, batch, t, heads, kd, vd, ra
     each."""
     hk = heads * kd
     _output_backward(o2, wo, dout, use_bias, dwo, dbo, do2)
-    _attend_backward(qh, kh, vh, probs, rate, u, do2, dscores, has_dscores, scale,
-                     dotmp, dp, pdrop, tvtmp, tqtmp, tktmp, g, 0, g, hk, g, 2 * hk)
+    _attend_grad(qh, kh, vh, probs, rate, u, do2, dscores, has_dscores, scale,
+                 dotmp, dp, pdrop, tvtmp, tqtmp, tktmp, g, 0, g, hk, g, 2 * hk)
     _project_backward(x2, wcat, g, use_bias, need_dx, dwcat, dbcat, dx)
 
 

@@ -19,31 +19,29 @@ decide everything about scheduling here: chunk sizes, thread counts (read
 from nbmodel.config), and which BLAS runs each product. Everything else in
 this module is a private helper.
 
-At one thread the weight-gradient GEMM goes through NumPy: for this
-transposed product numba's np.dot (SciPy's OpenBLAS) measured 1.4x slower
-than NumPy's (conv2 of the cnn model: 9.3 ms vs 6.5 ms), while the two other
-products run at the same speed either way. With more threads it stays in
-numba (``_weight_grad``): two BLAS thread pools taking turns on two cores
-spin against each other (cnn step 1.5 s instead of 50 ms, measured).
-
 Patches are built and the GEMM runs in chunks of whole images whose patch rows
 fit in the L2 cache, so the GEMM reads what im2col has just written, and
 bias + activation run on each chunk's output while it is still hot. In
-training the full patch matrix is kept for the weight gradient (one big GEMM);
-in inference ``cols`` is just one chunk. Chunks are whole images, so the
-scatter of col2im never races when images are split across threads.
+training the full patch matrix is kept for the weight gradient; in inference
+``cols`` is just one chunk (per thread).
 
-Threads: each pass has a serial body over a range of rows and a parallel
-wrapper that splits the range into one block per thread. The parallel one
-runs only when there is enough work (PAR_MIN elements) and more than one
-thread: a parallel region costs a fork/join that small layers cannot repay,
-and on a busy machine a barrier waits for a descheduled thread. Bias +
-activation and the activation gradient are the activations family's row
-pieces (``bias_act_rows``, ``act_grad_rows``, ``act_grad_sum_rows``).
+Threads: a big enough pass (PAR_MIN patch elements, an image per thread)
+splits the batch into one block of whole images per thread, and each block
+runs the whole pass on its own: its chunks' im2col, GEMMs, bias + activation;
+in backward dz and the bias-gradient partial of its pixels, the
+weight-gradient partial cols.T @ dz over its pixels, and dx of its images
+(blocks of whole images: col2im never races). BLAS runs single-threaded
+inside (``config.kernel_blas_serial``), so every thread owns whole products
+and one pool runs at a time; the partials are summed in block order. This is
+the structure that scales with cores: nothing is serial but the partial sums
+(kh*kw*c x filters per block). Small passes run the serial bodies, with
+BLAS's own threads. At one thread the weight-gradient GEMM goes through NumPy:
+for this transposed product numba's np.dot (SciPy's OpenBLAS) measured 1.4x
+slower than NumPy's (conv2 of the cnn model: 9.3 ms vs 6.5 ms).
 """
 import numpy as np
 
-from ...config import get_num_threads
+from ...config import get_num_threads, kernel_blas_serial
 from ..codes import LINEAR
 from ._jit import PAR_MIN, jit, pjit, prange
 from .activations import act_grad_rows, act_grad_sum_rows, bias_act_rows
@@ -52,14 +50,9 @@ from .activations import act_grad_rows, act_grad_sum_rows, bias_act_rows
 CHUNK_BYTES = 1 << 19
 
 
-def _chunk_images(n, oh, ow, kk, itemsize, nthreads=1):
-    """Images per chunk so that one chunk of patch rows is about CHUNK_BYTES.
-
-    With several threads, the whole batch: each chunk costs a switch between
-    numba's pool and BLAS's, and every switch wakes sleeping workers.
-    """
-    if nthreads > 1:
-        return max(1, n)
+def _chunk_images(n, oh, ow, kk, itemsize):
+    """Images per chunk so that one chunk of patch rows is about CHUNK_BYTES
+    (per thread: each thread block runs its own chunks)."""
     per_image = max(1, oh * ow * kk * itemsize)
     return max(1, min(n, CHUNK_BYTES // per_image))
 
@@ -112,23 +105,6 @@ def _im2col_rows(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, r0, r1, cols, row0):
                     d += c
 
 
-@pjit
-def _im2col_par(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, r0, r1, cols, row0, nblocks):
-    for b in prange(nblocks):
-        _im2col_rows(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, r0 + (r1 - r0) * b // nblocks,
-                     r0 + (r1 - r0) * (b + 1) // nblocks, cols, row0)
-
-
-@jit
-def _im2col(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, cols, row0, nthreads):
-    """Patch rows of images n0..n1 into cols[(n*oh*ow + p) - row0, :] (threads when worth it)."""
-    nt = nthreads
-    if nt > 1 and (n1 - n0) * oh * ow * cols.shape[1] >= PAR_MIN:
-        _im2col_par(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0 * oh, n1 * oh, cols, row0, nt)
-    else:
-        _im2col_rows(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0 * oh, n1 * oh, cols, row0)
-
-
 @jit
 def _col2im_images(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, row0, dx):
     """dx[n] += the patch gradients of images n0..n1 (rows (n*oh*ow + p) - row0).
@@ -167,149 +143,120 @@ def _col2im_images(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, row0, 
                         s += c
 
 
-@pjit
-def _col2im_par(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, row0, dx, nblocks):
-    # blocks of whole images: no two threads add into the same image
-    for b in prange(nblocks):
-        _col2im_images(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0 + (n1 - n0) * b // nblocks,
-                       n0 + (n1 - n0) * (b + 1) // nblocks, row0, dx)
-
-
 @jit
-def _col2im_add(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, row0, dx, nthreads):
-    """dx[n] += the patch gradients of images n0..n1 (threads over images when worth it)."""
-    nt = min(nthreads, n1 - n0)
-    if nt > 1 and (n1 - n0) * oh * ow * dcols.shape[1] >= PAR_MIN:
-        _col2im_par(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, row0, dx, nt)
-    else:
-        _col2im_images(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, row0, dx)
+def _forward_images(x, k2, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
+                    n0, n1, chunk, full, slot0, cols, pre, out):
+    """out rows of images n0..n1 = act(conv(x, k2) + bias), ``chunk`` images at a time:
+    their patch rows, one GEMM, bias + activation while the output is still hot.
 
-
-@pjit
-def _bias_act_par(out, bias, code, keep_pre, r0, r1, pre, nblocks):
-    for b in prange(nblocks):
-        bias_act_rows(out, bias, code, keep_pre, r0 + (r1 - r0) * b // nblocks,
-                      r0 + (r1 - r0) * (b + 1) // nblocks, pre)
-
-
-@jit
-def _bias_act(out, bias, code, keep_pre, r0, r1, pre, nthreads):
-    """out[r] = act(out[r] + bias) in place for rows r0..r1 (threads when worth it)."""
-    nt = nthreads
-    if nt > 1 and (r1 - r0) * out.shape[1] >= PAR_MIN:
-        _bias_act_par(out, bias, code, keep_pre, r0, r1, pre, nt)
-    else:
+    cols holds every pixel's patch row when ``full`` (kept for the weight
+    gradient), otherwise one chunk's rows starting at row ``slot0`` (each
+    thread block has its own slot). pre keeps z when keep_pre.
+    """
+    per = oh * ow
+    for c0 in range(n0, n1, chunk):
+        c1 = min(n1, c0 + chunk)
+        r0 = c0 * per
+        r1 = c1 * per
+        row0 = 0 if full else r0 - slot0
+        _im2col_rows(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, c0 * oh, c1 * oh, cols, row0)
+        np.dot(cols[r0 - row0: r1 - row0], k2, out[r0:r1])
         bias_act_rows(out, bias, code, keep_pre, r0, r1, pre)
 
 
-@jit
-def _conv_forward(x, k2, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
-                  chunk, nthreads, cols, pre, out):
-    """out = act(conv(x, k2) + bias) as (n*oh*ow, f) rows; pre keeps z when keep_pre.
-
-    bias is zeros for a layer without one (adding it costs nothing next to the GEMM).
-
-    cols is the full patch matrix (n*oh*ow, kh*kw*c) when the caller keeps it
-    for backward, or a buffer of ``chunk`` images' rows otherwise.
-    """
+@pjit
+def _forward_blocks(x, k2, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
+                    chunk, full, nblocks, cols, pre, out):
+    """_forward_images over ``nblocks`` blocks of whole images, one per thread; each
+    block's GEMMs are its own (BLAS runs single-threaded inside, see the launcher)."""
     n = x.shape[0]
+    for b in prange(nblocks):
+        _forward_images(x, k2, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
+                        n * b // nblocks, n * (b + 1) // nblocks, chunk, full, b * chunk * oh * ow, cols, pre, out)
+
+
+@jit
+def _dz_rows(pre, y, dy, code, use_bias, r0, r1, dz, part, dbias):
+    """dz = dy * act'(z) over rows r0..r1 (nothing to do for a linear activation: dz is
+    dy) and, with use_bias, dbias[f] += the column sums of dz, summed in blocks of 256
+    rows (partials in ``part``) to limit float32 rounding."""
+    f = dy.shape[1]
+    for b0 in range(r0, r1, 256):
+        b1 = min(r1, b0 + 256)
+        if not use_bias:
+            if code != LINEAR:
+                act_grad_rows(pre, y, dy, code, b0, b1, dz)
+            continue
+        part[:] = 0
+        if code == LINEAR:
+            for r in range(b0, b1):
+                for j in range(f):
+                    part[j] += dy[r, j]
+        else:
+            act_grad_sum_rows(pre, y, dy, code, b0, b1, dz, part)
+        for j in range(f):
+            dbias[j] += part[j]
+
+
+@jit
+def _dx_images(dz, k2, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, chunk, slot0, dcols, dx):
+    """dx of images n0..n1 from dz, ``chunk`` images at a time: their patch gradients
+    dcols = dz @ k2.T (in dcols from row slot0), scattered back (col2im)."""
     per = oh * ow
-    full = cols.shape[0] == n * per
-    for n0 in range(0, n, chunk):
-        n1 = min(n, n0 + chunk)
-        r0 = n0 * per
-        r1 = n1 * per
-        row0 = 0 if full else r0
-        _im2col(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, cols, row0, nthreads)
-        np.dot(cols[r0 - row0: r1 - row0], k2, out[r0:r1])
-        _bias_act(out, bias, code, keep_pre, r0, r1, pre, nthreads)
+    dx[n0:n1] = 0
+    k2t = k2.T
+    for c0 in range(n0, n1, chunk):
+        c1 = min(n1, c0 + chunk)
+        r0 = c0 * per
+        r1 = c1 * per
+        np.dot(dz[r0:r1], k2t, dcols[slot0: slot0 + r1 - r0])
+        _col2im_images(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, c0, c1, r0 - slot0, dx)
 
 
 @pjit
-def _act_backward_par(pre, y, dy, code, dz, nblocks):
-    rows = dy.shape[0]
+def _backward_blocks(pre, y, dy, code, use_bias, need_dx, cols, k2, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
+                     chunk, nblocks, dz, part, dbias_parts, dk_parts, dcols, dx):
+    """The whole backward pass over ``nblocks`` blocks of whole images, one per thread:
+    dz and the bias-gradient partial of its pixels, the weight-gradient partial
+    cols.T @ dz over its pixels, and dx of its images. The caller sums the
+    partials in block order."""
+    n = dx.shape[0]
+    per = oh * ow
     for b in prange(nblocks):
-        act_grad_rows(pre, y, dy, code, rows * b // nblocks, rows * (b + 1) // nblocks, dz)
+        n0 = n * b // nblocks
+        n1 = n * (b + 1) // nblocks
+        r0 = n0 * per
+        r1 = n1 * per
+        dbias_parts[b] = 0
+        _dz_rows(pre, y, dy, code, use_bias, r0, r1, dz, part[b], dbias_parts[b])
+        np.dot(cols[r0:r1].T, dz[r0:r1], dk_parts[b])
+        if need_dx:
+            _dx_images(dz, k2, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, chunk, b * chunk * per, dcols, dx)
 
 
 @jit
-def _act_backward(pre, y, dy, code, dz, nthreads):
-    """dz = dy * act'(pre, y) over (rows, f) (threads when worth it)."""
-    nt = nthreads
-    if nt > 1 and dy.size >= PAR_MIN:
-        _act_backward_par(pre, y, dy, code, dz, nt)
-    else:
-        act_grad_rows(pre, y, dy, code, 0, dy.shape[0], dz)
-
-
-@jit
-def _column_sums(a, part, out):
-    """out[f] = sum over rows of a[:, f], summed in blocks of 256 rows (partials in part)
-    to limit float32 rounding."""
-    out[:] = 0
-    rows = a.shape[0]
-    for b0 in range(0, rows, 256):
-        part[:] = 0
-        for r in range(b0, min(rows, b0 + 256)):
-            for f in range(a.shape[1]):
-                part[f] += a[r, f]
-        out += part
-
-
-@jit
-def _act_backward_sums(pre, y, dy, code, dz, part, dbias):
-    """dz = dy * act'(z) and dbias = column sums of dz in one pass (blocks of 256 rows)."""
-    rows, m = dy.shape
-    dbias[:] = 0
-    for b0 in range(0, rows, 256):
-        part[:] = 0
-        act_grad_sum_rows(pre, y, dy, code, b0, min(rows, b0 + 256), dz, part)
-        for f in range(m):
-            dbias[f] += part[f]
-
-
-@jit
-def _conv_backward_dz(pre, y, dy, code, use_bias, nthreads, dz, dbias, work):
-    """First step of the backward pass: dz = dy * act'(z) (skipped when the
-    activation is linear: dz is then dy itself) and dbias = column sums of dz.
-
-    dy, pre, y, dz: (n*oh*ow, f); work (f,) scratch. The weight gradient
-    dk2 = cols.T @ dz comes next, then _conv_backward_dx.
-    """
-    if code == LINEAR:
-        if use_bias:
-            _column_sums(dy, work, dbias)
-    elif use_bias and (nthreads == 1 or dy.size < PAR_MIN):
-        _act_backward_sums(pre, y, dy, code, dz, work, dbias)
-    else:
-        _act_backward(pre, y, dy, code, dz, nthreads)
-        if use_bias:
-            _column_sums(dz, work, dbias)
+def _sum_blocks(parts, out):
+    """out = parts[0] + parts[1] + ..., in block order (a fixed order: same bits every run)."""
+    out[:] = parts[0]
+    for b in range(1, parts.shape[0]):
+        out += parts[b]
 
 
 @jit
 def _weight_grad(cols, dz, dk2):
-    """dk2 = cols.T @ dz, one GEMM over every output pixel."""
+    """dk2 = cols.T @ dz, one GEMM over every output pixel (through numba's BLAS)."""
     np.dot(cols.T, dz, dk2)
 
 
-@jit
-def _conv_backward_dx(dz, k2, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, chunk, nthreads, dcols, dx):
-    """dx of _conv_forward from dz (n*oh*ow, f): per chunk of images one GEMM
-    dcols = dz @ k2.T (dcols holds ``chunk`` images' patch rows), then col2im."""
-    dx[:] = 0
-    n = dx.shape[0]
-    per = oh * ow
-    k2t = k2.T
-    for n0 in range(0, n, chunk):
-        n1 = min(n, n0 + chunk)
-        r0 = n0 * per
-        r1 = n1 * per
-        np.dot(dz[r0:r1], k2t, dcols[: r1 - r0])
-        _col2im_add(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, r0, dx, nthreads)
-
-
 # ------------------------------------------------------------ launch functions
+def _thread_blocks(n, oh, ow, kk):
+    """Blocks of whole images, one per thread, when the pass is big enough to repay a
+    parallel region (PAR_MIN patch elements) and the batch has an image per thread;
+    0 runs the serial body (with BLAS's own threads)."""
+    nt = min(get_num_threads(), n)
+    return nt if nt > 1 and n * oh * ow * kk >= PAR_MIN else 0
+
+
 def conv_forward(x, kernel, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
                  for_backward, scratch, pre, out):
     """out = act(conv(x, kernel) + bias) as (n*oh*ow, filters) rows (NHWC order).
@@ -321,18 +268,23 @@ def conv_forward(x, kernel, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl
     output size oh, ow. keep_pre: pre = conv + bias as well (pre may be
     ``out`` otherwise). for_backward: conv_backward will follow, so the whole
     patch matrix is kept in scratch("cols", (n*oh*ow, kh*kw*c)); otherwise
-    the patches live in a buffer of one chunk of images.
+    the patches live in a buffer of one chunk of images per thread.
     scratch(key, shape, dtype=None) returns an uninitialized C-contiguous
     array, the same one for the same key, shape and dtype.
     """
     n = x.shape[0]
     kk = kernel.shape[0]
-    nt = get_num_threads()
-    chunk = _chunk_images(n, oh, ow, kk, x.itemsize, nt)
-    rows_kept = n if for_backward else min(n, chunk)
+    chunk = _chunk_images(n, oh, ow, kk, x.itemsize)
+    blocks = _thread_blocks(n, oh, ow, kk)
+    rows_kept = n if for_backward else min(n, chunk) * max(blocks, 1)
     cols = scratch("cols", (rows_kept * oh * ow, kk), x.dtype)
-    _conv_forward(x, kernel, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
-                  chunk, nt, cols, pre, out)
+    if blocks:
+        with kernel_blas_serial():
+            _forward_blocks(x, kernel, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
+                            chunk, for_backward, blocks, cols, pre, out)
+    else:
+        _forward_images(x, kernel, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
+                        0, n, chunk, for_backward, 0, cols, pre, out)
 
 
 def conv_backward(x, kernel, pre, y, dy, code, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
@@ -344,22 +296,38 @@ def conv_backward(x, kernel, pre, y, dy, code, kh, kw, sh, sw, dh, dw, pt, pl, o
     softmax backward for a softmax layer (code is then LINEAR). Writes
     dkernel (kh*kw*c, filters), dbias (filters,) (None: no bias) and dx
     (n, h, w, c) (None: no input gradient needed). Work buffers come from
-    scratch (keys "cols", "dz", "dcols", "bias_work").
+    scratch (keys "cols", "dz", "dcols", "bias_work" and, with threads,
+    "dk_parts", "dbias_parts").
     """
     n = x.shape[0]
     kk, f = kernel.shape
     dtype = x.dtype
-    nt = get_num_threads()
-    chunk = _chunk_images(n, oh, ow, kk, x.itemsize, nt)
+    chunk = _chunk_images(n, oh, ow, kk, x.itemsize)
+    blocks = _thread_blocks(n, oh, ow, kk)
     cols = scratch("cols", (n * oh * ow, kk), dtype)
     dz = scratch("dz", dy.shape, dtype) if code != LINEAR else dy
-    work = scratch("bias_work", (f,), dtype)
     use_bias = dbias is not None
-    _conv_backward_dz(pre, y, dy, code, use_bias, nt, dz, dbias if use_bias else work, work)
-    if nt == 1:  # NumPy's BLAS is faster on this product; one pool only when threaded (module doc)
+    need_dx = dx is not None
+    dcols = scratch("dcols", (min(n, chunk) * max(blocks, 1) * oh * ow, kk), dtype) if need_dx else dz
+    if blocks:
+        part = scratch("bias_work", (blocks, f), dtype)
+        dbias_parts = scratch("dbias_parts", (blocks, f), dtype)
+        dk_parts = scratch("dk_parts", (blocks, kk, f), dtype)
+        with kernel_blas_serial():
+            _backward_blocks(pre, y, dy, code, use_bias, need_dx, cols, kernel, kh, kw, sh, sw, dh, dw, pt, pl,
+                             oh, ow, chunk, blocks, dz, part, dbias_parts, dk_parts, dcols,
+                             dx if need_dx else x)
+        _sum_blocks(dk_parts, dkernel)
+        if use_bias:
+            _sum_blocks(dbias_parts, dbias)
+        return
+    part = scratch("bias_work", (f,), dtype)
+    if use_bias:
+        dbias[:] = 0
+    _dz_rows(pre, y, dy, code, use_bias, 0, n * oh * ow, dz, part, dbias if use_bias else part)
+    if get_num_threads() == 1:  # NumPy's BLAS is faster on this product (module doc)
         np.dot(cols.T, dz, out=dkernel)
     else:
         _weight_grad(cols, dz, dkernel)
-    if dx is not None:
-        dcols = scratch("dcols", (min(n, chunk) * oh * ow, kk), dtype)
-        _conv_backward_dx(dz, kernel, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, chunk, nt, dcols, dx)
+    if need_dx:
+        _dx_images(dz, kernel, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, 0, n, chunk, 0, dcols, dx)
