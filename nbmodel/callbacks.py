@@ -449,9 +449,8 @@ class BackupAndRestore(Callback):
             state = cb.get_state() if cb is not self else {}
             if state:
                 states[str(i)] = {"class": type(cb).__name__, "state": _encode_state(state, f"cb/{i}", arrays)}
-        lr = self.model.optimizer.get_config().get("learning_rate")
         extra = {"epoch": int(epoch), "random_state": self.model.get_random_state(), "callbacks": states,
-                 "learning_rate": float(lr) if isinstance(lr, (int, float)) else None}
+                 "learning_rate": self.model.optimizer.settable_learning_rate}
         io.save_model(self.model, self.path, extra=extra, extra_arrays=arrays)
 
     def on_train_end(self, logs=None):

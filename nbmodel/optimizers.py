@@ -125,6 +125,12 @@ class Optimizer:
                             f"learning_rate to change the rate during training")
         self._learning_rate = self._check_lr(value)
 
+    @property
+    def settable_learning_rate(self) -> float | None:
+        """The float learning rate (what ReduceLROnPlateau or a user may have set), or None
+        when a schedule drives it: what a backup or a new MPI rank restores."""
+        return None if callable(self._learning_rate) else float(self._learning_rate)
+
     # ------------------------------------------------------------------ build
     def _slot_names(self) -> list[str]:
         return []

@@ -418,3 +418,10 @@ def test_against_torch():
     for factory, opt in cases:
         ours, theirs = _torch_run(factory, opt)
         np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-10, err_msg=repr(opt))
+
+
+def test_settable_learning_rate_is_the_float_or_none_under_a_schedule():
+    opt = optimizers.Adam(0.01)
+    opt.learning_rate = 0.005  # as ReduceLROnPlateau does
+    assert opt.settable_learning_rate == 0.005
+    assert optimizers.SGD(SCHED).settable_learning_rate is None

@@ -174,10 +174,9 @@ class MPIBackend(ReplicatedTrainer):
                              f"{shapes}; every rank must load the same data and build the same model")
         # rank 0's weights, optimizer state and generators (restored by BackupAndRestore, if any)
         comm.Bcast(packed["params"], root=0)
-        lr = model.optimizer.get_config().get("learning_rate")  # a float, or a schedule's config
         state = comm.bcast(None if not self.is_root else {
             "weights": model.get_weights(), "opt": model.optimizer.get_state(),
-            "lr": float(lr) if isinstance(lr, (int, float)) else None,
+            "lr": model.optimizer.settable_learning_rate,
             "random_state": model.get_random_state()}, root=0)
         if not self.is_root:
             model.set_weights(state["weights"])
