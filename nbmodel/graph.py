@@ -157,6 +157,7 @@ class Graph:
         input_ids = {t.id for t in inputs}
         for node in self.nodes:
             node.input_grad_needed = not all(t.id in input_ids for t in node.inputs)
+            node.layer.input_grad_needed = node.input_grad_needed  # set again before each call (_run)
         self.all_input_grads = False
         _promote_id_inputs(inputs, self.nodes)
         # how many consumers each tensor has: gradients of fan-outs are summed

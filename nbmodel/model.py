@@ -82,6 +82,7 @@ class Model(Layer):
         self._nodes = []
         self.input_grad_needed = True
         self._trainable = True
+        self.rng = np.random.default_rng(seed)  # a layer's generator (a model draws from its layers')
         self.compiled = False
         self.stop_training = False
         self.history = None

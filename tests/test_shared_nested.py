@@ -4,46 +4,19 @@ import numpy as np
 import pytest
 import test_device_seam as seam
 from test_device_seam import recording  # noqa: F401 (the fixture of the test-only device)
+from test_functional import _unflat
+from test_functional import check_model_gradients as check_flat_gradients
 
 import nbmodel as nb
 from nbmodel import layers as L
 
 
 # ------------------------------------------------------------------ helpers
-def _flat(ws):
-    return np.concatenate([w.reshape(-1) for w in ws])
-
-
-def _unflat(v, like):
-    out, off = [], 0
-    for w in like:
-        out.append(v[off:off + w.size].reshape(w.shape))
-        off += w.size
-    return out
-
-
-def check_model_gradients(model, x, y, eps=1e-6):
-    """One SGD(1.0) step moves the weights by minus the gradient of the whole model's
-    loss: compare with float64 central differences over every flat weight."""
+def check_model_gradients(model, x, y):
+    """Gradients of the whole model's mse loss (one SGD(1.0) step) against float64
+    central differences over every flat weight; returns them per weight array."""
     model.compile(nb.optimizers.SGD(1.0), "mse")
-    w0 = model.get_weights()
-    assert all(w.dtype == np.float64 for w in w0)
-    model.train_on_batch(x, y)
-    grad = _flat(w0) - _flat(model.get_weights())
-    v0 = _flat(w0)
-    num = np.empty_like(v0)
-    for i in range(v0.size):
-        vals = []
-        for sign in (1, -1):
-            v = v0.copy()
-            v[i] += sign * eps
-            model.set_weights(_unflat(v, w0))
-            vals.append(model.test_on_batch(x, y))
-        num[i] = (vals[0] - vals[1]) / (2 * eps)
-    model.set_weights(w0)
-    np.testing.assert_allclose(grad, num, rtol=1e-5, atol=1e-8)
-    assert np.abs(grad).max() > 1e-3
-    return _unflat(grad, w0)
+    return _unflat(check_flat_gradients(model, x, y), model.get_weights())
 
 
 def roundtrip(model, x, tmp_path):
@@ -279,6 +252,29 @@ def test_shared_nested_model_with_a_shared_layer_inside(float64):
     check_model_gradients(model, x, rng.standard_normal((4, 1)))
 
 
+def test_nested_model_with_two_inputs_and_an_unused_output(float64, tmp_path):
+    p, q = L.Input((2,), name="p"), L.Input((3,), name="q")
+    inner = nb.Model([p, q], [L.Dense(2, activation="tanh", name="both")(L.Concatenate()([p, q])),
+                              L.Dense(1, name="side")(p)], name="two_two")
+    a, b = L.Input((2,)), L.Input((2,))
+    main, _ = inner([a, L.Dense(3, name="pre")(b)])   # the side output feeds nothing
+    model = nb.Model([a, b], L.Dense(1, name="head")(main), seed=19)
+    rng = np.random.default_rng(19)
+    x, y = [rng.standard_normal((4, 2)), rng.standard_normal((4, 2))], rng.standard_normal((4, 1))
+    grads = check_model_gradients(model, x, y)
+    side = [i for i, k in enumerate(k for layer in model.layers for k in layer.params) if k.startswith("side/")]
+    assert side == [4, 5] and all(np.all(grads[i] == 0) for i in side)  # no gradient reaches it
+    roundtrip(model, x, tmp_path)
+
+    # shared: the side output of one call is used, the other's is not
+    main2, _ = inner([b, L.Dense(3, name="pre2")(a)])
+    main1, side1 = inner([a, L.Dense(3, name="pre3")(b)])
+    model2 = nb.Model([a, b], L.Dense(1, name="head2")(L.Concatenate()([main2, main1, side1])), seed=20)
+    grads = check_model_gradients(model2, x, y)
+    keys = [k for layer in model2.layers for k in layer.params]
+    assert np.abs(grads[keys.index("side/kernel")]).max() > 1e-3  # reached by one call only
+
+
 def test_nested_model_trains_freezes_and_round_trips(tmp_path):
     rng = np.random.default_rng(13)
     x = rng.standard_normal((64, 2)).astype(np.float32)
@@ -386,3 +382,26 @@ def test_bad_use_names_the_layer():
         inner(L.Input((4,)))
     with pytest.raises(ValueError, match="inner_bad_1.*used both"):
         nb.Model(a, L.Concatenate()([inner(a), inner.get_layer("inner_bad_1")(a)]))
+
+
+def test_data_parallel_training_of_shared_and_nested_models(float64):
+    """Workers rebuild the model from its config: same training as one process
+    (a shared tower with dropout, a nested Sequential)."""
+    from parallel._models import assert_same_training
+
+    def build():
+        t_in = L.Input((3,))
+        tower = nb.Model(t_in, L.Dense(2, name="proj")(L.Dropout(0.3, seed=1)(L.Dense(4, name="d")(t_in))),
+                         name="tower")
+        head = nb.Sequential([L.Dense(3, activation="tanh", name="h1"), L.Dense(1, name="h2")], name="head")
+        a, b = L.Input((3,)), L.Input((3,))
+        model = nb.Model([a, b], head(L.Concatenate()([tower(a), tower(b)])), seed=18)
+        model.compile(nb.optimizers.Adam(0.01), "mse")
+        return model
+
+    rng = np.random.default_rng(18)
+    x, y = [rng.standard_normal((20, 3)), rng.standard_normal((20, 3))], rng.standard_normal((20, 1))
+    ref, model = build(), build()
+    ref_hist = ref.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    hist = model.fit(x, y, batch_size=8, epochs=2, verbose=0, workers=2)
+    assert_same_training(ref, ref_hist, model, hist)
