@@ -300,6 +300,15 @@ def test_nested_model_trains_freezes_and_round_trips(tmp_path):
     assert loaded.get_layer("inner").trainable is False
 
 
+def test_gradcheck_takes_a_model_as_a_layer(float64):
+    """Input gradients too: a model is a layer, so nb.testing.gradcheck checks it whole."""
+    rng = np.random.default_rng(21)
+    err = nb.testing.gradcheck(siamese_dense(), (rng.standard_normal((3, 3)), rng.standard_normal((3, 2))))
+    assert err < 1e-5
+    model, _ = nested_functional()
+    assert nb.testing.gradcheck(model, rng.standard_normal((3, 2))) < 1e-5
+
+
 # ------------------------------------------------------------- from_config
 def test_from_config_equals_model_from_config():
     model, _ = nested_functional()
