@@ -208,6 +208,7 @@ class Model(Layer):
         xs = list(x) if self._called_nested else [x]
         if len(xs) != len(self._graph.inputs):
             raise ValueError(f"{self.name}: expected {len(self._graph.inputs)} inputs, got {len(xs)}")
+        self._graph.all_input_grads = self.input_grad_needed  # as the outer graph set it for this call
         outs = self._graph.forward(xs, training)
         return outs if self._outputs_nested else outs[0]
 
@@ -215,10 +216,7 @@ class Model(Layer):
         """Gradients of the model's weights (into its layers' grads) and of its inputs."""
         g = self._graph
         g.all_input_grads = self.input_grad_needed
-        try:
-            dxs = g.backward(list(dy) if self._outputs_nested else [dy], input_grads=True)
-        finally:
-            g.all_input_grads = False
+        dxs = g.backward(list(dy) if self._outputs_nested else [dy], input_grads=True)
         fill = self._device.kernels("array").fill
         for layer in g.layers:  # layers no gradient reached in this call
             if id(layer) not in g.ran:

@@ -222,6 +222,16 @@ def test_nested_model_gradients(float64):
     check_model_gradients(model, rng.standard_normal((4, 2)), rng.standard_normal((4, 1)))
 
 
+def test_nested_recurrent_model_passes_input_gradients(float64):
+    """The outer model needs dx of the nested model's input: its LSTM computes it."""
+    inner = nb.Sequential([L.Input((4, 2)), L.LSTM(2, name="rnn")], name="rnn_model")
+    inp = L.Input((4, 3))
+    model = nb.Model(inp, L.Dense(1, name="head")(inner(L.Dense(2, name="pre")(inp))), seed=22)
+    rng = np.random.default_rng(22)
+    grads = check_model_gradients(model, rng.standard_normal((3, 4, 3)), rng.standard_normal((3, 1)))
+    assert np.abs(grads[0]).max() > 1e-3  # pre/kernel, reached through the LSTM
+
+
 def test_sequential_of_a_model_gradients_and_round_trip(float64, tmp_path):
     inner = make_inner()
     model = nb.Sequential([inner, L.Dense(1, name="head")], seed=11)
