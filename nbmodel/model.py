@@ -83,6 +83,7 @@ class Model(Layer):
         self.input_grad_needed = True
         self._trainable = True
         self.rng = np.random.default_rng(seed)  # a layer's generator (a model draws from its layers')
+        self._weights_given = False  # set by compile and set_weights: a parent's seed no longer redraws them
         self.compiled = False
         self.stop_training = False
         self.history = None
@@ -116,7 +117,8 @@ class Model(Layer):
             layer.to(self._device)
         if self.seed is not None:
             for i, layer in enumerate(self._graph.layers):
-                layer.reinitialize(np.random.default_rng([self.seed, i]))
+                if not getattr(layer, "_weights_given", False):  # a trained or loaded nested model keeps its own
+                    layer.reinitialize(np.random.default_rng([self.seed, i]))
         self._packed = None
 
     # ------------------------------------------------------ a model as a layer
@@ -277,6 +279,7 @@ class Model(Layer):
     # ------------------------------------------------------------ flat buffers
     def _pack(self):
         """Move every trainable param/grad into one flat buffer (views stay in the layers)."""
+        self._weights_given = True
         entries = []
         for layer in self.trainable_layers:
             for key, arr in layer.params.items():
@@ -641,6 +644,7 @@ class Model(Layer):
         return [w for layer in self.layers for w in layer.get_weights()]
 
     def set_weights(self, weights) -> None:
+        self._weights_given = True
         weights = list(weights)
         expected = sum(len(layer.weight_arrays()) for layer in self.layers)
         if len(weights) != expected:

@@ -285,6 +285,28 @@ def test_nested_model_with_two_inputs_and_an_unused_output(float64, tmp_path):
     assert np.abs(grads[keys.index("side/kernel")]).max() > 1e-3  # reached by one call only
 
 
+def test_a_seeded_parent_draws_a_fresh_nested_model_and_keeps_a_trained_one(tmp_path):
+    """Model(seed=...) fixes the weights of a nested model built for it, but a
+    compiled (trained) or loaded one keeps its weights: transfer learning."""
+    def build(base):
+        inp = L.Input((3,))
+        return nb.Model(inp, L.Dense(1, name="top")(base(inp)), seed=23)
+
+    def fresh():
+        return nb.Sequential([L.Input((3,)), L.Dense(2, name="b1")], name="base")
+
+    np.testing.assert_array_equal(build(fresh()).get_weights()[0], build(fresh()).get_weights()[0])
+    base = fresh()
+    base.compile(nb.optimizers.Adam(0.1), "mse")
+    base.fit(np.ones((4, 3), np.float32), np.ones((4, 2), np.float32), epochs=2, verbose=0)
+    trained = base.get_weights()
+    base.save(tmp_path / "base.nbm")
+    for b in (base, nb.load_model(tmp_path / "base.nbm")):
+        build(b)
+        for w, t in zip(b.get_weights(), trained):
+            np.testing.assert_array_equal(w, t)
+
+
 def test_nested_model_trains_freezes_and_round_trips(tmp_path):
     rng = np.random.default_rng(13)
     x = rng.standard_normal((64, 2)).astype(np.float32)
