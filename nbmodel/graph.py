@@ -4,6 +4,11 @@ Forward runs the nodes in topological order; backward runs them in reverse,
 adding gradients where a tensor fans out to several consumers. Values are
 kept in dicts keyed by symbolic tensor id, so one step allocates only what
 the layers' workspaces do not already hold.
+
+A shared layer (one layer object called at several nodes) keeps one cache per
+call: around each forward and backward of such a node, ``_CallState`` swaps
+in the attributes that node's calls wrote (workspaces included) and records
+them again afterwards; backward sums the weight gradients over the calls.
 """
 from __future__ import annotations
 
@@ -57,6 +62,79 @@ def topological_nodes(inputs: list[KTensor], outputs: list[KTensor]) -> list[Nod
     return order
 
 
+_ABSENT = object()
+# attributes every call of a layer shares (weights, config, the graph's bookkeeping)
+_SHARED_ATTRS = frozenset({"params", "grads", "state", "device", "dtype", "trainable", "rng", "built",
+                           "built_input_shape", "name", "_nodes", "_inits", "input_grad_needed", "stat_sync"})
+_OWN_ATTRS = frozenset({"_call_contexts", "_call_keys"})  # where a shared layer keeps its calls' states
+
+
+def layer_tree(layer) -> list:
+    """``layer`` and, depth first, its sub-layers (a nested model's layers included)."""
+    out = [layer]
+    for sub in layer.sublayers():
+        out += layer_tree(sub)
+    return out
+
+
+class _CallState:
+    """Gives each call (node) of a shared layer its own cache.
+
+    A layer keeps what backward needs, and its workspaces, as attributes on
+    itself, so a second call would overwrite the first one's. For a node of a
+    shared layer, ``enter`` restores the attributes this node's previous
+    forward/backward rebound, on the layer and on every layer of its tree
+    (sub-layers, a nested model's layers); ``exit`` finds the attributes the
+    call rebound (compared by identity) and keeps their values for this node.
+    A node's first call starts from the values those attributes had before
+    any call rebound them (no workspaces: fresh ones). The states live on the
+    shared layer (``_call_contexts``, ``_call_keys``: replaced, never mutated,
+    so an enclosing shared model keeps them per call of its own).
+    """
+
+    def __init__(self, node):
+        self.node = node
+        self.tree = layer_tree(node.layer)
+
+    def enter(self):
+        root = self.tree[0]
+        keys = root.__dict__.get("_call_keys")  # per tree layer: {attribute: value before any call}
+        if keys is None:
+            keys = root.__dict__["_call_keys"] = [{"_workspaces": _ABSENT} for _ in self.tree]
+        ctx = root.__dict__.get("_call_contexts", {}).get(self.node)
+        for i, layer in enumerate(self.tree):
+            d = layer.__dict__
+            src = keys[i] if ctx is None else ctx[i]
+            for k in keys[i]:
+                v = src.get(k, _ABSENT)
+                if v is _ABSENT:
+                    d.pop(k, None)
+                else:
+                    d[k] = v
+        return [dict(layer.__dict__) for layer in self.tree]
+
+    def exit(self, before):
+        root = self.tree[0]
+        ctxs = dict(root.__dict__.get("_call_contexts", {}))
+        keys = root.__dict__["_call_keys"]
+        for i, (layer, pre) in enumerate(zip(self.tree, before)):
+            d = layer.__dict__
+            skip = _SHARED_ATTRS | (_OWN_ATTRS if i == 0 else frozenset())
+            touched = {k for k, v in d.items() if pre.get(k, _ABSENT) is not v}
+            touched |= {k for k in pre if k not in d}
+            new = touched - skip - keys[i].keys()
+            if new:  # until now every call had the value from before this one
+                old = {k: pre.get(k, _ABSENT) for k in new}
+                for node, c in ctxs.items():
+                    if node is not self.node:
+                        ctxs[node] = c[:i] + [{**c[i], **old}] + c[i + 1:]
+                keys = keys[:i] + [{**keys[i], **old}] + keys[i + 1:]
+        ctxs[self.node] = [{k: layer.__dict__.get(k, _ABSENT) for k in keys[i]}
+                           for i, layer in enumerate(self.tree)]
+        root.__dict__["_call_keys"] = keys
+        root.__dict__["_call_contexts"] = ctxs
+
+
 class Graph:
     """Executable form of a functional model."""
 
@@ -65,23 +143,42 @@ class Graph:
         self.outputs = outputs
         self.device = device  # where fan-in gradients are summed (the model's device)
         self.nodes = topological_nodes(inputs, outputs)
-        seen_layers = {}
+        calls: dict[int, list[Node]] = {}
+        self.layers = []  # each layer once, in the order of its first call
         for node in self.nodes:
-            other = seen_layers.get(id(node.layer))
-            if other is not None:
-                raise ValueError(f"Model: layer {node.layer.name!r} is called more than once in the graph; "
-                                 "shared layers are not supported, create one layer per call")
-            seen_layers[id(node.layer)] = node
-        self.layers = [n.layer for n in self.nodes]
-        # layers fed only by model inputs need no input gradient
+            if id(node.layer) not in calls:
+                calls[id(node.layer)] = []
+                self.layers.append(node.layer)
+            calls[id(node.layer)].append(node)
+        _check_layers(self.layers)
+        # a shared layer's nodes run with their own cache (see _CallState)
+        self._call_state = {id(n): _CallState(n) for ns in calls.values() if len(ns) > 1 for n in ns}
+        # layers fed only by model inputs need no input gradient (unless all_input_grads)
         input_ids = {t.id for t in inputs}
         for node in self.nodes:
-            node.layer.input_grad_needed = not all(t.id in input_ids for t in node.inputs)
+            node.input_grad_needed = not all(t.id in input_ids for t in node.inputs)
+            node.layer.input_grad_needed = node.input_grad_needed  # set again before each call (_run)
+        self.all_input_grads = False
+        _promote_id_inputs(inputs, self.nodes)
         # how many consumers each tensor has: gradients of fan-outs are summed
         self.consumers: dict[int, int] = {}
         for node in self.nodes:
             for t in node.inputs:
                 self.consumers[t.id] = self.consumers.get(t.id, 0) + 1
+        self.ran: set[int] = set()
+        self._stash: dict = {}
+
+    def _run(self, node, fn, *args, **kwargs):
+        """Call ``fn`` (the node's layer's forward or backward) with that node's flags and cache."""
+        node.layer.input_grad_needed = node.input_grad_needed or self.all_input_grads
+        state = self._call_state.get(id(node))
+        if state is None:
+            return fn(*args, **kwargs)
+        before = state.enter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            state.exit(before)
 
     # ---------------------------------------------------------------- forward
     def forward(self, xs: list, training: bool) -> list:
@@ -90,7 +187,7 @@ class Graph:
             args = [values[t.id] for t in node.inputs]
             kwargs = {k: _resolve(v, values) for k, v in node.kwargs.items()}
             x = tuple(args) if node.nested else args[0]
-            out = node.layer.forward(x, training=training, **kwargs)
+            out = self._run(node, node.layer.forward, x, training=training, **kwargs)
             outs = out if isinstance(out, (list, tuple)) and len(node.outputs) > 1 else [out]
             for t, o in zip(node.outputs, outs):
                 values[t.id] = o
@@ -103,8 +200,10 @@ class Graph:
 
     # --------------------------------------------------------------- backward
     def backward(self, dys: list, input_grads=False):
-        """Run backward from output gradients; returns the ids of layers that ran,
-        or with ``input_grads`` the gradient of each model input (None if none)."""
+        """Run backward from output gradients (None: no gradient for that output).
+
+        Returns the ids of layers that ran (also kept in ``self.ran``), or with
+        ``input_grads`` the gradient of each model input (None if none)."""
         grads: dict[int, np.ndarray] = {}
         owned: set[int] = set()  # gradient arrays we allocated (safe to add into)
 
@@ -123,7 +222,8 @@ class Graph:
                 owned.add(tid)
 
         for t, d in zip(self.outputs, dys):
-            _accumulate(t.id, d)
+            if d is not None:
+                _accumulate(t.id, d)
         ran = set()
         for node in reversed(self.nodes):
             douts = [grads.get(t.id) for t in node.outputs]
@@ -134,7 +234,12 @@ class Graph:
                 dy = douts[0]
             else:
                 dy = [d for d in douts]
-            dx = layer.backward(dy)
+            shared_again = id(layer) in ran and layer.grads
+            if shared_again:  # an earlier call's weight gradients: backward overwrites grads
+                saved = self._save_grads(layer)
+            dx = self._run(node, layer.backward, dy)
+            if shared_again:
+                self._add_saved_grads(layer, saved)
             ran.add(id(layer))
             if not node.nested:
                 if isinstance(dx, tuple) and len(dx) == 2 and _is_state_grad(dx):
@@ -151,9 +256,60 @@ class Graph:
             for t, d in zip(node.inputs, dxs):
                 if d is not None:
                     _accumulate(t.id, d)
+        self.ran = ran
         if input_grads:
             return [grads.get(t.id) for t in self.inputs]
         return ran
+
+    def _save_grads(self, layer):
+        """Copies of ``layer``'s gradients into arrays the graph keeps (one per param)."""
+        copy = self.device.kernels("array").copy
+        saved = []
+        for key, g in layer.grads.items():
+            slot = (id(layer), key)
+            buf = self._stash.get(slot)
+            if buf is None or buf.shape != g.shape or buf.dtype != g.dtype or not self.device.is_array(buf):
+                buf = self._stash[slot] = self.device.empty(g.shape, g.dtype)
+            copy(g, buf)
+            saved.append((key, buf))
+        return saved
+
+    def _add_saved_grads(self, layer, saved):
+        add_into = self.device.kernels("array").add_into
+        for key, buf in saved:
+            add_into(layer.grads[key], buf)
+
+
+def _check_layers(layers) -> None:
+    """Layer names must be unique (saving refers to layers by name), and a layer
+    inside a nested model may not also be called elsewhere in the same model."""
+    seen: dict[str, object] = {}
+    owner: dict[int, str] = {}
+    for layer in layers:
+        other = seen.get(layer.name)
+        if other is not None and other is not layer:
+            raise ValueError(f"Model: two different layers are named {layer.name!r}; layer names in a "
+                             "model must be unique")
+        seen[layer.name] = layer
+        for sub in layer_tree(layer):
+            prev = owner.get(id(sub))
+            if prev is not None and prev != layer.name:
+                raise ValueError(f"Model: layer {sub.name!r} is used both in {prev!r} and in {layer.name!r}; "
+                                 "call a nested model's layers only through that model")
+            owner[id(sub)] = layer.name
+
+
+def _promote_id_inputs(inputs, nodes) -> None:
+    """Keras casts whole-number ids for Embedding: a model input whose dtype was
+    not given and that feeds only id-taking layers (``integer_input``) becomes
+    int64, so float ids are checked and cast once and integer ids stay integers."""
+    for i, t in enumerate(inputs):
+        layer = t.input_layer
+        if layer._dtype_given or t.dtype.kind in "iub":
+            continue
+        users = [(n, j) for n in nodes for j, u in enumerate(n.inputs) if u.id == t.id]
+        if users and all(n.layer.integer_input(j) for n, j in users):
+            t.dtype = layer.dtype = np.dtype("int64")
 
 
 def _is_state_grad(dx):

@@ -3,7 +3,12 @@
 The file is a NumPy ``.npz`` archive (zip): ``__meta__`` is UTF-8 JSON
 (format version, model config, compile config, optimizer config, extras),
 ``w/<i>`` the weights in ``get_weights`` order, ``opt/<key>`` the optimizer
-state. Every write goes to a temporary file in the same directory, is fsynced,
+state. A functional model's config lists each layer once (``layers``) and
+each call of a layer (``nodes``, topological order); a tensor is named
+``[layer name, call index, output index]`` like Keras' inbound nodes. A model
+used as a layer is stored as a layer entry whose config is its model config.
+
+Every write goes to a temporary file in the same directory, is fsynced,
 then renamed over the target and the directory fsynced, so a crash mid-save
 leaves the previous file. The temporary file's name holds the writer's host
 and pid: the next write to the same target removes those of dead writers on
@@ -19,7 +24,7 @@ import tempfile
 import numpy as np
 
 FORMAT = "nbmodel"
-VERSION = 1
+VERSION = 2  # 2: layers listed once, nodes refer to them by name (shared layers, nested models)
 
 
 # ----------------------------------------------------------------- atomic I/O
@@ -140,25 +145,33 @@ def _encode_kwarg(v, ref):
 
 
 def model_config(model) -> dict:
+    """JSON-able architecture of ``model`` (what ``model_from_config`` rebuilds)."""
     from .model import Sequential
 
     model._require_graph()
     if isinstance(model, Sequential):
         t = model._input
-        return {"class": "Sequential", "name": model.name, "seed": model.seed,
+        return {"class": "Sequential", "name": model.name, "seed": model.seed, "trainable": model.trainable,
                 "input": {"shape": list(t.shape[1:]), "dtype": t.dtype.name, "name": t.input_layer.name},
                 "layers": [_layer_entry(layer) for layer in model._layers]}
 
-    def ref(t):
-        return [t.node.layer.name if t.node is not None else t.input_layer.name, t.index]
-
     g = model._graph
+    call_index, counts = {}, {}
+    for n in g.nodes:
+        call_index[id(n)] = counts.get(id(n.layer), 0)
+        counts[id(n.layer)] = call_index[id(n)] + 1
+
+    def ref(t):
+        if t.node is None:
+            return [t.input_layer.name, 0, 0]
+        return [t.node.layer.name, call_index[id(t.node)], t.index]
+
     return {
-        "class": "Model", "name": model.name, "seed": model.seed,
+        "class": "Model", "name": model.name, "seed": model.seed, "trainable": model.trainable,
         "inputs": [{"shape": list(t.shape[1:]), "dtype": t.dtype.name, "name": t.input_layer.name}
                    for t in g.inputs],
-        "nodes": [{"layer": _layer_entry(n.layer), "inputs": [ref(t) for t in n.inputs],
-                   "nested": n.nested,
+        "layers": [_layer_entry(layer) for layer in g.layers],
+        "nodes": [{"layer": n.layer.name, "inputs": [ref(t) for t in n.inputs], "nested": n.nested,
                    "kwargs": {k: _encode_kwarg(v, ref) for k, v in n.kwargs.items()}}
                   for n in g.nodes],
         "outputs": [ref(t) for t in g.outputs],
@@ -169,21 +182,33 @@ def model_config(model) -> dict:
 def _layer_classes(custom_objects=None):
     from . import layers
     from .layers.base import Layer
+    from .model import Model, Sequential
 
     classes = {name: getattr(layers, name) for name in layers.__all__
                if isinstance(getattr(layers, name), type) and issubclass(getattr(layers, name), Layer)}
+    classes.update(Model=Model, Sequential=Sequential)
     classes.update(custom_objects or {})
     return classes
 
 
-def _make_layer(entry, classes):
+def _make_layer(entry, classes, custom_objects=None):
+    from .model import Model
+
     cls = classes.get(entry["class"])
     if cls is None:
         raise ValueError(f"unknown layer class {entry['class']!r}; pass it in custom_objects")
+    if isinstance(cls, type) and issubclass(cls, Model):  # a nested model
+        return cls.from_config(dict(entry["config"]), custom_objects)
     return cls.from_config(dict(entry["config"]))
 
 
+def _ref(r):
+    """A tensor reference: [layer, call, output]; format 1 wrote [layer, output]."""
+    return (r[0], 0, r[1]) if len(r) == 2 else tuple(r)
+
+
 def model_from_config(cfg, custom_objects=None):
+    """Rebuild the model ``model_config`` described (fresh weights)."""
     from .layers.base import Input
     from .model import Model, Sequential
 
@@ -192,34 +217,50 @@ def model_from_config(cfg, custom_objects=None):
         inp = cfg["input"]
         dtype = inp["dtype"] if np.dtype(inp["dtype"]).kind in "iu" else None
         layers = [Input(tuple(inp["shape"]), dtype=dtype, name=inp["name"])]
-        layers += [_make_layer(e, classes) for e in cfg["layers"]]
-        return Sequential(layers, name=cfg["name"], seed=None)
+        layers += [_make_layer(e, classes, custom_objects) for e in cfg["layers"]]
+        model = Sequential(layers, name=cfg["name"], seed=None)
+        return _finish(model, cfg)
     tensors = {}
     inputs = []
     for spec in cfg["inputs"]:
         dtype = spec["dtype"] if np.dtype(spec["dtype"]).kind in "iu" else None
         t = Input(tuple(spec["shape"]), dtype=dtype, name=spec["name"])
-        tensors[(spec["name"], 0)] = t
+        tensors[(spec["name"], 0, 0)] = t
         inputs.append(t)
 
     def decode(v):
         if isinstance(v, dict) and "__tensor__" in v:
-            return tensors[tuple(v["__tensor__"])]
+            return tensors[_ref(v["__tensor__"])]
         if isinstance(v, list):
             return [decode(e) for e in v]
         return v
 
+    by_name = {e["config"].get("name"): _make_layer(e, classes, custom_objects) for e in cfg.get("layers", [])}
+    calls: dict[str, int] = {}
     for node in cfg["nodes"]:
-        layer = _make_layer(node["layer"], classes)
-        args = [tensors[tuple(r)] for r in node["inputs"]]
+        if isinstance(node["layer"], dict):  # format 1: one layer entry per node
+            layer = _make_layer(node["layer"], classes, custom_objects)
+        else:
+            layer = by_name[node["layer"]]
+        args = [tensors[_ref(r)] for r in node["inputs"]]
         kwargs = {k: decode(v) for k, v in node["kwargs"].items()}
         out = layer(args if node["nested"] else args[0], **kwargs)
-        outs = out if isinstance(out, list) else [out]
-        for i, t in enumerate(outs):
-            tensors[(layer.name, i)] = t
-    outputs = [tensors[tuple(r)] for r in cfg["outputs"]]
-    return Model(inputs=inputs if cfg["inputs_nested"] else inputs[0],
-                 outputs=outputs if cfg["outputs_nested"] else outputs[0], name=cfg["name"])
+        k = calls.get(layer.name, 0)
+        calls[layer.name] = k + 1
+        for i, t in enumerate(out if isinstance(out, list) else [out]):
+            tensors[(layer.name, k, i)] = t
+    outputs = [tensors[_ref(r)] for r in cfg["outputs"]]
+    model = Model(inputs=inputs if cfg["inputs_nested"] else inputs[0],
+                  outputs=outputs if cfg["outputs_nested"] else outputs[0], name=cfg["name"])
+    return _finish(model, cfg)
+
+
+def _finish(model, cfg):
+    """The model-level settings of ``cfg``: the seed (kept, weights not redrawn), trainable."""
+    model.seed = cfg.get("seed")
+    if not cfg.get("trainable", True):
+        model.trainable = False
+    return model
 
 
 # ------------------------------------------------------------ compile state
@@ -298,7 +339,6 @@ def load_model(path, custom_objects=None, compile=True):
     if meta.get("kind") != "model":
         raise ValueError(f"{os.fspath(path)!r} holds only weights; build the model and use load_weights")
     model = model_from_config(meta["model"], custom_objects)
-    model.seed = meta["model"].get("seed")
     model.set_weights(_weights_from(arrays))
     if compile:
         _restore_compile(model, meta, arrays)

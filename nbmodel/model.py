@@ -11,20 +11,79 @@ exact (see parallel/, which scales by the global count).
 """
 from __future__ import annotations
 
+from collections.abc import MutableMapping
+
 import numpy as np
 
 from . import config
 from .backend import Device, get_device
 from .graph import Graph
-from .layers.base import Input, InputLayer, KTensor, Layer, finite_checks, inference_gradients
+from .layers.base import Input, InputLayer, KTensor, Layer, _auto_name, finite_checks
 
 
-class Model:
-    """A functional model: ``Model(inputs=x, outputs=y)`` over symbolic tensors."""
+class _LayersDict(MutableMapping):
+    """A nested model's params / grads / state: its layers' entries under
+    ``"<layer name>/<key>"``, read and written through (the outer model's
+    flat-buffer views reach the inner layers). params and grads list only
+    trainable layers, as Keras' ``trainable_weights`` do."""
+
+    def __init__(self, model, attr):
+        self._model = model
+        self._attr = attr
+
+    def _layers(self):
+        layers = self._model.sublayers()
+        if self._attr != "state":
+            layers = [layer for layer in layers if layer.trainable]
+        return layers
+
+    def _locate(self, key):
+        name, sep, rest = str(key).partition("/")
+        for layer in self._layers():
+            if sep and layer.name == name:
+                d = getattr(layer, self._attr)
+                if rest in d:
+                    return d, rest
+        raise KeyError(key)
+
+    def __getitem__(self, key):
+        d, rest = self._locate(key)
+        return d[rest]
+
+    def __setitem__(self, key, value):
+        d, rest = self._locate(key)
+        d[rest] = value
+
+    def __delitem__(self, key):
+        raise TypeError(f"{self._model.name}: a nested model's weights cannot be deleted")
+
+    def __iter__(self):
+        for layer in self._layers():
+            for k in getattr(layer, self._attr):
+                yield f"{layer.name}/{k}"
+
+    def __len__(self):
+        return sum(len(getattr(layer, self._attr)) for layer in self._layers())
+
+
+class Model(Layer):
+    """A functional model: ``Model(inputs=x, outputs=y)`` over symbolic tensors.
+
+    A model is also a layer: called on symbolic tensors it becomes one node of
+    another model (its weights are that model's weights, ``trainable = False``
+    freezes every layer in it), called on arrays it predicts."""
 
     def __init__(self, inputs=None, outputs=None, name=None, device=None, seed=None):
-        self.name = name or type(self).__name__.lower()
+        self.name = name or _auto_name(type(self).__name__)
         self.seed = seed
+        # what a Layer has (a model is used as a layer inside another model)
+        self.dtype = config.standardize_dtype(None)
+        self._dtype_given = False
+        self._nodes = []
+        self.input_grad_needed = True
+        self._trainable = True
+        self.rng = np.random.default_rng(seed)  # a layer's generator (a model draws from its layers')
+        self._weights_given = False  # set by compile and set_weights: a parent's seed no longer redraws them
         self.compiled = False
         self.stop_training = False
         self.history = None
@@ -58,8 +117,121 @@ class Model:
             layer.to(self._device)
         if self.seed is not None:
             for i, layer in enumerate(self._graph.layers):
-                layer.reinitialize(np.random.default_rng([self.seed, i]))
+                if not getattr(layer, "_weights_given", False):  # a trained or loaded nested model keeps its own
+                    layer.reinitialize(np.random.default_rng([self.seed, i]))
         self._packed = None
+
+    # ------------------------------------------------------ a model as a layer
+    @property
+    def trainable(self) -> bool:
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        """Keras 3: sets ``trainable`` of every layer inside the model too."""
+        self._trainable = bool(value)
+        for layer in self.sublayers():
+            layer.trainable = bool(value)
+
+    @property
+    def built(self) -> bool:
+        return self._graph is not None
+
+    @property
+    def built_input_shape(self):
+        if self._graph is None:
+            return None
+        shapes = tuple(t.shape for t in self._graph.inputs)
+        return shapes if self._inputs_nested else shapes[0]
+
+    @property
+    def input_shape_arg(self):
+        """Shape (batch excluded) of a built single-input model, so that
+        ``Sequential([model, ...])`` knows its input."""
+        if self._graph is None or len(self._graph.inputs) != 1:
+            return None
+        return tuple(self._graph.inputs[0].shape[1:])
+
+    @property
+    def params(self):
+        return _LayersDict(self, "params")
+
+    @property
+    def grads(self):
+        return _LayersDict(self, "grads")
+
+    @property
+    def state(self):
+        return _LayersDict(self, "state")
+
+    def sublayers(self) -> list[Layer]:
+        """The model's layers (each once, inputs excluded)."""
+        if self._graph is None:
+            return list(getattr(self, "_layers", []))
+        return list(self._graph.layers)
+
+    def bind_param(self, name, param, grad) -> None:
+        layer_name, _, rest = name.partition("/")
+        for layer in self.sublayers():
+            if layer.name == layer_name:
+                layer.bind_param(rest, param, grad)
+                return
+        raise KeyError(name)
+
+    def weight_arrays(self) -> list:
+        return [w for layer in self.layers for w in layer.weight_arrays()]
+
+    def reinitialize(self, rng) -> None:
+        for layer in self.sublayers():
+            layer.reinitialize(np.random.default_rng(rng.integers(2**63)))
+
+    def cast(self, dtype):
+        self.dtype = config.standardize_dtype(dtype)
+        for layer in self.sublayers():
+            layer.cast(dtype)
+        return self
+
+    def clear_workspaces(self):
+        Layer.clear_workspaces(self)
+        for layer in self.sublayers():
+            layer.clear_workspaces()
+
+    def compute_output_shape(self, input_shape):
+        shapes = [t.shape for t in self.outputs]
+        return shapes if self._outputs_nested else shapes[0]
+
+    def integer_input(self, index: int = 0) -> bool:
+        return self._graph is not None and self._graph.inputs[index].dtype.kind in "iu"
+
+    def forward(self, x, training=False):
+        """Run the model's graph on device arrays (the model as a layer of another model)."""
+        self._require_graph()
+        self._called_nested = isinstance(x, (list, tuple))
+        xs = list(x) if self._called_nested else [x]
+        if len(xs) != len(self._graph.inputs):
+            raise ValueError(f"{self.name}: expected {len(self._graph.inputs)} inputs, got {len(xs)}")
+        self._graph.all_input_grads = self.input_grad_needed  # as the outer graph set it for this call
+        outs = self._graph.forward(xs, training)
+        return outs if self._outputs_nested else outs[0]
+
+    def backward(self, dy):
+        """Gradients of the model's weights (into its layers' grads) and of its inputs."""
+        g = self._graph
+        g.all_input_grads = self.input_grad_needed
+        dxs = g.backward(list(dy) if self._outputs_nested else [dy], input_grads=True)
+        fill = self._device.kernels("array").fill
+        for layer in g.layers:  # layers no gradient reached in this call
+            if id(layer) not in g.ran:
+                for grad in layer.grads.values():
+                    fill(grad, 0)
+        return tuple(dxs) if self._called_nested else dxs[0]
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None) -> Model:
+        """The model ``get_config`` describes (new weights); same as ``io.model_from_config``."""
+        from . import io
+
+        return io.model_from_config(config, custom_objects)
 
     @property
     def device(self) -> Device:
@@ -107,6 +279,7 @@ class Model:
     # ------------------------------------------------------------ flat buffers
     def _pack(self):
         """Move every trainable param/grad into one flat buffer (views stay in the layers)."""
+        self._weights_given = True
         entries = []
         for layer in self.trainable_layers:
             for key, arr in layer.params.items():
@@ -221,6 +394,7 @@ class Model:
         """Lists of validated, contiguous arrays for inputs and targets."""
         from .data import standardize_inputs, standardize_targets
 
+        self._require_graph()
         xs = standardize_inputs(self, x, where)
         ys = standardize_targets(self, y, xs[0].shape[0], where) if y is not None else None
         if sample_weight is not None:
@@ -367,7 +541,6 @@ class Model:
     # --------------------------------------------------------------- predict
     def predict(self, x, batch_size=None, verbose=0):
         """Outputs for ``x`` in inference mode (a list for several outputs)."""
-        self._require_graph()
         batch_size = 32 if batch_size is None else int(batch_size)
         xs, _, _ = self._standardize(x, None, None, "predict")
         n = xs[0].shape[0]
@@ -384,7 +557,15 @@ class Model:
             results = [np.empty((0,) + tuple(t.shape[1:]), t.dtype) for t in self._graph.outputs]
         return results if self._outputs_nested else results[0]
 
-    def __call__(self, x, training=False):
+    def __call__(self, *args, **kwargs):
+        """On symbolic tensors: a node of another model. On arrays: outputs (NumPy)."""
+        first = args[0] if args else None
+        flat = list(first) if isinstance(first, (list, tuple)) else [first]
+        if any(isinstance(t, KTensor) for t in flat):
+            return Layer.__call__(self, *args, **kwargs)
+        return self._eager_call(*args, **kwargs)
+
+    def _eager_call(self, x, training=False):
         xs, _, _ = self._standardize(x, None, None, "call")
         outs = [np.array(self._device.to_host(o)) for o in self._forward(xs, training)]
         return outs if self._outputs_nested else outs[0]
@@ -464,6 +645,7 @@ class Model:
         return [w for layer in self.layers for w in layer.get_weights()]
 
     def set_weights(self, weights) -> None:
+        self._weights_given = True
         weights = list(weights)
         expected = sum(len(layer.weight_arrays()) for layer in self.layers)
         if len(weights) != expected:
@@ -507,10 +689,9 @@ class Model:
     # ------------------------------------------------------------ inspection
     def get_activations(self, x, layer):
         """Output of ``layer`` (a Layer or its name) for ``x``, in inference mode."""
-        self._require_graph()
+        xs, _, _ = self._standardize(x, None, None, "get_activations")
         if isinstance(layer, str):
             layer = self.get_layer(layer)
-        xs, _, _ = self._standardize(x, None, None, "get_activations")
         with finite_checks(False):
             self._forward(xs, training=False)
         if isinstance(layer, InputLayer):
@@ -523,10 +704,10 @@ class Model:
 
     def input_gradient(self, x, output_grads):
         """Gradient of sum(outputs * output_grads) w.r.t. each input (inference mode)."""
+        from .layers.base import inference_gradients
+
         xs, _, _ = self._standardize(x, None, None, "input_gradient")
-        saved = [(layer, layer.input_grad_needed) for layer in self._graph.layers]
-        for layer in self._graph.layers:
-            layer.input_grad_needed = True
+        self._graph.all_input_grads = True
         try:
             with finite_checks(False), inference_gradients():
                 outs = self._forward(xs, training=False)
@@ -535,8 +716,7 @@ class Model:
                 grads = [None if g is None else np.array(self._device.to_host(g))
                          for g in self._graph.backward(dys, input_grads=True)]
         finally:
-            for layer, flag in saved:
-                layer.input_grad_needed = flag
+            self._graph.all_input_grads = False
         return grads if self._inputs_nested else grads[0]
 
     # ------------------------------------------------------------------- I/O
@@ -564,6 +744,7 @@ class Model:
         if dev is self._device:
             return self
         self._device = dev
+        Layer.clear_workspaces(self)  # per-call states of this model used as a shared layer
         if self._graph is None:  # a Sequential without input shape: its layers move when built
             for layer in getattr(self, "_layers", []):
                 layer.to(dev)
@@ -580,7 +761,8 @@ class Model:
             self.optimizer.to(dev)
         return self
 
-    def get_config(self):
+    def get_config(self) -> dict:
+        """The architecture as JSON-able data (``Model.from_config`` rebuilds it)."""
         from . import io
 
         return io.model_config(self)

@@ -629,6 +629,9 @@ class PositionalEmbedding(Layer):
                              f"[{a.min()}, {a.max()}]")
         return self.device.asarray(a, np.int64)
 
+    def integer_input(self, index: int = 0) -> bool:
+        return True
+
     def forward(self, x, training=False):
         self.ensure_built(np.shape(x))
         ids = self._ids(x)

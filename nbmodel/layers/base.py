@@ -223,7 +223,9 @@ class Layer:
         return arr
 
     def clear_workspaces(self):
-        self.__dict__.pop("_workspaces", None)
+        """Drop the workspaces and, for a shared layer, every call's saved cache (graph._CallState)."""
+        for key in ("_workspaces", "_call_contexts", "_call_keys"):
+            self.__dict__.pop(key, None)
 
     def cast(self, dtype):
         """Convert params, grads and state to ``dtype`` (used by gradcheck)."""
@@ -329,22 +331,35 @@ class Layer:
         return out
 
     def validate_build_shape(self, shapes):
-        """Called when a built layer is called again on symbolic inputs."""
-        if self.built_input_shape is not None and _strip(shapes) != _strip(self.built_input_shape):
-            raise ValueError(f"{self.name}: already built for input shape {self.built_input_shape}, "
-                             f"called on {shapes}")
+        """Called when a built layer is called again on symbolic inputs (a shared
+        layer, Keras semantics): each input keeps its rank and its last (feature)
+        dimension; other dimensions (time, image size) may differ."""
+        if self.built_input_shape is None:
+            return
+        built, new = _shape_list(self.built_input_shape), _shape_list(shapes)
+        ok = len(built) == len(new) and all(
+            len(a) == len(b) and (not a or a[-1] is None or b[-1] is None or a[-1] == b[-1])
+            for a, b in zip(built, new))
+        if not ok:
+            raise ValueError(f"{self.name}: built for input shape {self.built_input_shape}, called on "
+                             f"incompatible shape {shapes} (each call of a shared layer needs inputs of "
+                             "the same rank and last dimension)")
+
+    def integer_input(self, index: int = 0) -> bool:
+        """Whether input ``index`` takes integer ids (Embedding). A model input
+        whose dtype was not given and that feeds only such inputs is made an
+        integer input, as Keras casts whole-number ids."""
+        return False
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name!r}>"
 
 
-def _strip(shapes):
-    """Shapes without the batch dimension, for comparisons."""
-    if isinstance(shapes, tuple) and shapes and isinstance(shapes[0], tuple):
-        return tuple(tuple(s[1:]) for s in shapes)
-    if isinstance(shapes, (tuple, list)):
-        return tuple(shapes[1:])
-    return shapes
+def _shape_list(shapes) -> list[tuple]:
+    """One shape, or a tuple of shapes, as a list of shapes."""
+    if isinstance(shapes, (tuple, list)) and shapes and isinstance(shapes[0], (tuple, list)):
+        return [tuple(s) for s in shapes]
+    return [tuple(shapes)]
 
 
 def shape_of(x):

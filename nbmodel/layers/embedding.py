@@ -42,6 +42,12 @@ class Embedding(Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape) + (self.output_dim,)
 
+    def validate_build_shape(self, shapes):
+        """Ids of any shape: a shared Embedding may embed sequences of different lengths."""
+
+    def integer_input(self, index: int = 0) -> bool:
+        return True
+
     def _ids(self, x):
         ids = x if self.device.is_array(x) else np.asarray(x)
         if ids.dtype.kind == "f":
