@@ -165,22 +165,28 @@ class FlagBarrier:
     row of the sum) visible before its counter; weakly ordered CPUs (ARM, POWER)
     use PipeBarrier, whose system calls order memory. A few microseconds where
     ``multiprocessing.Barrier`` takes tens (docs/performance.md, Data parallel).
-    After POLL_S of polling it sleeps between looks, so a descheduled or
-    stopped peer does not hold a core (the parent's step deadline ends a stuck one).
+    After POLL_S of polling it sleeps between looks (up to 0.5 ms), so a
+    descheduled or stopped peer does not hold a core (the parent's step
+    deadline ends a stuck one), and it exits if the parent is gone.
     """
 
-    POLL_S = 2e-4
+    POLL_S = 1e-3
 
     def __init__(self, rank: int, counts: np.ndarray):
         self.rank, self.counts, self.gen = rank, counts, 0
+        self._parent = os.getppid()
 
     def wait(self) -> None:
         self.gen += 1
         self.counts[self.rank] = self.gen
         poll_until = time.perf_counter() + self.POLL_S
+        nap = 5e-5
         while self.counts.min() < self.gen:
             if time.perf_counter() > poll_until:
-                time.sleep(5e-5)
+                time.sleep(nap)
+                nap = min(2 * nap, 5e-4)
+                if os.getppid() != self._parent:  # orphaned (the parent was killed): stop waiting
+                    raise SystemExit(f"nbmodel worker {self.rank}: the parent process is gone")
 
 
 class PipeBarrier:

@@ -284,9 +284,17 @@ def test_state_vector_metrics_match_one_process(float64):
 def test_statistics_barriers_give_every_worker_every_sum(kind):
     # BatchNormalization's mid-step sums: FlagBarrier (x86-64) and PipeBarrier (elsewhere)
     # over 3 workers that reach the barriers at different times; each checks every sum
-    r = subprocess.run([sys.executable, os.path.join(HERE, "barrier_script.py"), kind], capture_output=True,
-                       text=True, timeout=180, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO))
-    assert r.stdout.strip() == "OK", r.stdout + r.stderr
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "barrier_script.py"), kind], cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=180)
+    finally:  # a barrier that never opens must not leave its workers polling
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert out.strip() == "OK", out + err
 
 
 def test_pipe_barrier_keeps_a_fast_peers_next_arrival_for_the_next_barrier():
