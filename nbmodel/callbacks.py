@@ -419,7 +419,11 @@ class BackupAndRestore(Callback):
 
         self.resume_epoch, self._restored = None, None
         if os.path.exists(self.path):
-            extra = io.restore_training_state(self.model, self.path)
+            try:
+                extra = io.restore_training_state(self.model, self.path)
+            except ValueError as e:
+                raise ValueError(f"BackupAndRestore: cannot resume from the backup {self.path!r}: {e}. Delete it "
+                                 "(or the whole backup_dir) to start training from the beginning") from None
             self.resume_epoch = int(extra["epoch"]) + 1
             states = extra.get("random_state", extra.get("rngs"))  # "rngs": backups of earlier versions
             if states is not None:

@@ -38,10 +38,56 @@ def load_config(path):
     for table in ("model", "compile"):
         if table not in cfg:
             raise ConfigError(f"{path}: missing [{table}] table")
-    unknown = set(cfg) - {"data", "model", "compile", "fit", "output"}
+    unknown = set(cfg) - {"data", "model", "compile", "fit"}
     if unknown:
-        raise ConfigError(f"{path}: unknown tables {sorted(unknown)}")
+        raise ConfigError(f"{path}: unknown tables {sorted(unknown)}; expected [data], [model], [compile], [fit]")
+    check_config(cfg)
     return cfg
+
+
+# the keys each table takes, with the types their values must have
+_KEYS = {
+    "data": {"dataset": str, "path": str},
+    "model": {"seed": int, "layers": list},
+    "fit": {"epochs": int, "batch_size": int, "validation_split": float, "shuffle": bool, "verbose": int},
+}
+
+
+def check_config(cfg) -> None:
+    """Every key of [data], [model] and [fit] known and of the right type (TOML gives
+    the types: ``shuffle = "no"`` is a string, not a bool), before anything trains."""
+    for table, keys in _KEYS.items():
+        section = cfg.get(table, {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"[{table}] must be a table, got {type(section).__name__}")
+        unknown = sorted(set(section) - set(keys))
+        if unknown:
+            raise ConfigError(f"[{table}] unknown keys {unknown}; expected some of {sorted(keys)}")
+        for key, value in section.items():
+            want = keys[key]
+            ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                ok = True
+            if not ok:
+                raise ConfigError(f"[{table}] {key} must be {want.__name__}, got {value!r}")
+    fit = cfg.get("fit", {})
+    if not 0 <= fit.get("validation_split", 0) < 1:
+        raise ConfigError(f"[fit] validation_split must be in [0, 1), got {fit['validation_split']}")
+    if fit.get("verbose", 0) not in (0, 1, 2):
+        raise ConfigError(f"[fit] verbose must be 0, 1 or 2, got {fit['verbose']}")
+
+
+def check_out_dir(out) -> None:
+    """Create ``out`` and make sure a file can be written there, before training."""
+    import tempfile
+
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".nbmodel-write-check-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"--out {out!r} is not a writable directory ({e.strerror or e}); nothing was trained") \
+            from None
 
 
 def load_data(cfg):
@@ -95,8 +141,13 @@ def compile_model(model, cfg):
         opt = dict(opt)
         name = opt.pop("class", None)
         cls = getattr(optimizers, str(name), None)
-        if cls is None:
-            raise ConfigError(f"[compile] unknown optimizer class {name!r}")
+        if not (isinstance(cls, type) and issubclass(cls, optimizers.Optimizer)) or cls is optimizers.Optimizer:
+            known, stack = [], [optimizers.Optimizer]
+            while stack:
+                subs = stack.pop().__subclasses__()
+                known += [c.__name__ for c in subs]
+                stack += subs
+            raise ConfigError(f"[compile] unknown optimizer class {name!r}; expected one of {sorted(known)}")
         opt = cls(**opt)
     model.compile(optimizer=opt, loss=ccfg.pop("loss", None), metrics=ccfg.pop("metrics", None))
     if ccfg:
@@ -158,6 +209,12 @@ def cmd_train(args):
     int_input = np.asarray(x_train).dtype.kind in "iu"
     model = build_model(cfg, np.shape(x_train)[1:], "int64" if int_input else None, device=args.device)
     compile_model(model, cfg)
+    if args.out and rank0:
+        check_out_dir(args.out)
+    try:  # the test data must fit the model too: found out now, not after training
+        model.evaluate(x_test[:1], y_test[:1], verbose=0)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"[data] the test data does not fit the model: {e}") from None
     if rank0:
         model.summary()
     t0 = time.perf_counter()
@@ -172,8 +229,16 @@ def cmd_train(args):
         if acc:
             print(f"test accuracy: {next(iter(acc.values())):.4f}")
         if args.out:
-            os.makedirs(args.out, exist_ok=True)
-            model.save(os.path.join(args.out, "model.nbm"))
+            try:
+                model.save(os.path.join(args.out, "model.nbm"))
+            except OSError as e:  # e.g. the disk filled up during training: keep the model anyway
+                import tempfile
+
+                rescue = os.path.join(tempfile.mkdtemp(prefix="nbmodel-rescue-"), "model.nbm")
+                model.save(rescue)
+                print(f"nbmodel train: error: could not write {args.out!r} ({e.strerror or e}); the trained "
+                      f"model is in {rescue}", file=sys.stderr)
+                return 1
             png = write_history(history, args.out)
             print(f"wrote {os.path.join(args.out, 'model.nbm')}, history.csv" + (", history.png" if png else ""))
     return 0

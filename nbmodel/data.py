@@ -25,6 +25,36 @@ def _by_name(model, data, tensors, what):
     return [data[n] for n in names]
 
 
+def check_count(where: str, name: str, value, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``: a clear error for a float (2.7 is not truncated),
+    a bool, a string or a smaller number, naming the call and the argument."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{where}: {name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_sample_weight(where: str, sample_weight, n: int) -> np.ndarray:
+    """float64 per-sample weights, one per sample, finite and not negative."""
+    sw = np.asarray(sample_weight)
+    if sw.dtype.kind not in "fiub":
+        raise TypeError(f"{where}: sample_weight must be numeric, got dtype {sw.dtype}")
+    sw = sw.astype(np.float64)
+    if sw.ndim == 0 or sw.shape[0] != n:
+        raise ValueError(f"{where}: sample_weight has {sw.shape[0] if sw.ndim else 0} entries for {n} samples")
+    bad = ~np.isfinite(sw)
+    if bad.any():
+        i = int(np.argmax(bad.reshape(n, -1).any(axis=1)))
+        raise ValueError(f"{where}: sample_weight holds a non-finite value ({sw.reshape(n, -1)[i][0]}) at sample "
+                         f"{i}")
+    if (sw < 0).any():
+        i = int(np.argmax((sw < 0).reshape(n, -1).any(axis=1)))
+        raise ValueError(f"{where}: sample_weight must not be negative, got {sw.reshape(n, -1)[i][0]} at "
+                         f"sample {i}")
+    return sw
+
+
 def check_numeric(arr, what):
     a = np.asarray(arr)
     if a.dtype.kind not in "fiub":
@@ -99,6 +129,8 @@ def class_weights_to_sample_weights(class_weight, y):
         raise ValueError(f"fit: class_weight has no entry for classes {unknown}")
     lut = np.zeros(int(max(max(class_weight), present.max())) + 1)
     for c, w in class_weight.items():
+        if not isinstance(w, (int, float, np.integer, np.floating)) or not np.isfinite(w) or w < 0:
+            raise ValueError(f"fit: class_weight[{c!r}] must be a finite number >= 0, got {w!r}")
         lut[int(c)] = float(w)
     w = lut[labels]
     return w.reshape(labels.shape[0], -1)[:, 0] if w.ndim > 1 else w

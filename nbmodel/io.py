@@ -20,6 +20,7 @@ import json
 import os
 import socket
 import tempfile
+import zipfile
 
 import numpy as np
 
@@ -115,12 +116,19 @@ def _read_archive(path):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such model file: {path!r}")
-    with np.load(path, allow_pickle=False) as z:
-        if "__meta__" not in z.files:
-            raise ValueError(f"{path!r} is not an nbmodel file")
-        meta = json.loads(bytes(z["__meta__"]).decode("utf-8"))
-        arrays = {k: z[k] for k in z.files if k != "__meta__"}
-    if meta.get("format") != FORMAT:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "files") or "__meta__" not in z.files:
+                raise ValueError(f"{path!r} is not an nbmodel file (no nbmodel header)")
+            meta = json.loads(bytes(z["__meta__"]).decode("utf-8"))
+            arrays = {k: z[k] for k in z.files if k != "__meta__"}
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+        if isinstance(e, ValueError) and "nbmodel" in str(e):
+            raise
+        # NumPy's own message for some bytes advises unsafe loading; an nbmodel file never holds pickles
+        raise ValueError(f"{path!r} is not a readable nbmodel file: it is truncated or corrupt, or not an "
+                         f"nbmodel file at all ({type(e).__name__})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{path!r} is not an nbmodel file")
     if meta.get("version", 0) > VERSION:
         raise ValueError(f"{path!r} was written by a newer nbmodel (format {meta['version']})")
@@ -291,19 +299,38 @@ def _jsonable_metrics(specs):
     return out
 
 
-def _restore_compile(model, meta, arrays):
+def _compile_class(kind, base, name, custom_objects):
+    """The class a saved compile config names: from ``custom_objects`` first, else one of
+    the package's own subclasses of ``base`` (never any other attribute of a module)."""
+    cls = (custom_objects or {}).get(name)
+    if cls is None:
+        known = {}
+        stack = [base]
+        while stack:
+            for sub in stack.pop().__subclasses__():
+                known.setdefault(sub.__name__, sub)
+                stack.append(sub)
+        cls = known.get(name)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ValueError(f"unknown {kind} class {name!r}: pass it to load_model as custom_objects={{{name!r}: "
+                         f"{name}}}")
+    return cls
+
+
+def _restore_compile(model, meta, arrays, custom_objects=None):
     from . import losses, metrics, optimizers
 
     comp = meta.get("compile")
     if comp is None:
         return
-    opt_cls = getattr(optimizers, comp["optimizer"]["class"])
-    opt = opt_cls.from_config(dict(comp["optimizer"]["config"]))
-    loss_objs = [getattr(losses, lo["class"]).from_config(dict(lo["config"])) for lo in comp["losses"]]
-    specs = []
-    for per_output in comp["metrics"]:
-        specs.append([m if isinstance(m, str) else getattr(metrics, m["class"]).from_config(dict(m["config"]))
-                      for m in per_output])
+
+    def build(kind, base, entry):
+        return _compile_class(kind, base, entry["class"], custom_objects).from_config(dict(entry["config"]))
+
+    opt = build("optimizer", optimizers.Optimizer, comp["optimizer"])
+    loss_objs = [build("loss", losses.Loss, lo) for lo in comp["losses"]]
+    specs = [[m if isinstance(m, str) else build("metric", metrics.Metric, m) for m in per_output]
+             for per_output in comp["metrics"]]
     n_out = len(model._graph.outputs)
     metric_arg = specs[0] if n_out == 1 else specs
     model.compile(optimizer=opt, loss=loss_objs if n_out > 1 else loss_objs[0], metrics=metric_arg,
@@ -341,7 +368,10 @@ def load_model(path, custom_objects=None, compile=True):
     model = model_from_config(meta["model"], custom_objects)
     model.set_weights(_weights_from(arrays))
     if compile:
-        _restore_compile(model, meta, arrays)
+        try:
+            _restore_compile(model, meta, arrays, custom_objects)
+        except ValueError as e:
+            raise ValueError(f"load_model {os.fspath(path)!r}: {e}") from None
     return model
 
 

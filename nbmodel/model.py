@@ -392,16 +392,13 @@ class Model(Layer):
     # ------------------------------------------------------------------ data
     def _standardize(self, x, y=None, sample_weight=None, where="fit"):
         """Lists of validated, contiguous arrays for inputs and targets."""
-        from .data import standardize_inputs, standardize_targets
+        from .data import check_sample_weight, standardize_inputs, standardize_targets
 
         self._require_graph()
         xs = standardize_inputs(self, x, where)
         ys = standardize_targets(self, y, xs[0].shape[0], where) if y is not None else None
         if sample_weight is not None:
-            sample_weight = np.asarray(sample_weight, dtype=np.float64)
-            if sample_weight.shape[0] != xs[0].shape[0]:
-                raise ValueError(f"{where}: sample_weight has {sample_weight.shape[0]} entries for "
-                                 f"{xs[0].shape[0]} samples")
+            sample_weight = check_sample_weight(where, sample_weight, xs[0].shape[0])
         return xs, ys, sample_weight
 
     # ------------------------------------------------------------- one step
@@ -474,10 +471,18 @@ class Model(Layer):
             sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_batch_size=None,
             validation_freq=1, workers=1, distributed=None):
         """Train for ``epochs`` epochs; returns a History (``history.history`` dict of lists)."""
-        from .data import prepare_fit_data
+        from .data import check_count, prepare_fit_data
         from .training import LocalTrainer, run_fit
 
         self._require_compiled()
+        batch_size = 32 if batch_size is None else check_count("fit", "batch_size", batch_size)
+        check_count("fit", "epochs", epochs, minimum=0)
+        check_count("fit", "initial_epoch", initial_epoch, minimum=0)
+        check_count("fit", "validation_freq", validation_freq)
+        if steps_per_epoch is not None:
+            check_count("fit", "steps_per_epoch", steps_per_epoch)
+        if validation_batch_size is not None:
+            check_count("fit", "validation_batch_size", validation_batch_size)
         if workers != 1 or distributed is not None:
             from .parallel import fit_parallel
 
@@ -488,9 +493,6 @@ class Model(Layer):
                                 initial_epoch=initial_epoch, workers=workers, distributed=distributed,
                                 steps_per_epoch=steps_per_epoch, validation_batch_size=validation_batch_size,
                                 validation_freq=validation_freq)
-        batch_size = 32 if batch_size is None else int(batch_size)
-        if batch_size < 1:
-            raise ValueError(f"fit: batch_size must be >= 1, got {batch_size}")
         xs, ys, sample_weight, val = prepare_fit_data(self, x, y, sample_weight, class_weight,
                                                       validation_split, validation_data)
         return run_fit(self, LocalTrainer(self, xs, ys, sample_weight), xs[0].shape[0], val,
@@ -502,8 +504,10 @@ class Model(Layer):
     def evaluate(self, x=None, y=None, batch_size=None, verbose=0, sample_weight=None, return_dict=False,
                  callbacks=None, _standardized=False):
         """Loss (and metrics) over the data, in inference mode."""
+        from .data import check_count
+
         self._require_compiled()
-        batch_size = 32 if batch_size is None else int(batch_size)
+        batch_size = 32 if batch_size is None else check_count("evaluate", "batch_size", batch_size)
         if _standardized:
             xs, ys = x, y
         else:
@@ -511,6 +515,8 @@ class Model(Layer):
         if ys is None:
             raise ValueError("evaluate: targets y are required")
         n = xs[0].shape[0]
+        if n == 0:
+            raise ValueError("evaluate: got 0 samples; a loss over no data is undefined")
         saved = [(m.totals().copy()) for _, _, m in self._metrics or []]
         self._reset_metrics()
         loss_sum = 0.0
@@ -540,8 +546,11 @@ class Model(Layer):
 
     # --------------------------------------------------------------- predict
     def predict(self, x, batch_size=None, verbose=0):
-        """Outputs for ``x`` in inference mode (a list for several outputs)."""
-        batch_size = 32 if batch_size is None else int(batch_size)
+        """Outputs for ``x`` in inference mode (a list for several outputs); 0 samples give
+        empty arrays of the output shapes."""
+        from .data import check_count
+
+        batch_size = 32 if batch_size is None else check_count("predict", "batch_size", batch_size)
         xs, _, _ = self._standardize(x, None, None, "predict")
         n = xs[0].shape[0]
         results = None

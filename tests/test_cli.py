@@ -103,6 +103,22 @@ activation = "softmax"
     (GOOD_MODEL + "[compile]\nloss = 'mse'\n[data]\ndataset = 'mnist'\n", "unknown dataset 'mnist'"),
     (GOOD_MODEL + "[compile]\nloss = 'mse'\n[trainer]\n", r"unknown tables \['trainer'\]"),
     ("[model\n", "invalid TOML"),
+    # the whole config is checked before anything trains: keys and value types
+    (GOOD_MODEL.replace("seed = 0", "sede = 5") + "[compile]\nloss = 'mse'\n",
+     r"\[model\] unknown keys \['sede'\]"),
+    (GOOD_MODEL + "[compile]\nloss = 'mse'\n[output]\ndir = 'x'\n", r"unknown tables \['output'\]"),
+    (GOOD_MODEL + "[compile]\nloss = 'mse'\n[fit]\nshuffle = 'no'\n", r"\[fit\] shuffle must be bool, got 'no'"),
+    (GOOD_MODEL + "[compile]\nloss = 'mse'\n[fit]\nepochs = 'ten'\n", r"\[fit\] epochs must be int, got 'ten'"),
+    (GOOD_MODEL + "[compile]\nloss = 'mse'\n[fit]\nbatch_size = 2.5\n", r"\[fit\] batch_size must be int"),
+    (GOOD_MODEL + "[compile]\nloss = 'mse'\n[fit]\nepochs = true\n", r"\[fit\] epochs must be int, got True"),
+    (GOOD_MODEL + "[compile]\nloss = 'mse'\n[fit]\nvalidation_split = 1.5\n",
+     r"\[fit\] validation_split must be in \[0, 1\)"),
+    (GOOD_MODEL + "[compile]\nloss = 'mse'\n[fit]\nverbose = 5\n", r"\[fit\] verbose must be 0, 1 or 2"),
+    (GOOD_MODEL + "[compile]\nloss = 'mse'\n[data]\ndataset = 3\n", r"\[data\] dataset must be str"),
+    (GOOD_MODEL + "[compile]\nloss = 'mse'\n[data]\npaht = 'a.npz'\n", r"\[data\] unknown keys \['paht'\]"),
+    (GOOD_MODEL + "[compile]\nloss = 'mse'\noptimizer = { class = 'get' }\n", "unknown optimizer class 'get'"),
+    (GOOD_MODEL + "[compile]\nloss = 'mse'\noptimizer = { class = 'Optimizer' }\n",
+     "unknown optimizer class 'Optimizer'"),
 ])
 def test_bad_config_exit_code_2_and_message(tmp_path, capsys, text, message):
     import re
@@ -112,6 +128,27 @@ def test_bad_config_exit_code_2_and_message(tmp_path, capsys, text, message):
     assert code == 2
     assert err.startswith("nbmodel train: error:")
     assert re.search(message, err), err
+
+
+def test_unwritable_out_is_refused_before_training(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where --out wants a directory")
+    cfg = write(tmp_path, GOOD_MODEL + "[compile]\nloss = 'sparse_categorical_crossentropy'\n")
+    assert main(["train", cfg, "--epochs", "1", "--verbose", "0", "--out", str(blocker / "run")]) == 2
+    err = capsys.readouterr()
+    assert "is not a writable directory" in err.err and "nothing was trained" in err.err
+    assert "trained" not in err.out  # refused before fit
+
+
+def test_test_data_that_does_not_fit_is_refused_before_training(tmp_path, capsys):
+    (xtr, ytr), (xte, yte) = nb.datasets.load_digits()
+    npz = tmp_path / "d.npz"
+    np.savez(npz, x_train=xtr[:20], y_train=ytr[:20], x_test=xte[:5, :, :4], y_test=yte[:5])
+    cfg = write(tmp_path, GOOD_MODEL + f"[compile]\nloss = 'sparse_categorical_crossentropy'\n"
+                                       f"[data]\ndataset = 'npz'\npath = '{npz}'\n")
+    assert main(["train", cfg, "--epochs", "1", "--verbose", "0"]) == 2
+    out = capsys.readouterr()
+    assert "[data] the test data does not fit the model" in out.err and "trained" not in out.out
 
 
 def test_missing_config_file(tmp_path, capsys):

@@ -32,7 +32,7 @@ def act_scalar(code, v, one):
     """Activation ``code`` applied to one value (softmax is not elementwise)."""
     zero = one - one
     if code == RELU:
-        return max(zero, v)
+        return zero if v <= zero else v  # NaN stays NaN (Keras, PyTorch); max(0, NaN) would give 0
     if code == SIGMOID:
         return sigmoid_scalar(v, one)
     if code == TANH:
