@@ -199,38 +199,85 @@ class EarlyStopping(Callback, _MonitorMixin):
             self.model.set_weights(self.best_weights)
 
 
-class ModelCheckpoint(Callback, _MonitorMixin):
-    """Save the model (or weights) at the end of every epoch, or only when ``monitor`` improves.
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: try again (a requeued job resumes from its backup)
 
-    ``filepath`` may hold ``str.format`` fields: ``epoch`` (1-based) and any log
-    key, e.g. ``"ckpt-{epoch:02d}-{val_loss:.3f}.nbm"``. Files are written atomically.
+
+class TrainingPreempted(SystemExit):
+    """Raised by ``fit`` after SIGTERM or SIGUSR1 with a BackupAndRestore callback: the
+    current step finished and the backup was written. Uncaught, it ends the process
+    with exit code ``PREEMPTED_EXIT_CODE``."""
+
+    nbmodel_all_replicas = True  # every replica raises it at the same step (no MPI abort needed)
+
+    def __init__(self, message):
+        super().__init__(PREEMPTED_EXIT_CODE)
+        self.message = message
+
+    def __str__(self):
+        return self.message
+
+
+def _check_save_freq(cls_name, save_freq):
+    """"epoch", or a number of batches >= 1 (Keras)."""
+    if save_freq == "epoch":
+        return save_freq
+    if isinstance(save_freq, bool) or not isinstance(save_freq, (int, np.integer)) or save_freq < 1:
+        raise ValueError(f"{cls_name}: save_freq must be 'epoch' or an integer number of batches >= 1, "
+                         f"got {save_freq!r}")
+    return int(save_freq)
+
+
+class ModelCheckpoint(Callback, _MonitorMixin):
+    """Save the model (or weights) at the end of every epoch, or every ``save_freq``
+    batches, or only when ``monitor`` improves.
+
+    ``filepath`` may hold ``str.format`` fields: ``epoch`` (1-based), ``batch``
+    (1-based within the epoch, with an integer ``save_freq``) and any log key, e.g.
+    ``"ckpt-{epoch:02d}-{val_loss:.3f}.nbm"``. With an integer ``save_freq`` the
+    batches are counted across epochs and the logs are the running epoch's (as
+    Keras). Files are written atomically.
     """
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False, save_weights_only=False,
                  mode="auto", save_freq="epoch", initial_value_threshold=None):
         super().__init__()
         self._init_monitor(monitor, mode)
-        if save_freq != "epoch":
-            raise ValueError("ModelCheckpoint: only save_freq='epoch' is supported")
+        self.save_freq = _check_save_freq("ModelCheckpoint", save_freq)
         self.filepath = os.fspath(filepath)
         self.verbose = verbose
         self.save_best_only = save_best_only
         self.save_weights_only = save_weights_only
         self.best = initial_value_threshold
+        self._batches, self._epoch = 0, 0
 
     def get_state(self):
-        return {"best": None if self.best is None else float(self.best)}
+        return {"best": None if self.best is None else float(self.best), "batches": self._batches}
 
     def set_state(self, state):
         self.best = state["best"]
+        self._batches = int(state.get("batches", 0))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq == "epoch":
+            return
+        self._batches += 1
+        if self._batches % self.save_freq == 0:
+            self._save(self._epoch, logs or {}, batch=batch + 1)
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
+        if self.save_freq == "epoch":
+            self._save(epoch, logs or {})
+
+    def _save(self, epoch, logs, batch=None):
+        fields = dict(logs, epoch=epoch + 1) if batch is None else dict(logs, epoch=epoch + 1, batch=batch)
         try:
-            path = self.filepath.format(epoch=epoch + 1, **logs)
+            path = self.filepath.format(**fields)
         except KeyError as e:
             raise KeyError(f"ModelCheckpoint: filepath {self.filepath!r} uses {e}, which is not in the logs "
-                           f"(available: epoch, {', '.join(sorted(logs))})") from None
+                           f"(available: {', '.join(sorted(fields))})") from None
         if self.save_best_only:
             current = self._value(logs)
             if current is None or not self._better(current, self.best):
@@ -402,29 +449,52 @@ class BackupAndRestore(Callback):
     rate or their own state), atomically: a crash mid-save leaves the
     previous one. It is deleted when training ends normally
     (``delete_checkpoint=True``).
+
+    ``save_freq=N`` also writes it every N batches (counted across epochs), with
+    the epoch's progress (step, running loss and metrics, the shuffling order):
+    a run killed mid-epoch resumes at the next step and ends bit-identical to an
+    uninterrupted one. While it is in ``fit``, SIGTERM and SIGUSR1 (what Slurm's
+    time limit and ``--signal`` send) let the current step finish, write the
+    backup and end the process with exit code ``PREEMPTED_EXIT_CODE`` (75), so a
+    job script can requeue itself and rerun the same command.
     """
 
     def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True):
         super().__init__()
-        if save_freq != "epoch":
-            raise ValueError("BackupAndRestore: only save_freq='epoch' is supported")
+        self.save_freq = _check_save_freq("BackupAndRestore", save_freq)
         self.backup_dir = os.fspath(backup_dir)
         self.delete_checkpoint = delete_checkpoint
         self.path = os.path.join(self.backup_dir, "latest.nbm")
         self.resume_epoch = None
+        self.resume_progress = None
         self._restored = None
+        self._batches = 0
+
+    def step_backup_due(self) -> bool:
+        """Count a finished batch; True when save_freq batches have passed."""
+        if self.save_freq == "epoch":
+            return False
+        self._batches += 1
+        return self._batches % self.save_freq == 0
 
     def on_train_begin(self, logs=None):
         from . import io
 
-        self.resume_epoch, self._restored = None, None
+        self.resume_epoch, self.resume_progress, self._restored = None, None, None
         if os.path.exists(self.path):
             try:
                 extra = io.restore_training_state(self.model, self.path)
             except ValueError as e:
                 raise ValueError(f"BackupAndRestore: cannot resume from the backup {self.path!r}: {e}. Delete it "
                                  "(or the whole backup_dir) to start training from the beginning") from None
-            self.resume_epoch = int(extra["epoch"]) + 1
+            progress = extra.get("progress")
+            # a step backup resumes inside its epoch; an epoch backup at the next epoch
+            self.resume_epoch = int(extra["epoch"]) + (0 if progress else 1)
+            if progress:
+                progress = dict(progress, metric_totals=[extra["arrays"][f"progress/metric/{i}"]
+                                                         for i in range(progress["metrics"])])
+            self.resume_progress = progress
+            self._batches = int(extra.get("batches", 0))
             states = extra.get("random_state", extra.get("rngs"))  # "rngs": backups of earlier versions
             if states is not None:
                 self.model.set_random_state(states)
@@ -443,8 +513,10 @@ class BackupAndRestore(Callback):
             if entry is not None and entry["class"] == type(cb).__name__:
                 cb.set_state(_decode_state(entry["state"], arrays))
 
-    def write_backup(self, epoch, callbacks) -> None:
-        """The backup after ``epoch``: called once every callback's on_epoch_end has run."""
+    def write_backup(self, epoch, callbacks, progress=None) -> None:
+        """The backup after ``epoch`` (called once every callback's on_epoch_end has run),
+        or, with ``progress`` (a dict from the epoch loop: "step", "loss_sum", "n_seen",
+        "out_sums", "metric_totals", "epoch_random"), inside ``epoch`` after that step."""
         from . import io
 
         os.makedirs(self.backup_dir, exist_ok=True)
@@ -453,8 +525,19 @@ class BackupAndRestore(Callback):
             state = cb.get_state() if cb is not self else {}
             if state:
                 states[str(i)] = {"class": type(cb).__name__, "state": _encode_state(state, f"cb/{i}", arrays)}
-        extra = {"epoch": int(epoch), "random_state": self.model.get_random_state(), "callbacks": states,
-                 "learning_rate": self.model.optimizer.settable_learning_rate}
+        random_state = self.model.get_random_state()
+        extra = {"epoch": int(epoch), "random_state": random_state, "callbacks": states,
+                 "learning_rate": self.model.optimizer.settable_learning_rate, "batches": self._batches}
+        if progress is not None:
+            # the shuffling generator as it was before this epoch drew its order: the resumed
+            # run draws the same order and skips the steps already done
+            random_state[0] = progress["epoch_random"]
+            totals = progress["metric_totals"]
+            arrays.update({f"progress/metric/{i}": np.asarray(t) for i, t in enumerate(totals)})
+            extra["progress"] = {"step": int(progress["step"]), "loss_sum": float(progress["loss_sum"]),
+                                 "n_seen": int(progress["n_seen"]), "metrics": len(totals),
+                                 "out_sums": None if progress["out_sums"] is None
+                                 else [float(v) for v in progress["out_sums"]]}
         io.save_model(self.model, self.path, extra=extra, extra_arrays=arrays)
 
     def on_train_end(self, logs=None):
@@ -512,10 +595,26 @@ class CallbackList:
     def has(self, cls):
         return any(isinstance(cb, cls) for cb in self.callbacks)
 
+    def _backups(self):
+        return [cb for cb in self.callbacks if isinstance(cb, BackupAndRestore)]
+
     def start_epoch(self, initial_epoch):
-        resumed = [cb.resume_epoch for cb in self.callbacks
-                   if isinstance(cb, BackupAndRestore) and cb.resume_epoch is not None]
-        return max([initial_epoch] + resumed)
+        """(the epoch to start at, the progress inside it to resume from or None)."""
+        resumed = [cb for cb in self._backups() if cb.resume_epoch is not None]
+        if not resumed:
+            return initial_epoch, None
+        latest = max(resumed, key=lambda cb: (cb.resume_epoch, cb.resume_progress is not None))
+        if latest.resume_epoch < initial_epoch:
+            return initial_epoch, None
+        return latest.resume_epoch, latest.resume_progress
+
+    def step_backup_due(self) -> bool:
+        """Count a finished batch in every BackupAndRestore; True when one wants a backup."""
+        return any([cb.step_backup_due() for cb in self._backups()])
+
+    def write_step_backup(self, epoch, progress) -> None:
+        for cb in self._backups():
+            cb.write_backup(epoch, self.callbacks, progress)
 
     def on_nonfinite(self, message):
         for cb in self.callbacks:

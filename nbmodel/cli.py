@@ -5,7 +5,8 @@ A training config is a TOML file with four tables (see examples/digits_mlp.toml)
     [data]     dataset = "digits" | "npz" (path = "file.npz" with x_train, y_train, x_test, y_test)
     [model]    seed, and [[model.layers]] entries: class = "Dense", then the layer's arguments
     [compile]  optimizer = "adam" or {class = "Adam", learning_rate = 1e-3}, loss, metrics
-    [fit]      epochs, batch_size, validation_split, shuffle, verbose
+    [fit]      epochs, batch_size, validation_split, shuffle, verbose, backup_dir and backup_freq
+               (BackupAndRestore: a rerun resumes; SIGTERM ends with exit code 75 after the backup)
 
 ``--out DIR`` receives model.nbm, history.csv and (with matplotlib) history.png.
 """
@@ -49,7 +50,8 @@ def load_config(path):
 _KEYS = {
     "data": {"dataset": str, "path": str},
     "model": {"seed": int, "layers": list},
-    "fit": {"epochs": int, "batch_size": int, "validation_split": float, "shuffle": bool, "verbose": int},
+    "fit": {"epochs": int, "batch_size": int, "validation_split": float, "shuffle": bool, "verbose": int,
+            "backup_dir": str, "backup_freq": int},
 }
 
 
@@ -197,9 +199,14 @@ def cmd_train(args):
     fit_cfg.pop("epochs", None)
     verbose = args.verbose if args.verbose is not None else fit_cfg.pop("verbose", 2)
     fit_cfg.pop("verbose", None)
-    allowed = {"batch_size", "validation_split", "shuffle"}
-    if set(fit_cfg) - allowed:
-        raise ConfigError(f"[fit] unknown keys {sorted(set(fit_cfg) - allowed)}")
+    callbacks = []
+    backup_dir, backup_freq = fit_cfg.pop("backup_dir", None), fit_cfg.pop("backup_freq", None)
+    if backup_freq is not None and backup_dir is None:
+        raise ConfigError("[fit] backup_freq needs backup_dir")
+    if backup_dir is not None:  # resumable: a rerun after a kill or SIGTERM continues (exit code 75 on SIGTERM)
+        from .callbacks import BackupAndRestore
+
+        callbacks.append(BackupAndRestore(backup_dir, save_freq="epoch" if backup_freq is None else backup_freq))
     distributed = args.distributed
     rank0 = True
     if distributed == "mpi":
@@ -219,7 +226,7 @@ def cmd_train(args):
         model.summary()
     t0 = time.perf_counter()
     history = model.fit(x_train, y_train, epochs=int(epochs), verbose=verbose if rank0 else 0,
-                        workers=args.workers, distributed=distributed, **fit_cfg)
+                        workers=args.workers, distributed=distributed, callbacks=callbacks, **fit_cfg)
     dt = time.perf_counter() - t0
     result = model.evaluate(x_test, y_test, verbose=0, return_dict=True)
     if rank0:

@@ -17,6 +17,7 @@ replicas it has:
 """
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -64,10 +65,45 @@ class LocalTrainer:
         return loss_value, model._output_losses
 
 
+class _PreemptSignals:
+    """While ``fit`` runs with a BackupAndRestore: SIGTERM and SIGUSR1 (a scheduler's
+    time limit, Slurm's ``--signal``) only note their arrival; the epoch loop ends
+    the step, writes the backup and raises TrainingPreempted. Handlers can only be
+    set in the main thread; elsewhere the signals keep their usual effect."""
+
+    SIGNALS = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self.received = None
+        self._previous = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in self.SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                self._previous[sig] = signal.signal(sig, self._note)
+
+    def _note(self, signum, frame):
+        import signal
+
+        self.received = signal.Signals(signum).name
+
+    def restore(self):
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
 def run_fit(model, trainer, n, val, batch_size, epochs, verbose, callbacks, shuffle, initial_epoch,
             steps_per_epoch, validation_batch_size, validation_freq):
     """Train ``model`` for ``epochs`` epochs over ``n`` samples with ``trainer``; returns the History."""
     from . import callbacks as cb_mod
+    from .callbacks import TrainingPreempted
     from .data import BatchIterator
 
     batches = BatchIterator(n, batch_size, shuffle, model._rng)
@@ -78,23 +114,35 @@ def run_fit(model, trainer, n, val, batch_size, epochs, verbose, callbacks, shuf
                               verbose=verbose if trainer.is_root else 0, epochs=epochs, steps=steps, samples=n)
     model.stop_training = False
     stop_on_nan = cbs.has(cb_mod.TerminateOnNaN)
-    backup = cbs.has(cb_mod.BackupAndRestore)
+    backup = trainer.agree(cbs.has(cb_mod.BackupAndRestore))  # the root's (only it writes files, under MPI)
     multi_out = len(model._losses) > 1
     cbs.on_train_begin()
-    start_epoch = trainer.agree(cbs.start_epoch(initial_epoch))
+    start_epoch, progress = trainer.agree(cbs.start_epoch(initial_epoch))
     trainer.start()
     nonfinite, completed = None, False
+    preempt = _PreemptSignals() if backup else None
     try:
         with finite_checks(False):
             for epoch in range(start_epoch, epochs):
                 cbs.on_epoch_begin(epoch)
+                epoch_random = model.get_random_state()[0]  # the shuffler before this epoch's order
                 trainer.epoch_begin()
                 model._reset_metrics()
                 loss_sum, n_seen, t0 = 0.0, 0, time.perf_counter()
                 out_sums = np.zeros(len(model._losses)) if multi_out else None
+                skip = 0
+                if progress is not None:  # resumed from a step backup inside this epoch
+                    skip, loss_sum, n_seen = progress["step"] + 1, progress["loss_sum"], progress["n_seen"]
+                    if multi_out:
+                        out_sums[:] = progress["out_sums"]
+                    for (_, _, m), totals in zip(model._metrics or [], progress["metric_totals"]):
+                        m.merge_totals(totals)
+                    progress = None
                 for step, idx in enumerate(batches.epoch()):
                     if step >= steps:
                         break
+                    if step < skip:  # done before the backup: same order, nothing drawn
+                        continue
                     cbs.on_train_batch_begin(step)
                     loss_value, per_output = trainer.train_step(idx)
                     if not np.isfinite(loss_value):
@@ -113,6 +161,21 @@ def run_fit(model, trainer, n, val, batch_size, epochs, verbose, callbacks, shuf
                     logs = model._logs(loss_sum, n_seen, output_sums=out_sums)
                     logs["samples_per_s"] = n_seen / max(time.perf_counter() - t0, 1e-9)
                     cbs.on_train_batch_end(step, logs)
+                    if backup:  # every replica takes part: the root decides
+                        stop_now, due = trainer.agree((preempt.received, cbs.step_backup_due()))
+                        if due or stop_now:  # the replicas' moving statistics and generators first
+                            trainer.sync_state()
+                            trainer.pull_random_state()
+                            cbs.write_step_backup(epoch, {
+                                "step": step, "loss_sum": loss_sum, "n_seen": n_seen, "out_sums": out_sums,
+                                "epoch_random": epoch_random,
+                                "metric_totals": [m.totals() for _, _, m in model._metrics or []]})
+                        if stop_now:
+                            msg = (f"fit: stopped by {stop_now} after epoch {epoch + 1}, step {step + 1}; the "
+                                   f"backup is written, rerun the same command to resume")
+                            if trainer.is_root:  # the exit code alone would not say why
+                                print(msg, file=sys.stderr, flush=True)
+                            raise TrainingPreempted(msg)
                     if model.stop_training:
                         break
                 if nonfinite:
@@ -141,6 +204,8 @@ def run_fit(model, trainer, n, val, batch_size, epochs, verbose, callbacks, shuf
                     break
         completed = True
     finally:
+        if preempt is not None:
+            preempt.restore()
         trainer.finish(completed)
     if nonfinite:
         err = FloatingPointError(nonfinite)

@@ -423,3 +423,23 @@ def test_csv_logger_file_is_complete_when_fit_raises(tmp_path):
         fit(model_(), [cb.CSVLogger(path), Crash()], epochs=4)
     rows = list(csv.reader(open(path)))
     assert rows[0][0] == "epoch" and [r[0] for r in rows[1:]] == ["0", "1"]
+
+
+def test_model_checkpoint_every_n_batches(tmp_path):
+    # save_freq=3 counts batches across epochs (Keras): 4 batches per epoch, 2 epochs -> saves
+    # after batches 3, 6 -> epoch 1 batch 3, epoch 2 batch 2
+    x = np.random.default_rng(0).standard_normal((16, 3))
+    y = x[:, :1] * 2.0
+    model = nb.Sequential([nb.layers.Input((3,)), nb.layers.Dense(1)], seed=0)
+    model.compile(optimizer="sgd", loss="mse")
+    ckpt = nb.callbacks.ModelCheckpoint(str(tmp_path / "ckpt-{epoch}-{batch}.nbm"), save_freq=3)
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False, callbacks=[ckpt])
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-1-3.nbm", "ckpt-2-2.nbm"]
+
+
+@pytest.mark.parametrize("freq", [0, -2, 2.5, "batch", True])
+def test_save_freq_must_be_epoch_or_a_positive_count(tmp_path, freq):
+    for cls, args in ((nb.callbacks.ModelCheckpoint, (str(tmp_path / "m.nbm"),)),
+                      (nb.callbacks.BackupAndRestore, (str(tmp_path / "bk"),))):
+        with pytest.raises(ValueError, match=f"{cls.__name__}: save_freq must be 'epoch' or an integer"):
+            cls(*args, save_freq=freq)

@@ -2,8 +2,10 @@
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -218,3 +220,36 @@ def test_bench_threads_run_each_framework_in_its_own_processes(capsys):
 def test_bench_bad_arguments(argv, match, capsys):
     assert main(["bench"] + argv) == 2
     assert match in capsys.readouterr().err
+
+
+def test_train_with_a_backup_resumes_after_sigterm(tmp_path):
+    # [fit] backup_dir / backup_freq: SIGTERM mid-run ends with exit code 75 after the backup;
+    # the same command again finishes training and removes the backup
+    cfg = write(tmp_path, GOOD_MODEL + f"""[compile]
+loss = 'sparse_categorical_crossentropy'
+[fit]
+epochs = 200
+batch_size = 16
+backup_dir = '{tmp_path / "bk"}'
+backup_freq = 5
+""")
+    env = dict(os.environ, PYTHONPATH=REPO)
+    cmd = [sys.executable, "-m", "nbmodel", "train", cfg, "--verbose", "0", "--out", str(tmp_path / "out")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not os.path.exists(tmp_path / "bk" / "latest.nbm") and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err
+    assert "stopped by SIGTERM" in err and os.path.exists(tmp_path / "bk" / "latest.nbm")
+    r = subprocess.run(cmd[:-2] + ["--epochs", "3", "--out", str(tmp_path / "out")], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert not os.path.exists(tmp_path / "bk" / "latest.nbm")
+
+
+def test_backup_freq_needs_backup_dir(tmp_path, capsys):
+    cfg = write(tmp_path, GOOD_MODEL + "[compile]\nloss = 'mse'\n[fit]\nbackup_freq = 3\n")
+    assert main(["train", cfg, "--epochs", "1", "--verbose", "0"]) == 2
+    assert "backup_freq needs backup_dir" in capsys.readouterr().err

@@ -239,7 +239,11 @@ class PipeBarrier:
 
 
 def _worker_main(rank, conn, spec):
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    # the parent handles Ctrl-C, and SIGTERM / SIGUSR1 (a scheduler's signals to the whole
+    # job: the parent finishes the step and writes the backup), then stops us
+    for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
     segments = []
     code = 0
     try:

@@ -96,16 +96,22 @@ def test_exception_on_one_rank_aborts_the_job():
     assert ended - raised < 30
 
 
-def test_killed_job_resumes_bit_identically(tmp_path):
-    """kill -9 of rank 0 mid-epoch ends the job; restarted, it ends like an uninterrupted
-    job (Dropout, BatchNormalization, ReduceLROnPlateau; resume_script.py)."""
+@pytest.mark.parametrize("flags", [["--kill"], ["--kill", "--save-freq", "2"], ["--term"]],
+                         ids=["kill", "kill-after-step-backup", "sigterm"])
+def test_killed_job_resumes_bit_identically(tmp_path, flags):
+    """kill -9 of rank 0 mid-epoch ends the job (with epoch or step backups), as does
+    SIGTERM after the step's backup; restarted, it ends like an uninterrupted job
+    (Dropout, BatchNormalization, ReduceLROnPlateau; resume_script.py)."""
     script = os.path.join(HERE, "resume_script.py")
     done, resumed = tmp_path / "done", tmp_path / "resumed"
-    r, _ = _mpiexec([script, str(done), "mpi"], timeout=180)
+    freq = flags[1:]
+    r, _ = _mpiexec([script, str(done), "mpi", *freq], timeout=180)
     assert r.returncode == 0, r.stderr
-    r, _ = _mpiexec([script, str(resumed), "mpi", "--kill"], timeout=180)
+    r, _ = _mpiexec([script, str(resumed), "mpi", *flags], timeout=180)
     assert r.returncode != 0 and not os.path.exists(resumed / "final.npz"), r.stderr
-    r, _ = _mpiexec([script, str(resumed), "mpi"], timeout=180)
+    if flags == ["--term"]:
+        assert r.returncode == 75 and "stopped by SIGTERM" in r.stderr, r.stderr
+    r, _ = _mpiexec([script, str(resumed), "mpi", *freq], timeout=180)
     assert r.returncode == 0, r.stderr
     assert_same_final(done, resumed)
 
