@@ -95,6 +95,15 @@ CONTRACT: dict[str, dict[str, tuple[str, str]]] = {
                           "dbias, dx",
                           "after conv_forward(for_backward=True): dkernel, dbias (None: no bias) and dx "
                           "(None: not needed) from dy (n*oh*ow, filters)"),
+        "conv_transpose_forward": ("x, kernel, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, "
+                                   "scratch, pre, out",
+                                   "transposed convolution of x (n, h, w, c) by kernel (kh*kw*filters, c): the "
+                                   "input gradient of the convolution of out (n*oh*ow rows) with this geometry, "
+                                   "which maps (oh, ow) to (h, w); bias and activation fused"),
+        "conv_transpose_backward": ("x, kernel, pre, y, dy, code, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, scratch, "
+                                    "dkernel, dbias, dx",
+                                    "gradients of conv_transpose_forward: dkernel, dbias (None: no bias), dx "
+                                    "(None: not needed) from dy (n*oh*ow, filters)"),
     },
     "pooling": {
         "max_pool_forward": ("x, ph, pw, sh, sw, pt, pl, out, arg",
@@ -112,6 +121,12 @@ CONTRACT: dict[str, dict[str, tuple[str, str]]] = {
                                "normalize each row of x (n, d); mean and 1/std per row kept for backward"),
         "layer_norm_backward": ("x, gamma, mean, rstd, dy, use_scale, use_center, dx, dgamma, dbeta",
                                 "gradients of layer_norm_forward"),
+        "group_norm_forward": ("x, gamma, beta, eps, groups, use_scale, use_center, out, mean, rstd",
+                               "x (n, m, c): each sample's channels in ``groups`` consecutive groups, each "
+                               "group normalized over its m * c / groups values, then per-channel gamma, "
+                               "beta; mean and 1/std (n, groups) kept for backward"),
+        "group_norm_backward": ("x, gamma, mean, rstd, dy, groups, use_scale, use_center, dx, dgamma, dbeta",
+                                "gradients of group_norm_forward"),
         "add_layer_norm_forward": ("a, b, gamma, beta, eps, s, out, mean, rstd",
                                    "s = a + b, then layer_norm_forward(s) (post-norm residual)"),
         "layer_norm_backward_sum": ("x, gamma, mean, rstd, dya, dyb, dx, dgamma, dbeta",
@@ -221,10 +236,11 @@ REFERENCE: dict[str, tuple[str, ...]] = {
     "reshaping": ("repeat_rows", "sum_rows", "resize_linear", "pad_2d", "crop_2d", "permute"),
     "activations": ("activation_forward", "softmax_rows"),
     "dense": ("dense_forward", "dropout_forward"),
-    "conv": ("conv_forward", "conv_backward"),
+    "conv": ("conv_forward", "conv_backward", "conv_transpose_forward"),
     "pooling": ("max_pool_forward", "avg_pool_forward", "max_pool_backward", "avg_pool_backward",
                 "global_avg_forward", "global_max_forward"),
-    "norm": ("batch_norm_forward", "batch_norm_backward", "layer_norm_forward", "layer_norm_backward"),
+    "norm": ("batch_norm_forward", "batch_norm_backward", "layer_norm_forward", "layer_norm_backward",
+             "group_norm_forward", "group_norm_backward"),
     "embedding": ("embedding_forward", "embedding_backward"),
     "recurrent": ("simple_rnn_forward", "lstm_forward", "gru_forward"),
     "attention": ("mha_forward", "mha_backward", "pos_embed_forward"),

@@ -1,8 +1,12 @@
-"""Convolution layers: Conv1D and Conv2D (channels_last, Keras 3 arguments).
+"""Convolution layers: Conv1D, Conv2D and their transposes Conv1DTranspose,
+Conv2DTranspose (channels_last, Keras 3 arguments).
 
 Kernels: nbmodel/kernels/cpu/conv.py (im2col + one BLAS GEMM per pass, bias
 and activation fused). Conv1D runs as Conv2D with a height of 1: the same
 kernels, the Keras kernel (k, in, filters) viewed as (1, k, in, filters).
+A transposed convolution is the input gradient of the convolution from its
+output back to its input (same kernel, strides, dilation and padding before),
+so its kernels are the convolution's col2im and im2col passes.
 """
 from __future__ import annotations
 
@@ -11,18 +15,19 @@ import numpy as np
 from .. import activations as act_codes
 from .base import Layer, keeps_backward_cache
 
-__all__ = ["Conv1D", "Conv2D"]
+__all__ = ["Conv1D", "Conv2D", "Conv1DTranspose", "Conv2DTranspose"]
 
 
-def _tuple(layer, value, n, what):
+def _tuple(layer, value, n, what, minimum=1):
     if isinstance(value, (int, np.integer)):
         value = (int(value),) * n
     try:
         value = tuple(int(v) for v in value)
     except TypeError:
         raise ValueError(f"{layer}: {what} must be an int or a tuple of {n} ints, got {value!r}") from None
-    if len(value) != n or any(v <= 0 for v in value):
-        raise ValueError(f"{layer}: {what} must be a positive int or a tuple of {n} positive ints, "
+    if len(value) != n or any(v < minimum for v in value):
+        kind = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{layer}: {what} must be a {kind} int or a tuple of {n} {kind} ints, "
                          f"got {value!r}")
     return value
 
@@ -43,6 +48,26 @@ def padding_amounts(n, k, stride, dilation, padding):
     else:
         before = after = 0
     return before, after, (n + before + after - eff) // stride + 1
+
+
+def transpose_padding(n, k, stride, dilation, padding, output_padding=None):
+    """(before, out) along one spatial axis of a transposed convolution, Keras 3 rules.
+
+    out is Keras's output length: "valid" n * stride + max(eff - stride, 0),
+    "same" n * stride, or with output_padding op (n - 1) * stride + eff + op
+    ("valid") or (n - 1) * stride + eff % 2 + op ("same"), eff the dilated
+    kernel size. before is the padding of the convolution whose input gradient
+    the transposed one is (output pixel o = i * stride + tap * dilation - before):
+    eff - 1 minus Keras's padding of the stride-dilated input, which puts the
+    odd element of "same" padding first (capped at eff - 1).
+    """
+    eff = (k - 1) * dilation + 1
+    if padding == "valid":
+        return 0, (n * stride + max(eff - stride, 0) if output_padding is None
+                   else (n - 1) * stride + eff + output_padding)
+    total = stride + eff - 2 if output_padding is None else eff + eff % 2 - 2 + output_padding
+    out = n * stride if output_padding is None else (n - 1) * stride + eff % 2 + output_padding
+    return eff - 1 - min((total + 1) // 2, eff - 1), out
 
 
 class _Conv(Layer):
@@ -94,6 +119,10 @@ class _Conv(Layer):
             geo.append((before, after, out))
         return geo, ks, st, dl
 
+    def _kernel_shape(self, c):
+        """The Keras kernel's shape for c input channels."""
+        return self.kernel_size + (c, self.filters)
+
     def build(self, input_shape):
         input_shape = tuple(input_shape)
         if len(input_shape) != self.rank + 2:
@@ -106,7 +135,7 @@ class _Conv(Layer):
         spatial = input_shape[1:-1]
         if all(s is not None for s in spatial):
             self._geometry(spatial)
-        self.add_param("kernel", self.kernel_size + (c, self.filters), self.kernel_initializer)
+        self.add_param("kernel", self._kernel_shape(c), self.kernel_initializer)
         if self.use_bias:
             self.add_param("bias", (self.filters,), self.bias_initializer)
         super().build(input_shape)
@@ -121,19 +150,27 @@ class _Conv(Layer):
         return (input_shape[0],) + tuple(out) + (self.filters,)
 
     # ------------------------------------------------------------ compute
+    in_axis = -2  # the input-channel axis of the Keras kernel (kh, kw, in, filters)
+
+    def _launch_forward(self, x4, k2, bias, code, keep_pre, geometry, keep, pre, y):
+        self.kernels("conv").conv_forward(x4, k2, bias, code, keep_pre, *geometry, keep, self.scratch, pre, y)
+
+    def _launch_backward(self, x4, k2, pre, y, dy2, code, geometry, dk2, dbias, dx):
+        self.kernels("conv").conv_backward(x4, k2, pre, y, dy2, code, *geometry, self.scratch, dk2, dbias, dx)
+
     def forward(self, x, training=False):
         self.ensure_built(np.shape(x))
         kernel = self.params["kernel"]
-        c = kernel.shape[-2]
+        c = kernel.shape[self.in_axis]
         x = self.check_input(x, ndim=self.rank + 2, last_dim=c)
         n = x.shape[0]
         h, w = self._spatial4(x.shape[1:-1])
         geo, ks, st, dl = self._geometry(x.shape[1:-1])
         (pt, _, oh), (pl, _, ow) = geo
         x4 = x.reshape(n, h, w, c)
-        kk = ks[0] * ks[1] * c
         f = self.filters
-        k2 = kernel.reshape(kk, f)  # params and grads are C-contiguous: a view
+        # the Keras kernel as the kernels' matrix, (kh*kw*c, f) (transposed: (kh*kw*f, c)); a view
+        k2 = kernel.reshape(-1, kernel.shape[-1])
         bias = self.params["bias"] if self.use_bias else self.constant("zero_bias", (f,), 0)
         rows = n * oh * ow
         keep = keeps_backward_cache(training)
@@ -141,23 +178,20 @@ class _Conv(Layer):
         keep_pre = code in act_codes.NEEDS_PREACTIVATION
         y = self.workspace("y", (rows, f))
         pre = self.workspace("pre", (rows, f)) if keep_pre else y
-        self.kernels("conv").conv_forward(x4, k2, bias, code, keep_pre, ks[0], ks[1], st[0], st[1], dl[0], dl[1],
-                                          pt, pl, oh, ow, keep, self.scratch, pre, y)
+        geometry = (ks[0], ks[1], st[0], st[1], dl[0], dl[1], pt, pl, oh, ow)
+        self._launch_forward(x4, k2, bias, code, keep_pre, geometry, keep, pre, y)
         if self.code == act_codes.SOFTMAX:
             self.kernels("activations").softmax_rows(y, y)
-        self._cache = (x4, x.shape, pre, y, (ks, st, dl, pt, pl, oh, ow), keep)
+        self._cache = (x4, x.shape, pre, y, geometry, keep)
         out_spatial = (ow,) if self.rank == 1 else (oh, ow)
         return y.reshape((n,) + out_spatial + (f,))
 
     def backward(self, dy):
-        x4, x_shape, pre, y, geo, training = self._cache
+        x4, x_shape, pre, y, geometry, training = self._cache
         if not training:
             raise ValueError(f"{self.name}: backward needs a forward pass with training=True")
-        ks, st, dl, pt, pl, oh, ow = geo
         kernel = self.params["kernel"]
         f = self.filters
-        c = x4.shape[3]
-        kk = ks[0] * ks[1] * c
         dy2 = self.asarray(dy).reshape(-1, f)
         if dy2.shape[0] != y.shape[0]:
             raise ValueError(f"{self.name}: gradient of shape {np.shape(dy)} does not match the output")
@@ -168,10 +202,9 @@ class _Conv(Layer):
             dy2, code = ds, act_codes.LINEAR
         need_dx = self.input_grad_needed
         dx = self.workspace("dx", x4.shape) if need_dx else None
-        self.kernels("conv").conv_backward(x4, kernel.reshape(kk, f), pre, y, dy2, code, ks[0], ks[1], st[0],
-                                           st[1], dl[0], dl[1], pt, pl, oh, ow, self.scratch,
-                                           self.grads["kernel"].reshape(kk, f),
-                                           self.grads["bias"] if self.use_bias else None, dx)
+        dk = self.grads["kernel"]
+        self._launch_backward(x4, kernel.reshape(-1, kernel.shape[-1]), pre, y, dy2, code, geometry,
+                              dk.reshape(-1, dk.shape[-1]), self.grads["bias"] if self.use_bias else None, dx)
         return dx.reshape(x_shape) if need_dx else None
 
     def get_config(self):
@@ -216,3 +249,85 @@ class Conv1D(_Conv):
     rank = 1
     paddings = ("valid", "same", "causal")
 
+
+
+class _ConvTranspose(_Conv):
+    """A transposed convolution: the input gradient of the convolution from its output back
+    to its input (same kernel, strides, dilation; padding from ``transpose_padding``).
+
+    Keras 3 arguments and output sizes (``output_padding`` None or per axis);
+    the Keras kernel is (*kernel_size, filters, in_channels). As in Keras,
+    strides > 1 and dilation_rate > 1 cannot be combined.
+    """
+
+    paddings = ("valid", "same")
+    in_axis = -1  # the Keras kernel is (kh, kw, filters, in)
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", output_padding=None, data_format=None,
+                 dilation_rate=1, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", **kwargs):
+        super().__init__(filters, kernel_size, strides=strides, padding=padding, data_format=data_format,
+                         dilation_rate=dilation_rate, activation=activation, use_bias=use_bias,
+                         kernel_initializer=kernel_initializer, bias_initializer=bias_initializer, **kwargs)
+        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
+            raise ValueError(f"{self.name}: strides > 1 together with dilation_rate > 1 is not supported "
+                             f"(as in Keras), got strides={self.strides}, dilation_rate={self.dilation_rate}")
+        self.output_padding = (None if output_padding is None
+                               else _tuple(self.name, output_padding, self.rank, "output_padding", minimum=0))
+
+    def _geometry(self, spatial):
+        """Per axis (before, None, out) in the 2-D view: ``before`` pads the output for the
+        convolution that maps it back; ValueError if an output size is not positive."""
+        one = self.rank == 1
+        ks = (1,) + self.kernel_size if one else self.kernel_size
+        st = (1,) + self.strides if one else self.strides
+        dl = (1,) + self.dilation_rate if one else self.dilation_rate
+        ops = (None, None) if self.output_padding is None else ((0,) if one else ()) + self.output_padding
+        geo = []
+        for ax, (n, k, s, d, op) in enumerate(zip(self._spatial4(spatial), ks, st, dl, ops)):
+            before, out = transpose_padding(n, k, s, d, "valid" if (one and ax == 0) else self.padding, op)
+            if out <= 0:
+                raise ValueError(f"{self.name}: the output would have size {out} along spatial axis "
+                                 f"{ax - (2 - self.rank) + 1} (input {n}, kernel {k}, padding "
+                                 f"{self.padding!r}, output_padding {op})")
+            geo.append((before, None, out))
+        return geo, ks, st, dl
+
+    def _kernel_shape(self, c):
+        return self.kernel_size + (self.filters, c)
+
+    def _launch_forward(self, x4, k2, bias, code, keep_pre, geometry, keep, pre, y):
+        self.kernels("conv").conv_transpose_forward(x4, k2, bias, code, keep_pre, *geometry, self.scratch, pre, y)
+
+    def _launch_backward(self, x4, k2, pre, y, dy2, code, geometry, dk2, dbias, dx):
+        self.kernels("conv").conv_transpose_backward(x4, k2, pre, y, dy2, code, *geometry, self.scratch, dk2,
+                                                     dbias, dx)
+
+    def get_config(self):
+        cfg = super().get_config()
+        op = self.output_padding
+        cfg["output_padding"] = None if op is None else (op[0] if self.rank == 1 else list(op))
+        return cfg
+
+
+class Conv2DTranspose(_ConvTranspose):
+    """2-D transposed convolution over (batch, height, width, channels), e.g. the
+    upsampling path of a U-Net.
+
+    Params: ``kernel`` (kh, kw, filters, in), ``bias`` (filters,). Output size
+    per axis (Keras): "valid" n * stride + max(k - stride, 0), "same" n * stride;
+    with ``output_padding`` op: (n - 1) * stride + k + op ("valid") or
+    (n - 1) * stride + k % 2 + op ("same"), k the dilated kernel size.
+    """
+
+    rank = 2
+
+
+class Conv1DTranspose(_ConvTranspose):
+    """1-D transposed convolution over (batch, steps, channels).
+
+    Params: ``kernel`` (k, filters, in), ``bias`` (filters,); sizes as
+    Conv2DTranspose along the steps.
+    """
+
+    rank = 1

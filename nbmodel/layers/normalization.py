@@ -1,4 +1,4 @@
-"""Normalization layers: LayerNormalization (and BatchNormalization).
+"""Normalization layers: LayerNormalization, BatchNormalization, GroupNormalization.
 
 Kernels: nbmodel/kernels/cpu/norm.py.
 """
@@ -104,7 +104,36 @@ class LayerNormalization(Layer):
         return cfg
 
 
-class BatchNormalization(Layer):
+class _ChannelAxis(Layer):
+    """A layer with per-channel params on one ``axis`` (an int): the axis checks, and moving
+    that axis last (and back) through the array kernels, so the kernels see channels last."""
+
+    def _channel_axis(self, ndim):
+        if ndim < 2:
+            raise ValueError(f"{self.name}: expected input of rank >= 2, got rank {ndim}")
+        ax = self.axis + ndim if self.axis < 0 else self.axis
+        if not 1 <= ax < ndim:
+            raise ValueError(f"{self.name}: axis {self.axis} is out of range for input of rank {ndim} "
+                             "(the batch axis cannot be normalized over)")
+        return ax
+
+    def _channels_last(self, a, ax, key):
+        """``a`` with axis ``ax`` moved last, in a workspace (C-contiguous)."""
+        p, c = int(np.prod(a.shape[:ax])), a.shape[ax]
+        out = self.workspace(key, a.shape[:ax] + a.shape[ax + 1:] + (c,))
+        self.kernels("array").move_axis_last(a.reshape(p, c, -1), out.reshape(p, -1, c))
+        return out
+
+    def _channels_back(self, a, shape, key):
+        """The inverse of _channels_last: ``a`` (channels last) back to ``shape``."""
+        ax = self._channel_axis(len(shape))
+        p, c = int(np.prod(shape[:ax])), shape[ax]
+        out = self.workspace(key, shape)
+        self.kernels("array").move_axis_back(a.reshape(p, -1, c), out.reshape(p, c, -1))
+        return out
+
+
+class BatchNormalization(_ChannelAxis):
     """Normalizes each channel (``axis``, default -1) with batch statistics in
     training and with moving averages in inference, then scales by ``gamma``
     and shifts by ``beta``.
@@ -142,15 +171,6 @@ class BatchNormalization(Layer):
         self.gamma_initializer = gamma_initializer
         self.moving_mean_initializer = moving_mean_initializer
         self.moving_variance_initializer = moving_variance_initializer
-
-    def _channel_axis(self, ndim):
-        if ndim < 2:
-            raise ValueError(f"{self.name}: expected input of rank >= 2, got rank {ndim}")
-        ax = self.axis + ndim if self.axis < 0 else self.axis
-        if not 1 <= ax < ndim:
-            raise ValueError(f"{self.name}: axis {self.axis} is out of range for input of rank {ndim} "
-                             "(the batch axis cannot be normalized over)")
-        return ax
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
@@ -240,21 +260,6 @@ class BatchNormalization(Layer):
         dx = dx2.reshape(xl_shape)
         return dx if last else self._channels_back(dx, dy.shape, "dx_out")
 
-    def _channels_last(self, a, ax, key):
-        """``a`` with axis ``ax`` moved last, in a workspace (C-contiguous)."""
-        p, c = int(np.prod(a.shape[:ax])), a.shape[ax]
-        out = self.workspace(key, a.shape[:ax] + a.shape[ax + 1:] + (c,))
-        self.kernels("array").move_axis_last(a.reshape(p, c, -1), out.reshape(p, -1, c))
-        return out
-
-    def _channels_back(self, a, shape, key):
-        """The inverse of _channels_last: ``a`` (channels last) back to ``shape``."""
-        ax = self._channel_axis(len(shape))
-        p, c = int(np.prod(shape[:ax])), shape[ax]
-        out = self.workspace(key, shape)
-        self.kernels("array").move_axis_back(a.reshape(p, -1, c), out.reshape(p, c, -1))
-        return out
-
     def _too_few(self, shape):
         raise ValueError(f"{self.name}: batch statistics need at least 2 values per channel, "
                          f"got input of shape {shape}")
@@ -272,4 +277,108 @@ class BatchNormalization(Layer):
         return cfg
 
 
-__all__ += ["BatchNormalization"]
+__all__ += ["BatchNormalization", "GroupNormalization"]
+
+
+class GroupNormalization(_ChannelAxis):
+    """Group normalization (Keras 3): the channels (``axis``, default -1) are split into
+    ``groups`` groups of consecutive channels, and each sample's group is normalized over
+    its channels and every other non-batch axis (biased variance), then each channel is
+    scaled by ``gamma`` and shifted by ``beta``. The same in training and inference.
+
+    Params: ``gamma``, ``beta`` (channels,). ``groups`` must divide the channels;
+    ``groups=-1`` means one group per channel (instance normalization), as in
+    Keras. groups=1 normalizes each sample over all its values.
+    """
+
+    def __init__(self, groups=32, axis=-1, epsilon=1e-3, center=True, scale=True, beta_initializer="zeros",
+                 gamma_initializer="ones", **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(groups, (int, np.integer)) or not (groups >= 1 or groups == -1):
+            raise ValueError(f"{self.name}: groups must be a positive integer (or -1: one per channel), "
+                             f"got {groups!r}")
+        self.groups = int(groups)
+        if not isinstance(axis, (int, np.integer)):
+            raise ValueError(f"{self.name}: axis must be an int, got {axis!r}")
+        self.axis = int(axis)
+        self.epsilon = float(epsilon)
+        if not self.epsilon > 0:
+            raise ValueError(f"{self.name}: epsilon must be > 0, got {epsilon!r}")
+        self.center = bool(center)
+        self.scale = bool(scale)
+        self.beta_initializer = beta_initializer
+        self.gamma_initializer = gamma_initializer
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        ax = self._channel_axis(len(input_shape))
+        c = input_shape[ax]
+        if c is None:
+            raise ValueError(f"{self.name}: the size of axis {self.axis} must be known, got {input_shape}")
+        if self.groups == -1:
+            self.groups = c
+        if self.groups > c:
+            raise ValueError(f"{self.name}: the number of groups ({self.groups}) cannot be more than the "
+                             f"number of channels ({c})")
+        if c % self.groups:
+            raise ValueError(f"{self.name}: the number of groups ({self.groups}) must divide the number of "
+                             f"channels ({c})")
+        self._c = c
+        if self.scale:
+            self.add_param("gamma", (c,), self.gamma_initializer)
+        if self.center:
+            self.add_param("beta", (c,), self.beta_initializer)
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def forward(self, x, training=False):
+        self.ensure_built(np.shape(x))
+        x = self.check_input(x, min_ndim=2)
+        ax = self._channel_axis(x.ndim)
+        c = self._c
+        if x.shape[ax] != c:
+            raise ValueError(f"{self.name}: expected input with {c} channels on axis {self.axis}, "
+                             f"got shape {x.shape}")
+        last = ax == x.ndim - 1
+        xl = x if last else self._channels_last(x, ax, "xl")
+        n = x.shape[0]
+        x3 = xl.reshape(n, -1, c)
+        mean = self.workspace("mean", (n, self.groups))
+        rstd = self.workspace("rstd", (n, self.groups))
+        y = self.workspace("y", xl.shape)
+        empty = x3[0, 0, :0]
+        gamma = self.params["gamma"] if self.scale else empty
+        beta = self.params["beta"] if self.center else empty
+        self.kernels("norm").group_norm_forward(x3, gamma, beta, self.dtype.type(self.epsilon), self.groups,
+                                                self.scale, self.center, y.reshape(x3.shape), mean, rstd)
+        self._cache = (x3, mean, rstd, xl.shape, x.shape, ax)
+        return y if last else self._channels_back(y, x.shape, "y_out")
+
+    def backward(self, dy):
+        x3, mean, rstd, xl_shape, shape, ax = self._cache
+        dy = self.asarray(dy)
+        if tuple(dy.shape) != tuple(shape):
+            raise ValueError(f"{self.name}: gradient of shape {dy.shape} does not match the output {shape}")
+        last = ax == len(shape) - 1
+        dyl = dy if last else self._channels_last(dy, ax, "dyl")
+        dx = self.workspace("dx", xl_shape)
+        empty = x3[0, 0, :0]
+        gamma = self.params["gamma"] if self.scale else empty
+        dgamma = self.grads["gamma"] if self.scale else empty
+        dbeta = self.grads["beta"] if self.center else empty
+        self.kernels("norm").group_norm_backward(x3, gamma, mean, rstd, dyl.reshape(x3.shape), self.groups,
+                                                 self.scale, self.center, dx.reshape(x3.shape), dgamma, dbeta)
+        return dx if last else self._channels_back(dx, shape, "dx_out")
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.update(groups=self.groups, axis=self.axis, epsilon=self.epsilon, center=self.center,
+                   scale=self.scale)
+        for k in ("beta_initializer", "gamma_initializer"):
+            init = getattr(self, k)
+            if not isinstance(init, str):
+                raise ValueError(f"{self.name}: only initializers given by name can be saved with the model")
+            cfg[k] = init
+        return cfg

@@ -34,3 +34,15 @@ def test_batch_norm_kernels_stay_float32():
                        v[2], v[3], v[4], v[5], np.ones(3, f32), y) == []
     assert float64_ops(k.batch_norm_backward, x, y, v[0], v[2], v[3], True, True, True,
                        np.empty((4, 3), f32), np.empty_like(x), v[4], v[5]) == []
+
+
+def test_group_norm_kernels_stay_float32():
+    from nbmodel.kernels.cpu import norm as k
+
+    f = np.float32
+    x = rng().standard_normal((2, 5, 4)).astype(f)
+    g = np.ones(4, f)
+    out = np.empty_like(x)
+    m, r = np.zeros((2, 2), f), np.ones((2, 2), f)
+    assert float64_ops(k.group_norm_forward, x, g, g, f(1e-3), 2, True, True, out, m, r) == []
+    assert float64_ops(k.group_norm_backward, x, g, m, r, x, 2, True, True, out, g.copy(), g.copy()) == []

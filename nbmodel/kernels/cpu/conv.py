@@ -331,3 +331,133 @@ def conv_backward(x, kernel, pre, y, dy, code, kh, kw, sh, sw, dh, dw, pt, pl, o
         _weight_grad(cols, dz, dkernel)
     if need_dx:
         _dx_images(dz, kernel, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, 0, n, chunk, 0, dcols, dx)
+
+
+
+# ------------------------------------------------------------ transposed convolution
+# A transposed convolution of x (n, h, w, c) into y (n, oh, ow, f) by the Keras kernel
+# (kh, kw, f, c), viewed as k2 (kh*kw*f, c), is the input gradient of the convolution of
+# y by k2 with the same strides, dilations and padding before (pt, pl) and output (h, w):
+# output pixel o = i * stride + tap * dilation - padding. So its forward is the pass that
+# forms a convolution's dx (x @ k2.T per chunk, scattered by col2im: _dx_images), and its
+# backward is a convolution forward of dz (im2col, @ k2: dx) plus that convolution's
+# weight gradient (cols.T @ x): the same bodies, no second convolution.
+@jit
+def _transpose_forward_images(x, k2, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
+                              n0, n1, chunk, slot0, dcols, pre, out):
+    """out rows of images n0..n1 = act(conv_transpose(x, k2) + bias), ``chunk`` images at
+    a time (their patch gradients in dcols from row slot0), bias + activation while hot."""
+    n, h, w, c = x.shape
+    f = out.shape[1]
+    x2 = x.reshape(n * h * w, c)
+    out4 = out.reshape(n, oh, ow, f)
+    per = oh * ow
+    for c0 in range(n0, n1, chunk):
+        c1 = min(n1, c0 + chunk)
+        _dx_images(x2, k2, kh, kw, sh, sw, dh, dw, pt, pl, h, w, c0, c1, chunk, slot0, dcols, out4)
+        bias_act_rows(out, bias, code, keep_pre, c0 * per, c1 * per, pre)
+
+
+@pjit
+def _transpose_forward_blocks(x, k2, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
+                              chunk, nblocks, dcols, pre, out):
+    """_transpose_forward_images over ``nblocks`` blocks of whole images, one per thread."""
+    n, h, w, _ = x.shape
+    for b in prange(nblocks):
+        _transpose_forward_images(x, k2, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
+                                  n * b // nblocks, n * (b + 1) // nblocks, chunk, b * chunk * h * w, dcols,
+                                  pre, out)
+
+
+@jit
+def _transpose_backward_images(x, k2, pre, y, dy, code, use_bias, need_dx, kh, kw, sh, sw, dh, dw, pt, pl,
+                               oh, ow, n0, n1, dz, part, dbias, cols, dk, dx):
+    """Images n0..n1: dz = dy * act' and dbias += its column sums over their output rows;
+    cols = im2col of dz (one row per input pixel); dk = cols.T @ x; dx = cols @ k2."""
+    n, h, w, c = x.shape
+    f = dy.shape[1]
+    _dz_rows(pre, y, dy, code, use_bias, n0 * oh * ow, n1 * oh * ow, dz, part, dbias)
+    dz4 = dz.reshape(n, oh, ow, f)  # dz is dy for a linear activation
+    r0 = n0 * h * w
+    r1 = n1 * h * w
+    _im2col_rows(dz4, kh, kw, sh, sw, dh, dw, pt, pl, h, w, n0 * h, n1 * h, cols, 0)
+    x2 = x.reshape(n * h * w, c)
+    np.dot(cols[r0:r1].T, x2[r0:r1], dk)
+    if need_dx:
+        np.dot(cols[r0:r1], k2, dx.reshape(n * h * w, c)[r0:r1])
+
+
+@pjit
+def _transpose_backward_blocks(x, k2, pre, y, dy, code, use_bias, need_dx, kh, kw, sh, sw, dh, dw, pt, pl,
+                               oh, ow, nblocks, dz, part, dbias_parts, cols, dk_parts, dx):
+    """_transpose_backward_images over ``nblocks`` blocks of whole images, one per thread,
+    each with its own bias- and weight-gradient partials (summed by the caller in order)."""
+    n = x.shape[0]
+    for b in prange(nblocks):
+        dbias_parts[b] = 0
+        _transpose_backward_images(x, k2, pre, y, dy, code, use_bias, need_dx, kh, kw, sh, sw, dh, dw, pt, pl,
+                                   oh, ow, n * b // nblocks, n * (b + 1) // nblocks, dz, part[b], dbias_parts[b],
+                                   cols, dk_parts[b], dx)
+
+
+def conv_transpose_forward(x, kernel, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
+                           scratch, pre, out):
+    """out = act(conv_transpose(x, kernel) + bias) as (n*oh*ow, filters) rows (NHWC order).
+
+    x (n, h, w, c) C-contiguous; kernel (kh*kw*filters, c), the Keras kernel
+    (kh, kw, filters, c) viewed as 2-D; the geometry is the one of the
+    convolution whose input gradient this is (strides, dilations, padding
+    before pt, pl of the output (oh, ow), which that convolution maps to
+    (h, w)). keep_pre, pre and code as in conv_forward. Patch gradients go
+    through scratch("dcols"), one chunk of images per thread.
+    """
+    n, h, w, _ = x.shape
+    kk = kernel.shape[0]
+    chunk = _chunk_images(n, h, w, kk, x.itemsize)
+    blocks = _thread_blocks(n, h, w, kk)
+    dcols = scratch("dcols", (min(n, chunk) * max(blocks, 1) * h * w, kk), x.dtype)
+    if blocks:
+        with kernel_blas_serial():
+            _transpose_forward_blocks(x, kernel, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
+                                      chunk, blocks, dcols, pre, out)
+    else:
+        _transpose_forward_images(x, kernel, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
+                                  0, n, chunk, 0, dcols, pre, out)
+
+
+def conv_transpose_backward(x, kernel, pre, y, dy, code, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
+                            scratch, dkernel, dbias, dx):
+    """Gradients of conv_transpose_forward (on the same x, writing pre and y).
+
+    dy (n*oh*ow, filters), already through the softmax backward for a softmax
+    layer (code is then LINEAR). Writes dkernel (kh*kw*filters, c), dbias
+    (filters,) (None: no bias) and dx (n, h, w, c) (None: not needed). Work
+    buffers come from scratch (keys "cols", "dz", "bias_work" and, with
+    threads, "dk_parts", "dbias_parts").
+    """
+    n, h, w, c = x.shape
+    kk = kernel.shape[0]
+    f = dy.shape[1]
+    dtype = x.dtype
+    blocks = _thread_blocks(n, h, w, kk)
+    cols = scratch("cols", (n * h * w, kk), dtype)
+    dz = scratch("dz", dy.shape, dtype) if code != LINEAR else dy
+    use_bias = dbias is not None
+    need_dx = dx is not None
+    dx_ = dx if need_dx else x
+    if blocks:
+        part = scratch("bias_work", (blocks, f), dtype)
+        dbias_parts = scratch("dbias_parts", (blocks, f), dtype)
+        dk_parts = scratch("dk_parts", (blocks, kk, c), dtype)
+        with kernel_blas_serial():
+            _transpose_backward_blocks(x, kernel, pre, y, dy, code, use_bias, need_dx, kh, kw, sh, sw, dh, dw,
+                                       pt, pl, oh, ow, blocks, dz, part, dbias_parts, cols, dk_parts, dx_)
+        _sum_blocks(dk_parts, dkernel)
+        if use_bias:
+            _sum_blocks(dbias_parts, dbias)
+        return
+    part = scratch("bias_work", (f,), dtype)
+    if use_bias:
+        dbias[:] = 0
+    _transpose_backward_images(x, kernel, pre, y, dy, code, use_bias, need_dx, kh, kw, sh, sw, dh, dw, pt, pl,
+                               oh, ow, 0, n, dz, part, dbias if use_bias else part, cols, dkernel, dx_)

@@ -273,3 +273,84 @@ def batch_norm_backward(x, dy, gamma, mean, rstd, training, use_scale, use_cente
     sdx = dgamma if use_scale else work[3]
     batch_norm_backward_sums(x, dy, mean, rstd, work, sdy, sdx)
     batch_norm_backward_dx(x, dy, gamma, mean, rstd, sdy, sdx, x.shape[0], training, use_scale, work, dx)
+
+
+# ---------------------------------------------------------------- GroupNormalization
+# x is (n, m, c): a sample's positions (every axis but batch and channels) flattened into
+# m, channels last. Channel j is in group j // (c // groups); a group of a sample is
+# normalized over its m * c / groups values, two passes (mean, then centred squares) as
+# for layer norm, then each channel is scaled and shifted by its own gamma, beta.
+@jit
+def group_norm_forward(x, gamma, beta, eps, groups, use_scale, use_center, out, mean, rstd):
+    """out = (x - mean) / sqrt(var + eps) * gamma + beta with per-(sample, group)
+    statistics; mean, rstd (n, groups) are written for backward."""
+    n, m, c = x.shape
+    cg = c // groups
+    one = x.dtype.type(1)
+    zero = one - one
+    inv = one / x.dtype.type(m * cg)
+    for b in range(n):
+        for g in range(groups):
+            j0 = g * cg
+            s = zero
+            for p in range(m):
+                for j in range(j0, j0 + cg):
+                    s += x[b, p, j]
+            mu = s * inv
+            s = zero
+            for p in range(m):
+                for j in range(j0, j0 + cg):
+                    e = x[b, p, j] - mu
+                    s += e * e
+            r = one / math.sqrt(s * inv + eps)
+            mean[b, g] = mu
+            rstd[b, g] = r
+            for p in range(m):
+                for j in range(j0, j0 + cg):
+                    h = (x[b, p, j] - mu) * r
+                    if use_scale:
+                        h = h * gamma[j]
+                    if use_center:
+                        h = h + beta[j]
+                    out[b, p, j] = h
+
+
+@jit
+def group_norm_backward(x, gamma, mean, rstd, dy, groups, use_scale, use_center, dx, dgamma, dbeta):
+    """Gradients of group_norm_forward (dgamma/dbeta overwritten, summed over samples and
+    positions). Per group, with g = dy * gamma and k = m * c / groups values:
+    dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat))."""
+    n, m, c = x.shape
+    cg = c // groups
+    one = x.dtype.type(1)
+    zero = one - one
+    inv = one / x.dtype.type(m * cg)
+    if use_scale:
+        dgamma[:] = zero
+    if use_center:
+        dbeta[:] = zero
+    for b in range(n):
+        for g in range(groups):
+            j0 = g * cg
+            mu = mean[b, g]
+            r = rstd[b, g]
+            sg = zero
+            sgx = zero
+            for p in range(m):
+                for j in range(j0, j0 + cg):
+                    xh = (x[b, p, j] - mu) * r
+                    gy = dy[b, p, j]
+                    if use_scale:
+                        dgamma[j] += gy * xh
+                        gy = gy * gamma[j]
+                    if use_center:
+                        dbeta[j] += dy[b, p, j]
+                    sg += gy
+                    sgx += gy * xh
+            sg *= inv
+            sgx *= inv
+            for p in range(m):
+                for j in range(j0, j0 + cg):
+                    xh = (x[b, p, j] - mu) * r
+                    gy = dy[b, p, j] * gamma[j] if use_scale else dy[b, p, j]
+                    dx[b, p, j] = r * (gy - sg - xh * sgx)

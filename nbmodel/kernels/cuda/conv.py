@@ -196,3 +196,57 @@ def conv_backward(x, kernel, pre, y, dy, code: int, kh: int, kw: int, sh: int, s
         dxc = dx[n0:n1]
         if dxc.size:
             _col2im[launch_1d(dxc.size)](part, *geometry, dxc)
+
+
+# ------------------------------------------------------------ transposed convolution
+# The CPU twin's decomposition: forward is a convolution's dx pass (dcols = x @ kernel.T,
+# _col2im into the output) then bias + activation; backward is dz, the bias sums, a
+# convolution forward of dz (_im2col, cols @ kernel: dx) and cols.T @ x (dkernel).
+def conv_transpose_forward(x, kernel, bias, code: int, keep_pre: bool, kh: int, kw: int, sh: int, sw: int,
+                           dh: int, dw: int, pt: int, pl: int, oh: int, ow: int, scratch: Callable, pre,
+                           out) -> None:
+    """out = act(conv_transpose(x, kernel) + bias) as (n*oh*ow, filters) rows; see the CPU twin.
+    Patch gradients go through scratch("dcols"), chunks of whole images."""
+    n, h, w, c = x.shape
+    kk, f = kernel.shape[0], out.shape[1]
+    per, per_out = h * w, oh * ow
+    geometry = (kh, kw, sh, sw, dh, dw, pt, pl, h, w)
+    chunk = _chunk_images(n, h, w, kk, x.dtype.itemsize)
+    dcols = scratch("dcols", (min(n, chunk) * per, kk), x.dtype)
+    x2 = x.reshape(n * per, c)
+    out4 = out.reshape(n, oh, ow, f)
+    for n0 in range(0, n, chunk):
+        n1 = min(n, n0 + chunk)
+        part = dcols[:(n1 - n0) * per]
+        gemm(x2[n0 * per:n1 * per], kernel, part, trans_b=True)
+        yc = out4[n0:n1]
+        if yc.size:
+            _col2im[launch_1d(yc.size)](part, *geometry, yc)
+        r0, r1 = n0 * per_out, n1 * per_out
+        bias_act(out[r0:r1], bias, code, keep_pre, pre[r0:r1])
+
+
+def conv_transpose_backward(x, kernel, pre, y, dy, code: int, kh: int, kw: int, sh: int, sw: int, dh: int,
+                            dw: int, pt: int, pl: int, oh: int, ow: int, scratch: Callable, dkernel, dbias,
+                            dx) -> None:
+    """Gradients of conv_transpose_forward: dkernel (kh*kw*filters, c), dbias unless None, dx
+    (n, h, w, c) unless None, from dy (n*oh*ow, filters). Work buffers from scratch (keys
+    "cols", "dz", "bias_part")."""
+    n, h, w, c = x.shape
+    kk, f = kernel.shape[0], dy.shape[1]
+    dtype = x.dtype
+    if code == LINEAR:
+        dz = dy
+    else:
+        dz = scratch("dz", tuple(dy.shape), dtype)
+        if dz.size:
+            _act_grad[launch_1d(dz.size)](_flat(dy), _flat(pre), _flat(y), int(code), _flat(dz))
+    if dbias is not None:
+        part = scratch("bias_part", (oh * ow * f,), dtype)
+        column_sums(dz.reshape(n, oh * ow * f), part)  # over the batch, then over positions
+        column_sums(part.reshape(oh * ow, f), dbias)
+    cols = scratch("cols", (n * h * w, kk), dtype)
+    _im2col_launch(dz.reshape(n, oh, ow, f), (kh, kw, sh, sw, dh, dw, pt, pl, h, w), cols)
+    gemm(cols, x.reshape(n * h * w, c), dkernel, trans_a=True)
+    if dx is not None:
+        gemm(cols, kernel, dx.reshape(n * h * w, c))

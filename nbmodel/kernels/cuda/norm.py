@@ -1,6 +1,6 @@
 """Normalization family on CUDA: LayerNormalization (with the residual-add
-and two-gradient variants of the Transformer) and BatchNormalization with the
-pieces data parallel sums over replicas (see nbmodel/kernels/contract.py and
+and two-gradient variants of the Transformer), GroupNormalization and
+BatchNormalization with the pieces data parallel sums over replicas (see nbmodel/kernels/contract.py and
 nbmodel/kernels/cpu/norm.py, whose formulas and order of operations these
 kernels follow).
 
@@ -9,6 +9,10 @@ Layer norm: one block per row (a power of two of threads, up to
 squares (two passes, as on the CPU: accurate in float32), then the sums of
 backward are shared-memory trees. dgamma/dbeta are column sums over rows,
 computed by a column kernel.
+
+Group norm: one block per (sample, group), as a layer-norm row block over the
+group's m * c / groups values; dgamma/dbeta are column sums over the
+(sample, position) rows.
 
 Column sums (batch norm statistics and backward sums, layer norm dgamma and
 dbeta): a block of ``bx`` columns by ``by`` row lanes (a warp reads
@@ -40,6 +44,10 @@ def _one(t):
 
 def _two(t):
     return t[:, ::1]
+
+
+def _three(t):
+    return t[:, :, ::1]
 
 
 def _pow2(n):
@@ -284,6 +292,151 @@ def layer_norm_backward_sum(x, gamma, mean, rstd, dya, dyb, dx, dgamma, dbeta):
     if n:
         _ln_backward[n, _row_threads(d)](x, gamma, mean, rstd, dya, dyb, True, True, dx)
     _ln_grads(x, mean, rstd, dya, dyb, True, True, True, dgamma, dbeta)
+
+
+# ------------------------------------------------------------------ group norm
+@kernel(*[(_three(t), _one(t), _one(t), t, _I, _B, _B, _three(t), _two(t), _two(t)) for t in _F])
+def _gn_forward(x, gamma, beta, eps, groups, use_scale, use_center, out, mean, rstd):
+    """Group blockIdx.x % groups of sample blockIdx.x // groups normalized into out."""
+    part = cuda.shared.array(_BLOCK, x.dtype)
+    b = cuda.blockIdx.x // groups
+    g = cuda.blockIdx.x - b * groups
+    cg = x.shape[2] // groups
+    j0 = g * cg
+    k = x.shape[1] * cg
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    one = x.dtype.type(1)
+    zero = one - one
+    inv = one / x.dtype.type(k)
+    acc = zero
+    e = tid
+    while e < k:
+        p = e // cg
+        acc += x[b, p, j0 + e - p * cg]
+        e += nt
+    mu = _block_sum(part, acc) * inv
+    acc = zero
+    e = tid
+    while e < k:
+        p = e // cg
+        d = x[b, p, j0 + e - p * cg] - mu
+        acc += d * d
+        e += nt
+    r = one / math.sqrt(_block_sum(part, acc) * inv + eps)
+    if tid == 0:
+        mean[b, g] = mu
+        rstd[b, g] = r
+    e = tid
+    while e < k:
+        p = e // cg
+        j = j0 + e - p * cg
+        h = (x[b, p, j] - mu) * r
+        if use_scale:
+            h = h * gamma[j]
+        if use_center:
+            h = h + beta[j]
+        out[b, p, j] = h
+        e += nt
+
+
+@kernel(*[(_three(t), _one(t), _two(t), _two(t), _three(t), _I, _B, _three(t)) for t in _F])
+def _gn_backward(x, gamma, mean, rstd, dy, groups, use_scale, dx):
+    """dx of group blockIdx.x % groups of sample blockIdx.x // groups."""
+    part = cuda.shared.array(_BLOCK, x.dtype)
+    part2 = cuda.shared.array(_BLOCK, x.dtype)
+    b = cuda.blockIdx.x // groups
+    g = cuda.blockIdx.x - b * groups
+    cg = x.shape[2] // groups
+    j0 = g * cg
+    k = x.shape[1] * cg
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    one = x.dtype.type(1)
+    zero = one - one
+    inv = one / x.dtype.type(k)
+    mu = mean[b, g]
+    r = rstd[b, g]
+    sg = zero
+    sgx = zero
+    e = tid
+    while e < k:
+        p = e // cg
+        j = j0 + e - p * cg
+        xh = (x[b, p, j] - mu) * r
+        gy = dy[b, p, j] * gamma[j] if use_scale else dy[b, p, j]
+        sg += gy
+        sgx += gy * xh
+        e += nt
+    sg, sgx = _block_sum2(part, part2, sg, sgx)
+    sg *= inv
+    sgx *= inv
+    e = tid
+    while e < k:
+        p = e // cg
+        j = j0 + e - p * cg
+        xh = (x[b, p, j] - mu) * r
+        gy = dy[b, p, j] * gamma[j] if use_scale else dy[b, p, j]
+        dx[b, p, j] = r * (gy - sg - xh * sgx)
+        e += nt
+
+
+@kernel(*[(_two(t), _two(t), _two(t), _two(t), _I, _I, _B, _B, _I, _one(t), _one(t)) for t in _F])
+def _gn_param_grads(x, mean, rstd, dy, m, groups, use_scale, use_center, rows, dgamma, dbeta):
+    """dgamma[j] = sum dy x_hat, dbeta[j] = sum dy over this block's rows of x (n*m, c), row r
+    of sample r // m (see _col_sum)."""
+    part = cuda.shared.array(_BLOCK, x.dtype)
+    part2 = cuda.shared.array(_BLOCK, x.dtype)
+    nm = x.shape[0]
+    c = x.shape[1]
+    j = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    r = cuda.blockIdx.y * rows + cuda.threadIdx.y
+    r1 = min(nm, cuda.blockIdx.y * rows + rows)
+    zero = x.dtype.type(0)
+    sgx = zero
+    sg = zero
+    if j < c:
+        g = j // (c // groups)
+        while r < r1:
+            b = r // m
+            gy = dy[r, j]
+            sgx += gy * ((x[r, j] - mean[b, g]) * rstd[b, g])
+            sg += gy
+            r += cuda.blockDim.y
+    sgx = _lanes_sum(part, sgx)
+    sg = _lanes_sum(part2, sg)
+    if cuda.threadIdx.y == 0 and j < c:
+        if cuda.gridDim.y == 1:
+            if use_scale:
+                dgamma[j] = sgx
+            if use_center:
+                dbeta[j] = sg
+        else:
+            if use_scale:
+                cuda.atomic.add(dgamma, j, sgx)
+            if use_center:
+                cuda.atomic.add(dbeta, j, sg)
+
+
+def group_norm_forward(x, gamma, beta, eps, groups, use_scale, use_center, out, mean, rstd):
+    n, m, c = x.shape
+    if n and m and c:
+        _gn_forward[n * groups, _row_threads(m * c // groups)](x, gamma, beta, x.dtype.type(eps), int(groups),
+                                                              bool(use_scale), bool(use_center), out, mean, rstd)
+
+
+def group_norm_backward(x, gamma, mean, rstd, dy, groups, use_scale, use_center, dx, dgamma, dbeta):
+    n, m, c = x.shape
+    if not (n and m and c):
+        return
+    _gn_backward[n * groups, _row_threads(m * c // groups)](x, gamma, mean, rstd, dy, int(groups),
+                                                           bool(use_scale), dx)
+    if use_scale or use_center:
+        grid, block, rows = _columns(n * m, c)
+        if grid[1] > 1:
+            _zero(dgamma, dbeta)
+        _gn_param_grads[grid, block](x.reshape(n * m, c), mean, rstd, dy.reshape(n * m, c), m, int(groups),
+                                     bool(use_scale), bool(use_center), rows, dgamma, dbeta)
 
 
 # ------------------------------------------------------------ batch norm sums

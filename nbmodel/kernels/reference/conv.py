@@ -80,3 +80,33 @@ def conv_backward(x, kernel, dz, strides=(1, 1), pads=(0, 0, 0, 0), dilation=(1,
     t, _, lft, _ = pads
     dx = dxp[:, t: t + x.shape[1], lft: lft + x.shape[2], :]
     return dx, dk, dz.sum(axis=(0, 1, 2))
+
+
+def conv_transpose_pads(k, stride, dilation, padding, output_padding=None):
+    """(before, after) padding of the stride-dilated input of a transposed convolution along
+    one axis: Keras 3's rule for its JAX and NumPy backends, written out independently of the
+    layer's (which states the same thing as output size and convolution padding)."""
+    eff = (k - 1) * dilation + 1
+    if padding == "valid":
+        op = max(eff, stride) - eff if output_padding is None else output_padding
+        return eff - 1, eff - 1 + op
+    pad_len = stride + eff - 2 if output_padding is None else eff + eff % 2 - 2 + output_padding
+    before = min(pad_len // 2 + pad_len % 2, eff - 1)
+    return before, pad_len - before
+
+
+def conv_transpose_forward(x, kernel, bias=None, strides=(1, 1), pads=((0, 0), (0, 0)), dilation=(1, 1),
+                           activation_name=None):
+    """y = act(conv_transpose(x, kernel) + bias) for kernel (kh, kw, filters, c), by its
+    definition: stride - 1 zeros between neighbouring inputs, the result padded by
+    ((top, bottom), (left, right)), then a stride-1 convolution with the spatially flipped
+    kernel (and the same dilation)."""
+    x = np.asarray(x, np.float64)
+    kernel = np.asarray(kernel, np.float64)
+    n, h, w, c = x.shape
+    sh, sw = strides
+    xd = np.zeros((n, (h - 1) * sh + 1, (w - 1) * sw + 1, c))
+    xd[:, ::sh, ::sw] = x
+    (t, b), (lft, r) = pads
+    flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2)  # (kh, kw, c, filters)
+    return conv_forward(xd, flipped, bias, (1, 1), (t, b, lft, r), dilation, activation_name)
