@@ -96,16 +96,23 @@ CONFIGS = {
 }
 
 
-def _recurrent_args(cell, dtype, reverse, use_init, ret_seq, need_dx, act, rec_act, seed=0):
+def _recurrent_args(cell, dtype, reverse, use_init, ret_seq, need_dx, act, rec_act, seed=0, masks=None):
+    """``masks``: None, "input" (one input mask) or "gates" (input and recurrent masks per gate)."""
     r = np.random.default_rng(seed)
     n = GATES[cell] * U
     w = lambda *s: (0.5 * r.standard_normal(s)).astype(dtype)  # noqa: E731
+    n_mx = {None: 0, "input": 1, "gates": GATES[cell]}[masks]
+    n_mh = GATES[cell] if masks == "gates" else 0
+    keep = lambda *s: ((r.random(s) >= 0.3) / 0.7).astype(dtype)  # noqa: E731
+    drop = dict(mask_x=keep(n_mx, B, D) if n_mx else np.zeros((1, 1, 1), dtype), n_mx=n_mx,
+                mask_h=keep(n_mh, B, U) if n_mh else np.zeros((1, 1, 1), dtype), n_mh=n_mh,
+                HM=_nan((n_mh, T, B, U), dtype) if n_mh else np.zeros((1, 1, 1, 1), dtype))
     H = np.zeros((T + 1, B, U), dtype)
     if use_init:
         H[0] = r.standard_normal((B, U))
     fwd = dict(x=w(B, T, D) * 2, reverse=reverse, kernel=w(D, n), recurrent_kernel=w(U, n),
                bias=w(2, n) if cell == "gru" else w(n), use_init=use_init, act=act, ret_seq=ret_seq,
-               xs=_nan((T, B, D), dtype), H=H, rec=_nan((B, n), dtype),
+               xs=_nan((max(n_mx, 1), T, B, D), dtype), H=H, **drop, rec=_nan((B, n), dtype),
                y=_nan((B, T, U), dtype) if ret_seq else _nan((1, 1, 1), dtype))
     if cell == "simple_rnn":
         fwd["P"] = _nan((T, B, U), dtype)
@@ -143,11 +150,19 @@ def test_recurrent_with_a_gemm_per_step_matches_cpu(dev, small_blocks, monkeypat
     _check_recurrent(dev, cell, (True, True, True, True, codes.TANH, codes.SIGMOID), dtype)
 
 
-def _check_recurrent(dev, cell, config, dtype):
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("masks", ["input", "gates"])
+@pytest.mark.parametrize("cell", sorted(GATES))
+def test_recurrent_with_dropout_masks_matches_cpu(dev, small_blocks, cell, masks, dtype):
+    """One input mask, or input and recurrent masks per gate (Keras' two dropout modes)."""
+    _check_recurrent(dev, cell, (True, True, True, True, codes.TANH, codes.SIGMOID), dtype, masks)
+
+
+def _check_recurrent(dev, cell, config, dtype, masks=None):
     reverse, use_init, ret_seq, need_dx, act, rec_act = config
-    fwd, bwd = _recurrent_args(cell, dtype, *config)
+    fwd, bwd = _recurrent_args(cell, dtype, *config, masks=masks)
     states = {"simple_rnn": ["P", "H"], "lstm": ["G", "H", "C", "TC"], "gru": ["G", "H", "RH"]}[cell]
-    outs = ["xs"] + states + (["y"] if ret_seq else [])
+    outs = ["xs"] + states + (["y"] if ret_seq else []) + (["HM"] if masks == "gates" else [])
     twin(dev, "recurrent", f"{cell}_forward", fwd, outs)
     # backward from the CPU forward's results: both sides start from the same state
     args = {**cpu_run("recurrent", f"{cell}_forward", fwd), **bwd}
