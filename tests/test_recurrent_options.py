@@ -42,10 +42,10 @@ def _ref_masks(kind, rate_x, rate_h, batch=B, d=D):
     return mx, mh
 
 
-def dropout_case(kind, rate_x, rate_h, seq=True, backwards=False, init=None):
+def dropout_case(kind, rate_x, rate_h, seq=True, backwards=False, init=None, **layer_kw):
     def make(dt):
         layer = _fixed(getattr(layers, kind))(U, return_sequences=seq, go_backwards=backwards, dropout=rate_x,
-                                               recurrent_dropout=rate_h, dtype=dt, seed=0)
+                                               recurrent_dropout=rate_h, dtype=dt, seed=0, **layer_kw)
         layer.build((None, T, D))
         rng = np.random.default_rng(1)
         layer.set_weights([0.5 * rng.standard_normal(w.shape) for w in layer.get_weights()])
@@ -54,11 +54,12 @@ def dropout_case(kind, rate_x, rate_h, seq=True, backwards=False, init=None):
     def reference(w, x):
         mx, mh = _ref_masks(kind, rate_x, rate_h)
         ys, _ = REFS[kind](x, w["kernel"], w["recurrent_kernel"], w["bias"], *(init or ()), go_backwards=backwards,
-                           mask_x=mx, mask_h=mh)
+                           mask_x=mx, mask_h=mh, **layer_kw)
         return ys if seq else ys[:, -1]
 
     label = f"{kind}-dropout{rate_x}-recurrent{rate_h}" + ("-last" if not seq else "") + \
-        ("-backwards" if backwards else "") + ("-initial" if init else "")
+        ("-backwards" if backwards else "") + ("-initial" if init else "") + \
+        "".join(f"-{k}={v}" for k, v in layer_kw.items())
     return LayerCase(label, make, inputs=lambda r: r.standard_normal((B, T, D)), reference=reference,
                      forward_kwargs={} if init is None else {"initial_state": init}, training=True,
                      rtol=RTOL, atol=ATOL)
@@ -74,6 +75,12 @@ for _kind in ("SimpleRNN", "LSTM", "GRU"):
     CASES += [dropout_case(_kind, 0.25, 0.0),
               dropout_case(_kind, 0.0, 0.25, seq=False),
               dropout_case(_kind, 0.25, 0.5, backwards=True, init=_init(_kind))]
+# GRU reset_after=False (Keras 2 / TF1; PyTorch has no such GRU: the float64 reference is the oracle)
+CASES += [dropout_case("GRU", 0.0, 0.0, reset_after=False),
+          dropout_case("GRU", 0.0, 0.0, seq=False, backwards=True, init=_init("GRU"), reset_after=False),
+          dropout_case("GRU", 0.25, 0.0, seq=False, reset_after=False),
+          dropout_case("GRU", 0.25, 0.5, backwards=True, init=_init("GRU"), reset_after=False),
+          dropout_case("GRU", 0.0, 0.5, reset_after=False)]
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
@@ -245,3 +252,36 @@ def test_unroll_changes_nothing():
     a = layers.GRU(U, unroll=True, dtype="float64", seed=0)
     b = layers.GRU(U, unroll=False, dtype="float64", seed=0)
     np.testing.assert_array_equal(np.array(a.forward(x)), np.array(b.forward(x)))
+
+
+# ------------------------------------------------------- GRU reset_after=False
+def test_gru_reset_before_weights_and_keras_arrays():
+    """Keras 2 layout: bias (3u,); Keras arrays load through set_weights; the formulation
+    differs from reset_after=True for the same weights."""
+    layer = layers.GRU(U, reset_after=False, seed=0)
+    layer.build((None, T, D))
+    assert [w.shape for w in layer.get_weights()] == [(D, 3 * U), (U, 3 * U), (3 * U,)]
+    rng = np.random.default_rng(2)
+    keras_w = [0.5 * rng.standard_normal(s) for s in ((D, 3 * U), (U, 3 * U), (3 * U,))]
+    layer.set_weights([w.astype(np.float32) for w in keras_w])
+    x = rng.standard_normal((B, T, D))
+    want, _ = ref.gru_forward(x, *keras_w, reset_after=False)
+    np.testing.assert_allclose(layer.forward(x.astype(np.float32)), want[:, -1], rtol=1e-5, atol=2e-6)
+    after, _ = ref.gru_forward(x, keras_w[0], keras_w[1], np.stack([keras_w[2], np.zeros(3 * U)]))
+    assert np.abs(after[:, -1] - want[:, -1]).max() > 1e-3
+    with pytest.raises(ValueError):
+        layer.set_weights([keras_w[0], keras_w[1], np.zeros((2, 3 * U))])
+    clone = layers.GRU.from_config(layer.get_config())
+    assert clone.reset_after is False
+
+
+def test_gru_reset_before_trains_and_saves(tmp_path):
+    x = np.random.default_rng(7).standard_normal((8, T, D)).astype(np.float32)
+    y = x.sum(axis=(1, 2))[:, None]
+    model = nb.Sequential([layers.Input((T, D)), layers.GRU(U, reset_after=False), layers.Dense(1)], seed=0)
+    model.compile(optimizer="adam", loss="mse")
+    h = model.fit(x, y, batch_size=4, epochs=3, verbose=0).history["loss"]
+    assert np.all(np.isfinite(h)) and h[-1] < h[0]
+    model.save(tmp_path / "g.nbm")
+    loaded = nb.load_model(tmp_path / "g.nbm")
+    np.testing.assert_allclose(loaded.predict(x), model.predict(x), rtol=1e-6)

@@ -159,10 +159,12 @@ CONTRACT: dict[str, dict[str, tuple[str, str]]] = {
                           "mask_x, n_mx, mask_h, n_mh, HM, use_init, need_dx, dh, dc, dZ, dkernel, drecurrent, dbias, "
                           "dxs, dx",
                           "backward through time of lstm_forward"),
-        "gru_forward": ("x, reverse, kernel, recurrent_kernel, bias, use_init, act, rec_act, ret_seq, mask_x, n_mx, "
-                        "mask_h, n_mh, HM, xs, G, H, "
-                        "RH, rec, y", "GRU (reset_after, gates z, r, h) over x (batch, T, d)"),
-        "gru_backward": ("xs, reverse, kernel, recurrent_kernel, G, H, RH, dy, has_seq, act, rec_act, mask_x, n_mx, "
+        "gru_forward": ("x, reverse, kernel, recurrent_kernel, bias, use_init, act, rec_act, reset_after, ret_seq, "
+                        "mask_x, n_mx, mask_h, n_mh, HM, xs, G, H, RH, rec, y",
+                        "GRU (gates z, r, h) over x (batch, T, d); bias (2, 3u) with reset_after (Keras 3), "
+                        "(1, 3u) without (Keras 2: RH = r * h_{t-1}, the candidate's recurrent product input)"),
+        "gru_backward": ("xs, reverse, kernel, recurrent_kernel, G, H, RH, dy, has_seq, act, rec_act, reset_after, "
+                         "mask_x, n_mx, "
                          "mask_h, n_mh, HM, use_init, "
                          "need_dx, dh, dhz, dZ, dR, dkernel, drecurrent, dbias, dxs, dx",
                          "backward through time of gru_forward"),

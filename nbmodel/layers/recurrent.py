@@ -1,10 +1,11 @@
 """Recurrent layers: SimpleRNN, LSTM, GRU and the Bidirectional wrapper.
 
 Keras 3 semantics and weight layouts: sequences are batch-major (batch, time,
-features); LSTM gates i, f, c, o; GRU reset_after=True, gates z, r, h, bias
-(2, 3u). Kernels: nbmodel/kernels/cpu/recurrent.py (one GEMM for the input
-projection of every step, one recurrent GEMM + one fused gate pass per step,
-weight gradients as large GEMMs after the backward loop).
+features); LSTM gates i, f, c, o; GRU gates z, r, h, bias (2, 3u) with
+reset_after=True (default), (3u,) with reset_after=False. Kernels:
+nbmodel/kernels/cpu/recurrent.py (one GEMM for the input projection of every
+step, one recurrent GEMM + one fused gate pass per step, weight gradients as
+large GEMMs after the backward loop).
 
 Multi-output: with ``return_state=True`` forward returns ``[output, *states]``
 and backward takes one gradient per output (None = unused output). With an
@@ -409,10 +410,12 @@ class LSTM(_RNN):
 
 
 class GRU(_RNN):
-    """Gated recurrent unit, Keras 3 layout (reset_after=True, gate order z, r, h).
+    """Gated recurrent unit, Keras 3 layout (gate order z, r, h).
 
     Params: ``kernel`` (in, 3u), ``recurrent_kernel`` (u, 3u), ``bias`` (2, 3u)
-    (row 0 input bias, row 1 recurrent bias).
+    (row 0 input bias, row 1 recurrent bias) with ``reset_after=True`` (Keras 3
+    default, PyTorch's and cuDNN's GRU); with ``reset_after=False`` (Keras 2 /
+    TF1: the reset gate multiplies h before the recurrent product) ``bias`` (3u,).
     """
 
     _gates = 3
@@ -425,12 +428,10 @@ class GRU(_RNN):
                          use_bias=use_bias, kernel_initializer=kernel_initializer,
                          recurrent_initializer=recurrent_initializer, bias_initializer=bias_initializer,
                          **kwargs)
-        if not reset_after:
-            raise ValueError(f"{self.name}: only reset_after=True (the Keras 3 default) is supported")
-        self.reset_after = True
+        self.reset_after = bool(reset_after)
 
     def _bias_shape(self):
-        return (2, 3 * self.units)
+        return (2, 3 * self.units) if self.reset_after else (3 * self.units,)
 
     def forward(self, x, training=False, initial_state=None):
         x = self._check(x)
@@ -445,9 +446,9 @@ class GRU(_RNN):
         y = self.workspace("y", (B, T, u)) if self.return_sequences else self.workspace("dummy", (1, 1, 1))
         self._set_initial(H, init, 0)
         self.kernels("recurrent").gru_forward(
-            x, self.go_backwards, self.params["kernel"], self.params["recurrent_kernel"], self._bias(),
-            init is not None, self.act, self.rec_act, self.return_sequences, mask_x, n_mx, mask_h, n_mh, HM,
-            xs, G, H, RH, rec, y)
+            x, self.go_backwards, self.params["kernel"], self.params["recurrent_kernel"],
+            self._bias().reshape(-1, 3 * u), init is not None, self.act, self.rec_act, self.reset_after,
+            self.return_sequences, mask_x, n_mx, mask_h, n_mh, HM, xs, G, H, RH, rec, y)
         self._shape = (B, T, D)
         return self._outputs(y, [H[T]])
 
@@ -462,9 +463,10 @@ class GRU(_RNN):
         self.kernels("recurrent").gru_backward(
             self._xs, self.go_backwards, self.params["kernel"], self.params["recurrent_kernel"],
             ws("G", (T, B, 3 * u)), ws("H", (T + 1, B, u)), ws("RH", (T, B, u)),
-            d_seq if has_seq else ws("dummy", (1, 1, 1)), has_seq, self.act, self.rec_act, *self._drop,
-            self._use_init, self._need_dx, dh, ws("dhz", (B, u)), ws("dZ", (T, B, 3 * u)), ws("dR", (T, B, 3 * u)),
-            self.grads["kernel"], self.grads["recurrent_kernel"], self._dbias(), ws("dxs", (T, B, D)), dx)
+            d_seq if has_seq else ws("dummy", (1, 1, 1)), has_seq, self.act, self.rec_act, self.reset_after,
+            *self._drop, self._use_init, self._need_dx, dh, ws("dhz", (B, u)), ws("dZ", (T, B, 3 * u)),
+            ws("dR", (T, B, 3 * u)), self.grads["kernel"], self.grads["recurrent_kernel"],
+            self._dbias().reshape(-1, 3 * u), ws("dxs", (T, B, D)), dx)
         return self._finish_backward(dx, [dh])
 
     def get_config(self):

@@ -46,8 +46,16 @@ def test_lstm_and_gru_kernels_stay_float32():
     G3 = np.empty((T, B, 3 * U), f)
     RH = np.empty((T, B, U), f)
     rec3 = np.empty((B, 3 * U), f)
-    assert float64_ops(k.gru_forward, x, True, W3, R3, b3, False, tanh, sig, True, mx[:1], 1, nm, 0, HM0, xs, G3,
+    assert float64_ops(k.gru_forward, x, True, W3, R3, b3, False, tanh, sig, True, True, mx[:1], 1, nm, 0, HM0, xs, G3,
                        H, RH, rec3, y) == []
-    assert float64_ops(k.gru_backward, xs, True, W3, R3, G3, H, RH, y, True, tanh, sig, mx[:1], 1, nm, 0, HM0,
+    assert float64_ops(k.gru_backward, xs, True, W3, R3, G3, H, RH, y, True, tanh, sig, True, mx[:1], 1, nm, 0, HM0,
                        False, True, dh, np.empty_like(dh), np.empty_like(G3), np.empty_like(G3), np.empty_like(W3),
                        np.empty_like(R3), np.empty_like(b3), dxs, np.empty_like(x)) == []
+    # reset_after=False (bias (1, 3u)) with per-gate masks
+    m3, mh3, HM3, b1 = np.ones((3, B, D), f), np.ones((3, B, U), f), np.empty((3, T, B, U), f), np.zeros((1, 3 * U), f)
+    xs3 = np.empty((3, T, B, D), f)
+    assert float64_ops(k.gru_forward, x, True, W3, R3, b1, True, tanh, sig, False, True, m3, 3, mh3, 3, HM3, xs3,
+                       G3, H, RH, rec3, y) == []
+    assert float64_ops(k.gru_backward, xs3, True, W3, R3, G3, H, RH, y, True, tanh, sig, False, m3, 3, mh3, 3, HM3,
+                       True, True, dh, np.empty_like(dh), np.empty_like(G3), np.empty_like(G3), np.empty_like(W3),
+                       np.empty_like(R3), np.empty_like(b1), dxs, np.empty_like(x)) == []

@@ -484,32 +484,93 @@ def _gru_gates(G, H, RH, rec, b_in, b_rec, t, act, rec_act, one):
             hn[j] = z * hp[j] + (one - z) * g[o + j]
 
 
-@jit
-def gru_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act, rec_act, ret_seq,
-                mask_x, n_mx, mask_h, n_mh, HM, xs, G, H, RH, rec, y):
-    """GRU (reset_after=True, gate order z, r, h) over all steps.
+@inline
+def _gru_zr_before(G, H, RH, HM, n_mh, rec, b_in, t, has_prev, rec_act, one):
+    """reset_after=False, first half of step t: z, r, and RH[t] = r * h_{t-1} (the
+    candidate block's masked h_{t-1} with recurrent masks; 0 without a previous state)."""
+    B = rec.shape[0]
+    u = H.shape[2]
+    for b in range(B):
+        g = G[t, b]
+        r_ = rec[b]
+        for j in range(2 * u):
+            g[j] = ract(rec_act, g[j] + b_in[j] + r_[j], one)
+        rh = RH[t, b]
+        if not has_prev:
+            for j in range(u):
+                rh[j] = 0
+        elif n_mh > 0:
+            hm = HM[2, t, b]
+            for j in range(u):
+                rh[j] = g[u + j] * hm[j]
+        else:
+            hp = H[t, b]
+            for j in range(u):
+                rh[j] = g[u + j] * hp[j]
 
-    bias (2, 3u): row 0 input bias, row 1 recurrent bias. G (T, B, 3u) holds
-    the activated z, r, hh; RH (T, B, u) the recurrent candidate term
-    h_{t-1} U_h + b_rec_h that the reset gate multiplies. Other arguments as
-    in lstm_forward.
+
+@inline
+def _gru_h_before(G, H, rech, b_in, t, act, one):
+    """reset_after=False, second half: candidate act(x_h + b_h + (r * h_{t-1}) U_h), h update."""
+    B = rech.shape[0]
+    u = H.shape[2]
+    o = 2 * u
+    for b in range(B):
+        g = G[t, b]
+        rc = rech[b]
+        for j in range(u):
+            g[o + j] = ract(act, g[o + j] + b_in[o + j] + rc[j], one)
+        hp = H[t, b]
+        hn = H[t + 1, b]
+        for j in range(u):
+            z = g[j]
+            hn[j] = z * hp[j] + (one - z) * g[o + j]
+
+
+@jit
+def gru_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act, rec_act, reset_after, ret_seq,
+                mask_x, n_mx, mask_h, n_mh, HM, xs, G, H, RH, rec, y):
+    """GRU (gate order z, r, h) over all steps.
+
+    reset_after (Keras 3 default): bias (2, 3u), row 0 input bias, row 1
+    recurrent bias; RH (T, B, u) the recurrent candidate term
+    h_{t-1} U_h + b_rec_h that the reset gate multiplies. reset_after=False
+    (Keras 2 / TF1): bias (1, 3u) input bias only; the candidate is
+    act(x_h + b_h + (r * h_{t-1}) U_h) with RH[t] = r * h_{t-1}. G (T, B, 3u)
+    holds the activated z, r, hh. Other arguments as in lstm_forward.
     """
     B, T, D = x.shape
     one = x.dtype.type(1)
     masked_time_major(x, reverse, mask_x, n_mx, xs)
     project_blocks(xs.reshape(xs.shape[0], T * B, D), n_mx, kernel, G.reshape(T * B, G.shape[2]))
     b_in = bias[0]
-    b_rec = bias[1]
+    b_rec = bias[bias.shape[0] - 1]
     std = act == TANH and rec_act == SIGMOID
+    u = H.shape[2]
+    if not reset_after:
+        u_h = np.ascontiguousarray(recurrent_kernel[:, 2 * u:])
+        rech = np.empty((B, u), x.dtype)
     for t in range(T):
-        if t > 0 or use_init:
+        has_prev = t > 0 or use_init
+        if has_prev:
             recurrent_product(H, t, recurrent_kernel, mask_h, n_mh, HM, rec)
         else:
             rec[:, :] = 0
-        if std:
-            _gru_gates(G, H, RH, rec, b_in, b_rec, t, TANH, SIGMOID, one)
+        if reset_after:
+            if std:
+                _gru_gates(G, H, RH, rec, b_in, b_rec, t, TANH, SIGMOID, one)
+            else:
+                _gru_gates(G, H, RH, rec, b_in, b_rec, t, act, rec_act, one)
         else:
-            _gru_gates(G, H, RH, rec, b_in, b_rec, t, act, rec_act, one)
+            if std:
+                _gru_zr_before(G, H, RH, HM, n_mh, rec, b_in, t, has_prev, SIGMOID, one)
+            else:
+                _gru_zr_before(G, H, RH, HM, n_mh, rec, b_in, t, has_prev, rec_act, one)
+            np.dot(RH[t], u_h, rech)
+            if std:
+                _gru_h_before(G, H, rech, b_in, t, TANH, one)
+            else:
+                _gru_h_before(G, H, rech, b_in, t, act, one)
         if ret_seq:
             _copy_step(H, t, y)
 
@@ -550,8 +611,72 @@ def _gru_gates_backward(G, H, RH, dy, dh, dhz, dZ, dR, t, has_seq, act, rec_act,
             dr[u + j] = dpr
 
 
+@inline
+def _gru_h_before_backward(G, H, dy, dh, dhz, dZ, dR, dph, t, has_seq, act, rec_act, one):
+    """reset_after=False, first half of step t backward: the z and candidate gradients
+    (dph (B, u) also apart, for the candidate product's gradient); dhz = d * z."""
+    B = dh.shape[0]
+    u = dh.shape[1]
+    o = 2 * u
+    for b in range(B):
+        g = G[t, b]
+        dhb = dh[b]
+        dhzb = dhz[b]
+        for j in range(u):
+            dhb[j] += dhzb[j]
+        if has_seq:
+            yb = dy[b, t]
+            for j in range(u):
+                dhb[j] += yb[j]
+        hp = H[t, b]
+        dz = dZ[t, b]
+        dr = dR[t, b]
+        dp = dph[b]
+        for j in range(u):
+            d = dhb[j]
+            z = g[j]
+            hh = g[o + j]
+            dpz = d * (hp[j] - hh) * ract_grad(rec_act, z, one)
+            dpc = d * (one - z) * ract_grad(act, hh, one)
+            dz[j] = dpz
+            dz[o + j] = dpc
+            dr[j] = dpz
+            dr[o + j] = 0  # the candidate's product is (r * h_{t-1}) U_h: its gradient goes through drh
+            dp[j] = dpc
+            dhzb[j] = d * z
+
+
+@inline
+def _gru_r_before_backward(G, H, HM, n_mh, mask_h, drh, dhz, dZ, dR, t, has_prev, rec_act, one):
+    """reset_after=False, second half: drh = d(r * h_{t-1}); the reset gate's gradient and
+    the path into h_{t-1} (through the candidate block's mask) added to dhz."""
+    B = drh.shape[0]
+    u = drh.shape[1]
+    for b in range(B):
+        g = G[t, b]
+        dz = dZ[t, b]
+        dr = dR[t, b]
+        d_ = drh[b]
+        dhzb = dhz[b]
+        for j in range(u):
+            r = g[u + j]
+            if not has_prev:  # h_{-1} = 0: r has no effect
+                hm = one - one
+                m = one
+            elif n_mh > 0:
+                hm = HM[2, t, b, j]
+                m = mask_h[2, b, j]
+            else:
+                hm = H[t, b, j]
+                m = one
+            dpr = d_[j] * hm * ract_grad(rec_act, r, one)
+            dz[u + j] = dpr
+            dr[u + j] = dpr
+            dhzb[j] += d_[j] * r * m
+
+
 @jit
-def gru_backward(xs, reverse, kernel, recurrent_kernel, G, H, RH, dy, has_seq, act, rec_act,
+def gru_backward(xs, reverse, kernel, recurrent_kernel, G, H, RH, dy, has_seq, act, rec_act, reset_after,
                  mask_x, n_mx, mask_h, n_mh, HM, use_init, need_dx, dh, dhz, dZ, dR, dkernel, drecurrent, dbias,
                  dxs, dx):
     """Backward through time of gru_forward.
@@ -559,18 +684,33 @@ def gru_backward(xs, reverse, kernel, recurrent_kernel, G, H, RH, dy, has_seq, a
     dh (B, u): on entry the gradient reaching the last step, on exit that of
     the initial state; dhz (B, u) workspace. dZ (T, B, 3u) gradients of the
     input projection, dR (T, B, 3u) of the recurrent product (they differ in
-    the candidate block by the reset gate). dbias (2, 3u).
+    the candidate block by the reset gate). dbias (2, 3u), or (1, 3u) without
+    reset_after (then dR's candidate block is 0 and drecurrent's candidate
+    columns are RH.T @ the candidate gradients).
     """
     K, T, B, D = xs.shape
     n3 = G.shape[2]
+    u = n3 // 3
     one = xs.dtype.type(1)
     dhz[:, :] = 0
     std = act == TANH and rec_act == SIGMOID
+    if not reset_after:
+        u_h = np.ascontiguousarray(recurrent_kernel[:, 2 * u:])
+        dph = np.empty((B, u), xs.dtype)
+        drh = np.empty((B, u), xs.dtype)
     for t in range(T - 1, -1, -1):
-        if std:
-            _gru_gates_backward(G, H, RH, dy, dh, dhz, dZ, dR, t, has_seq, TANH, SIGMOID, one)
+        if reset_after:
+            if std:
+                _gru_gates_backward(G, H, RH, dy, dh, dhz, dZ, dR, t, has_seq, TANH, SIGMOID, one)
+            else:
+                _gru_gates_backward(G, H, RH, dy, dh, dhz, dZ, dR, t, has_seq, act, rec_act, one)
         else:
-            _gru_gates_backward(G, H, RH, dy, dh, dhz, dZ, dR, t, has_seq, act, rec_act, one)
+            if std:
+                _gru_h_before_backward(G, H, dy, dh, dhz, dZ, dR, dph, t, has_seq, TANH, SIGMOID, one)
+            else:
+                _gru_h_before_backward(G, H, dy, dh, dhz, dZ, dR, dph, t, has_seq, act, rec_act, one)
+            np.dot(dph, u_h.T, drh)
+            _gru_r_before_backward(G, H, HM, n_mh, mask_h, drh, dhz, dZ, dR, t, t > 0 or use_init, rec_act, one)
         # dh_{t-1} = dhz (direct path through z) + dR_t @ U.T; dhz is added at
         # the start of the next step's pass
         if t > 0 or use_init:
@@ -581,7 +721,12 @@ def gru_backward(xs, reverse, kernel, recurrent_kernel, G, H, RH, dy, has_seq, a
     weight_grads(xs, kernel, H, HM, dZ, dR, mask_x, n_mx, n_mh, use_init, need_dx, reverse,
                  dkernel, drecurrent, dxs, dx)
     _bias_colsum(dZ.reshape(T * B, n3), dbias[0])
-    _bias_colsum(dR.reshape(T * B, n3), dbias[1])
+    if reset_after:
+        _bias_colsum(dR.reshape(T * B, n3), dbias[1])
+    else:
+        tmp = np.empty((u, u), xs.dtype)
+        np.dot(RH.reshape(T * B, u).T, np.ascontiguousarray(dZ.reshape(T * B, n3)[:, 2 * u:]), tmp)
+        drecurrent[:, 2 * u:] = tmp
 
 
 # -------------------------------------------------------------- SimpleRNN

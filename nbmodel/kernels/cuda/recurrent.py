@@ -512,35 +512,172 @@ _GRU_STEP_BACK = per_dtype(_build_gru_step_back, lambda t: (
     _B, _I, _I))
 
 
-def gru_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act, rec_act, ret_seq,
+# reset_after=False (Keras 2 / TF1): the candidate's recurrent product takes r * h_{t-1},
+# so each step is two launches around a gemm (RH[t] @ U_h) forward and backward.
+def _build_gru_zr_before(nbt):
+    f32 = nbt == types.float32
+
+    def _gru_zr_before(G, H, RH, HM, rec, rk, bias, t, mode, has_mh, rec_act):
+        """z, r of step t for thread (b, j) and RH[t] = r * h_{t-1} (the candidate block's
+        masked state with recurrent masks; 0 without a previous state)."""
+        k = cuda.grid(1)
+        u = H.shape[2]
+        if k < H.shape[1] * u:
+            b = k // u
+            j = k - b * u
+            one = nbt(1)
+            for g in range(2):
+                c = g * u + j
+                G[t, b, c] = gate_act(rec_act, G[t, b, c] + bias[0, c] + _rec(H, t, b, rk, rec, c, mode), one, f32)
+            hp = nbt(0)
+            if mode != _NONE:
+                hp = HM[2, t, b, j] if has_mh else H[t, b, j]
+            RH[t, b, j] = G[t, b, u + j] * hp
+
+    return _gru_zr_before
+
+
+def _build_gru_h_before(nbt):
+    f32 = nbt == types.float32
+
+    def _gru_h_before(G, H, rech, bias, t, act, ret_seq, y):
+        """Candidate act(x_h + b_h + (RH[t] @ U_h)[b, j]) and h update for thread (b, j)."""
+        k = cuda.grid(1)
+        u = H.shape[2]
+        if k < H.shape[1] * u:
+            b = k // u
+            j = k - b * u
+            one = nbt(1)
+            c = 2 * u + j
+            hh = nbt(gate_act(act, G[t, b, c] + bias[0, c] + rech[b, j], one, f32))
+            G[t, b, c] = hh
+            z = G[t, b, j]
+            h = z * H[t, b, j] + (one - z) * hh
+            H[t + 1, b, j] = h
+            if ret_seq:
+                y[b, t, j] = h
+
+    return _gru_h_before
+
+
+def _build_gru_h_before_back(nbt):
+    def _gru_h_before_back(G, H, dy, dh, dhz, dZ, dR, dph, rk, t, mode, first, has_seq, act, rec_act):
+        """z and candidate gradients of step t for thread (b, j); dR's candidate block is 0
+        (that product's gradient goes through RH); dph = the candidate gradient; dhz = d * z."""
+        k = cuda.grid(1)
+        u = dh.shape[1]
+        if k < dh.shape[0] * u:
+            b = k // u
+            j = k - b * u
+            one = nbt(1)
+            d = _dh(dR, t, b, rk, dh, j, mode)
+            if not first:
+                d += dhz[b, j]
+            if has_seq:
+                d += dy[b, t, j]
+            o = 2 * u + j
+            z = G[t, b, j]
+            hh = G[t, b, o]
+            dpz = d * (H[t, b, j] - hh) * act_grad_scalar(rec_act, z, z, one)
+            dpc = d * (one - z) * act_grad_scalar(act, hh, hh, one)
+            dZ[t, b, j] = dpz
+            dZ[t, b, o] = dpc
+            dR[t, b, j] = dpz
+            dR[t, b, o] = nbt(0)
+            dph[b, j] = dpc
+            dhz[b, j] = d * z
+
+    return _gru_h_before_back
+
+
+def _build_gru_r_before_back(nbt):
+    def _gru_r_before_back(G, H, HM, mask_h, drh, dhz, dZ, dR, t, has_prev, has_mh, rec_act):
+        """From drh = d(r * h_{t-1}) (B, u): the reset gate's gradient, and its path into
+        h_{t-1} (through the candidate block's mask) added to dhz, for thread (b, j)."""
+        k = cuda.grid(1)
+        u = drh.shape[1]
+        if k < drh.shape[0] * u:
+            b = k // u
+            j = k - b * u
+            one = nbt(1)
+            r = G[t, b, u + j]
+            hp = nbt(0)
+            m = one
+            if has_prev:
+                if has_mh:
+                    hp = HM[2, t, b, j]
+                    m = mask_h[2, b, j]
+                else:
+                    hp = H[t, b, j]
+            dpr = drh[b, j] * hp * act_grad_scalar(rec_act, r, r, one)
+            dZ[t, b, u + j] = dpr
+            dR[t, b, u + j] = dpr
+            dhz[b, j] += drh[b, j] * r * m
+
+    return _gru_r_before_back
+
+
+_GRU_ZR_BEFORE = per_dtype(_build_gru_zr_before, lambda t: (
+    _three(t), _three(t), _three(t), types.Array(t, 4, "C"), _two(t), _two(t), _two(t), _I, _I, _B, _I))
+_GRU_H_BEFORE = per_dtype(_build_gru_h_before, lambda t: (
+    _three(t), _three(t), _two(t), _two(t), _I, _I, _B, _three(t)))
+_GRU_H_BEFORE_BACK = per_dtype(_build_gru_h_before_back, lambda t: (
+    _three(t), _three(t), _three(t), _two(t), _two(t), _three(t), _three(t), _two(t), _two(t), _I, _I, _B, _B, _I,
+    _I))
+_GRU_R_BEFORE_BACK = per_dtype(_build_gru_r_before_back, lambda t: (
+    _three(t), _three(t), types.Array(t, 4, "C"), _three(t), _two(t), _two(t), _three(t), _three(t), _I, _B, _B,
+    _I))
+
+
+def gru_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act, rec_act, reset_after, ret_seq,
                 mask_x, n_mx, mask_h, n_mh, HM, xs, G, H, RH, rec, y):
-    """GRU (reset_after, gate order z, r, h) over x (B, T, D); bias (2, 3u): input and
-    recurrent biases."""
+    """GRU (gate order z, r, h) over x (B, T, D); bias (2, 3u): input and recurrent
+    biases with reset_after, (1, 3u) without (RH[t] = r * h_{t-1} then)."""
     B, T, D = x.shape
     u = H.shape[2]
-    step = _GRU_STEP[G.dtype]
     fused = _mode(B, 3 * u, u)
     masks = _forward_start(x, reverse, kernel, recurrent_kernel, mask_x, n_mx, mask_h, n_mh, HM, xs, G)
+    if not reset_after:
+        zr, hstep = _GRU_ZR_BEFORE[G.dtype], _GRU_H_BEFORE[G.dtype]
+        u_h = _column_blocks(recurrent_kernel, 3)[2]
+        rech = cuda.device_array((B, u), G.dtype)
     for t in range(T):
         mode = _rec_forward(masks, fused, t, use_init, H, recurrent_kernel, rec)
-        step[_cells(B, u)](G, H, RH, rec, recurrent_kernel, bias, t, mode, int(act), int(rec_act),
-                           bool(ret_seq), y)
+        if reset_after:
+            _GRU_STEP[G.dtype][_cells(B, u)](G, H, RH, rec, recurrent_kernel, bias, t, mode, int(act), int(rec_act),
+                                             bool(ret_seq), y)
+        else:
+            zr[_cells(B, u)](G, H, RH, HM, rec, recurrent_kernel, bias, t, mode, masks is not None, int(rec_act))
+            gemm(RH[t], u_h, rech)
+            hstep[_cells(B, u)](G, H, rech, bias, t, int(act), bool(ret_seq), y)
 
 
-def gru_backward(xs, reverse, kernel, recurrent_kernel, G, H, RH, dy, has_seq, act, rec_act,
+def gru_backward(xs, reverse, kernel, recurrent_kernel, G, H, RH, dy, has_seq, act, rec_act, reset_after,
                  mask_x, n_mx, mask_h, n_mh, HM, use_init, need_dx, dh, dhz, dZ, dR, dkernel, drecurrent, dbias,
                  dxs, dx):
     """Backward through time of gru_forward: dh (B, u) the gradient reaching the last step
-    on entry, that of the initial state on exit; dhz (B, u) workspace; dbias (2, 3u)."""
+    on entry, that of the initial state on exit; dhz (B, u) workspace; dbias (2, 3u), or
+    (1, 3u) without reset_after."""
     K, T, B, D = xs.shape
     u = dh.shape[1]
-    step = _GRU_STEP_BACK[dZ.dtype]
     fused = _mode(B, 3 * u, u)
     masks = _RecurrentMasks(recurrent_kernel, mask_h, n_mh, HM) if n_mh else None
+    if not reset_after:
+        hback, rback = _GRU_H_BEFORE_BACK[dZ.dtype], _GRU_R_BEFORE_BACK[dZ.dtype]
+        u_h = _column_blocks(recurrent_kernel, 3)[2]
+        dph = cuda.device_array((B, u), dZ.dtype)
+        drh = cuda.device_array((B, u), dZ.dtype)
     for t in range(T - 1, -1, -1):
         mode = _rec_backward(masks, fused, t, T, dR, recurrent_kernel, dh)
-        step[_cells(B, u)](G, H, RH, dy, dh, dhz, dZ, dR, recurrent_kernel, t, mode, t == T - 1,
-                           bool(has_seq), int(act), int(rec_act))
+        if reset_after:
+            _GRU_STEP_BACK[dZ.dtype][_cells(B, u)](G, H, RH, dy, dh, dhz, dZ, dR, recurrent_kernel, t, mode,
+                                                   t == T - 1, bool(has_seq), int(act), int(rec_act))
+        else:
+            hback[_cells(B, u)](G, H, dy, dh, dhz, dZ, dR, dph, recurrent_kernel, t, mode, t == T - 1,
+                                bool(has_seq), int(act), int(rec_act))
+            gemm(dph, u_h, drh, trans_b=True)
+            rback[_cells(B, u)](G, H, HM, mask_h, drh, dhz, dZ, dR, t, bool(t > 0 or use_init), masks is not None,
+                                int(rec_act))
     # the initial state's gradient: dR_0 @ recurrent_kernel.T (none without an initial state) + dhz
     if use_init:
         _initial_grad(masks, dR[0], recurrent_kernel, dh)
@@ -550,7 +687,14 @@ def gru_backward(xs, reverse, kernel, recurrent_kernel, G, H, RH, dy, has_seq, a
     _weight_grads(xs, kernel, H, HM, dZ, dR, mask_x, n_mx, n_mh, use_init, need_dx, dkernel, drecurrent, dxs,
                   reverse, dx)
     column_sums(dZ.reshape(T * B, 3 * u), dbias[0])
-    column_sums(dR.reshape(T * B, 3 * u), dbias[1])
+    if reset_after:
+        column_sums(dR.reshape(T * B, 3 * u), dbias[1])
+    else:  # the candidate block of drecurrent: (r * h_{t-1}).T @ its gradient
+        zb = cuda.device_array((T * B, u), dZ.dtype)
+        tmp = cuda.device_array((u, u), dZ.dtype)
+        _take_columns(dZ.reshape(T * B, 3 * u), 2 * u, zb)
+        gemm(RH.reshape(T * B, u), zb, tmp, trans_a=True)
+        _put_columns(tmp, drecurrent, 2 * u)
 
 
 # -------------------------------------------------------------- SimpleRNN

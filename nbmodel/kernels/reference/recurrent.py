@@ -66,19 +66,25 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, h0=None, c0=None, activation
 
 
 def gru_forward(x, kernel, recurrent_kernel, bias, h0=None, activation_name="tanh",
-                recurrent_activation="sigmoid", go_backwards=False, mask_x=None, mask_h=None):
-    """Keras GRU with reset_after=True, gate order z, r, h; bias (2, 3u)."""
+                recurrent_activation="sigmoid", go_backwards=False, mask_x=None, mask_h=None, reset_after=True):
+    """Keras GRU, gate order z, r, h. reset_after (Keras 3 default): bias (2, 3u),
+    candidate act(x_h + r * (h U_h + b_rec_h)); reset_after=False (Keras 2 / TF1):
+    bias (3u,), candidate act(x_h + b_h + (r * h) U_h)."""
     x = np.asarray(x, np.float64)
     B = x.shape[0]
     u = recurrent_kernel.shape[0]
     h = np.zeros((B, u)) if h0 is None else np.asarray(h0, np.float64)
     outs = []
     for t in _steps(x, go_backwards):
-        xp = _masked_product(x[:, t], kernel, mask_x, 3) + bias[0]
-        hp = _masked_product(h, recurrent_kernel, mask_h, 3) + bias[1]
+        xp = _masked_product(x[:, t], kernel, mask_x, 3) + (bias[0] if reset_after else bias)
+        hp = _masked_product(h, recurrent_kernel, mask_h, 3) + (bias[1] if reset_after else 0.0)
         z = activation(recurrent_activation, xp[:, :u] + hp[:, :u])
         r = activation(recurrent_activation, xp[:, u:2 * u] + hp[:, u:2 * u])
-        hh = activation(activation_name, xp[:, 2 * u:] + r * hp[:, 2 * u:])
+        if reset_after:
+            hh = activation(activation_name, xp[:, 2 * u:] + r * hp[:, 2 * u:])
+        else:
+            hm = h if mask_h is None else h * mask_h[2 if len(mask_h) > 1 else 0]
+            hh = activation(activation_name, xp[:, 2 * u:] + (r * hm) @ recurrent_kernel[:, 2 * u:])
         h = z * h + (1.0 - z) * hh
         outs.append(h)
     return np.stack(outs, axis=1), [h]
