@@ -37,8 +37,8 @@ def _ref_masks(kind, rate_x, rate_h, batch=B, d=D):
     """The masks the layer derives from the fixed draws (Keras' rule for their number)."""
     n_mh = GATES[kind] if rate_h else 0
     n_mx = 0 if not rate_x else (GATES[kind] if rate_h else 1)
-    mx = (_uniform("x", (n_mx, batch, d)) >= rate_x) / (1 - rate_x) if n_mx else None
-    mh = (_uniform("h", (n_mh, batch, U)) >= rate_h) / (1 - rate_h) if n_mh else None
+    mx = (_uniform("x", (batch, n_mx, d)) >= rate_x) / (1 - rate_x) if n_mx else None
+    mh = (_uniform("h", (batch, n_mh, U)) >= rate_h) / (1 - rate_h) if n_mh else None
     return mx, mh
 
 
@@ -114,7 +114,7 @@ def test_masks_statistics_and_fixed_over_time(kind):
     mask_x, n_mx, mask_h, n_mh, _ = layer._drop
     assert (n_mx, n_mh) == (GATES[kind], GATES[kind])
     mx, mh = np.array(mask_x), np.array(mask_h)
-    assert mx.shape == (GATES[kind], batch, D) and mh.shape == (GATES[kind], batch, U)
+    assert mx.shape == (batch, GATES[kind], D) and mh.shape == (batch, GATES[kind], U)
     for m, r in ((mx, rx), (mh, rh)):
         assert set(np.unique(m)) <= {0.0, 1 / (1 - r)}
         assert abs((m == 0).mean() - r) < 4 * np.sqrt(r * (1 - r) / m.size)
@@ -126,7 +126,7 @@ def test_masks_statistics_and_fixed_over_time(kind):
     # dropout only: one input mask for every gate (Keras' default implementation 2)
     only = getattr(layers, kind)(U, dropout=rx, seed=5)
     only.forward(x.astype(np.float32), training=True)
-    assert only._drop[1] == 1 and only._drop[3] == 0 and np.array(only._drop[0]).shape == (1, batch, D)
+    assert only._drop[1] == 1 and only._drop[3] == 0 and np.array(only._drop[0]).shape == (batch, 1, D)
 
 
 def test_no_draws_at_rate_zero_or_in_inference():

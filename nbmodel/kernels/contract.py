@@ -143,7 +143,7 @@ CONTRACT: dict[str, dict[str, tuple[str, str]]] = {
                                "mask_h, n_mh, HM, xs, P, H, rec, y",
                                "SimpleRNN over x (batch, T, d); H (T + 1, batch, u) holds every state, "
                                "H[0] the initial one. Dropout (every cell): n_mx input masks mask_x "
-                               "(n_mx | 1, batch, d) and n_mh recurrent masks mask_h (n_mh | 1, batch, u), each "
+                               "(batch, n_mx | 1, d) and n_mh recurrent masks mask_h (batch, n_mh | 1, u), each "
                                "0 (none), 1 (all gates) or n_gates (one per gate block); xs (max(n_mx, 1), T, "
                                "batch, d) the masked time-major inputs; HM (n_mh | 1, T, batch, u) the masked "
                                "previous states"),

@@ -224,8 +224,8 @@ class _RNN(Layer):
         n_mh = self._gates if rh > 0 else 0
         n_mx = 0 if rx == 0 else (self._gates if rh > 0 else 1)
         none = self.constant("no_mask", (1, 1, 1), 0)
-        mask_x = self._mask("x", (n_mx, B, D), rx) if n_mx else none
-        mask_h = self._mask("h", (n_mh, B, u), rh) if n_mh else none
+        mask_x = self._mask("x", (B, n_mx, D), rx) if n_mx else none  # batch first (data-parallel shards)
+        mask_h = self._mask("h", (B, n_mh, u), rh) if n_mh else none
         xs = self.workspace("xs", (max(n_mx, 1), T, B, D))
         HM = self.workspace("HM", (n_mh, T, B, u)) if n_mh else self.workspace("dummy4", (1, 1, 1, 1))
         self._drop = (mask_x, n_mx, mask_h, n_mh, HM)

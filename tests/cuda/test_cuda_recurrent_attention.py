@@ -106,8 +106,8 @@ def _recurrent_args(cell, dtype, reverse, use_init, ret_seq, need_dx, act, rec_a
     n_mx = {None: 0, "input": 1, "gates": GATES[cell]}[masks]
     n_mh = GATES[cell] if masks == "gates" else 0
     keep = lambda *s: ((r.random(s) >= 0.3) / 0.7).astype(dtype)  # noqa: E731
-    drop = dict(mask_x=keep(n_mx, B, D) if n_mx else np.zeros((1, 1, 1), dtype), n_mx=n_mx,
-                mask_h=keep(n_mh, B, U) if n_mh else np.zeros((1, 1, 1), dtype), n_mh=n_mh,
+    drop = dict(mask_x=keep(B, n_mx, D) if n_mx else np.zeros((1, 1, 1), dtype), n_mx=n_mx,
+                mask_h=keep(B, n_mh, U) if n_mh else np.zeros((1, 1, 1), dtype), n_mh=n_mh,
                 HM=_nan((n_mh, T, B, U), dtype) if n_mh else np.zeros((1, 1, 1, 1), dtype))
     H = np.zeros((T + 1, B, U), dtype)
     if use_init:

@@ -19,7 +19,7 @@ def test_lstm_and_gru_kernels_stay_float32():
     xs = np.empty((1, T, B, D), f)
     # dropout off and on (one input mask; one input and one recurrent mask per gate)
     nm, HM0 = np.zeros((1, 1, 1), f), np.zeros((1, 1, 1, 1), f)
-    mx, mh, HM = np.ones((4, B, D), f), np.ones((4, B, U), f), np.empty((4, T, B, U), f)
+    mx, mh, HM = np.ones((B, 4, D), f), np.ones((B, 4, U), f), np.empty((4, T, B, U), f)
     xs4 = np.empty((4, T, B, D), f)
     G = np.empty((T, B, 4 * U), f)
     H = np.zeros((T + 1, B, U), f)
@@ -46,13 +46,14 @@ def test_lstm_and_gru_kernels_stay_float32():
     G3 = np.empty((T, B, 3 * U), f)
     RH = np.empty((T, B, U), f)
     rec3 = np.empty((B, 3 * U), f)
-    assert float64_ops(k.gru_forward, x, True, W3, R3, b3, False, tanh, sig, True, True, mx[:1], 1, nm, 0, HM0, xs, G3,
+    mx1 = mx[:, :1].copy()
+    assert float64_ops(k.gru_forward, x, True, W3, R3, b3, False, tanh, sig, True, True, mx1, 1, nm, 0, HM0, xs, G3,
                        H, RH, rec3, y) == []
-    assert float64_ops(k.gru_backward, xs, True, W3, R3, G3, H, RH, y, True, tanh, sig, True, mx[:1], 1, nm, 0, HM0,
+    assert float64_ops(k.gru_backward, xs, True, W3, R3, G3, H, RH, y, True, tanh, sig, True, mx1, 1, nm, 0, HM0,
                        False, True, dh, np.empty_like(dh), np.empty_like(G3), np.empty_like(G3), np.empty_like(W3),
                        np.empty_like(R3), np.empty_like(b3), dxs, np.empty_like(x)) == []
     # reset_after=False (bias (1, 3u)) with per-gate masks
-    m3, mh3, HM3, b1 = np.ones((3, B, D), f), np.ones((3, B, U), f), np.empty((3, T, B, U), f), np.zeros((1, 3 * U), f)
+    m3, mh3, HM3, b1 = np.ones((B, 3, D), f), np.ones((B, 3, U), f), np.empty((3, T, B, U), f), np.zeros((1, 3 * U), f)
     xs3 = np.empty((3, T, B, D), f)
     assert float64_ops(k.gru_forward, x, True, W3, R3, b1, True, tanh, sig, False, True, m3, 3, mh3, 3, HM3, xs3,
                        G3, H, RH, rec3, y) == []

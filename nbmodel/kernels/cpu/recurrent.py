@@ -193,7 +193,8 @@ def _bias_colsum(dZ2, db):
 # ---------------------------------------------------------- dropout masks
 # Keras 3 semantics (keras/src/layers/rnn/{simple_rnn,lstm,gru}.py): masks are
 # drawn once per call and reused at every step. ``n_mx`` input masks
-# mask_x (n_mx, B, D) and ``n_mh`` recurrent masks mask_h (n_mh, B, u): 0 = no
+# mask_x (B, n_mx, D) and ``n_mh`` recurrent masks mask_h (B, n_mh, u) (batch
+# first: a data-parallel shard draws its rows of the global batch's masks): 0 = no
 # mask; 1 = one mask for every gate; n_gates = one per gate block of
 # ``n_gates*u`` columns (Keras' implementation 1, used when recurrent_dropout
 # > 0). The gate passes never see the masks: they only change the products
@@ -206,7 +207,7 @@ def masked_time_major(x, reverse, mask_x, n_mx, xs):
         return
     B, T, D = x.shape
     for s in range(n_mx):
-        m = mask_x[s]
+        m = mask_x[:, s]
         out = xs[s]
         for t in range(T):
             src = T - 1 - t if reverse else t
@@ -233,14 +234,14 @@ def project_blocks(a, n_mask, w, out):
 @jit
 def recurrent_product(H, t, recurrent_kernel, mask_h, n_mh, HM, rec):
     """rec = h_{t-1} @ recurrent_kernel (h_{t-1} = H[t]); with recurrent masks the
-    masked states HM[s, t] = H[t] * mask_h[s] are kept for the weight gradient."""
+    masked states HM[s, t] = H[t] * mask_h[:, s] are kept for the weight gradient."""
     if n_mh == 0:
         np.dot(H[t], recurrent_kernel, rec)
         return
-    B, u = mask_h.shape[1], mask_h.shape[2]
+    B, u = mask_h.shape[0], mask_h.shape[2]
     for s in range(n_mh):
         hm = HM[s, t]
-        m = mask_h[s]
+        m = mask_h[:, s]
         for b in range(B):
             for j in range(u):
                 hm[b, j] = H[t, b, j] * m[b, j]
@@ -260,7 +261,7 @@ def recurrent_grad(dz, recurrent_kernel, mask_h, n_mh, dh):
     for s in range(n_mh):
         np.dot(np.ascontiguousarray(dz[:, s * bw:(s + 1) * bw]),
                np.ascontiguousarray(recurrent_kernel[:, s * bw:(s + 1) * bw].T), tmp)
-        m = mask_h[s]
+        m = mask_h[:, s]
         for b in range(B):
             for j in range(u):
                 dh[b, j] += tmp[b, j] * m[b, j]
@@ -316,7 +317,7 @@ def weight_grads(xs, kernel, H, HM, Z, R, mask_x, n_mx, n_mh, use_init, need_dx,
         else:
             np.dot(np.ascontiguousarray(Z2[:, s * bw:(s + 1) * bw]),
                    np.ascontiguousarray(kernel[:, s * bw:(s + 1) * bw].T), dxs2)
-        m = mask_x[s]
+        m = mask_x[:, s]
         for b in range(B):
             for t in range(T):
                 src = T - 1 - t if reverse else t
@@ -665,7 +666,7 @@ def _gru_r_before_backward(G, H, HM, n_mh, mask_h, drh, dhz, dZ, dR, t, has_prev
                 m = one
             elif n_mh > 0:
                 hm = HM[2, t, b, j]
-                m = mask_h[2, b, j]
+                m = mask_h[b, 2, j]
             else:
                 hm = H[t, b, j]
                 m = one

@@ -33,7 +33,7 @@ one contiguous (batch, features) matrix.
 Dropout (mask_x, n_mx, mask_h, n_mh, HM: see the CPU twin) changes only the
 products, never the step kernels: the inputs are masked on their way to
 time-major (one xs per mask set); with recurrent masks the recurrent term is
-always a gemm per mask set (masked states HM[s, t] = H[t] * mask_h[s] against
+always a gemm per mask set (masked states HM[s, t] = H[t] * mask_h[:, s] against
 a contiguous copy of the gate block's columns) and so is the gradient through
 it; per-gate masks turn each large gemm into one per gate block.
 
@@ -45,7 +45,7 @@ from __future__ import annotations
 from ..cpu._jit import inline
 from ..cpu.activations import act_grad_scalar
 from ..cpu.recurrent import gate_act
-from .array import add_into, copy, copy_block, fill, multiply, take_block
+from .array import add_into, copy, copy_block, fill, take_block
 from .gemm import column_sums, gemm, per_dtype
 from .runtime import cuda, kernel, launch_1d, shared_helper, types
 
@@ -127,9 +127,9 @@ def _time_major(x, reverse, xs):
 
 
 # ------------------------------------------------------------ dropout masks
-@kernel(*[(_three(t), _two(t), _B, _three(t)) for t in _F])
-def _time_major_masked(x, m, reverse, out):
-    """out[t, b, k] = x[b, t', k] * m[b, k] (t' = T - 1 - t when reverse)."""
+@kernel(*[(_three(t), _three(t), _I, _B, _three(t)) for t in _F])
+def _time_major_masked(x, m, s, reverse, out):
+    """out[t, b, k] = x[b, t', k] * m[b, s, k] (t' = T - 1 - t when reverse)."""
     n = cuda.grid(1)
     if n < out.size:
         T = out.shape[0]
@@ -139,12 +139,12 @@ def _time_major_masked(x, m, reverse, out):
         tb = n // d
         b = tb % B
         t = tb // B
-        out[t, b, k] = x[b, T - 1 - t if reverse else t, k] * m[b, k]
+        out[t, b, k] = x[b, T - 1 - t if reverse else t, k] * m[b, s, k]
 
 
-@kernel(*[(_three(t), _two(t), _B, _three(t)) for t in _F])
-def _add_batch_major_masked(xs, m, reverse, out):
-    """out[b, t, k] += xs[t', b, k] * m[b, k] (t' = T - 1 - t when reverse)."""
+@kernel(*[(_three(t), _three(t), _I, _B, _three(t)) for t in _F])
+def _add_batch_major_masked(xs, m, s, reverse, out):
+    """out[b, t, k] += xs[t', b, k] * m[b, s, k] (t' = T - 1 - t when reverse)."""
     n = cuda.grid(1)
     if n < out.size:
         T = out.shape[1]
@@ -153,7 +153,18 @@ def _add_batch_major_masked(xs, m, reverse, out):
         bt = n // d
         t = bt % T
         b = bt // T
-        out[b, t, k] += xs[T - 1 - t if reverse else t, b, k] * m[b, k]
+        out[b, t, k] += xs[T - 1 - t if reverse else t, b, k] * m[b, s, k]
+
+
+@kernel(*[(_two(t), _three(t), _I, _two(t)) for t in _F])
+def _times_mask(a, m, s, out):
+    """out[b, k] = a[b, k] * m[b, s, k] (out may be a)."""
+    n = cuda.grid(1)
+    if n < out.size:
+        d = out.shape[1]
+        b = n // d
+        k = n - b * d
+        out[b, k] = a[b, k] * m[b, s, k]
 
 
 def _masked_time_major(x, reverse, mask_x, n_mx, xs):
@@ -162,7 +173,7 @@ def _masked_time_major(x, reverse, mask_x, n_mx, xs):
         _time_major(x, reverse, xs[0])
         return
     for s in range(n_mx):
-        _time_major_masked[launch_1d(xs[s].size)](x, mask_x[s], bool(reverse), xs[s])
+        _time_major_masked[launch_1d(xs[s].size)](x, mask_x, s, bool(reverse), xs[s])
 
 
 def _take_columns(a, lo, out):
@@ -229,11 +240,11 @@ class _RecurrentMasks:
 
     def product(self, H, t, rec):
         for s in range(self.n):
-            multiply(H[t], self.mask_h[s], self.HM[s, t])
+            _times_mask[launch_1d(H[t].size)](H[t], self.mask_h, s, self.HM[s, t])
         _project_blocks([self.HM[s, t] for s in range(self.n)], self.rk, self.blocks, rec)
 
     def gradient(self, dz, dh):
-        """dh = sum over mask sets of (dz[:, block s] @ recurrent_kernel[:, block s].T) * mask_h[s]."""
+        """dh = sum over mask sets of (dz[:, block s] @ recurrent_kernel[:, block s].T) * mask_h[:, s]."""
         B, u = dh.shape
         tmp = cuda.device_array((B, u), dh.dtype)
         zb = None if self.blocks is None else cuda.device_array((B, self.blocks[0].shape[1]), dz.dtype)
@@ -244,7 +255,7 @@ class _RecurrentMasks:
             else:
                 _take_columns(dz, s * zb.shape[1], zb)
                 gemm(zb, self.blocks[s], tmp, trans_b=True)
-            multiply(tmp, self.mask_h[s], tmp)
+            _times_mask[launch_1d(tmp.size)](tmp, self.mask_h, s, tmp)
             add_into(dh, tmp)
 
 
@@ -295,7 +306,7 @@ def _weight_grads(xs, kernel_, H, HM, Z, R, mask_x, n_mx, n_mh, use_init, need_d
         else:
             _take_columns(Z2, s * zb.shape[1], zb)
             gemm(zb, blocks[s], dxs2, trans_b=True)
-        _add_batch_major_masked[launch_1d(dx.size)](dxs, mask_x[s], bool(reverse), dx)
+        _add_batch_major_masked[launch_1d(dx.size)](dxs, mask_x, s, bool(reverse), dx)
 
 
 def _forward_start(x, reverse, kernel_, recurrent_kernel, mask_x, n_mx, mask_h, n_mh, HM, xs, G):
@@ -606,7 +617,7 @@ def _build_gru_r_before_back(nbt):
             if has_prev:
                 if has_mh:
                     hp = HM[2, t, b, j]
-                    m = mask_h[2, b, j]
+                    m = mask_h[b, 2, j]
                 else:
                     hp = H[t, b, j]
             dpr = drh[b, j] * hp * act_grad_scalar(rec_act, r, r, one)

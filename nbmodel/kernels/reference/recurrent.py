@@ -4,8 +4,8 @@ Each function takes batch-major x (batch, time, features) and Keras-layout
 weights and returns (outputs (batch, time, units) in processing order,
 final states list). ``go_backwards`` processes the steps from last to first.
 
-Dropout as Keras 3 (keras/src/layers/rnn/*.py): ``mask_x`` (k, batch,
-features) and ``mask_h`` (k, batch, units), already scaled by 1/(1-rate),
+Dropout as Keras 3 (keras/src/layers/rnn/*.py): ``mask_x`` (batch, k,
+features) and ``mask_h`` (batch, k, units), already scaled by 1/(1-rate),
 fixed over the steps; k = 1 multiplies the input (state) of every gate's
 product, k = n_gates gives gate g its own mask g (Keras' implementation 1).
 The masked state only enters the recurrent products: the GRU's update
@@ -17,11 +17,11 @@ from .dense import activation
 
 
 def _masked_product(v, w, masks, n_gates):
-    """v @ w, gate block g of the columns computed from v * masks[g] (masks[0] for all if one)."""
+    """v @ w, gate block g of the columns computed from v * masks[:, g] (masks[:, 0] for all if one)."""
     if masks is None:
         return v @ w
     u = w.shape[1] // n_gates
-    return np.concatenate([(v * masks[g if len(masks) > 1 else 0]) @ w[:, g * u:(g + 1) * u]
+    return np.concatenate([(v * masks[:, g if masks.shape[1] > 1 else 0]) @ w[:, g * u:(g + 1) * u]
                            for g in range(n_gates)], axis=1)
 
 
@@ -83,7 +83,7 @@ def gru_forward(x, kernel, recurrent_kernel, bias, h0=None, activation_name="tan
         if reset_after:
             hh = activation(activation_name, xp[:, 2 * u:] + r * hp[:, 2 * u:])
         else:
-            hm = h if mask_h is None else h * mask_h[2 if len(mask_h) > 1 else 0]
+            hm = h if mask_h is None else h * mask_h[:, 2 if mask_h.shape[1] > 1 else 0]
             hh = activation(activation_name, xp[:, 2 * u:] + (r * hm) @ recurrent_kernel[:, 2 * u:])
         h = z * h + (1.0 - z) * hh
         outs.append(h)
