@@ -203,6 +203,29 @@ def test_stateful_model_predict_carries_and_truncates_gradients():
         model.predict(np.concatenate([x, x])[:, :3], batch_size=4)
 
 
+@pytest.mark.parametrize("kind", ["SimpleRNN", "LSTM", "GRU"])
+def test_stateful_gradients_are_truncated_bptt(kind):
+    """Backward of a stateful call: the weight and input gradients of a call that starts
+    from the carried states as constants (Keras: no gradient into the previous batch)."""
+    x = np.random.default_rng(6).standard_normal((B, 6, D))
+    st = getattr(layers, kind)(U, return_sequences=True, stateful=True, dtype="float64", seed=0)
+    st.forward(x[:, :3], training=True)
+    carried = [np.array(c) for c in st._carry]
+    y = st.forward(x[:, 3:], training=True)
+    dy = np.random.default_rng(7).standard_normal(y.shape)
+    dx = np.array(st.backward(dy))
+    grads = {k: np.array(v) for k, v in st.grads.items()}
+    plain = getattr(layers, kind)(U, return_sequences=True, dtype="float64", seed=0)
+    plain.build((B, 3, D))
+    plain.set_weights(st.get_weights())
+    plain.forward(x[:, 3:], training=True, initial_state=carried)
+    want_dx, _ = plain.backward(dy)
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-12, atol=1e-14)
+    for k, g in plain.grads.items():
+        np.testing.assert_allclose(grads[k], g, rtol=1e-12, atol=1e-14)
+    assert np.abs(carried[0]).max() > 0.05  # the carried state is not zeros
+
+
 def test_stateful_needs_fixed_batch():
     with pytest.raises(ValueError, match="^st: stateful=True needs a fixed batch size"):
         layers.LSTM(U, stateful=True, name="st").build((None, T, D))
