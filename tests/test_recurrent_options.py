@@ -308,3 +308,32 @@ def test_gru_reset_before_trains_and_saves(tmp_path):
     model.save(tmp_path / "g.nbm")
     loaded = nb.load_model(tmp_path / "g.nbm")
     np.testing.assert_allclose(loaded.predict(x), model.predict(x), rtol=1e-6)
+
+
+def test_dropout_masks_resume_exactly(tmp_path):
+    """The masks come from the layer's generator, which the model's backup saves: a fit
+    resumed after a crash ends with the weights of an uninterrupted one."""
+    from nbmodel import callbacks as cb
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, T, D)).astype(np.float32)
+    y = rng.standard_normal((16, 1)).astype(np.float32)
+
+    class Crash(cb.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise RuntimeError("crash")
+
+    def run(callbacks):
+        m = nb.Sequential([layers.Input((T, D)), layers.GRU(U, dropout=0.3, recurrent_dropout=0.3),
+                           layers.Dense(1)], seed=3)
+        m.compile(optimizer="adam", loss="mse")
+        m.fit(x, y, epochs=4, batch_size=4, verbose=0, callbacks=callbacks)
+        return m
+
+    reference = run([])
+    with pytest.raises(RuntimeError, match="crash"):
+        run([cb.BackupAndRestore(tmp_path / "b"), Crash()])
+    resumed = run([cb.BackupAndRestore(tmp_path / "b")])
+    for a, b in zip(resumed.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(a, b)
