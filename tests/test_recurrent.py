@@ -305,8 +305,6 @@ def test_bad_input(name):
 def test_bad_arguments():
     with pytest.raises(ValueError, match="^lstm_x: .*gelu"):
         layers.LSTM(4, activation="gelu", name="lstm_x")
-    with pytest.raises(ValueError, match="^gru_x: .*reset_after"):
-        layers.GRU(4, reset_after=False, name="gru_x")
     with pytest.raises(ValueError, match="units"):
         layers.SimpleRNN(0)
     with pytest.raises(ValueError, match="merge_mode"):

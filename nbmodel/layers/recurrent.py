@@ -1,14 +1,22 @@
 """Recurrent layers: SimpleRNN, LSTM, GRU and the Bidirectional wrapper.
 
 Keras 3 semantics and weight layouts: sequences are batch-major (batch, time,
-features); LSTM gates i, f, c, o; GRU reset_after=True, gates z, r, h, bias
-(2, 3u). Kernels: nbmodel/kernels/cpu/recurrent.py (one GEMM for the input
-projection of every step, one recurrent GEMM + one fused gate pass per step,
-weight gradients as large GEMMs after the backward loop).
+features); LSTM gates i, f, c, o; GRU gates z, r, h, bias (2, 3u) with
+reset_after=True (default), (3u,) with reset_after=False. Kernels:
+nbmodel/kernels/cpu/recurrent.py (one GEMM for the input projection of every
+step, one recurrent GEMM + one fused gate pass per step, weight gradients as
+large GEMMs after the backward loop).
 
 Multi-output: with ``return_state=True`` forward returns ``[output, *states]``
 and backward takes one gradient per output (None = unused output). With an
 ``initial_state`` backward returns ``(dx, [d_state, ...])``.
+
+Keras 3 options: ``dropout`` / ``recurrent_dropout`` (masks drawn once per
+call from the layer's generator, fixed over the steps, training only; one
+input mask, or with recurrent_dropout > 0 one input and one recurrent mask per
+gate, as Keras' implementation 1), ``stateful`` (the final states of a batch
+are the initial states of the next; ``reset_states()``), ``unroll`` (accepted,
+no effect: the kernels always loop over the steps).
 """
 from __future__ import annotations
 
@@ -66,11 +74,10 @@ class _RNN(Layer):
         self.kernel_initializer = kernel_initializer
         self.recurrent_initializer = recurrent_initializer
         self.bias_initializer = bias_initializer
-        if dropout or recurrent_dropout:
-            raise ValueError(f"{self.name}: dropout and recurrent_dropout are not supported; "
-                             "put a Dropout layer before or after the recurrent layer")
-        if stateful:
-            raise ValueError(f"{self.name}: stateful=True is not supported; pass initial_state instead")
+        self.dropout = _rate(self.name, "dropout", dropout)
+        self.recurrent_dropout = _rate(self.name, "recurrent_dropout", recurrent_dropout)
+        self.stateful = bool(stateful)
+        self._carry = None  # stateful: the final states of the last call
         self.return_sequences = bool(return_sequences)
         self.return_state = bool(return_state)
         self.go_backwards = bool(go_backwards)
@@ -95,10 +102,15 @@ class _RNN(Layer):
         self.add_param("recurrent_kernel", (self.units, n), self.recurrent_initializer)
         if self.use_bias:
             self.add_param("bias", self._bias_shape(), self._bias_initializer())
+        if self.stateful and input_shape[0] is None:
+            raise ValueError(f"{self.name}: stateful=True needs a fixed batch size; pass batch_size= to "
+                             f"Input (got input shape {tuple(input_shape)})")
         super().build(input_shape)
 
     def compute_output_shape(self, input_shape):
         b = input_shape[0]
+        if self.stateful and getattr(self, "built", False) and b is None:
+            b = self.built_input_shape[0]
         out = (b, input_shape[1], self.units) if self.return_sequences else (b, self.units)
         if self.return_state:
             return [out] + [(b, self.units)] * self._n_states
@@ -120,8 +132,19 @@ class _RNN(Layer):
         return self.grads["bias"] if self.use_bias else self.workspace("dzero_bias", self._bias_shape())
 
     def _initial_states(self, initial_state, B):
-        """The initial states as (B, units) arrays of the layer dtype, or None."""
+        """The initial states as (B, units) arrays of the layer dtype, or None; sets
+        ``_has_init`` (states given: backward returns their gradients) and
+        ``_use_init`` (the kernels start from H[0]: given or carried states)."""
+        if self.stateful and B != self.built_input_shape[0]:
+            raise ValueError(f"{self.name}: stateful layer built for batch size {self.built_input_shape[0]}, "
+                             f"got a batch of {B}; every batch (the last one too) must have that size")
+        self._has_init = initial_state is not None
+        self._use_init = self._has_init
         if initial_state is None:
+            if self.stateful and self._carry is not None:
+                self._carry = [self.asarray(c) for c in self._carry]
+                self._use_init = True  # truncated BPTT: no gradient flows into the previous batch
+                return self._carry
             return None
         states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
         if len(states) != self._n_states:
@@ -138,6 +161,12 @@ class _RNN(Layer):
         return out
 
     def _outputs(self, y, states):
+        if self.stateful:
+            k = self.kernels("array")
+            if self._carry is None:
+                self._carry = [self.device.full(s.shape, 0, self.dtype) for s in states]
+            for s, c in zip(states, self._carry):
+                k.copy(s, c)
         out = y if self.return_sequences else states[0]
         if self.return_state:
             return [out] + list(states)
@@ -171,6 +200,48 @@ class _RNN(Layer):
             k.add_into(dh, self.asarray(d_states[0]))
         return d_seq, dh, d_states
 
+    def _uniforms(self, key, shape):
+        """Uniform [0, 1) draws from the layer's generator (a subclass can fix them in tests)."""
+        u = self.workspace(("uniform", key), shape)
+        self.device.fill_uniform(self.rng, u)
+        return u
+
+    def _mask(self, key, shape, rate):
+        """A dropout mask: 1/(1-rate) where a uniform draw is >= rate, else 0."""
+        m = self.workspace(("mask", key), shape)
+        self.kernels("dense").dropout_forward(self.constant("ones_" + key, shape, 1).reshape(-1),
+                                              self._uniforms(key, shape).reshape(-1),
+                                              self.dtype.type(rate), m.reshape(-1))
+        return m
+
+    def _dropout_masks(self, training, B, T, D):
+        """(mask_x, n_mx, mask_h, n_mh, xs, HM) for one call: as Keras 3, one input mask
+        (n_mx = 1) unless recurrent_dropout > 0, which gives every gate its own input and
+        recurrent masks (Keras' implementation 1); none outside training."""
+        u = self.units
+        rx = self.dropout if training else 0.0
+        rh = self.recurrent_dropout if training else 0.0
+        n_mh = self._gates if rh > 0 else 0
+        n_mx = 0 if rx == 0 else (self._gates if rh > 0 else 1)
+        none = self.constant("no_mask", (1, 1, 1), 0)
+        mask_x = self._mask("x", (B, n_mx, D), rx) if n_mx else none  # batch first (data-parallel shards)
+        mask_h = self._mask("h", (B, n_mh, u), rh) if n_mh else none
+        xs = self.workspace("xs", (max(n_mx, 1), T, B, D))
+        HM = self.workspace("HM", (n_mh, T, B, u)) if n_mh else self.workspace("dummy4", (1, 1, 1, 1))
+        self._drop = (mask_x, n_mx, mask_h, n_mh, HM)
+        self._xs = xs
+        return mask_x, n_mx, mask_h, n_mh, HM, xs
+
+    def reset_states(self) -> None:
+        """Stateful layers: forget the carried states (the next batch starts from zeros)."""
+        if self._carry is not None:
+            for c in self._carry:
+                self.kernels("array").fill(c, 0)
+
+    def reset_state(self) -> None:
+        """Keras 3 name of reset_states."""
+        self.reset_states()
+
     def _set_initial(self, H, init, i):
         """Step 0 of a state sequence: the given initial state, else zeros."""
         k = self.kernels("array")
@@ -192,8 +263,20 @@ class _RNN(Layer):
                    recurrent_initializer=_init_name(self.name, self.recurrent_initializer),
                    bias_initializer=_init_name(self.name, self.bias_initializer),
                    return_sequences=self.return_sequences, return_state=self.return_state,
-                   go_backwards=self.go_backwards, unroll=self.unroll)
+                   go_backwards=self.go_backwards, stateful=self.stateful, unroll=self.unroll,
+                   dropout=self.dropout, recurrent_dropout=self.recurrent_dropout)
         return cfg
+
+
+def _rate(layer, what, value):
+    """A dropout rate in [0, 1) (Keras clips silently; a rate of 1 would drop everything)."""
+    try:
+        r = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{layer}: {what} must be a number in [0, 1), got {value!r}") from None
+    if not 0.0 <= r < 1.0:
+        raise ValueError(f"{layer}: {what} must be in [0, 1), got {value!r}")
+    return r
 
 
 def _init_name(layer, init):
@@ -219,7 +302,7 @@ class SimpleRNN(_RNN):
         B, T, D = x.shape
         u = self.units
         init = self._initial_states(initial_state, B)
-        xs = self.workspace("xs", (T, B, D))
+        mask_x, n_mx, mask_h, n_mh, HM, xs = self._dropout_masks(training, B, T, D)
         P = self.workspace("P", (T, B, u))
         H = self.workspace("H", (T + 1, B, u))
         rec = self.workspace("rec", (B, u))
@@ -227,8 +310,7 @@ class SimpleRNN(_RNN):
         self._set_initial(H, init, 0)
         self.kernels("recurrent").simple_rnn_forward(
             x, self.go_backwards, self.params["kernel"], self.params["recurrent_kernel"], self._bias(),
-            init is not None, self.act, self.return_sequences, xs, P, H, rec, y)
-        self._has_init = init is not None
+            init is not None, self.act, self.return_sequences, mask_x, n_mx, mask_h, n_mh, HM, xs, P, H, rec, y)
         self._shape = (B, T, D)
         return self._outputs(y, [H[T]])
 
@@ -242,10 +324,11 @@ class SimpleRNN(_RNN):
         dx = self.workspace("dx", (B, T, D))
         has_seq = d_seq is not None
         self.kernels("recurrent").simple_rnn_backward(
-            self.workspace("xs", (T, B, D)), self.go_backwards, self.params["kernel"],
+            self._xs, self.go_backwards, self.params["kernel"],
             self.params["recurrent_kernel"], self.workspace("H", (T + 1, B, u)),
-            d_seq if has_seq else self.workspace("dummy", (1, 1, 1)), has_seq, self.act, self._has_init,
-            self._need_dx, dh, dZ, self.grads["kernel"], self.grads["recurrent_kernel"], self._dbias(), dxs, dx)
+            d_seq if has_seq else self.workspace("dummy", (1, 1, 1)), has_seq, self.act, *self._drop,
+            self._use_init, self._need_dx, dh, dZ, self.grads["kernel"], self.grads["recurrent_kernel"],
+            self._dbias(), dxs, dx)
         return self._finish_backward(dx, [dh])
 
     def get_config(self):
@@ -283,7 +366,7 @@ class LSTM(_RNN):
         B, T, D = x.shape
         u = self.units
         init = self._initial_states(initial_state, B)
-        xs = self.workspace("xs", (T, B, D))
+        mask_x, n_mx, mask_h, n_mh, HM, xs = self._dropout_masks(training, B, T, D)
         G = self.workspace("G", (T, B, 4 * u))
         H = self.workspace("H", (T + 1, B, u))
         C = self.workspace("C", (T + 1, B, u))
@@ -294,8 +377,8 @@ class LSTM(_RNN):
         self._set_initial(C, init, 1)
         self.kernels("recurrent").lstm_forward(
             x, self.go_backwards, self.params["kernel"], self.params["recurrent_kernel"], self._bias(),
-            init is not None, self.act, self.rec_act, self.return_sequences, xs, G, H, C, TC, rec, y)
-        self._has_init = init is not None
+            init is not None, self.act, self.rec_act, self.return_sequences, mask_x, n_mx, mask_h, n_mh, HM,
+            xs, G, H, C, TC, rec, y)
         self._shape = (B, T, D)
         return self._outputs(y, [H[T], C[T]])
 
@@ -313,10 +396,10 @@ class LSTM(_RNN):
         has_seq = d_seq is not None
         dx = ws("dx", (B, T, D))
         self.kernels("recurrent").lstm_backward(
-            ws("xs", (T, B, D)), self.go_backwards, self.params["kernel"], self.params["recurrent_kernel"],
+            self._xs, self.go_backwards, self.params["kernel"], self.params["recurrent_kernel"],
             ws("G", (T, B, 4 * u)), ws("H", (T + 1, B, u)), ws("C", (T + 1, B, u)), ws("TC", (T, B, u)),
-            d_seq if has_seq else ws("dummy", (1, 1, 1)), has_seq, self.act, self.rec_act, self._has_init,
-            self._need_dx, dh, dc, ws("dZ", (T, B, 4 * u)), self.grads["kernel"],
+            d_seq if has_seq else ws("dummy", (1, 1, 1)), has_seq, self.act, self.rec_act, *self._drop,
+            self._use_init, self._need_dx, dh, dc, ws("dZ", (T, B, 4 * u)), self.grads["kernel"],
             self.grads["recurrent_kernel"], self._dbias(), ws("dxs", (T, B, D)), dx)
         return self._finish_backward(dx, [dh, dc])
 
@@ -327,10 +410,12 @@ class LSTM(_RNN):
 
 
 class GRU(_RNN):
-    """Gated recurrent unit, Keras 3 layout (reset_after=True, gate order z, r, h).
+    """Gated recurrent unit, Keras 3 layout (gate order z, r, h).
 
     Params: ``kernel`` (in, 3u), ``recurrent_kernel`` (u, 3u), ``bias`` (2, 3u)
-    (row 0 input bias, row 1 recurrent bias).
+    (row 0 input bias, row 1 recurrent bias) with ``reset_after=True`` (Keras 3
+    default, PyTorch's and cuDNN's GRU); with ``reset_after=False`` (Keras 2 /
+    TF1: the reset gate multiplies h before the recurrent product) ``bias`` (3u,).
     """
 
     _gates = 3
@@ -343,19 +428,17 @@ class GRU(_RNN):
                          use_bias=use_bias, kernel_initializer=kernel_initializer,
                          recurrent_initializer=recurrent_initializer, bias_initializer=bias_initializer,
                          **kwargs)
-        if not reset_after:
-            raise ValueError(f"{self.name}: only reset_after=True (the Keras 3 default) is supported")
-        self.reset_after = True
+        self.reset_after = bool(reset_after)
 
     def _bias_shape(self):
-        return (2, 3 * self.units)
+        return (2, 3 * self.units) if self.reset_after else (3 * self.units,)
 
     def forward(self, x, training=False, initial_state=None):
         x = self._check(x)
         B, T, D = x.shape
         u = self.units
         init = self._initial_states(initial_state, B)
-        xs = self.workspace("xs", (T, B, D))
+        mask_x, n_mx, mask_h, n_mh, HM, xs = self._dropout_masks(training, B, T, D)
         G = self.workspace("G", (T, B, 3 * u))
         H = self.workspace("H", (T + 1, B, u))
         RH = self.workspace("RH", (T, B, u))
@@ -363,9 +446,9 @@ class GRU(_RNN):
         y = self.workspace("y", (B, T, u)) if self.return_sequences else self.workspace("dummy", (1, 1, 1))
         self._set_initial(H, init, 0)
         self.kernels("recurrent").gru_forward(
-            x, self.go_backwards, self.params["kernel"], self.params["recurrent_kernel"], self._bias(),
-            init is not None, self.act, self.rec_act, self.return_sequences, xs, G, H, RH, rec, y)
-        self._has_init = init is not None
+            x, self.go_backwards, self.params["kernel"], self.params["recurrent_kernel"],
+            self._bias().reshape(-1, 3 * u), init is not None, self.act, self.rec_act, self.reset_after,
+            self.return_sequences, mask_x, n_mx, mask_h, n_mh, HM, xs, G, H, RH, rec, y)
         self._shape = (B, T, D)
         return self._outputs(y, [H[T]])
 
@@ -378,11 +461,12 @@ class GRU(_RNN):
         has_seq = d_seq is not None
         dx = ws("dx", (B, T, D))
         self.kernels("recurrent").gru_backward(
-            ws("xs", (T, B, D)), self.go_backwards, self.params["kernel"], self.params["recurrent_kernel"],
+            self._xs, self.go_backwards, self.params["kernel"], self.params["recurrent_kernel"],
             ws("G", (T, B, 3 * u)), ws("H", (T + 1, B, u)), ws("RH", (T, B, u)),
-            d_seq if has_seq else ws("dummy", (1, 1, 1)), has_seq, self.act, self.rec_act, self._has_init,
-            self._need_dx, dh, ws("dhz", (B, u)), ws("dZ", (T, B, 3 * u)), ws("dR", (T, B, 3 * u)),
-            self.grads["kernel"], self.grads["recurrent_kernel"], self._dbias(), ws("dxs", (T, B, D)), dx)
+            d_seq if has_seq else ws("dummy", (1, 1, 1)), has_seq, self.act, self.rec_act, self.reset_after,
+            *self._drop, self._use_init, self._need_dx, dh, ws("dhz", (B, u)), ws("dZ", (T, B, 3 * u)),
+            ws("dR", (T, B, 3 * u)), self.grads["kernel"], self.grads["recurrent_kernel"],
+            self._dbias().reshape(-1, 3 * u), ws("dxs", (T, B, D)), dx)
         return self._finish_backward(dx, [dh])
 
     def get_config(self):
@@ -476,6 +560,15 @@ class Bidirectional(Layer):
 
     def sublayers(self):
         return [self.forward_layer, self.backward_layer]
+
+    def reset_states(self) -> None:
+        """Stateful wrapped layers: forget both directions' carried states."""
+        for layer in self.sublayers():
+            layer.reset_states()
+
+    def reset_state(self) -> None:
+        """Keras 3 name of reset_states."""
+        self.reset_states()
 
     def bind_param(self, name, param, grad):
         for prefix, layer in (("forward_", self.forward_layer), ("backward_", self.backward_layer)):

@@ -96,16 +96,26 @@ CONFIGS = {
 }
 
 
-def _recurrent_args(cell, dtype, reverse, use_init, ret_seq, need_dx, act, rec_act, seed=0):
+def _recurrent_args(cell, dtype, reverse, use_init, ret_seq, need_dx, act, rec_act, seed=0, masks=None,
+                    reset_after=True):
+    """``masks``: None, "input" (one input mask) or "gates" (input and recurrent masks per gate);
+    ``reset_after``: the GRU's formulation (False: bias (1, 3u))."""
     r = np.random.default_rng(seed)
     n = GATES[cell] * U
     w = lambda *s: (0.5 * r.standard_normal(s)).astype(dtype)  # noqa: E731
+    n_mx = {None: 0, "input": 1, "gates": GATES[cell]}[masks]
+    n_mh = GATES[cell] if masks == "gates" else 0
+    keep = lambda *s: ((r.random(s) >= 0.3) / 0.7).astype(dtype)  # noqa: E731
+    drop = dict(mask_x=keep(B, n_mx, D) if n_mx else np.zeros((1, 1, 1), dtype), n_mx=n_mx,
+                mask_h=keep(B, n_mh, U) if n_mh else np.zeros((1, 1, 1), dtype), n_mh=n_mh,
+                HM=_nan((n_mh, T, B, U), dtype) if n_mh else np.zeros((1, 1, 1, 1), dtype))
     H = np.zeros((T + 1, B, U), dtype)
     if use_init:
         H[0] = r.standard_normal((B, U))
     fwd = dict(x=w(B, T, D) * 2, reverse=reverse, kernel=w(D, n), recurrent_kernel=w(U, n),
-               bias=w(2, n) if cell == "gru" else w(n), use_init=use_init, act=act, ret_seq=ret_seq,
-               xs=_nan((T, B, D), dtype), H=H, rec=_nan((B, n), dtype),
+               bias=w(2 if reset_after else 1, n) if cell == "gru" else w(n), use_init=use_init, act=act,
+               ret_seq=ret_seq,
+               xs=_nan((max(n_mx, 1), T, B, D), dtype), H=H, **drop, rec=_nan((B, n), dtype),
                y=_nan((B, T, U), dtype) if ret_seq else _nan((1, 1, 1), dtype))
     if cell == "simple_rnn":
         fwd["P"] = _nan((T, B, U), dtype)
@@ -117,7 +127,7 @@ def _recurrent_args(cell, dtype, reverse, use_init, ret_seq, need_dx, act, rec_a
             C[0] = r.standard_normal((B, U))
         fwd.update(C=C, TC=_nan((T, B, U), dtype))
     if cell == "gru":
-        fwd["RH"] = _nan((T, B, U), dtype)
+        fwd.update(RH=_nan((T, B, U), dtype), reset_after=reset_after)
     bwd = dict(dy=w(B, T, U) if ret_seq else _nan((1, 1, 1), dtype), has_seq=ret_seq, need_dx=need_dx,
                dh=w(B, U), dZ=_nan((T, B, n), dtype), dkernel=_nan((D, n), dtype),
                drecurrent=_nan((U, n), dtype), dbias=_nan(fwd["bias"].shape, dtype), dxs=_nan((T, B, D), dtype),
@@ -143,11 +153,30 @@ def test_recurrent_with_a_gemm_per_step_matches_cpu(dev, small_blocks, monkeypat
     _check_recurrent(dev, cell, (True, True, True, True, codes.TANH, codes.SIGMOID), dtype)
 
 
-def _check_recurrent(dev, cell, config, dtype):
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("masks", ["input", "gates"])
+@pytest.mark.parametrize("cell", sorted(GATES))
+def test_recurrent_with_dropout_masks_matches_cpu(dev, small_blocks, cell, masks, dtype):
+    """One input mask, or input and recurrent masks per gate (Keras' two dropout modes)."""
+    _check_recurrent(dev, cell, (True, True, True, True, codes.TANH, codes.SIGMOID), dtype, masks)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("masks", [None, "gates"])
+@pytest.mark.parametrize("config", ["plain", "reverse-init-last", "reverse-seq-other-acts"])
+@pytest.mark.parametrize("fused_max", [None, 0])
+def test_gru_reset_before_matches_cpu(dev, small_blocks, monkeypatch, config, masks, fused_max, dtype):
+    """GRU(reset_after=False): the recurrent term fused or a gemm, with and without masks."""
+    if fused_max is not None:
+        monkeypatch.setattr(importlib.import_module("nbmodel.kernels.cuda.recurrent"), "_FUSED_MAX", fused_max)
+    _check_recurrent(dev, "gru", CONFIGS[config], dtype, masks, reset_after=False)
+
+
+def _check_recurrent(dev, cell, config, dtype, masks=None, reset_after=True):
     reverse, use_init, ret_seq, need_dx, act, rec_act = config
-    fwd, bwd = _recurrent_args(cell, dtype, *config)
+    fwd, bwd = _recurrent_args(cell, dtype, *config, masks=masks, reset_after=reset_after)
     states = {"simple_rnn": ["P", "H"], "lstm": ["G", "H", "C", "TC"], "gru": ["G", "H", "RH"]}[cell]
-    outs = ["xs"] + states + (["y"] if ret_seq else [])
+    outs = ["xs"] + states + (["y"] if ret_seq else []) + (["HM"] if masks == "gates" else [])
     twin(dev, "recurrent", f"{cell}_forward", fwd, outs)
     # backward from the CPU forward's results: both sides start from the same state
     args = {**cpu_run("recurrent", f"{cell}_forward", fwd), **bwd}

@@ -16,7 +16,11 @@ def test_lstm_and_gru_kernels_stay_float32():
     W = rng.standard_normal((D, 4 * U)).astype(f)
     R = rng.standard_normal((U, 4 * U)).astype(f)
     b = np.zeros(4 * U, f)
-    xs = np.empty((T, B, D), f)
+    xs = np.empty((1, T, B, D), f)
+    # dropout off and on (one input mask; one input and one recurrent mask per gate)
+    nm, HM0 = np.zeros((1, 1, 1), f), np.zeros((1, 1, 1, 1), f)
+    mx, mh, HM = np.ones((B, 4, D), f), np.ones((B, 4, U), f), np.empty((4, T, B, U), f)
+    xs4 = np.empty((4, T, B, D), f)
     G = np.empty((T, B, 4 * U), f)
     H = np.zeros((T + 1, B, U), f)
     C = np.zeros((T + 1, B, U), f)
@@ -24,18 +28,35 @@ def test_lstm_and_gru_kernels_stay_float32():
     rec = np.empty((B, 4 * U), f)
     y = np.empty((B, T, U), f)
     tanh, sig = codes.TANH, codes.SIGMOID
-    assert float64_ops(k.lstm_forward, x, False, W, R, b, False, tanh, sig, True, xs, G, H, C, TC, rec, y) == []
+    assert float64_ops(k.lstm_forward, x, False, W, R, b, False, tanh, sig, True, nm, 0, nm, 0, HM0, xs, G, H, C,
+                       TC, rec, y) == []
+    assert float64_ops(k.lstm_forward, x, False, W, R, b, True, tanh, sig, True, mx, 4, mh, 4, HM, xs4, G, H, C,
+                       TC, rec, y) == []
     dh = np.ones((B, U), f)
     dc = np.zeros((B, U), f)
     dZ = np.empty_like(G)
-    assert float64_ops(k.lstm_backward, xs, False, W, R, G, H, C, TC, y, True, tanh, sig, False, True, dh, dc,
-                       dZ, np.empty_like(W), np.empty_like(R), np.empty_like(b), np.empty_like(xs),
+    dxs = np.empty((T, B, D), f)
+    assert float64_ops(k.lstm_backward, xs, False, W, R, G, H, C, TC, y, True, tanh, sig, nm, 0, nm, 0, HM0, False,
+                       True, dh, dc, dZ, np.empty_like(W), np.empty_like(R), np.empty_like(b), dxs,
+                       np.empty_like(x)) == []
+    assert float64_ops(k.lstm_backward, xs4, False, W, R, G, H, C, TC, y, True, tanh, sig, mx, 4, mh, 4, HM, True,
+                       True, dh, dc, dZ, np.empty_like(W), np.empty_like(R), np.empty_like(b), dxs,
                        np.empty_like(x)) == []
     W3, R3, b3 = W[:, :3 * U].copy(), R[:, :3 * U].copy(), np.zeros((2, 3 * U), f)
     G3 = np.empty((T, B, 3 * U), f)
     RH = np.empty((T, B, U), f)
     rec3 = np.empty((B, 3 * U), f)
-    assert float64_ops(k.gru_forward, x, True, W3, R3, b3, False, tanh, sig, True, xs, G3, H, RH, rec3, y) == []
-    assert float64_ops(k.gru_backward, xs, True, W3, R3, G3, H, RH, y, True, tanh, sig, False, True, dh,
-                       np.empty_like(dh), np.empty_like(G3), np.empty_like(G3), np.empty_like(W3),
-                       np.empty_like(R3), np.empty_like(b3), np.empty_like(xs), np.empty_like(x)) == []
+    mx1 = mx[:, :1].copy()
+    assert float64_ops(k.gru_forward, x, True, W3, R3, b3, False, tanh, sig, True, True, mx1, 1, nm, 0, HM0, xs, G3,
+                       H, RH, rec3, y) == []
+    assert float64_ops(k.gru_backward, xs, True, W3, R3, G3, H, RH, y, True, tanh, sig, True, mx1, 1, nm, 0, HM0,
+                       False, True, dh, np.empty_like(dh), np.empty_like(G3), np.empty_like(G3), np.empty_like(W3),
+                       np.empty_like(R3), np.empty_like(b3), dxs, np.empty_like(x)) == []
+    # reset_after=False (bias (1, 3u)) with per-gate masks
+    m3, mh3, HM3, b1 = np.ones((B, 3, D), f), np.ones((B, 3, U), f), np.empty((3, T, B, U), f), np.zeros((1, 3 * U), f)
+    xs3 = np.empty((3, T, B, D), f)
+    assert float64_ops(k.gru_forward, x, True, W3, R3, b1, True, tanh, sig, False, True, m3, 3, mh3, 3, HM3, xs3,
+                       G3, H, RH, rec3, y) == []
+    assert float64_ops(k.gru_backward, xs3, True, W3, R3, G3, H, RH, y, True, tanh, sig, False, m3, 3, mh3, 3, HM3,
+                       True, True, dh, np.empty_like(dh), np.empty_like(G3), np.empty_like(G3), np.empty_like(W3),
+                       np.empty_like(R3), np.empty_like(b1), dxs, np.empty_like(x)) == []

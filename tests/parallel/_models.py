@@ -135,8 +135,9 @@ def case(family):
 
         def build():
             m = nb.Sequential([L.Input((5,), dtype="int64"), L.Embedding(9, 4),
-                               L.LSTM(5, return_sequences=True), L.GRU(4, return_sequences=True),
-                               L.Bidirectional(L.GRU(2, return_sequences=True)), L.SimpleRNN(3),
+                               L.LSTM(5, return_sequences=True, dropout=0.2, recurrent_dropout=0.3),
+                               L.GRU(4, return_sequences=True, dropout=0.2),
+                               L.Bidirectional(L.GRU(2, return_sequences=True, reset_after=False)), L.SimpleRNN(3),
                                L.Dense(3)], seed=8)
             m.compile(optimizer=nb.optimizers.Adam(1e-2), loss=_sparse_ce())
             return m

@@ -190,6 +190,141 @@ def _bias_colsum(dZ2, db):
             db[j] += dZ2[i, j]
 
 
+# ---------------------------------------------------------- dropout masks
+# Keras 3 semantics (keras/src/layers/rnn/{simple_rnn,lstm,gru}.py): masks are
+# drawn once per call and reused at every step. ``n_mx`` input masks
+# mask_x (B, n_mx, D) and ``n_mh`` recurrent masks mask_h (B, n_mh, u) (batch
+# first: a data-parallel shard draws its rows of the global batch's masks): 0 = no
+# mask; 1 = one mask for every gate; n_gates = one per gate block of
+# ``n_gates*u`` columns (Keras' implementation 1, used when recurrent_dropout
+# > 0). The gate passes never see the masks: they only change the products
+# around them (input projection, recurrent term, their gradients).
+@jit
+def masked_time_major(x, reverse, mask_x, n_mx, xs):
+    """xs[s] = time-major x times input mask s (xs[0] = x when n_mx == 0); xs (K, T, B, D)."""
+    if n_mx == 0:
+        to_time_major(x, reverse, xs[0])
+        return
+    B, T, D = x.shape
+    for s in range(n_mx):
+        m = mask_x[:, s]
+        out = xs[s]
+        for t in range(T):
+            src = T - 1 - t if reverse else t
+            for b in range(B):
+                for k in range(D):
+                    out[t, b, k] = x[b, src, k] * m[b, k]
+
+
+@jit
+def project_blocks(a, n_mask, w, out):
+    """out (R, n) = a[s] (R, d) @ w[:, block s] for every mask set s (one product
+    over all columns when n_mask <= 1); a (K, R, d)."""
+    if n_mask <= 1:
+        np.dot(np.ascontiguousarray(a[0]), w, out)
+        return
+    n = out.shape[1]
+    bw = n // n_mask
+    tmp = np.empty((out.shape[0], bw), out.dtype)
+    for s in range(n_mask):
+        np.dot(np.ascontiguousarray(a[s]), np.ascontiguousarray(w[:, s * bw:(s + 1) * bw]), tmp)
+        out[:, s * bw:(s + 1) * bw] = tmp
+
+
+@jit
+def recurrent_product(H, t, recurrent_kernel, mask_h, n_mh, HM, rec):
+    """rec = h_{t-1} @ recurrent_kernel (h_{t-1} = H[t]); with recurrent masks the
+    masked states HM[s, t] = H[t] * mask_h[:, s] are kept for the weight gradient."""
+    if n_mh == 0:
+        np.dot(H[t], recurrent_kernel, rec)
+        return
+    B, u = mask_h.shape[0], mask_h.shape[2]
+    for s in range(n_mh):
+        hm = HM[s, t]
+        m = mask_h[:, s]
+        for b in range(B):
+            for j in range(u):
+                hm[b, j] = H[t, b, j] * m[b, j]
+    project_blocks(HM[:, t], n_mh, recurrent_kernel, rec)
+
+
+@jit
+def recurrent_grad(dz, recurrent_kernel, mask_h, n_mh, dh):
+    """dh = gradient of h_{t-1} through the recurrent product whose output gradient is dz (B, n)."""
+    if n_mh == 0:
+        np.dot(dz, recurrent_kernel.T, dh)
+        return
+    B, u = dh.shape
+    bw = dz.shape[1] // n_mh
+    tmp = np.empty((B, u), dh.dtype)
+    dh[:, :] = 0
+    for s in range(n_mh):
+        np.dot(np.ascontiguousarray(dz[:, s * bw:(s + 1) * bw]),
+               np.ascontiguousarray(recurrent_kernel[:, s * bw:(s + 1) * bw].T), tmp)
+        m = mask_h[:, s]
+        for b in range(B):
+            for j in range(u):
+                dh[b, j] += tmp[b, j] * m[b, j]
+
+
+@jit
+def _grad_blocks(a, n_mask, z, out):
+    """out (d, n) = a[s].T @ z[:, block s] per mask set (one product when n_mask <= 1)."""
+    if n_mask <= 1:
+        np.dot(a[0].T, z, out)  # a[0] is C-contiguous: its transpose is F-contiguous
+        return
+    n = z.shape[1]
+    bw = n // n_mask
+    tmp = np.empty((out.shape[0], bw), out.dtype)
+    for s in range(n_mask):
+        np.dot(np.ascontiguousarray(a[s].T), np.ascontiguousarray(z[:, s * bw:(s + 1) * bw]), tmp)
+        out[:, s * bw:(s + 1) * bw] = tmp
+
+
+@jit
+def weight_grads(xs, kernel, H, HM, Z, R, mask_x, n_mx, n_mh, use_init, need_dx, reverse,
+                 dkernel, drecurrent, dxs, dx):
+    """After the loop: dkernel = xs.T @ Z, drecurrent = h_{t-1}.T @ R over the
+    steps with a previous state, dx = Z @ kernel.T (times the input masks);
+    each per mask set when there are masks per gate (R is Z except for the GRU)."""
+    K, T, B, D = xs.shape
+    n = Z.shape[2]
+    u = H.shape[2]
+    Z2 = Z.reshape(T * B, n)
+    _grad_blocks(xs.reshape(K, T * B, D), n_mx, Z2, dkernel)
+    s0 = 0 if use_init else 1  # without an initial state h_{-1} = 0 adds nothing
+    if T > s0:
+        R2 = R[s0:T].reshape((T - s0) * B, n)
+        if n_mh == 0:
+            np.dot(H[s0:T].reshape((T - s0) * B, u).T, R2, drecurrent)
+        else:
+            KH = HM.shape[0]
+            _grad_blocks(HM[:, s0:T].copy().reshape(KH, (T - s0) * B, u), n_mh, R2, drecurrent)
+    else:
+        drecurrent[:, :] = 0
+    if not need_dx:
+        return
+    dxs2 = dxs.reshape(T * B, D)
+    if n_mx == 0:
+        np.dot(Z2, kernel.T, dxs2)
+        from_time_major(dxs, reverse, dx)
+        return
+    dx[:, :, :] = 0
+    bw = n // n_mx
+    for s in range(n_mx):
+        if n_mx == 1:
+            np.dot(Z2, kernel.T, dxs2)
+        else:
+            np.dot(np.ascontiguousarray(Z2[:, s * bw:(s + 1) * bw]),
+                   np.ascontiguousarray(kernel[:, s * bw:(s + 1) * bw].T), dxs2)
+        m = mask_x[:, s]
+        for b in range(B):
+            for t in range(T):
+                src = T - 1 - t if reverse else t
+                for k in range(D):
+                    dx[b, src, k] += dxs[t, b, k] * m[b, k]
+
+
 # ------------------------------------------------------------------- LSTM
 @inline
 def _lstm_gates(G, H, C, TC, rec, bias, t, act, rec_act, one):
@@ -237,7 +372,7 @@ def _copy_step(H, t, y):
 
 @jit
 def lstm_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act, rec_act, ret_seq,
-                 xs, G, H, C, TC, rec, y):
+                 mask_x, n_mx, mask_h, n_mh, HM, xs, G, H, C, TC, rec, y):
     """LSTM over all steps (gate order i, f, c, o).
 
     x (B, T, D) batch-major; xs (T, B, D) workspace; G (T, B, 4u) activated
@@ -248,12 +383,12 @@ def lstm_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act, rec_
     """
     B, T, D = x.shape
     one = x.dtype.type(1)
-    to_time_major(x, reverse, xs)
-    np.dot(xs.reshape(T * B, D), kernel, G.reshape(T * B, G.shape[2]))
+    masked_time_major(x, reverse, mask_x, n_mx, xs)
+    project_blocks(xs.reshape(xs.shape[0], T * B, D), n_mx, kernel, G.reshape(T * B, G.shape[2]))
     std = act == TANH and rec_act == SIGMOID
     for t in range(T):
         if t > 0 or use_init:
-            np.dot(H[t], recurrent_kernel, rec)
+            recurrent_product(H, t, recurrent_kernel, mask_h, n_mh, HM, rec)
         else:
             rec[:, :] = 0
         if std:  # constant codes: the branches fold and the loops vectorize
@@ -299,7 +434,7 @@ def _lstm_gates_backward(G, C, TC, dy, dh, dc, dZ, t, has_seq, act, rec_act, one
 
 @jit
 def lstm_backward(xs, reverse, kernel, recurrent_kernel, G, H, C, TC, dy, has_seq, act, rec_act,
-                  use_init, need_dx, dh, dc, dZ, dkernel, drecurrent, dbias, dxs, dx):
+                  mask_x, n_mx, mask_h, n_mh, HM, use_init, need_dx, dh, dc, dZ, dkernel, drecurrent, dbias, dxs, dx):
     """Backward through time of lstm_forward.
 
     dh, dc (B, u): on entry the gradients reaching the last step (last output
@@ -307,9 +442,8 @@ def lstm_backward(xs, reverse, kernel, recurrent_kernel, G, H, C, TC, dy, has_se
     (B, T, u) the output-sequence gradient when ``has_seq``. Param gradients
     are written into dkernel, drecurrent, dbias; dx (B, T, D) when need_dx.
     """
-    T, B, D = xs.shape
+    K, T, B, D = xs.shape
     n4 = G.shape[2]
-    u = n4 // 4
     one = xs.dtype.type(1)
     std = act == TANH and rec_act == SIGMOID
     for t in range(T - 1, -1, -1):
@@ -318,21 +452,12 @@ def lstm_backward(xs, reverse, kernel, recurrent_kernel, G, H, C, TC, dy, has_se
         else:
             _lstm_gates_backward(G, C, TC, dy, dh, dc, dZ, t, has_seq, act, rec_act, one)
         if t > 0 or use_init:
-            np.dot(dZ[t], recurrent_kernel.T, dh)
+            recurrent_grad(dZ[t], recurrent_kernel, mask_h, n_mh, dh)
         else:
             dh[:, :] = 0
-    dZ2 = dZ.reshape(T * B, n4)
-    np.dot(xs.reshape(T * B, D).T, dZ2, dkernel)
-    # h_{t-1} rows against dz_t rows; without an initial state h_{-1} = 0
-    s = 0 if use_init else 1
-    if T > s:
-        np.dot(H[s:T].reshape((T - s) * B, u).T, dZ[s:T].reshape((T - s) * B, n4), drecurrent)
-    else:
-        drecurrent[:, :] = 0
-    _bias_colsum(dZ2, dbias)
-    if need_dx:
-        np.dot(dZ2, kernel.T, dxs.reshape(T * B, D))
-        from_time_major(dxs, reverse, dx)
+    weight_grads(xs, kernel, H, HM, dZ, dZ, mask_x, n_mx, n_mh, use_init, need_dx, reverse,
+                 dkernel, drecurrent, dxs, dx)
+    _bias_colsum(dZ.reshape(T * B, n4), dbias)
 
 
 # -------------------------------------------------------------------- GRU
@@ -360,32 +485,93 @@ def _gru_gates(G, H, RH, rec, b_in, b_rec, t, act, rec_act, one):
             hn[j] = z * hp[j] + (one - z) * g[o + j]
 
 
-@jit
-def gru_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act, rec_act, ret_seq,
-                xs, G, H, RH, rec, y):
-    """GRU (reset_after=True, gate order z, r, h) over all steps.
+@inline
+def _gru_zr_before(G, H, RH, HM, n_mh, rec, b_in, t, has_prev, rec_act, one):
+    """reset_after=False, first half of step t: z, r, and RH[t] = r * h_{t-1} (the
+    candidate block's masked h_{t-1} with recurrent masks; 0 without a previous state)."""
+    B = rec.shape[0]
+    u = H.shape[2]
+    for b in range(B):
+        g = G[t, b]
+        r_ = rec[b]
+        for j in range(2 * u):
+            g[j] = ract(rec_act, g[j] + b_in[j] + r_[j], one)
+        rh = RH[t, b]
+        if not has_prev:
+            for j in range(u):
+                rh[j] = 0
+        elif n_mh > 0:
+            hm = HM[2, t, b]
+            for j in range(u):
+                rh[j] = g[u + j] * hm[j]
+        else:
+            hp = H[t, b]
+            for j in range(u):
+                rh[j] = g[u + j] * hp[j]
 
-    bias (2, 3u): row 0 input bias, row 1 recurrent bias. G (T, B, 3u) holds
-    the activated z, r, hh; RH (T, B, u) the recurrent candidate term
-    h_{t-1} U_h + b_rec_h that the reset gate multiplies. Other arguments as
-    in lstm_forward.
+
+@inline
+def _gru_h_before(G, H, rech, b_in, t, act, one):
+    """reset_after=False, second half: candidate act(x_h + b_h + (r * h_{t-1}) U_h), h update."""
+    B = rech.shape[0]
+    u = H.shape[2]
+    o = 2 * u
+    for b in range(B):
+        g = G[t, b]
+        rc = rech[b]
+        for j in range(u):
+            g[o + j] = ract(act, g[o + j] + b_in[o + j] + rc[j], one)
+        hp = H[t, b]
+        hn = H[t + 1, b]
+        for j in range(u):
+            z = g[j]
+            hn[j] = z * hp[j] + (one - z) * g[o + j]
+
+
+@jit
+def gru_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act, rec_act, reset_after, ret_seq,
+                mask_x, n_mx, mask_h, n_mh, HM, xs, G, H, RH, rec, y):
+    """GRU (gate order z, r, h) over all steps.
+
+    reset_after (Keras 3 default): bias (2, 3u), row 0 input bias, row 1
+    recurrent bias; RH (T, B, u) the recurrent candidate term
+    h_{t-1} U_h + b_rec_h that the reset gate multiplies. reset_after=False
+    (Keras 2 / TF1): bias (1, 3u) input bias only; the candidate is
+    act(x_h + b_h + (r * h_{t-1}) U_h) with RH[t] = r * h_{t-1}. G (T, B, 3u)
+    holds the activated z, r, hh. Other arguments as in lstm_forward.
     """
     B, T, D = x.shape
     one = x.dtype.type(1)
-    to_time_major(x, reverse, xs)
-    np.dot(xs.reshape(T * B, D), kernel, G.reshape(T * B, G.shape[2]))
+    masked_time_major(x, reverse, mask_x, n_mx, xs)
+    project_blocks(xs.reshape(xs.shape[0], T * B, D), n_mx, kernel, G.reshape(T * B, G.shape[2]))
     b_in = bias[0]
-    b_rec = bias[1]
+    b_rec = bias[bias.shape[0] - 1]
     std = act == TANH and rec_act == SIGMOID
+    u = H.shape[2]
+    if not reset_after:
+        u_h = np.ascontiguousarray(recurrent_kernel[:, 2 * u:])
+        rech = np.empty((B, u), x.dtype)
     for t in range(T):
-        if t > 0 or use_init:
-            np.dot(H[t], recurrent_kernel, rec)
+        has_prev = t > 0 or use_init
+        if has_prev:
+            recurrent_product(H, t, recurrent_kernel, mask_h, n_mh, HM, rec)
         else:
             rec[:, :] = 0
-        if std:
-            _gru_gates(G, H, RH, rec, b_in, b_rec, t, TANH, SIGMOID, one)
+        if reset_after:
+            if std:
+                _gru_gates(G, H, RH, rec, b_in, b_rec, t, TANH, SIGMOID, one)
+            else:
+                _gru_gates(G, H, RH, rec, b_in, b_rec, t, act, rec_act, one)
         else:
-            _gru_gates(G, H, RH, rec, b_in, b_rec, t, act, rec_act, one)
+            if std:
+                _gru_zr_before(G, H, RH, HM, n_mh, rec, b_in, t, has_prev, SIGMOID, one)
+            else:
+                _gru_zr_before(G, H, RH, HM, n_mh, rec, b_in, t, has_prev, rec_act, one)
+            np.dot(RH[t], u_h, rech)
+            if std:
+                _gru_h_before(G, H, rech, b_in, t, TANH, one)
+            else:
+                _gru_h_before(G, H, rech, b_in, t, act, one)
         if ret_seq:
             _copy_step(H, t, y)
 
@@ -426,47 +612,122 @@ def _gru_gates_backward(G, H, RH, dy, dh, dhz, dZ, dR, t, has_seq, act, rec_act,
             dr[u + j] = dpr
 
 
+@inline
+def _gru_h_before_backward(G, H, dy, dh, dhz, dZ, dR, dph, t, has_seq, act, rec_act, one):
+    """reset_after=False, first half of step t backward: the z and candidate gradients
+    (dph (B, u) also apart, for the candidate product's gradient); dhz = d * z."""
+    B = dh.shape[0]
+    u = dh.shape[1]
+    o = 2 * u
+    for b in range(B):
+        g = G[t, b]
+        dhb = dh[b]
+        dhzb = dhz[b]
+        for j in range(u):
+            dhb[j] += dhzb[j]
+        if has_seq:
+            yb = dy[b, t]
+            for j in range(u):
+                dhb[j] += yb[j]
+        hp = H[t, b]
+        dz = dZ[t, b]
+        dr = dR[t, b]
+        dp = dph[b]
+        for j in range(u):
+            d = dhb[j]
+            z = g[j]
+            hh = g[o + j]
+            dpz = d * (hp[j] - hh) * ract_grad(rec_act, z, one)
+            dpc = d * (one - z) * ract_grad(act, hh, one)
+            dz[j] = dpz
+            dz[o + j] = dpc
+            dr[j] = dpz
+            dr[o + j] = 0  # the candidate's product is (r * h_{t-1}) U_h: its gradient goes through drh
+            dp[j] = dpc
+            dhzb[j] = d * z
+
+
+@inline
+def _gru_r_before_backward(G, H, HM, n_mh, mask_h, drh, dhz, dZ, dR, t, has_prev, rec_act, one):
+    """reset_after=False, second half: drh = d(r * h_{t-1}); the reset gate's gradient and
+    the path into h_{t-1} (through the candidate block's mask) added to dhz."""
+    B = drh.shape[0]
+    u = drh.shape[1]
+    for b in range(B):
+        g = G[t, b]
+        dz = dZ[t, b]
+        dr = dR[t, b]
+        d_ = drh[b]
+        dhzb = dhz[b]
+        for j in range(u):
+            r = g[u + j]
+            if not has_prev:  # h_{-1} = 0: r has no effect
+                hm = one - one
+                m = one
+            elif n_mh > 0:
+                hm = HM[2, t, b, j]
+                m = mask_h[b, 2, j]
+            else:
+                hm = H[t, b, j]
+                m = one
+            dpr = d_[j] * hm * ract_grad(rec_act, r, one)
+            dz[u + j] = dpr
+            dr[u + j] = dpr
+            dhzb[j] += d_[j] * r * m
+
+
 @jit
-def gru_backward(xs, reverse, kernel, recurrent_kernel, G, H, RH, dy, has_seq, act, rec_act,
-                 use_init, need_dx, dh, dhz, dZ, dR, dkernel, drecurrent, dbias, dxs, dx):
+def gru_backward(xs, reverse, kernel, recurrent_kernel, G, H, RH, dy, has_seq, act, rec_act, reset_after,
+                 mask_x, n_mx, mask_h, n_mh, HM, use_init, need_dx, dh, dhz, dZ, dR, dkernel, drecurrent, dbias,
+                 dxs, dx):
     """Backward through time of gru_forward.
 
     dh (B, u): on entry the gradient reaching the last step, on exit that of
     the initial state; dhz (B, u) workspace. dZ (T, B, 3u) gradients of the
     input projection, dR (T, B, 3u) of the recurrent product (they differ in
-    the candidate block by the reset gate). dbias (2, 3u).
+    the candidate block by the reset gate). dbias (2, 3u), or (1, 3u) without
+    reset_after (then dR's candidate block is 0 and drecurrent's candidate
+    columns are RH.T @ the candidate gradients).
     """
-    T, B, D = xs.shape
+    K, T, B, D = xs.shape
     n3 = G.shape[2]
     u = n3 // 3
     one = xs.dtype.type(1)
     dhz[:, :] = 0
     std = act == TANH and rec_act == SIGMOID
+    if not reset_after:
+        u_h = np.ascontiguousarray(recurrent_kernel[:, 2 * u:])
+        dph = np.empty((B, u), xs.dtype)
+        drh = np.empty((B, u), xs.dtype)
     for t in range(T - 1, -1, -1):
-        if std:
-            _gru_gates_backward(G, H, RH, dy, dh, dhz, dZ, dR, t, has_seq, TANH, SIGMOID, one)
+        if reset_after:
+            if std:
+                _gru_gates_backward(G, H, RH, dy, dh, dhz, dZ, dR, t, has_seq, TANH, SIGMOID, one)
+            else:
+                _gru_gates_backward(G, H, RH, dy, dh, dhz, dZ, dR, t, has_seq, act, rec_act, one)
         else:
-            _gru_gates_backward(G, H, RH, dy, dh, dhz, dZ, dR, t, has_seq, act, rec_act, one)
+            if std:
+                _gru_h_before_backward(G, H, dy, dh, dhz, dZ, dR, dph, t, has_seq, TANH, SIGMOID, one)
+            else:
+                _gru_h_before_backward(G, H, dy, dh, dhz, dZ, dR, dph, t, has_seq, act, rec_act, one)
+            np.dot(dph, u_h.T, drh)
+            _gru_r_before_backward(G, H, HM, n_mh, mask_h, drh, dhz, dZ, dR, t, t > 0 or use_init, rec_act, one)
         # dh_{t-1} = dhz (direct path through z) + dR_t @ U.T; dhz is added at
         # the start of the next step's pass
         if t > 0 or use_init:
-            np.dot(dR[t], recurrent_kernel.T, dh)
+            recurrent_grad(dR[t], recurrent_kernel, mask_h, n_mh, dh)
         else:
             dh[:, :] = 0
     dh += dhz
-    dZ2 = dZ.reshape(T * B, n3)
-    dR2 = dR.reshape(T * B, n3)
-    np.dot(xs.reshape(T * B, D).T, dZ2, dkernel)
-    s = 0 if use_init else 1
-    if T > s:
-        np.dot(H[s:T].reshape((T - s) * B, u).T, dR[s:T].reshape((T - s) * B, n3), drecurrent)
+    weight_grads(xs, kernel, H, HM, dZ, dR, mask_x, n_mx, n_mh, use_init, need_dx, reverse,
+                 dkernel, drecurrent, dxs, dx)
+    _bias_colsum(dZ.reshape(T * B, n3), dbias[0])
+    if reset_after:
+        _bias_colsum(dR.reshape(T * B, n3), dbias[1])
     else:
-        drecurrent[:, :] = 0
-    _bias_colsum(dZ2, dbias[0])
-    _bias_colsum(dR2, dbias[1])
-    if need_dx:
-        np.dot(dZ2, kernel.T, dxs.reshape(T * B, D))
-        from_time_major(dxs, reverse, dx)
+        tmp = np.empty((u, u), xs.dtype)
+        np.dot(RH.reshape(T * B, u).T, np.ascontiguousarray(dZ.reshape(T * B, n3)[:, 2 * u:]), tmp)
+        drecurrent[:, 2 * u:] = tmp
 
 
 # -------------------------------------------------------------- SimpleRNN
@@ -484,18 +745,18 @@ def _rnn_step(P, H, rec, bias, t, act, one):
 
 @jit
 def simple_rnn_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act, ret_seq,
-                       xs, P, H, rec, y):
+                       mask_x, n_mx, mask_h, n_mh, HM, xs, P, H, rec, y):
     """h_t = act(x_t kernel + h_{t-1} recurrent_kernel + bias) over all steps.
 
     P (T, B, u) the input projection; H (T+1, B, u) with H[0] the initial state.
     """
     B, T, D = x.shape
     one = x.dtype.type(1)
-    to_time_major(x, reverse, xs)
-    np.dot(xs.reshape(T * B, D), kernel, P.reshape(T * B, P.shape[2]))
+    masked_time_major(x, reverse, mask_x, n_mx, xs)
+    project_blocks(xs.reshape(xs.shape[0], T * B, D), n_mx, kernel, P.reshape(T * B, P.shape[2]))
     for t in range(T):
         if t > 0 or use_init:
-            np.dot(H[t], recurrent_kernel, rec)
+            recurrent_product(H, t, recurrent_kernel, mask_h, n_mh, HM, rec)
         else:
             rec[:, :] = 0
         if act == TANH:
@@ -523,10 +784,11 @@ def _rnn_step_backward(H, dy, dh, dZ, t, has_seq, act, one):
 
 
 @jit
-def simple_rnn_backward(xs, reverse, kernel, recurrent_kernel, H, dy, has_seq, act, use_init,
+def simple_rnn_backward(xs, reverse, kernel, recurrent_kernel, H, dy, has_seq, act, mask_x, n_mx, mask_h, n_mh,
+                        HM, use_init,
                         need_dx, dh, dZ, dkernel, drecurrent, dbias, dxs, dx):
     """Backward through time of simple_rnn_forward (arguments as lstm_backward)."""
-    T, B, D = xs.shape
+    K, T, B, D = xs.shape
     u = H.shape[2]
     one = xs.dtype.type(1)
     for t in range(T - 1, -1, -1):
@@ -535,17 +797,9 @@ def simple_rnn_backward(xs, reverse, kernel, recurrent_kernel, H, dy, has_seq, a
         else:
             _rnn_step_backward(H, dy, dh, dZ, t, has_seq, act, one)
         if t > 0 or use_init:
-            np.dot(dZ[t], recurrent_kernel.T, dh)
+            recurrent_grad(dZ[t], recurrent_kernel, mask_h, n_mh, dh)
         else:
             dh[:, :] = 0
-    dZ2 = dZ.reshape(T * B, u)
-    np.dot(xs.reshape(T * B, D).T, dZ2, dkernel)
-    s = 0 if use_init else 1
-    if T > s:
-        np.dot(H[s:T].reshape((T - s) * B, u).T, dZ[s:T].reshape((T - s) * B, u), drecurrent)
-    else:
-        drecurrent[:, :] = 0
-    _bias_colsum(dZ2, dbias)
-    if need_dx:
-        np.dot(dZ2, kernel.T, dxs.reshape(T * B, D))
-        from_time_major(dxs, reverse, dx)
+    weight_grads(xs, kernel, H, HM, dZ, dZ, mask_x, n_mx, n_mh, use_init, need_dx, reverse,
+                 dkernel, drecurrent, dxs, dx)
+    _bias_colsum(dZ.reshape(T * B, u), dbias)
