@@ -141,6 +141,62 @@ CASES += [
 ]
 
 
+def axes_case(name, axes, q_shape, v_shape, key=False, output_shape=None):
+    """attention_axes on rank-4 inputs: the reference moves the batch-like axes next to the
+    batch, flattens both groups and runs the rank-3 reference (Keras' einsum semantics)."""
+    rank = len(q_shape)
+    middle = list(range(1, rank - 1))
+    attn = middle if axes is None else sorted(a % rank for a in axes)
+    perm = (0, *[a for a in middle if a not in attn], *attn, rank - 1)
+    n_lead = 1 + len(middle) - len(attn)
+
+    def to3(a):
+        a = a.transpose(perm)
+        return a.reshape(int(np.prod(a.shape[:n_lead])), -1, a.shape[-1])
+
+    def make(dt):
+        layer = L.MultiHeadAttention(2, 2, value_dim=3, attention_axes=axes, output_shape=output_shape, dtype=dt,
+                                     seed=3)
+        shapes = [(None,) + q_shape[1:], (None,) + v_shape[1:]] + ([(None,) + v_shape[1:-1] + (4,)] if key else [])
+        return with_random_biases(layer, shapes)
+
+    def make_inputs(r):
+        xs = [r.standard_normal(q_shape), r.standard_normal(v_shape)]
+        return tuple(xs + [r.standard_normal(v_shape[:-1] + (4,))]) if key else tuple(xs)
+
+    def reference(w, q, v, k=None):
+        out, _ = ref.mha_forward(to3(q), to3(v), None if k is None else to3(k), w)
+        moved = out.reshape(tuple(q.shape[a] for a in perm[:-1]) + out.shape[2:])
+        inv = tuple(int(i) for i in np.argsort(perm[:-1]))
+        return moved.transpose(inv + tuple(range(rank - 1, moved.ndim)))
+
+    return LayerCase(name, make, inputs=make_inputs, reference=reference, rtol=TOL, atol=TOL)
+
+
+CASES += [
+    axes_case("mha-axes-2", (2,), (2, 3, 4, 5), (2, 3, 6, 5)),
+    axes_case("mha-axes-1", (1,), (2, 3, 4, 5), (2, 5, 4, 5)),
+    axes_case("mha-axes-default-rank4", None, (2, 3, 2, 5), (2, 2, 2, 5)),
+    axes_case("mha-axes-neg-key-output-shape", (-2,), (2, 2, 3, 4), (2, 2, 2, 4), key=True, output_shape=(2, 3)),
+    axes_case("mha-axes-rank5", (1, 3), (2, 2, 3, 2, 4), (2, 3, 3, 2, 4)),
+]
+
+
+def test_attention_axes_config_and_errors():
+    layer = L.MultiHeadAttention(2, 3, attention_axes=(1,))
+    assert L.MultiHeadAttention.from_config(layer.get_config()).attention_axes == (1,)
+    x = np.zeros((2, 3, 4, 5))
+    with pytest.raises(ValueError, match="attention_mask, use_causal_mask and return_attention_scores need"):
+        L.MultiHeadAttention(2, 3, attention_axes=(2,)).forward((x, x), attention_mask=np.ones((2, 4, 4), bool))
+    for bad in ((0,), (3,), (1, 1)):
+        with pytest.raises(ValueError, match="attention_axes .* must name distinct axes"):
+            L.MultiHeadAttention(2, 3, attention_axes=bad).forward((x, x))
+    with pytest.raises(ValueError, match="attention_axes must be an int or a tuple of ints"):
+        L.MultiHeadAttention(2, 3, attention_axes="time")
+    with pytest.raises(ValueError, match="does not match the query .* on the batch axes"):
+        L.MultiHeadAttention(2, 3, attention_axes=(2,)).forward((x, np.zeros((2, 4, 4, 5))))
+
+
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_layer_case(case, device):
     case.check(device)

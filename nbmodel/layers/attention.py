@@ -38,6 +38,12 @@ class MultiHeadAttention(Layer):
     ``backward(dy)`` returns one gradient per input given; ``dy`` may be
     ``(d_output, d_scores)`` when the scores were returned.
 
+    Inputs of rank > 3, (batch, a_1, ..., a_n, features): attention runs over
+    ``attention_axes`` (default: every axis but batch and features, jointly)
+    and the other axes act as batch axes (Keras); the layer moves them next to
+    the batch (the reshaping family's ``permute``) and flattens both groups.
+    Masks and returned scores need rank-3 inputs.
+
     Params (Keras ``get_weights`` order): query_kernel (dq, h, key_dim),
     query_bias (h, key_dim), key_kernel (dk, h, key_dim), key_bias,
     value_kernel (dv, h, value_dim), value_bias (h, value_dim),
@@ -45,8 +51,16 @@ class MultiHeadAttention(Layer):
     """
 
     def __init__(self, num_heads, key_dim, value_dim=None, dropout=0.0, use_bias=True, output_shape=None,
-                 kernel_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
+                 attention_axes=None, kernel_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
         super().__init__(**kwargs)
+        if attention_axes is not None:
+            axes = (attention_axes,) if isinstance(attention_axes, (int, np.integer)) else tuple(attention_axes)
+            if not axes or not all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in axes):
+                raise ValueError(f"{self.name}: attention_axes must be an int or a tuple of ints, got "
+                                 f"{attention_axes!r}")
+            attention_axes = tuple(int(a) for a in axes)
+        self.attention_axes = attention_axes
+        self._perm = None  # rank > 3: how inputs are laid out as (batch', time', features) for the kernels
         self.num_heads = _pos_int(self.name, num_heads, "num_heads")
         self.key_dim = _pos_int(self.name, key_dim, "key_dim")
         self.value_dim = self.key_dim if value_dim is None else _pos_int(self.name, value_dim, "value_dim")
@@ -84,17 +98,40 @@ class MultiHeadAttention(Layer):
         q, v = shapes[0], shapes[1]
         k = shapes[2] if len(shapes) == 3 else v
         for what, s in (("query", q), ("value", v), ("key", k)):
-            if len(s) != 3 or s[-1] is None:
-                raise ValueError(f"{self.name}: expected {what} of shape (batch, time, features) with known "
-                                 f"features, got {s}")
+            if len(s) != len(q) or len(s) < 3 or s[-1] is None:
+                raise ValueError(f"{self.name}: expected {what} of shape (batch, time..., features) with known "
+                                 f"features and the query's rank {len(q)}, got {s}")
+        if len(q) > 3:
+            return q, v, k
         if v[1] is not None and k[1] is not None and v[1] != k[1]:
             raise ValueError(f"{self.name}: key and value must have the same length, got {k} and {v}")
         return q, v, k
+
+    def _layout(self, rank):
+        """(batch axes after the first, attention axes) of inputs of ``rank``, from attention_axes."""
+        middle = list(range(1, rank - 1))
+        if self.attention_axes is None:
+            return [], middle
+        attn = []
+        for a in self.attention_axes:
+            ax = a + rank if a < 0 else a
+            if ax not in middle or ax in attn:
+                raise ValueError(f"{self.name}: attention_axes {self.attention_axes} must name distinct axes "
+                                 f"between the batch and the features of rank-{rank} inputs")
+            attn.append(ax)
+        attn.sort()
+        return [a for a in middle if a not in attn], attn
 
     def build(self, input_shape):
         q, v, k = self._split_shapes(input_shape)
         h, kd, vd = self.num_heads, self.key_dim, self.value_dim
         self._dq, self._dv, self._dk = int(q[-1]), int(v[-1]), int(k[-1])
+        rank = len(q)
+        others, attn = self._layout(rank)
+        if rank == 3 and others:
+            raise ValueError(f"{self.name}: attention_axes {self.attention_axes} leaves no axis to attend over")
+        self._perm = (0, *others, *attn, rank - 1) if rank > 3 else None
+        self._groups = (len(others), len(attn))
         self._out_tail = self._output_shape_arg or (self._dq,)
         ki, bi = self.kernel_initializer, self.bias_initializer
         self.add_param("query_kernel", (self._dq, h, kd), ki)
@@ -114,7 +151,7 @@ class MultiHeadAttention(Layer):
     def compute_output_shape(self, input_shape):
         q, v, k = self._split_shapes(input_shape)
         tail = self._output_shape_arg or (q[-1],)
-        out = (q[0], q[1]) + tuple(tail)
+        out = tuple(q[:-1]) + tuple(tail)
         if self._symbolic_scores:
             return [out, (q[0], self.num_heads, q[1], v[1])]
         return out
@@ -172,6 +209,52 @@ class MultiHeadAttention(Layer):
                 return_attention_scores=False, key=None):
         inputs = self._inputs(inputs, key)
         self.ensure_built(tuple(np.shape(a) for a in inputs))
+        if self._perm is None:
+            return self._forward3(inputs, training, attention_mask, use_causal_mask, return_attention_scores)
+        if attention_mask is not None or use_causal_mask or return_attention_scores:
+            raise ValueError(f"{self.name}: attention_mask, use_causal_mask and return_attention_scores need "
+                             f"inputs of rank 3 (got rank {len(self._perm)})")
+        inputs = [self.check_input(a, ndim=len(self._perm), what=w) for a, w in zip(inputs, ("query", "value", "key"))]
+        batch_axes = self._perm[:1 + self._groups[0]]
+        q = inputs[0]
+        for a, what in zip(inputs[1:], ("value", "key")):
+            if tuple(a.shape[ax] for ax in batch_axes) != tuple(q.shape[ax] for ax in batch_axes):
+                raise ValueError(f"{self.name}: {what} of shape {a.shape} does not match the query {q.shape} on "
+                                 f"the batch axes (those outside attention_axes)")
+        self._shapes_in = [a.shape for a in inputs]
+        y = self._forward3([self._to3(a, f"in{i}") for i, a in enumerate(inputs)], training, None, False, False)
+        return self._from3(y, q.shape, "out")
+
+    def _to3(self, x, key):
+        """x (batch, a..., features) as (batch * batch axes, attention positions, features)."""
+        perm = self._perm
+        if perm != tuple(range(len(perm))):
+            moved = self.workspace(("perm", key), tuple(x.shape[a] for a in perm))
+            self.kernels("reshaping").permute(x, perm, moved)
+            x = moved
+        nb_, na = self._groups
+        lead = int(np.prod(x.shape[:1 + nb_]))
+        return x.reshape(lead, int(np.prod(x.shape[1 + nb_:1 + nb_ + na])), x.shape[-1])
+
+    def _from3(self, y, query_shape, key):
+        """The kernels' (batch', time', *tail) back to (batch, a..., *tail), the axis order of an
+        input of ``query_shape`` (the query for the output, each input for its gradient)."""
+        perm = self._perm
+        tail = tuple(y.shape[2:])
+        moved_shape = tuple(query_shape[a] for a in perm[:-1]) + tail
+        y = y.reshape(moved_shape)
+        if perm == tuple(range(len(perm))):
+            return y
+        r = len(perm) - 1  # the query's axes before its features
+        inv = [0] * r
+        for i, a in enumerate(perm[:-1]):
+            inv[a] = i
+        axes = tuple(inv) + tuple(range(r, r + len(tail)))
+        out = self.workspace(("unperm", key), tuple(moved_shape[a] for a in axes))
+        self.kernels("reshaping").permute(y, axes, out)
+        return out
+
+    def _forward3(self, inputs, training, attention_mask, use_causal_mask, return_attention_scores):
         query = self.check_input(inputs[0], ndim=3, last_dim=self._dq, what="query")
         value = self.check_input(inputs[1], ndim=3, last_dim=self._dv, what="value")
         has_key = len(inputs) == 3
@@ -245,6 +328,22 @@ class MultiHeadAttention(Layer):
 
     # -------------------------------------------------------------- backward
     def backward(self, dy):
+        if self._perm is None:
+            return self._backward3(dy)
+        dy = self.asarray(dy)
+        r = len(self._perm) - 1
+        axes = self._perm[:-1] + tuple(range(r, dy.ndim))  # dy is (batch, a..., *tail)
+        moved = dy
+        if axes != tuple(range(dy.ndim)):
+            moved = self.workspace("perm_dy", tuple(dy.shape[a] for a in axes))
+            self.kernels("reshaping").permute(dy, axes, moved)
+        lead = int(np.prod(moved.shape[:1 + self._groups[0]]))
+        grads = self._backward3(moved.reshape((lead, -1) + tuple(dy.shape[r:])))
+        if grads is None:
+            return None
+        return tuple(self._from3(g, shape, f"d{i}") for i, (g, shape) in enumerate(zip(grads, self._shapes_in)))
+
+    def _backward3(self, dy):
         if self._cache is None:
             raise RuntimeError(f"{self.name}: backward needs a forward pass with training=True first")
         (q2, k2, v2), has_key, b, tq, tk, rate, u, qh, kh, vh, probs, o2, wcat = self._cache
@@ -312,6 +411,7 @@ class MultiHeadAttention(Layer):
         cfg = super().get_config()
         cfg.update(num_heads=self.num_heads, key_dim=self.key_dim, value_dim=self._value_dim_arg,
                    dropout=self.dropout, use_bias=self.use_bias,
+                   attention_axes=None if self.attention_axes is None else list(self.attention_axes),
                    output_shape=(list(self._output_shape_arg) if self._output_shape_arg else None),
                    kernel_initializer=_init_name(self, self.kernel_initializer),
                    bias_initializer=_init_name(self, self.bias_initializer))

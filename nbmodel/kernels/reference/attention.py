@@ -47,7 +47,7 @@ def mha_forward(query, value, key, w, attention_mask=None, use_causal_mask=False
     p = np.where(tot > 0, e / np.where(tot > 0, tot, 1.0), 0.0)  # fully masked row -> zeros
     o = np.einsum("bhqk,bkhd->bqhd", p, v)
     out = np.einsum("bqhd,hdo->bqo", o, w["output_kernel"].reshape(h, v.shape[-1], -1))
-    out = out + w.get("output_bias", 0.0)
+    out = out + np.reshape(w.get("output_bias", 0.0), -1)  # a tuple output_shape's bias is flattened too
     out = out.reshape(out.shape[:2] + w["output_kernel"].shape[2:])
     return out, p
 
