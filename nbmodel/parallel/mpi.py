@@ -28,6 +28,7 @@ loss is seen by every rank alike and raises FloatingPointError everywhere.
 """
 from __future__ import annotations
 
+import pickle
 import sys
 import time
 import traceback
@@ -163,7 +164,18 @@ class MPIBackend(ReplicatedTrainer):
         return self.is_root or not isinstance(cb, writers)
 
     def agree(self, obj):
-        return self.comm.bcast(obj, root=0) if self.replicas > 1 else obj
+        return self._bcast(obj, "the broadcast of rank 0's decisions") if self.replicas > 1 else obj
+
+    def _bcast(self, obj, what):
+        """comm.bcast(obj, root=0) under the step deadline: the pickled object's size, then its
+        bytes, as two non-blocking broadcasts (a stuck rank ends the job naming it, not a hang)."""
+        MPI = self.MPI
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL) if self.is_root else b""
+        size = np.array([len(data)], np.int64)
+        _wait(self.comm.Ibcast(size, root=0), self.comm, MPI, what)
+        buf = np.frombuffer(data, np.uint8).copy() if self.is_root else np.empty(int(size[0]), np.uint8)
+        _wait(self.comm.Ibcast(buf, root=0), self.comm, MPI, what)
+        return obj if self.is_root else pickle.loads(buf.tobytes())
 
     def start(self):
         model, comm = self.model, self.comm
@@ -218,7 +230,8 @@ class MPIBackend(ReplicatedTrainer):
         if not self.positions or self.replicas == 1:
             return
         mine = get_state_arrays(self.model, self.positions)
-        set_state_arrays(self.model, self.positions, self.comm.bcast(mine if self.is_root else None, root=0))
+        set_state_arrays(self.model, self.positions,
+                         self._bcast(mine if self.is_root else None, "the broadcast of the moving statistics"))
 
     def finish(self, completed):
         uninstall_rngs(self.model)

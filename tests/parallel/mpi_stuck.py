@@ -1,6 +1,9 @@
-"""Run under mpiexec by test_mpi.py: rank 1 gets stuck mid-epoch (a callback that
-never returns) while rank 0 waits in the step's gradient sum; with a 5 s step
-deadline the job must end with an error naming rank 1 instead of hanging."""
+"""Run under mpiexec by test_mpi.py: rank 1 gets stuck (a callback that never
+returns) mid-epoch, while rank 0 waits in the step's gradient sum; with
+argument ``epoch-end`` rank 0 gets stuck at the end of an epoch, while rank 1
+waits in the broadcast of rank 0's decisions. With a 5 s step deadline the job
+must end with an error naming the stuck rank instead of hanging."""
+import sys
 import time
 
 import numpy as np
@@ -12,10 +15,20 @@ from nbmodel.parallel import mpi
 
 
 class StuckOnRank1(Callback):
-    def on_train_batch_begin(self, batch, logs=None):
-        if batch == 2 and mpi.rank() == 1:
+    at_epoch_end = sys.argv[1:] == ["epoch-end"]
+
+    def _stick(self):
+        if mpi.rank() == (0 if self.at_epoch_end else 1):
             print(f"STUCK AT {time.time()!r}", flush=True)
             time.sleep(3600)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == 2 and not self.at_epoch_end:
+            self._stick()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.at_epoch_end:
+            self._stick()
 
 
 nb.config.set_step_timeout(5)

@@ -116,12 +116,20 @@ def test_killed_job_resumes_bit_identically(tmp_path, flags):
     assert_same_final(done, resumed)
 
 
-def test_stuck_rank_ends_the_job_naming_it():
-    r, _ = _mpiexec([os.path.join(HERE, "mpi_stuck.py")], timeout=120)
+@pytest.mark.parametrize("where", ["mid-step", "epoch-end"])
+def test_stuck_rank_ends_the_job_naming_it(where):
+    # mid-step: rank 1 stuck, rank 0 waits in the gradient sum and names it; epoch-end: rank 0
+    # stuck, rank 1 waits in the broadcast of rank 0's decisions (no hang: it has a deadline too)
+    r, _ = _mpiexec([os.path.join(HERE, "mpi_stuck.py")] + (["epoch-end"] if where == "epoch-end" else []),
+                    timeout=120)
     ended = time.time()
     out = r.stderr + r.stdout
     assert r.returncode != 0, out
-    assert "rank(s) [1] never arrived" in out, out
+    if where == "epoch-end":
+        assert "rank 1 of 2: the broadcast of rank 0's decisions did not complete within 5 s" in out, out
+        assert "rank 0 did not report either" in out, out
+    else:
+        assert "rank(s) [1] never arrived" in out, out
     stuck = float(r.stdout.split("STUCK AT ")[1].split()[0])
     assert ended - stuck < 5 + 30  # the deadline, the report window, the abort
 
