@@ -10,14 +10,15 @@ __version__ = "0.1.0"
 
 from . import config, initializers, layers, testing
 from .config import get_num_threads, set_num_threads
+from .data import PyDataset
 from .initializers import set_random_seed
 from .io import load_model
 from .layers import Input
 from .model import Model, Sequential
 
-_LAZY = ("callbacks", "datasets", "explain", "losses", "metrics", "optimizers", "schedules", "parallel", "cli")
+_LAZY = ("callbacks", "datasets", "explain", "losses", "metrics", "optimizers", "schedules", "parallel", "cli", "utils")
 
-__all__ = ["Input", "Model", "Sequential", "load_model", "config", "initializers", "layers", "testing",
+__all__ = ["Input", "Model", "Sequential", "PyDataset", "load_model", "config", "initializers", "layers", "testing",
            "get_num_threads", "set_num_threads", "set_random_seed", "__version__", *_LAZY]
 
 

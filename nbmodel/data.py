@@ -1,5 +1,9 @@
-"""Turning user data into validated arrays, batches, shuffles and splits."""
+"""Turning user data into validated arrays, batches, shuffles and splits; streamed batches
+(``PyDataset``, Python generators) validated one by one."""
 from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -62,8 +66,24 @@ def check_numeric(arr, what):
     return a
 
 
-def standardize_inputs(model, x, where):
-    """Model inputs as C-contiguous arrays of the input dtype, checked against the model."""
+def check_input(where: str, name: str, t, a: np.ndarray) -> np.ndarray:
+    """``a`` as a C-contiguous array of input tensor ``t``'s dtype: ids whole, values finite."""
+    if t.dtype.kind in "iu":
+        if a.dtype.kind == "f":
+            if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
+                raise ValueError(f"{where}: input {name!r} expects integer ids, got non-integer values")
+        return np.ascontiguousarray(a, dtype=t.dtype)
+    a = np.ascontiguousarray(a, dtype=t.dtype)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{where}: input {name!r} contains NaN or infinity")
+    return a
+
+
+def standardize_inputs(model, x, where, lazy=False):
+    """Model inputs as C-contiguous arrays of the input dtype, checked against the model.
+
+    ``lazy``: a NumPy memmap is kept as it is (shape checked only); ``take_inputs`` casts
+    and checks each batch of it, so the file is never copied or scanned whole."""
     if x is None:
         raise ValueError(f"{where}: x is required")
     graph = model._graph
@@ -71,27 +91,32 @@ def standardize_inputs(model, x, where):
     if len(xs) != len(graph.inputs):
         raise ValueError(f"{where}: the model has {len(graph.inputs)} inputs, got {len(xs)} arrays")
     out = []
-    for t, a in zip(graph.inputs, xs):
+    for t, given in zip(graph.inputs, xs):
         name = t.input_layer.name
-        a = check_numeric(a, f"{where}: input {name!r}")
+        a = check_numeric(given, f"{where}: input {name!r}")
         if a.ndim != len(t.shape) or any(s is not None and s != d for s, d in zip(t.shape[1:], a.shape[1:])):
             raise ValueError(f"{where}: input {name!r} expects shape {t.shape} (batch first), "
                              f"got {a.shape}")
-        if t.dtype.kind in "iu":
-            if a.dtype.kind == "f":
-                if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
-                    raise ValueError(f"{where}: input {name!r} expects integer ids, got non-integer values")
-            a = np.ascontiguousarray(a, dtype=t.dtype)
-        else:
-            a = np.ascontiguousarray(a, dtype=t.dtype)
-            if not np.isfinite(a).all():
-                raise ValueError(f"{where}: input {name!r} contains NaN or infinity")
-        out.append(a)
+        out.append(given if lazy and isinstance(given, np.memmap) else check_input(where, name, t, a))
     n = out[0].shape[0]
     for t, a in zip(graph.inputs, out):
         if a.shape[0] != n:
             raise ValueError(f"{where}: inputs have different numbers of samples "
                              f"({[b.shape[0] for b in out]})")
+    return out
+
+
+def take_inputs(model, xs, sel, where: str) -> list[np.ndarray]:
+    """Rows ``sel`` (a slice or indices) of standardized inputs; the rows of a memmap
+    (kept by ``standardize_inputs(lazy=True)``) are cast and checked here, per batch."""
+    out = []
+    for t, a in zip(model._graph.inputs, xs):
+        b = a[sel]
+        if isinstance(a, np.memmap):
+            rows = range(a.shape[0])[sel] if isinstance(sel, slice) else np.asarray(sel)
+            span = f"samples {rows[0]}..{rows[-1]}" if len(rows) else "no samples"
+            b = check_input(f"{where} ({span})", t.input_layer.name, t, b)
+        out.append(b)
     return out
 
 
@@ -136,14 +161,22 @@ def class_weights_to_sample_weights(class_weight, y):
     return w.reshape(labels.shape[0], -1)[:, 0] if w.ndim > 1 else w
 
 
-def split_validation(xs, ys, sw, validation_split, validation_data, model):
+def apply_class_weight(class_weight, ys, sample_weight):
+    """Sample weights with ``class_weight`` (of the first output's labels) folded in."""
+    if class_weight is None:
+        return sample_weight
+    cw = class_weights_to_sample_weights(class_weight, ys[0])
+    return cw if sample_weight is None else sample_weight * cw
+
+
+def split_validation(xs, ys, sw, validation_split, validation_data, model, lazy=False):
     """Keras: validation_data wins; else the LAST validation_split of the samples."""
     if validation_data is not None:
         if not isinstance(validation_data, (list, tuple)) or len(validation_data) not in (2, 3):
             raise ValueError("fit: validation_data must be (x_val, y_val) or (x_val, y_val, sample_weight)")
         vx, vy = validation_data[0], validation_data[1]
         vsw = validation_data[2] if len(validation_data) == 3 else None
-        vxs, vys, vsw = model._standardize(vx, vy, vsw, "fit (validation_data)")
+        vxs, vys, vsw = model._standardize(vx, vy, vsw, "fit (validation_data)", lazy=lazy)
         return (xs, ys, sw), (vxs, vys, vsw)
     if not validation_split:
         return (xs, ys, sw), None
@@ -160,17 +193,17 @@ def split_validation(xs, ys, sw, validation_split, validation_data, model):
     return (xt, yt, swt), (xv, yv, swv)
 
 
-def prepare_fit_data(model, x, y, sample_weight, class_weight, validation_split, validation_data):
+def prepare_fit_data(model, x, y, sample_weight, class_weight, validation_split, validation_data,
+                     lazy=False):
     """Validated training arrays, sample weights (class weights folded in) and the
-    validation split, as ``fit`` needs them in one process or several."""
-    xs, ys, sample_weight = model._standardize(x, y, sample_weight, "fit")
+    validation split, as ``fit`` needs them in one process or several (``lazy``:
+    memmaps stay memmaps, see ``standardize_inputs``)."""
+    xs, ys, sample_weight = model._standardize(x, y, sample_weight, "fit", lazy=lazy)
     if ys is None:
         raise ValueError("fit: targets y are required")
-    if class_weight is not None:
-        cw = class_weights_to_sample_weights(class_weight, ys[0])
-        sample_weight = cw if sample_weight is None else sample_weight * cw
+    sample_weight = apply_class_weight(class_weight, ys, sample_weight)
     (xs, ys, sample_weight), val = split_validation(xs, ys, sample_weight, validation_split,
-                                                     validation_data, model)
+                                                     validation_data, model, lazy=lazy)
     if xs[0].shape[0] == 0:
         raise ValueError("fit: no training samples (after the validation split)")
     return xs, ys, sample_weight, val
@@ -185,9 +218,137 @@ class BatchIterator:
     def __len__(self):
         return (self.n + self.batch_size - 1) // self.batch_size
 
-    def epoch(self):
+    def epoch(self, skip=0):
+        """This epoch's index arrays (``skip``: ignored, the epoch loop skips them itself)."""
         order = self.rng.permutation(self.n) if self.shuffle else np.arange(self.n)
         for start in range(0, self.n, self.batch_size):
             idx = order[start:start + self.batch_size]
             yield np.sort(idx) if self.shuffle else idx
 
+    def epoch_end(self) -> None:
+        """Nothing to tell arrays at the end of an epoch."""
+
+
+class PyDataset:
+    """Keras 3's PyDataset: a subclass defines ``__len__`` (batches per epoch) and
+    ``__getitem__(i)``, batch ``i`` as ``(x, y)`` or ``(x, y, sample_weight)`` (``x`` or
+    ``(x,)`` for ``predict``; ``x``/``y`` lists or dicts for several inputs/outputs), and
+    may define ``on_epoch_end()``. Batches are read in this process, one at a time."""
+
+    def __init__(self, workers: int = 1, use_multiprocessing: bool = False, max_queue_size: int = 10):
+        if workers != 1 or use_multiprocessing:
+            raise ValueError("PyDataset: batches are read in the training process; workers > 1 and "
+                             "use_multiprocessing are not supported")
+        self.workers, self.use_multiprocessing, self.max_queue_size = workers, use_multiprocessing, max_queue_size
+
+    def __len__(self) -> int:
+        raise NotImplementedError(f"{type(self).__name__} must define __len__ (batches per epoch)")
+
+    def __getitem__(self, index: int):
+        raise NotImplementedError(f"{type(self).__name__} must define __getitem__(index) returning a batch")
+
+    def on_epoch_end(self) -> None:
+        """Called after every epoch of fit (e.g. to reshuffle the samples)."""
+
+    @property
+    def num_batches(self) -> int:
+        return len(self)
+
+
+def is_stream(x) -> bool:
+    """Whether ``x`` is streamed batches (a PyDataset, a generator or another iterator)."""
+    return isinstance(x, (PyDataset, Iterator))
+
+
+class Batch:
+    """One validated batch: input, target (or None) and sample-weight arrays."""
+
+    __slots__ = ("xs", "ys", "sw")
+
+    def __init__(self, xs, ys, sw):
+        self.xs, self.ys, self.sw = xs, ys, sw
+
+    def __len__(self) -> int:
+        return self.xs[0].shape[0]
+
+
+def array_batches(model, xs, ys, sw, batch_size: int, where: str, steps=None):
+    """Consecutive Batches of standardized arrays (at most ``steps``)."""
+    n = xs[0].shape[0]
+    for step, start in enumerate(range(0, n, batch_size)):
+        if steps is not None and step >= steps:
+            return
+        sl = slice(start, min(start + batch_size, n))
+        yield Batch(take_inputs(model, xs, sl, where), None if ys is None else [a[sl] for a in ys],
+                    None if sw is None else sw[sl])
+
+
+class BatchStream:
+    """Batches from a PyDataset or a Python iterator, validated one at a time like arrays.
+
+    A PyDataset gives ``len(dataset)`` steps an epoch (at most ``steps``), in an order
+    shuffled with ``rng`` when ``shuffle``; an iterator gives ``steps`` batches an epoch,
+    or all it has when ``steps`` is None, and ``exhausted`` turns True once it ends."""
+
+    def __init__(self, model, source, where: str, shuffle: bool = False, rng=None, steps=None,
+                 targets: bool = True, class_weight=None):
+        self.model, self.source, self.where = model, source, where
+        self.shuffle, self.rng, self.targets, self.class_weight = shuffle, rng, targets, class_weight
+        self.is_dataset = isinstance(source, PyDataset)
+        self.exhausted = False
+        if self.is_dataset:
+            n = len(source)
+            check_count(where, "len(dataset)", n, minimum=0)
+            self.steps = n if steps is None else min(steps, n)
+        else:
+            self.steps = steps
+
+    def epoch(self, skip: int = 0):
+        """This epoch's Batches; None for the first ``skip`` steps (not read or validated
+        from a PyDataset; drawn and dropped from an iterator)."""
+        if self.is_dataset:
+            n = len(self.source)
+            order = self.rng.permutation(n) if self.shuffle else np.arange(n)
+            for step in range(self.steps):
+                yield None if step < skip else self.load(self.source[int(order[step])], int(order[step]))
+            return
+        step = 0
+        while self.steps is None or step < self.steps:
+            try:
+                item = next(self.source)
+            except StopIteration:
+                self.exhausted = True
+                return
+            yield None if step < skip else self.load(item, step)
+            step += 1
+
+    def batches(self):
+        """The Batches of one pass (evaluate, predict, validation)."""
+        return (b for b in self.epoch() if b is not None)
+
+    def epoch_end(self) -> None:
+        if self.is_dataset:
+            self.source.on_epoch_end()
+
+    def warn_exhausted(self, epoch: int) -> None:
+        warnings.warn(f"{self.where}: the generator ran out of data after {epoch} epoch(s); training stops. "
+                      "Give steps_per_epoch and a generator that yields steps_per_epoch * epochs batches "
+                      "(or loops) to train for several epochs", stacklevel=3)
+
+    def load(self, item, index: int) -> Batch:
+        """Batch ``index`` validated like in-memory data (the error names the batch)."""
+        where = f"{self.where} (batch {index})"
+        if isinstance(item, tuple):
+            if not 1 <= len(item) <= 3:
+                raise ValueError(f"{where}: a batch must be x, (x,), (x, y) or (x, y, sample_weight); got a "
+                                 f"tuple of {len(item)}")
+            x, y, sw = (tuple(item) + (None, None))[:3]
+        else:
+            x, y, sw = item, None, None
+        if self.targets and y is None:
+            raise ValueError(f"{where}: the batch has no targets; yield (x, y) or (x, y, sample_weight)")
+        xs, ys, sw = self.model._standardize(x, y if self.targets else None, sw if self.targets else None,
+                                             where)
+        if ys is not None:
+            sw = apply_class_weight(self.class_weight, ys, sw)
+        return Batch(xs, ys, sw)

@@ -390,12 +390,13 @@ class Model(Layer):
         return names
 
     # ------------------------------------------------------------------ data
-    def _standardize(self, x, y=None, sample_weight=None, where="fit"):
-        """Lists of validated, contiguous arrays for inputs and targets."""
+    def _standardize(self, x, y=None, sample_weight=None, where="fit", lazy=False):
+        """Lists of validated, contiguous arrays for inputs and targets (``lazy``: memmap
+        inputs stay memmaps, batches are cast through ``data.take_inputs``)."""
         from .data import check_sample_weight, standardize_inputs, standardize_targets
 
         self._require_graph()
-        xs = standardize_inputs(self, x, where)
+        xs = standardize_inputs(self, x, where, lazy=lazy)
         ys = standardize_targets(self, y, xs[0].shape[0], where) if y is not None else None
         if sample_weight is not None:
             sample_weight = check_sample_weight(where, sample_weight, xs[0].shape[0])
@@ -469,13 +470,32 @@ class Model(Layer):
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose=1, callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
             sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_batch_size=None,
-            validation_freq=1, workers=1, distributed=None):
-        """Train for ``epochs`` epochs; returns a History (``history.history`` dict of lists)."""
-        from .data import check_count, prepare_fit_data
+            validation_freq=1, workers=1, distributed=None, validation_steps=None):
+        """Train for ``epochs`` epochs; returns a History (``history.history`` dict of lists).
+
+        ``x`` may be arrays or streamed batches: a ``PyDataset`` (its batch order shuffled
+        with ``shuffle``) or a generator of ``(x, y[, sample_weight])`` (``steps_per_epoch``
+        batches an epoch; without it, the generator's batches once)."""
+        from .data import BatchStream, check_count, is_stream, prepare_fit_data, split_validation
         from .training import LocalTrainer, run_fit
 
         self._require_compiled()
-        batch_size = 32 if batch_size is None else check_count("fit", "batch_size", batch_size)
+        stream = is_stream(x)
+        if (stream or is_stream(validation_data)) and (workers != 1 or distributed is not None):
+            raise ValueError("fit: a PyDataset or generator is read in one process; workers > 1 and "
+                             "distributed= need in-memory arrays (or a NumPy memmap) as x and validation_data")
+        if stream:
+            if batch_size is not None:
+                raise ValueError("fit: batch_size must be None when x is a PyDataset or generator: its batches "
+                                 "set the batch size")
+            if y is not None or sample_weight is not None:
+                raise ValueError("fit: y and sample_weight come from the PyDataset or generator's batches; "
+                                 "pass x only")
+            if validation_split:
+                raise ValueError("fit: validation_split needs arrays; give a PyDataset or generator as "
+                                 "validation_data")
+        else:
+            batch_size = 32 if batch_size is None else check_count("fit", "batch_size", batch_size)
         check_count("fit", "epochs", epochs, minimum=0)
         check_count("fit", "initial_epoch", initial_epoch, minimum=0)
         check_count("fit", "validation_freq", validation_freq)
@@ -483,6 +503,8 @@ class Model(Layer):
             check_count("fit", "steps_per_epoch", steps_per_epoch)
         if validation_batch_size is not None:
             check_count("fit", "validation_batch_size", validation_batch_size)
+        if validation_steps is not None:
+            check_count("fit", "validation_steps", validation_steps)
         if workers != 1 or distributed is not None:
             from .parallel import fit_parallel
 
@@ -493,50 +515,35 @@ class Model(Layer):
                                 initial_epoch=initial_epoch, workers=workers, distributed=distributed,
                                 steps_per_epoch=steps_per_epoch, validation_batch_size=validation_batch_size,
                                 validation_freq=validation_freq)
-        xs, ys, sample_weight, val = prepare_fit_data(self, x, y, sample_weight, class_weight,
-                                                      validation_split, validation_data)
-        return run_fit(self, LocalTrainer(self, xs, ys, sample_weight), xs[0].shape[0], val,
-                       batch_size=batch_size, epochs=epochs, verbose=verbose, callbacks=callbacks,
-                       shuffle=shuffle, initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
-                       validation_batch_size=validation_batch_size, validation_freq=validation_freq)
+        val_stream = None
+        if is_stream(validation_data):
+            val_stream = BatchStream(self, validation_data, "fit (validation_data)", steps=validation_steps)
+            validation_data = None
+        if stream:
+            batches = BatchStream(self, x, "fit", shuffle=shuffle, rng=self._rng, steps=steps_per_epoch,
+                                  class_weight=class_weight)
+            val = val_stream
+            if validation_data is not None:
+                _, val = split_validation(None, None, None, 0.0, validation_data, self, lazy=True)
+            trainer, n = LocalTrainer(self, None, None, None), None
+        else:
+            batches = None
+            xs, ys, sample_weight, val = prepare_fit_data(self, x, y, sample_weight, class_weight,
+                                                          validation_split, validation_data, lazy=True)
+            trainer, n, val = LocalTrainer(self, xs, ys, sample_weight), xs[0].shape[0], val_stream or val
+        return run_fit(self, trainer, n, val, batch_size=batch_size, epochs=epochs, verbose=verbose,
+                       callbacks=callbacks, shuffle=shuffle, initial_epoch=initial_epoch,
+                       steps_per_epoch=steps_per_epoch, validation_batch_size=validation_batch_size,
+                       validation_freq=validation_freq, batches=batches)
 
     # -------------------------------------------------------------- evaluate
     def evaluate(self, x=None, y=None, batch_size=None, verbose=0, sample_weight=None, return_dict=False,
-                 callbacks=None, _standardized=False):
-        """Loss (and metrics) over the data, in inference mode."""
-        from .data import check_count
-
+                 callbacks=None, steps=None):
+        """Loss (and metrics) over the data (arrays, a PyDataset or a generator of
+        ``(x, y[, sample_weight])``; at most ``steps`` batches), in inference mode."""
         self._require_compiled()
-        batch_size = 32 if batch_size is None else check_count("evaluate", "batch_size", batch_size)
-        if _standardized:
-            xs, ys = x, y
-        else:
-            xs, ys, sample_weight = self._standardize(x, y, sample_weight, "evaluate")
-        if ys is None:
-            raise ValueError("evaluate: targets y are required")
-        n = xs[0].shape[0]
-        if n == 0:
-            raise ValueError("evaluate: got 0 samples; a loss over no data is undefined")
-        saved = [(m.totals().copy()) for _, _, m in self._metrics or []]
-        self._reset_metrics()
-        loss_sum = 0.0
-        out_sums = np.zeros(len(self._losses)) if len(self._losses) > 1 else None
-        with finite_checks(False):
-            for start in range(0, n, batch_size):
-                sl = slice(start, min(start + batch_size, n))
-                bx = [a[sl] for a in xs]
-                by = [a[sl] for a in ys]
-                bw = None if sample_weight is None else sample_weight[sl]
-                preds = self._forward(bx, training=False)
-                value = self._loss_value(by, preds, bw)
-                if out_sums is not None:
-                    out_sums += np.asarray(self._output_losses) * (sl.stop - sl.start)
-                loss_sum += value * (sl.stop - sl.start)
-                self._update_metrics(by, preds, bw)
-        logs = self._logs(loss_sum, n, output_sums=out_sums)
-        for (_, _, m), tot in zip(self._metrics or [], saved):  # keep fit's running metrics intact
-            m.reset()
-            m.merge_totals(tot)
+        batches = self._inference_batches("evaluate", x, y, sample_weight, batch_size, steps, targets=True)
+        logs = self._evaluate_batches(batches, "evaluate")
         if verbose:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
         if return_dict:
@@ -544,26 +551,65 @@ class Model(Layer):
         values = list(logs.values())
         return values[0] if len(values) == 1 else values
 
-    # --------------------------------------------------------------- predict
-    def predict(self, x, batch_size=None, verbose=0):
-        """Outputs for ``x`` in inference mode (a list for several outputs); 0 samples give
-        empty arrays of the output shapes."""
-        from .data import check_count
+    def _inference_batches(self, where, x, y, sample_weight, batch_size, steps, targets):
+        """Validated ``data.Batch``es for evaluate / predict from arrays or streamed batches."""
+        from .data import BatchStream, array_batches, check_count, is_stream
 
-        batch_size = 32 if batch_size is None else check_count("predict", "batch_size", batch_size)
-        xs, _, _ = self._standardize(x, None, None, "predict")
-        n = xs[0].shape[0]
-        results = None
+        if steps is not None:
+            check_count(where, "steps", steps)
+        if is_stream(x):
+            if batch_size is not None:
+                raise ValueError(f"{where}: batch_size must be None when x is a PyDataset or generator: its "
+                                 "batches set the batch size")
+            if y is not None or sample_weight is not None:
+                raise ValueError(f"{where}: y and sample_weight come from the PyDataset or generator's "
+                                 "batches; pass x only")
+            return BatchStream(self, x, where, steps=steps, targets=targets).batches()
+        batch_size = 32 if batch_size is None else check_count(where, "batch_size", batch_size)
+        xs, ys, sample_weight = self._standardize(x, y if targets else None, sample_weight if targets else None,
+                                                  where, lazy=True)
+        if targets and ys is None:
+            raise ValueError(f"{where}: targets y are required")
+        return array_batches(self, xs, ys, sample_weight, batch_size, where, steps)
+
+    def _evaluate_batches(self, batches, where) -> dict:
+        """Logs (loss, per-output losses, metrics) over validated Batches; fit's running
+        metrics are left as they were."""
+        saved = [(m.totals().copy()) for _, _, m in self._metrics or []]
+        self._reset_metrics()
+        loss_sum, n = 0.0, 0
+        out_sums = np.zeros(len(self._losses)) if len(self._losses) > 1 else None
         with finite_checks(False):
-            for start in range(0, n, batch_size):
-                sl = slice(start, min(start + batch_size, n))
-                outs = self._forward([a[sl] for a in xs], training=False)
-                if results is None:
-                    results = [np.empty((n,) + tuple(o.shape[1:]), o.dtype) for o in outs]
-                for r, o in zip(results, outs):
-                    r[sl] = self._device.to_host(o)  # copy: layer outputs are reused workspaces
-        if results is None:
-            results = [np.empty((0,) + tuple(t.shape[1:]), t.dtype) for t in self._graph.outputs]
+            for b in batches:
+                preds = self._forward(b.xs, training=False)
+                value = self._loss_value(b.ys, preds, b.sw)
+                if out_sums is not None:
+                    out_sums += np.asarray(self._output_losses) * len(b)
+                loss_sum += value * len(b)
+                n += len(b)
+                self._update_metrics(b.ys, preds, b.sw)
+        if n == 0:
+            raise ValueError(f"{where}: got 0 samples; a loss over no data is undefined")
+        logs = self._logs(loss_sum, n, output_sums=out_sums)
+        for (_, _, m), tot in zip(self._metrics or [], saved):  # keep fit's running metrics intact
+            m.reset()
+            m.merge_totals(tot)
+        return logs
+
+    # --------------------------------------------------------------- predict
+    def predict(self, x, batch_size=None, verbose=0, steps=None):
+        """Outputs for ``x`` (arrays, a PyDataset or a generator whose batches are ``x``,
+        ``(x,)`` or ``(x, y[, sample_weight])``; at most ``steps`` batches) in inference mode
+        (a list for several outputs); 0 samples give empty arrays of the output shapes."""
+        chunks = []
+        with finite_checks(False):
+            for b in self._inference_batches("predict", x, None, None, batch_size, steps, targets=False):
+                # copy: layer outputs are reused workspaces
+                chunks.append([np.array(self._device.to_host(o)) for o in self._forward(b.xs, training=False)])
+        self._require_graph()
+        chunks = list(zip(*chunks)) or [[] for _ in self._graph.outputs]
+        results = [np.concatenate(c) if c else np.empty((0,) + tuple(t.shape[1:]), t.dtype)
+                   for c, t in zip(chunks, self._graph.outputs)]
         return results if self._outputs_nested else results[0]
 
     def __call__(self, *args, **kwargs):
@@ -581,13 +627,11 @@ class Model(Layer):
 
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
         """One optimizer step on one batch; returns the loss (and metrics) of that batch."""
-        from .data import class_weights_to_sample_weights
+        from .data import apply_class_weight
 
         self._require_compiled()
         xs, ys, sample_weight = self._standardize(x, y, sample_weight, "train_on_batch")
-        if class_weight is not None:
-            cw = class_weights_to_sample_weights(class_weight, ys[0])
-            sample_weight = cw if sample_weight is None else sample_weight * cw
+        sample_weight = apply_class_weight(class_weight, ys, sample_weight)
         with finite_checks(False):
             loss_value, preds, ok = self._train_step(xs, ys, sample_weight)
         if not ok:
@@ -870,10 +914,10 @@ class Sequential(Model):
         self._deferred_compile = False
         super().compile(*args, **kwargs)
 
-    def _standardize(self, x, y=None, sample_weight=None, where="fit"):
+    def _standardize(self, x, y=None, sample_weight=None, where="fit", lazy=False):
         self._ensure_built_from(x)
         if getattr(self, "_deferred_compile", False):
             self._deferred_compile = False
             args, kwargs = self._compile_args
             Model.compile(self, *args, **kwargs)
-        return super()._standardize(x, y, sample_weight, where)
+        return super()._standardize(x, y, sample_weight, where, lazy=lazy)

@@ -10,7 +10,8 @@ replicas it has:
 - ``agree(obj)``: the root's ``obj`` on every replica;
 - ``start()``, ``epoch_begin()``, ``sync_state()`` (end of epoch), ``finish(completed)``;
 - ``train_step(idx) -> (loss value, [unweighted loss per output])``: one step on
-  the samples ``idx`` of the training data. The optimizer step and the metric
+  the samples ``idx`` of the training data (``LocalTrainer`` also takes a
+  ``data.Batch`` streamed from a PyDataset or a generator). The optimizer step and the metric
   updates happen only when the loss is finite.
 
 ``LocalTrainer`` is the one-process trainer; ``nbmodel.parallel`` has the others.
@@ -56,10 +57,15 @@ class LocalTrainer:
         pass
 
     def train_step(self, idx):
+        from .data import Batch, take_inputs
+
         model = self.model
-        by = [a[idx] for a in self.ys]
-        bw = None if self.sw is None else self.sw[idx]
-        loss_value, preds, ok = model._train_step([a[idx] for a in self.xs], by, bw)
+        if isinstance(idx, Batch):
+            bx, by, bw = idx.xs, idx.ys, idx.sw
+        else:
+            bx, by = take_inputs(model, self.xs, idx, "fit"), [a[idx] for a in self.ys]
+            bw = None if self.sw is None else self.sw[idx]
+        loss_value, preds, ok = model._train_step(bx, by, bw)
         if ok:
             model._update_metrics(by, preds, bw)
         return loss_value, model._output_losses
@@ -100,14 +106,20 @@ class _PreemptSignals:
 
 
 def run_fit(model, trainer, n, val, batch_size, epochs, verbose, callbacks, shuffle, initial_epoch,
-            steps_per_epoch, validation_batch_size, validation_freq):
-    """Train ``model`` for ``epochs`` epochs over ``n`` samples with ``trainer``; returns the History."""
+            steps_per_epoch, validation_batch_size, validation_freq, batches=None):
+    """Train ``model`` for ``epochs`` epochs over ``n`` samples with ``trainer``; returns the History.
+
+    ``batches``: a ``data.BatchStream`` (``n`` None, ``batch_size`` None) instead of index
+    batches over ``n`` samples. ``val``: (xs, ys, sw) arrays, a BatchStream or None."""
     from . import callbacks as cb_mod
     from .callbacks import TrainingPreempted
-    from .data import BatchIterator
+    from .data import BatchIterator, BatchStream, array_batches
 
-    batches = BatchIterator(n, batch_size, shuffle, model._rng)
-    steps = len(batches) if steps_per_epoch is None else min(int(steps_per_epoch), len(batches))
+    if batches is None:
+        batches = BatchIterator(n, batch_size, shuffle, model._rng)
+        steps = len(batches) if steps_per_epoch is None else min(int(steps_per_epoch), len(batches))
+    else:
+        steps = batches.steps
     model.history = cb_mod.History()
     user_cbs = [cb for cb in (callbacks or []) if trainer.keep_callback(cb)]
     cbs = cb_mod.CallbackList(user_cbs, model=model, history=model.history,
@@ -124,6 +136,9 @@ def run_fit(model, trainer, n, val, batch_size, epochs, verbose, callbacks, shuf
     try:
         with finite_checks(False):
             for epoch in range(start_epoch, epochs):
+                if getattr(batches, "exhausted", False):  # a generator ended in an earlier epoch
+                    batches.warn_exhausted(epoch)
+                    break
                 cbs.on_epoch_begin(epoch)
                 epoch_random = model.get_random_state()[0]  # the shuffler before this epoch's order
                 trainer.epoch_begin()
@@ -138,8 +153,8 @@ def run_fit(model, trainer, n, val, batch_size, epochs, verbose, callbacks, shuf
                     for (_, _, m), totals in zip(model._metrics or [], progress["metric_totals"]):
                         m.merge_totals(totals)
                     progress = None
-                for step, idx in enumerate(batches.epoch()):
-                    if step >= steps:
+                for step, idx in enumerate(batches.epoch(skip)):
+                    if steps is not None and step >= steps:
                         break
                     if step < skip:  # done before the backup: same order, nothing drawn
                         continue
@@ -180,14 +195,15 @@ def run_fit(model, trainer, n, val, batch_size, epochs, verbose, callbacks, shuf
                         break
                 if nonfinite:
                     break
+                batches.epoch_end()
                 trainer.sync_state()
                 logs = model._logs(loss_sum, n_seen, output_sums=out_sums)
                 if val is not None and n_seen and (epoch + 1) % validation_freq == 0:
                     val_logs = None
                     if trainer.is_root:
-                        val_logs = model.evaluate(val[0], val[1], sample_weight=val[2],
-                                                  batch_size=validation_batch_size or batch_size,
-                                                  verbose=0, return_dict=True, _standardized=True)
+                        val_batches = val.batches() if isinstance(val, BatchStream) else array_batches(
+                            model, *val, validation_batch_size or batch_size or 32, "fit (validation_data)")
+                        val_logs = model._evaluate_batches(val_batches, "fit (validation_data)")
                     logs.update({"val_" + k: v for k, v in trainer.agree(val_logs).items()})
                 # every replica sees the root's logs, so callbacks decide alike everywhere
                 logs = trainer.agree(logs)
