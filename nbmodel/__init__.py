@@ -14,7 +14,8 @@ from .initializers import set_random_seed
 from .io import load_model
 from .model import Model, Sequential
 
-_LAZY = ("callbacks", "datasets", "explain", "losses", "metrics", "optimizers", "schedules", "parallel", "cli")
+_LAZY = ("callbacks", "datasets", "explain", "losses", "metrics", "optimizers", "schedules", "parallel", "cli",
+         "regularizers", "constraints")
 
 __all__ = ["Model", "Sequential", "load_model", "config", "initializers", "layers", "testing",
            "get_num_threads", "set_num_threads", "set_random_seed", "__version__", *_LAZY]

@@ -205,6 +205,10 @@ def _fixed_count(loss):
 
 def loss_plan(model):
     """"scaled" (each replica scales dy by w / global count) or "sum" (scale after the reduction)."""
+    reg = [layer.name for layer in walk_layers(model) if getattr(layer, "activity_regularizer", None) is not None]
+    if reg:
+        raise NotImplementedError(f"{model.name}: data-parallel fit of a model with an activity_regularizer "
+                                  f"(layers {reg}) is not supported yet; train it with workers=1")
     if all(_fixed_count(lo) for lo in model._losses):
         return "scaled"
     if len(model._losses) == 1:
@@ -427,8 +431,9 @@ class ReplicatedTrainer:
         model = self.model
         extras = self.step(idx)
         loss_value, per_output, grad_scale = reduce_step(model, extras, self.plan)
+        loss_value += model._penalty()  # the weight penalties once, on the root's weights (no activity here)
         if np.isfinite(loss_value):
-            model.optimizer.apply(model._packed["params"], model._packed["grads"], grad_scale)
+            model._apply_update(grad_scale)
             merge_metrics(model, extras)
         return loss_value, per_output
 
