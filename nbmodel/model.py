@@ -463,13 +463,14 @@ class Model(Layer):
         return out
 
     def _penalty(self) -> float:
-        """Sum of the weight penalties (current weights) and the activity
-        penalties of the last forward pass: what Keras adds to the loss."""
-        dev = self._device
-        total = self._graph.activity_penalty
-        for layer, key, reg in self._weight_options("weight_regularizers"):
-            total += reg.penalty(dev, layer.params[key])
-        return total
+        """The weight penalties plus the activity penalties of the last forward
+        pass: what Keras adds to the loss."""
+        return self._graph.activity_penalty + self._weight_penalty()
+
+    def _weight_penalty(self) -> float:
+        """Sum of the weight regularizers' penalties of the current weights."""
+        return sum((reg.penalty(self._device, layer.params[key])
+                    for layer, key, reg in self._weight_options("weight_regularizers")), 0.0)
 
     def _apply_update(self, grad_scale: float) -> None:
         """One optimizer step from the flat gradient buffer (times ``grad_scale``):

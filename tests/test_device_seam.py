@@ -188,7 +188,7 @@ def test_the_device_registers_by_name(recording):
 
 
 @pytest.mark.parametrize("family", ["dense", "multi_output", "ignore_class", "dropout", "conv", "batchnorm",
-                                    "recurrent", "attention"])
+                                    "recurrent", "attention", "regularized"])
 def test_every_layer_family_trains_through_the_device(recording, family, float64, tmp_path):
     from parallel import _models
 

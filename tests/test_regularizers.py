@@ -249,10 +249,10 @@ def test_config_round_trip_and_save_load(tmp_path):
     assert h2.history["loss"] == pytest.approx(h1.history["loss"], rel=1e-6)
 
 
-def test_data_parallel_refuses_activity_regularizer():
+def test_data_parallel_refuses_activity_regularizer_with_a_label_dependent_count():
     x, y = _data()
     m = _mlp()
-    m.compile("sgd", nb.losses.SparseCategoricalCrossentropy(from_logits=True))
+    m.compile("sgd", nb.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0))
     with pytest.raises(NotImplementedError, match="activity_regularizer"):
         m.fit(x, y, batch_size=6, epochs=1, verbose=0, workers=2)
 
@@ -273,3 +273,11 @@ def test_recurrent_and_transposed_conv_regularizers(float64):
     assert np.sqrt((m.get_weights()[1] ** 2).sum(axis=0)).max() <= 0.5 + 1e-9
     ct = L.Conv2DTranspose(2, 3, kernel_regularizer="l1", bias_constraint="non_neg")
     assert ct.get_config()["kernel_regularizer"] == {"class_name": "L1", "config": {"l1": 0.01}}
+
+
+@pytest.mark.parametrize("cls", [L.LayerNormalization, L.BatchNormalization, L.GroupNormalization])
+def test_normalization_gamma_beta_options(cls):
+    kw = {"groups": 2} if cls is L.GroupNormalization else {}
+    layer = cls(gamma_regularizer="l2", beta_constraint="non_neg", **kw)
+    assert set(layer.weight_regularizers) == {"gamma"} and set(layer.weight_constraints) == {"beta"}
+    assert cls.from_config(layer.get_config()).get_config() == layer.get_config()
