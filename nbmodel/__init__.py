@@ -16,7 +16,8 @@ from .io import load_model
 from .layers import Input
 from .model import Model, Sequential
 
-_LAZY = ("callbacks", "datasets", "explain", "losses", "metrics", "optimizers", "schedules", "parallel", "cli", "utils")
+_LAZY = ("callbacks", "datasets", "explain", "losses", "metrics", "optimizers", "schedules", "parallel", "cli", "utils",
+         "regularizers", "constraints")
 
 __all__ = ["Input", "Model", "Sequential", "PyDataset", "load_model", "config", "initializers", "layers", "testing",
            "get_num_threads", "set_num_threads", "set_random_seed", "__version__", *_LAZY]

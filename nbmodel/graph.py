@@ -167,6 +167,8 @@ class Graph:
                 self.consumers[t.id] = self.consumers.get(t.id, 0) + 1
         self.ran: set[int] = set()
         self._stash: dict = {}
+        self.activity_penalty = 0.0  # of the last forward pass (see _activity_penalty)
+        self.activity_batch = None  # the batch size activity penalties divide by (None: the output's)
 
     def _run(self, node, fn, *args, **kwargs):
         """Call ``fn`` (the node's layer's forward or backward) with that node's flags and cache."""
@@ -183,14 +185,19 @@ class Graph:
     # ---------------------------------------------------------------- forward
     def forward(self, xs: list, training: bool) -> list:
         values = {t.id: x for t, x in zip(self.inputs, xs)}
+        self.activity_penalty = 0.0
         for node in self.nodes:
             args = [values[t.id] for t in node.inputs]
             kwargs = {k: _resolve(v, values) for k, v in node.kwargs.items()}
             x = tuple(args) if node.nested else args[0]
+            inner = getattr(node.layer, "_graph", None)
+            if isinstance(inner, Graph):  # a nested model divides its activity penalties alike
+                inner.activity_batch = self.activity_batch
             out = self._run(node, node.layer.forward, x, training=training, **kwargs)
             outs = out if isinstance(out, (list, tuple)) and len(node.outputs) > 1 else [out]
             for t, o in zip(node.outputs, outs):
                 values[t.id] = o
+            self.activity_penalty += _activity_penalty(node.layer, outs, self.device, self.activity_batch)
         self._values = values
         return [values[t.id] for t in self.outputs]
 
@@ -237,6 +244,9 @@ class Graph:
             shared_again = id(layer) in ran and layer.grads
             if shared_again:  # an earlier call's weight gradients: backward overwrites grads
                 saved = self._save_grads(layer)
+            if getattr(layer, "activity_regularizer", None) is not None and len(node.outputs) == 1:
+                dy = _add_activity_grad(layer, self._values[node.outputs[0].id], dy, self.device,
+                                        self.activity_batch)
             dx = self._run(node, layer.backward, dy)
             if shared_again:
                 self._add_saved_grads(layer, saved)
@@ -278,6 +288,30 @@ class Graph:
         add_into = self.device.kernels("array").add_into
         for key, buf in saved:
             add_into(layer.grads[key], buf)
+
+
+def _activity_penalty(layer, outs, device, batch=None) -> float:
+    """Keras 3: a layer's activity penalty is its regularizer of each output
+    divided by the batch size (``batch``, else the output's: a data-parallel
+    shard divides by the global batch); a nested model's are its layers'."""
+    reg = getattr(layer, "activity_regularizer", None)
+    total = 0.0
+    if reg is not None:
+        for o in outs:
+            total += reg.penalty(device, o, 1.0 / max(batch or o.shape[0], 1))
+    inner = getattr(layer, "_graph", None)
+    if isinstance(inner, Graph):
+        total += inner.activity_penalty
+    return total
+
+
+def _add_activity_grad(layer, y, dy, device, batch=None):
+    """dy plus the gradient of the layer's activity penalty at output ``y``
+    (a copy in the layer's workspace: dy may belong to another layer)."""
+    out = layer.workspace("activity_dy", dy.shape, dy.dtype)
+    device.kernels("array").copy(dy, out)
+    layer.activity_regularizer.add_grad(device, y, out, 1.0 / max(batch or y.shape[0], 1))
+    return out
 
 
 def _check_layers(layers) -> None:

@@ -426,20 +426,68 @@ class Model(Layer):
         return value, dys
 
     def _loss_value(self, ys, preds, sample_weight):
-        """Weighted loss (Keras reduction) without gradients; per-output means in _output_losses."""
+        """Weighted loss (Keras reduction) plus the penalties, without gradients;
+        per-output means (no penalties, as Keras) in _output_losses."""
         self._output_losses = [_mean(*loss.forward(ys[k], preds[k], sample_weight))
                                for k, loss in enumerate(self._losses)]
-        return sum(w * m for w, m in zip(self._loss_weights, self._output_losses))
+        return sum(w * m for w, m in zip(self._loss_weights, self._output_losses)) + self._penalty()
 
     def _train_step(self, xs, ys, sample_weight=None):
         preds = self._forward(xs, training=True)
         loss_value, dys = self._loss_and_grads(ys, preds, sample_weight)
+        loss_value += self._penalty()
         if not np.isfinite(loss_value):
             return loss_value, preds, False
         ran = self._graph.backward(dys)
         self._collect_grads(ran)
-        self.optimizer.apply(self._packed["params"], self._packed["grads"], 1.0)
+        self._apply_update(1.0)
         return loss_value, preds, True
+
+    # ------------------------------------------- regularizers and constraints
+    def _weight_options(self, table: str) -> list:
+        """[(layer, param key, Regularizer or Constraint)] of the trainable weights
+        (sub-layers and nested models included) from each layer's ``table``
+        ("weight_regularizers" or "weight_constraints")."""
+        out = []
+
+        def visit(layer):
+            if not layer.trainable:
+                return
+            for key, option in getattr(layer, table, {}).items():
+                if key in layer.params:
+                    out.append((layer, key, option))
+            for sub in layer.sublayers():
+                visit(sub)
+
+        for layer in self._graph.layers:
+            visit(layer)
+        return out
+
+    def _penalty(self) -> float:
+        """The weight penalties plus the activity penalties of the last forward
+        pass: what Keras adds to the loss."""
+        return self._graph.activity_penalty + self._weight_penalty()
+
+    def _weight_penalty(self) -> float:
+        """Sum of the weight regularizers' penalties of the current weights."""
+        return sum((reg.penalty(self._device, layer.params[key])
+                    for layer, key, reg in self._weight_options("weight_regularizers")), 0.0)
+
+    def _apply_update(self, grad_scale: float) -> None:
+        """One optimizer step from the flat gradient buffer (times ``grad_scale``):
+        the weight penalties' gradients are added first, the constraints applied
+        after (Keras). Called once per step, on the reduced gradient when data-parallel."""
+        packed, dev = self._packed, self._device
+        regs = self._weight_options("weight_regularizers")
+        if regs:
+            if grad_scale != 1.0:
+                dev.kernels("array").scale(packed["grads"], grad_scale)
+                grad_scale = 1.0
+            for layer, key, reg in regs:
+                reg.add_grad(dev, layer.params[key], layer.grads[key])
+        self.optimizer.apply(packed["params"], packed["grads"], grad_scale)
+        for layer, key, con in self._weight_options("weight_constraints"):
+            con.apply(dev, layer.params[key])
 
     def _update_metrics(self, ys, preds, sample_weight):
         if self._metrics is None:

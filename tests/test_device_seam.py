@@ -188,7 +188,7 @@ def test_the_device_registers_by_name(recording):
 
 
 @pytest.mark.parametrize("family", ["dense", "multi_output", "ignore_class", "dropout", "conv", "batchnorm",
-                                    "recurrent", "attention"])
+                                    "recurrent", "attention", "regularized"])
 def test_every_layer_family_trains_through_the_device(recording, family, float64, tmp_path):
     from parallel import _models
 
@@ -237,6 +237,34 @@ def test_reference_models_step_through_the_device(recording, name):
     for a, b in zip(model.get_weights(), cpu.get_weights()):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(model.predict(x), cpu.predict(x))
+
+
+def test_regularizers_and_constraints_stay_in_kernels(recording, float64):
+    """Weight and activity penalties, their gradients and the constraints run as kernels."""
+    from nbmodel import constraints, regularizers
+
+    def build(device):
+        m = nb.Sequential([nb.layers.Input((4,)),
+                           nb.layers.Dense(5, activation="tanh", kernel_regularizer=regularizers.L1L2(0.01, 0.02),
+                                           activity_regularizer="l2", kernel_constraint=constraints.MaxNorm(0.7),
+                                           bias_constraint="non_neg"),
+                           nb.layers.Dense(2, kernel_regularizer="l1", kernel_constraint="unit_norm")],
+                          seed=0, device=device)
+        m.compile(nb.optimizers.SGD(0.1), nb.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return m
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 4)), rng.integers(0, 2, 8)
+    cpu, model = build("cpu"), build(NAME)
+    recording.reset()
+    for _ in range(2):
+        assert model.train_on_batch(x, y) == cpu.train_on_batch(x, y)
+    assert model.evaluate(x, y) == cpu.evaluate(x, y)
+    assert recording.host_math == [], f"array math outside kernels: {sorted(set(recording.host_math))}"
+    assert {"optim.l1l2_penalty", "optim.add_l1l2_grad", "optim.clip_norms", "optim.non_neg"} <= set(recording.calls)
+    _assert_on_device(model, recording)
+    for a, b in zip(model.get_weights(), cpu.get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_model_to_moves_everything_and_back(recording, float64):

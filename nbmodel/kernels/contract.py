@@ -237,6 +237,11 @@ CONTRACT: dict[str, dict[str, tuple[str, str]]] = {
         "lion_step": ("p, g, bounds, scales, use_cv, cv, use_wd, wd_lr, lr, beta_1, one_m_b1, beta_2, one_m_b2, m",
                       "Lion (sign update)"),
         "segment_sumsq": ("g, bounds, out", "out[i] = sum of g**2 over segment i, in float64"),
+        "l1l2_penalty": ("w, l1, l2", "l1 * sum|w| + l2 * sum w**2 (accumulated in float64), returned to the host"),
+        "add_l1l2_grad": ("w, l1, l2, g", "g += l1 * sign(w) + 2 * l2 * w (same shape)"),
+        "clip_norms": ("w, lo, hi, rate, eps", "in place, w (p, m, q), n = norms over axis 1: "
+                                              "w *= (rate * clip(n, lo, hi) + (1 - rate) * n) / (eps + n)"),
+        "non_neg": ("w", "in place: w = 0 where w < 0"),
     },
 }
 
@@ -258,7 +263,8 @@ REFERENCE: dict[str, tuple[str, ...]] = {
     "attention": ("mha_forward", "mha_backward", "pos_embed_forward"),
     "losses": ("dense_loss", "categorical_ce", "sparse_ce", "sparse_matches"),
     "optim": ("sgd_step", "adam_step", "rmsprop_step", "nadam_step", "adagrad_step", "adadelta_step",
-              "adamax_step", "lion_step", "segment_sumsq"),
+              "adamax_step", "lion_step", "segment_sumsq", "l1l2_penalty", "add_l1l2_grad", "clip_norms",
+              "non_neg"),
 }
 
 

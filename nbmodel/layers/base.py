@@ -79,12 +79,35 @@ class Node:
 
 
 class Layer:
-    """Base class of every layer; subclass it to write your own (see docs/kernels.md)."""
+    """Base class of every layer; subclass it to write your own (see docs/kernels.md).
 
-    def __init__(self, name=None, dtype=None, trainable=True, input_shape=None, seed=None, **kwargs):
+    ``weight_options`` maps a Keras argument prefix to the param it governs
+    (Dense: ``{"kernel": "kernel", "bias": "bias"}``): the layer then takes
+    ``<prefix>_regularizer`` and ``<prefix>_constraint``. Every layer takes
+    ``activity_regularizer`` (a penalty on its output)."""
+
+    weight_options: dict[str, str] = {}
+
+    def __init__(self, name=None, dtype=None, trainable=True, input_shape=None, seed=None,
+                 activity_regularizer=None, **kwargs):
+        from .. import constraints, regularizers
+
+        self.name = name or _auto_name(type(self).__name__)
+        # param key -> Regularizer / Constraint, and the arguments as given (get_config)
+        self.weight_regularizers: dict = {}
+        self.weight_constraints: dict = {}
+        self._option_args: dict = {}
+        for prefix, key in self.weight_options.items():
+            for kind, mod, table in (("regularizer", regularizers, self.weight_regularizers),
+                                     ("constraint", constraints, self.weight_constraints)):
+                arg = f"{prefix}_{kind}"
+                value = mod.get(kwargs.pop(arg, None), f"{self.name}: {arg}")
+                self._option_args[arg] = value
+                if value is not None:
+                    table[key] = value
+        self.activity_regularizer = regularizers.get(activity_regularizer, f"{self.name}: activity_regularizer")
         if kwargs:
             raise TypeError(f"{type(self).__name__}: unexpected keyword arguments {sorted(kwargs)}")
-        self.name = name or _auto_name(type(self).__name__)
         self.dtype = config.standardize_dtype(dtype)
         self._dtype_given = dtype is not None
         self.trainable = trainable
@@ -282,6 +305,14 @@ class Layer:
             cfg["input_shape"] = list(self.input_shape_arg)
         if self.seed is not None:
             cfg["seed"] = self.seed
+        from .. import constraints, regularizers
+
+        for arg, value in self.__dict__.get("_option_args", {}).items():
+            if value is not None:
+                mod = regularizers if arg.endswith("_regularizer") else constraints
+                cfg[arg] = mod.serialize(value)
+        if getattr(self, "activity_regularizer", None) is not None:
+            cfg["activity_regularizer"] = regularizers.serialize(self.activity_regularizer)
         return cfg
 
     @classmethod

@@ -74,6 +74,8 @@ class _Conv(Layer):
     rank = 2
     paddings = ("valid", "same")
 
+    weight_options = {"kernel": "kernel", "bias": "bias"}
+
     def __init__(self, filters, kernel_size, strides=1, padding="valid", data_format=None,
                  dilation_rate=1, groups=1, activation=None, use_bias=True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):

@@ -34,6 +34,8 @@ class Dense(Layer):
     Params: ``kernel`` (in, units), ``bias`` (units,).
     """
 
+    weight_options = {"kernel": "kernel", "bias": "bias"}
+
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", **kwargs):
         super().__init__(**kwargs)

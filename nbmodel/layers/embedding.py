@@ -19,6 +19,8 @@ class Embedding(Layer):
     Input: integer array of any shape; output: that shape + (output_dim,).
     """
 
+    weight_options = {"embeddings": "embeddings"}
+
     def __init__(self, input_dim, output_dim, embeddings_initializer="uniform", mask_zero=False, **kwargs):
         kwargs.pop("input_length", None)  # Keras 2 argument; the shape comes from the input
         super().__init__(**kwargs)

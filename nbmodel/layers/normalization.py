@@ -20,6 +20,8 @@ class LayerNormalization(Layer):
     of the input (the normalized block is then contiguous).
     """
 
+    weight_options = {"gamma": "gamma", "beta": "beta"}
+
     def __init__(self, axis=-1, epsilon=1e-3, center=True, scale=True, beta_initializer="zeros",
                  gamma_initializer="ones", **kwargs):
         super().__init__(**kwargs)
@@ -107,6 +109,8 @@ class LayerNormalization(Layer):
 class _ChannelAxis(Layer):
     """A layer with per-channel params on one ``axis`` (an int): the axis checks, and moving
     that axis last (and back) through the array kernels, so the kernels see channels last."""
+
+    weight_options = {"gamma": "gamma", "beta": "beta"}
 
     def _channel_axis(self, ndim):
         if ndim < 2:

@@ -58,6 +58,8 @@ class _RNN(Layer):
     _n_states = 1   # h (and c for LSTM)
     _family = "recurrent"
 
+    weight_options = {"kernel": "kernel", "recurrent": "recurrent_kernel", "bias": "bias"}
+
     def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
                  bias_initializer="zeros", dropout=0.0, recurrent_dropout=0.0, return_sequences=False,

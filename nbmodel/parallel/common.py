@@ -207,6 +207,9 @@ def loss_plan(model):
     """"scaled" (each replica scales dy by w / global count) or "sum" (scale after the reduction)."""
     if all(_fixed_count(lo) for lo in model._losses):
         return "scaled"
+    if has_activity_penalty(model):  # its gradient is added to dy before any scale after the reduction
+        raise NotImplementedError(f"{model.name}: data-parallel fit of a model with an activity_regularizer "
+                                  "needs built-in losses without ignore_class; train it with workers=1")
     if len(model._losses) == 1:
         return "sum"
     raise NotImplementedError(
@@ -233,9 +236,16 @@ def metric_slices(model):
     return out
 
 
+def has_activity_penalty(model) -> bool:
+    return any(getattr(layer, "activity_regularizer", None) is not None for layer in walk_layers(model))
+
+
 def extras_size(model):
+    """Losses' [totals, counts], metrics' totals, then one slot for the activity
+    penalties (summed over the replicas' shards) when the model has any."""
     slices = metric_slices(model)
-    return slices[-1].stop if slices else 2 * len(model._losses)
+    size = slices[-1].stop if slices else 2 * len(model._losses)
+    return size + (1 if has_activity_penalty(model) else 0)
 
 
 def reduce_step(model, extras, plan):
@@ -248,6 +258,8 @@ def reduce_step(model, extras, plan):
         mean = t / c if c else 0.0  # every label ignored: no loss, as in one process
         value += w * mean
         per_output.append(mean)
+    if has_activity_penalty(model):
+        value += float(extras[-1])
     if plan == "sum":
         c = float(counts[0])
         return value, per_output, (model._loss_weights[0] / c if c else 0.0)
@@ -359,6 +371,7 @@ class ShardRunner:
         # private metric objects: the model's own accumulate the reduced totals (same process under MPI)
         self.metrics = [(k, copy.deepcopy(m)) for k, _, m in model._metrics or []]
         self.metric_slices = metric_slices(model)
+        self.activity_slot = has_activity_penalty(model)
 
     def run(self, idx, lo, hi, total):
         model = self.model
@@ -376,6 +389,7 @@ class ShardRunner:
             p.begin(lo, hi, total)
         if self.stat_sync is not None:
             self.stat_sync.begin()
+        model._graph.activity_batch = total  # activity penalties divide by the global batch
         try:
             bx = [a[idx] for a in self.xs]
             by = [a[idx] for a in self.ys]
@@ -395,10 +409,13 @@ class ShardRunner:
                     dys.append(dy)
                 ran = model._graph.backward(dys)
                 model._collect_grads(ran)
+                if self.activity_slot:
+                    ex[-1] = model._graph.activity_penalty
                 for k, m in self.metrics:
                     m.reset()
                     m.update(by[k], preds[k], bw)
         finally:
+            model._graph.activity_batch = None
             for p in self.proxies:
                 p.end()
             if self.stat_sync is not None:
@@ -427,8 +444,10 @@ class ReplicatedTrainer:
         model = self.model
         extras = self.step(idx)
         loss_value, per_output, grad_scale = reduce_step(model, extras, self.plan)
+        # the weight penalties once, on the root's weights (the activity penalties came with the extras)
+        loss_value += model._weight_penalty()
         if np.isfinite(loss_value):
-            model.optimizer.apply(model._packed["params"], model._packed["grads"], grad_scale)
+            model._apply_update(grad_scale)
             merge_metrics(model, extras)
         return loss_value, per_output
 

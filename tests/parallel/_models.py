@@ -31,6 +31,7 @@ FAMILIES = {
     "batchnorm": ("conv", "pooling", "normalization"),
     "recurrent": ("recurrent", "embedding"),
     "attention": ("attention",),
+    "regularized": ("core", "embedding"),
 }
 
 
@@ -84,6 +85,29 @@ def case(family):
             m.compile(optimizer=nb.optimizers.RMSprop(1e-2),
                       loss=nb.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=3))
             return m
+        return build, x, y, fit
+
+    if family == "regularized":
+        # weight penalties and constraints once on the reduced step, activity penalties per shard over
+        # the global batch (a nested model's too)
+        from nbmodel import constraints, regularizers
+
+        x = rng.standard_normal((29, 5))
+        y = rng.integers(0, 3, 29)
+
+        def build():
+            inner = nb.Sequential([L.Input((7,)), L.Dense(6, activation="tanh", activity_regularizer="l2",
+                                                          kernel_constraint="unit_norm")], name="inner")
+            m = nb.Sequential([L.Input((5,)),
+                               L.Dense(7, activation="tanh", kernel_regularizer=regularizers.L1L2(0.01, 0.05),
+                                       bias_regularizer="l2", kernel_constraint=constraints.MaxNorm(0.6),
+                                       activity_regularizer=regularizers.L1L2(0.02, 0.05)),
+                               inner,
+                               L.Dense(3, kernel_regularizer=regularizers.L2(0.1), bias_constraint="non_neg")],
+                              seed=3)
+            m.compile(optimizer=nb.optimizers.Adam(5e-2), loss=_sparse_ce(), metrics=["accuracy"])
+            return m
+        fit.update(sample_weight=rng.uniform(0.5, 2.0, 29))
         return build, x, y, fit
 
     if family == "dropout":

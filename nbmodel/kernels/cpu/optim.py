@@ -444,3 +444,82 @@ def segment_sumsq(g, bounds, out):
             x = np.float64(piece[j])
             acc += x * x
         out[s] = acc
+
+
+# ------------------------------------------- regularizers and constraints
+# Penalties on weights (and activity) and the constraints applied after a
+# step: small passes over one variable, serial (a variable is a few thousand
+# elements; the big work of a step is elsewhere).
+
+@inline
+def l1l2_grad_term(x, l1, l2x2):
+    """d/dx of l1 * |x| + l2 * x**2 (sign(0) = 0, as Keras), given l2x2 = 2 * l2."""
+    d = l2x2 * x
+    if x > 0:
+        d += l1
+    elif x < 0:
+        d -= l1
+    return d
+
+
+@jit
+def _l1l2_sums(w):
+    a1 = 0.0
+    a2 = 0.0
+    for i in range(w.size):
+        x = np.float64(w[i])
+        a1 += abs(x)
+        a2 += x * x
+    return a1, a2
+
+
+def l1l2_penalty(w, l1, l2) -> float:
+    """l1 * sum|w| + l2 * sum w**2, accumulated in float64, returned to the host."""
+    if w.size == 0:
+        return 0.0
+    a1, a2 = _l1l2_sums(w.reshape(-1))
+    return float(l1) * a1 + float(l2) * a2
+
+
+@jit
+def _add_l1l2_grad(w, l1, l2x2, g):
+    for i in range(w.size):
+        g[i] += l1l2_grad_term(w[i], l1, l2x2)
+
+
+def add_l1l2_grad(w, l1, l2, g):
+    """g += l1 * sign(w) + 2 * l2 * w (the gradient of l1l2_penalty)."""
+    t = w.dtype.type
+    _add_l1l2_grad(w.reshape(-1), t(l1), t(2.0 * l2), g.reshape(-1))
+
+
+@jit
+def _clip_norms(w, lo, hi, rate, eps):
+    for a in range(w.shape[0]):
+        for c in range(w.shape[2]):
+            s = 0.0
+            for b in range(w.shape[1]):
+                x = np.float64(w[a, b, c])
+                s += x * x
+            n = np.sqrt(s)
+            d = min(max(n, lo), hi)
+            f = w.dtype.type((rate * d + (1.0 - rate) * n) / (eps + n))
+            for b in range(w.shape[1]):
+                w[a, b, c] *= f
+
+
+def clip_norms(w, lo, hi, rate, eps):
+    """In place, w (p, m, q), n = norms over axis 1: w *= (rate * clip(n, lo, hi) + (1 - rate) * n) / (eps + n)."""
+    _clip_norms(w, float(lo), float(hi), float(rate), float(eps))
+
+
+@jit
+def _non_neg(w):
+    for i in range(w.size):
+        if w[i] < 0:
+            w[i] = 0
+
+
+def non_neg(w):
+    """In place: negative elements of w become 0."""
+    _non_neg(w.reshape(-1))

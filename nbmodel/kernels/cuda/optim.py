@@ -20,8 +20,12 @@ vary from run to run.
 """
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from ..cpu import optim as _cpu
-from .runtime import THREADS, cuda, kernel, launch_1d, shared_helper, types
+from .runtime import THREADS, cuda, kernel, launch_1d, result_buffer, shared_helper, types
 
 _F = (types.float32, types.float64)
 _I = types.int64[::1]
@@ -226,3 +230,98 @@ def segment_sumsq(g, bounds, out):
     if g.size:
         span = _SUM_THREADS * _SUM_ITEMS
         _segment_sumsq[-(-g.size // span), _SUM_THREADS](g, bounds, span, out)
+
+
+# ------------------------------------------- regularizers and constraints
+_l1l2_term = shared_helper(_cpu.l1l2_grad_term)
+
+
+@kernel(*[(_one(t), types.float64[::1]) for t in _F])
+def _l1l2_sums(w, out):
+    """out[0] += sum|w|, out[1] += sum w**2 in float64: a shared-memory tree per block."""
+    part1 = cuda.shared.array(THREADS, types.float64)
+    part2 = cuda.shared.array(THREADS, types.float64)
+    tid = cuda.threadIdx.x
+    a1 = types.float64(0)
+    a2 = types.float64(0)
+    i = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while i < w.size:
+        x = types.float64(w[i])
+        a1 += abs(x)
+        a2 += x * x
+        i += stride
+    part1[tid] = a1
+    part2[tid] = a2
+    cuda.syncthreads()
+    s = cuda.blockDim.x // 2
+    while s > 0:
+        if tid < s:
+            part1[tid] += part1[tid + s]
+            part2[tid] += part2[tid + s]
+        cuda.syncthreads()
+        s //= 2
+    if tid == 0:
+        cuda.atomic.add(out, 0, part1[0])
+        cuda.atomic.add(out, 1, part2[0])
+
+
+def l1l2_penalty(w, l1, l2) -> float:
+    if w.size == 0:
+        return 0.0
+    out = result_buffer(np.zeros(2, np.float64))
+    threads = 32
+    while threads < min(w.size, THREADS):
+        threads *= 2
+    _l1l2_sums[min(-(-w.size // threads), 1024), threads](w.reshape(w.size), out)
+    a1, a2 = out.copy_to_host()
+    return float(l1) * float(a1) + float(l2) * float(a2)
+
+
+@kernel(*[(_one(t), t, t, _one(t)) for t in _F])
+def _add_l1l2_grad(w, l1, l2x2, g):
+    i = cuda.grid(1)
+    if i < w.size:
+        g[i] += _l1l2_term(w[i], l1, l2x2)
+
+
+def add_l1l2_grad(w, l1, l2, g):
+    if w.size:
+        t = w.dtype.type
+        _add_l1l2_grad[launch_1d(w.size)](w.reshape(w.size), t(l1), t(2.0 * l2), g.reshape(g.size))
+
+
+@kernel(*[(t[:, :, ::1], types.float64, types.float64, types.float64, types.float64) for t in _F])
+def _clip_norms(w, lo, hi, rate, eps):
+    """One thread per (a, c) column of w (p, m, q)."""
+    i = cuda.grid(1)
+    if i < w.shape[0] * w.shape[2]:
+        a = i // w.shape[2]
+        c = i % w.shape[2]
+        s = types.float64(0)
+        for b in range(w.shape[1]):
+            x = types.float64(w[a, b, c])
+            s += x * x
+        n = math.sqrt(s)
+        d = min(max(n, lo), hi)
+        f = (rate * d + (1.0 - rate) * n) / (eps + n)
+        for b in range(w.shape[1]):
+            w[a, b, c] = w[a, b, c] * f
+
+
+def clip_norms(w, lo, hi, rate, eps):
+    n = w.shape[0] * w.shape[2]
+    if n:
+        _clip_norms[launch_1d(n)](w, float(lo), float(hi), float(rate), float(eps))
+
+
+@kernel(*[(_one(t),) for t in _F])
+def _non_neg(w):
+    i = cuda.grid(1)
+    if i < w.size and w[i] < 0:
+        w[i] = 0
+
+
+def non_neg(w):
+    if w.size:
+        _non_neg[launch_1d(w.size)](w.reshape(w.size))

@@ -161,3 +161,26 @@ def segment_sumsq(g, bounds):
     """Sum of squares of g over each segment [bounds[i], bounds[i + 1])."""
     g = np.asarray(g, np.float64)
     return np.array([(g[a:b] ** 2).sum() for a, b in zip(bounds[:-1], bounds[1:])])
+
+
+def l1l2_penalty(w, l1, l2):
+    """l1 * sum|w| + l2 * sum w**2 in float64."""
+    w = np.asarray(w, np.float64)
+    return float(l1 * np.abs(w).sum() + l2 * (w ** 2).sum())
+
+
+def add_l1l2_grad(w, l1, l2, g):
+    """g + the gradient of l1l2_penalty (a new array)."""
+    w = np.asarray(w, np.float64)
+    return np.asarray(g, np.float64) + l1 * np.sign(w) + 2 * l2 * w
+
+
+def clip_norms(w, lo, hi, rate, eps):
+    """w (p, m, q) scaled so that its norms over axis 1 are rate * clip(n, lo, hi) + (1 - rate) * n."""
+    w = np.asarray(w, np.float64)
+    n = np.sqrt((w ** 2).sum(axis=1, keepdims=True))
+    return w * (rate * np.clip(n, lo, hi) + (1 - rate) * n) / (eps + n)
+
+
+def non_neg(w):
+    return np.maximum(np.asarray(w, np.float64), 0.0)
