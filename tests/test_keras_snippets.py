@@ -142,3 +142,23 @@ def test_stateful_lstm_over_a_long_series():
             if hasattr(layer, "reset_states"):
                 layer.reset_states()
     assert losses[-1] < 0.02 < losses[0]
+
+
+def test_regularized_mlp():
+    # an MLP with weight decay through kernel_regularizer and a max-norm constraint, as in the
+    # Keras regularization examples; the reported loss includes the penalty
+    model = keras.Sequential([
+        keras.Input(shape=(10,)),
+        layers.Dense(32, activation="relu", kernel_regularizer=keras.regularizers.L2(1e-3),
+                     kernel_constraint=keras.constraints.MaxNorm(2.0), name="hidden"),
+        layers.Dropout(0.2),
+        layers.Dense(1, kernel_regularizer="l2"),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((128, 10)).astype("float32")
+    y = (x[:, :3].sum(1, keepdims=True) > 0).astype("float32")
+    history = model.fit(x, y, epochs=30, batch_size=16, verbose=0)
+    assert history.history["loss"][-1] < 0.15 < history.history["loss"][0]
+    norms = np.sqrt((model.get_layer("hidden").get_weights()[0] ** 2).sum(axis=0))
+    assert norms.max() <= 2.0 + 1e-5
