@@ -22,6 +22,7 @@ copies it back) but costs a copy.
 """
 from __future__ import annotations
 
+import inspect
 import itertools
 import re
 
@@ -87,6 +88,9 @@ class Layer:
     ``activity_regularizer`` (a penalty on its output)."""
 
     weight_options: dict[str, str] = {}
+    # Keras masking: a layer that keeps the time axis as it is passes its input's
+    # mask on (compute_mask); a layer whose forward takes ``mask=`` also reads it
+    supports_masking: bool = False
 
     def __init__(self, name=None, dtype=None, trainable=True, input_shape=None, seed=None,
                  activity_regularizer=None, **kwargs):
@@ -139,6 +143,17 @@ class Layer:
 
     def backward(self, dy):
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+
+    def compute_mask(self, inputs, mask):
+        """The mask of the output for input mask ``mask`` (None: no mask), as Keras 3:
+        the input's mask when the layer ``supports_masking``, else none. Masks are
+        host NumPy bool arrays, (batch, time) for sequences; several inputs or
+        outputs: a list, one entry (or None) each."""
+        return mask if self.supports_masking else None
+
+    def takes_mask(self) -> bool:
+        """Whether ``forward`` reads a ``mask=`` argument (the graph passes the input's mask)."""
+        return "mask" in inspect.signature(self.forward).parameters
 
     # ------------------------------------------------------------------ helpers
     def kernels(self, family: str):
