@@ -183,23 +183,61 @@ class Graph:
             state.exit(before)
 
     # ---------------------------------------------------------------- forward
-    def forward(self, xs: list, training: bool) -> list:
+    def forward(self, xs: list, training: bool, masks: list | None = None) -> list:
+        """Outputs for inputs ``xs``; ``masks``: the inputs' Keras masks (None: none)."""
         values = {t.id: x for t, x in zip(self.inputs, xs)}
+        # Keras masks flow with the values: host bool arrays, None where there is none
+        mask_of = {t.id: m for t, m in zip(self.inputs, masks or []) if m is not None}
         self.activity_penalty = 0.0
         for node in self.nodes:
+            layer = node.layer
             args = [values[t.id] for t in node.inputs]
             kwargs = {k: _resolve(v, values) for k, v in node.kwargs.items()}
             x = tuple(args) if node.nested else args[0]
-            inner = getattr(node.layer, "_graph", None)
+            in_mask = [mask_of.get(t.id) for t in node.inputs]
+            in_mask = in_mask if node.nested else in_mask[0]
+            has_mask = any(m is not None for m in in_mask) if node.nested else in_mask is not None
+            if has_mask and "mask" not in kwargs and layer.takes_mask():
+                kwargs["mask"] = in_mask
+            inner = getattr(layer, "_graph", None)
             if isinstance(inner, Graph):  # a nested model divides its activity penalties alike
                 inner.activity_batch = self.activity_batch
-            out = self._run(node, node.layer.forward, x, training=training, **kwargs)
+            out = self._run(node, layer.forward, x, training=training, **kwargs)
             outs = out if isinstance(out, (list, tuple)) and len(node.outputs) > 1 else [out]
             for t, o in zip(node.outputs, outs):
                 values[t.id] = o
-            self.activity_penalty += _activity_penalty(node.layer, outs, self.device, self.activity_batch)
+            out_mask = layer.compute_mask(x, kwargs.get("mask", in_mask if has_mask else None))
+            if out_mask is not None:
+                # several outputs: a list, one mask each; one mask alone belongs to the first
+                per_out = (out_mask if isinstance(out_mask, list) else [out_mask]) if len(node.outputs) > 1 \
+                    else [out_mask]
+                for t, m in zip(node.outputs, per_out):
+                    if m is not None:
+                        mask_of[t.id] = m
+            self.activity_penalty += _activity_penalty(layer, outs, self.device, self.activity_batch)
         self._values = values
+        self._masks = mask_of
         return [values[t.id] for t in self.outputs]
+
+    def may_create_masks(self) -> bool:
+        """Whether a Keras mask can start anywhere in this graph (then loss counts depend on
+        the data): a layer that makes one (``creates_mask``, e.g. Embedding with mask_zero,
+        Masking), a mask passed to a call, or a layer from outside nbmodel with its own
+        compute_mask."""
+        from .layers.base import Layer
+
+        for node in self.nodes:
+            if "mask" in node.kwargs:
+                return True
+            for layer in layer_tree(node.layer):
+                own = type(layer).compute_mask is not Layer.compute_mask
+                if layer.creates_mask() or (own and not type(layer).__module__.startswith("nbmodel.")):
+                    return True
+        return False
+
+    def output_masks(self) -> list:
+        """The Keras mask of each output in the last forward pass (None where there is none)."""
+        return [self._masks.get(t.id) for t in self.outputs]
 
     def value_of(self, t: KTensor):
         """Value of a symbolic tensor in the last forward pass."""

@@ -32,7 +32,7 @@ from .backend import Device, default_device, get_device
 from .kernels.codes import BCE, BCE_LOGITS, HUBER, MAE, MSE  # the elementwise losses' kernel codes
 
 __all__ = ["Loss", "MeanSquaredError", "MeanAbsoluteError", "Huber", "BinaryCrossentropy",
-           "CategoricalCrossentropy", "SparseCategoricalCrossentropy", "get", "serialize",
+           "CategoricalCrossentropy", "SparseCategoricalCrossentropy", "get", "serialize", "mask_weights",
            "deserialize", "EPSILON"]
 
 
@@ -90,6 +90,27 @@ class Loss:
         total, count = self.forward(y_true, y_pred, sample_weight)
         return total / count if count else 0.0
 
+    def masked(self, y_true, y_pred, sample_weight, mask, need_grad=True):
+        """(total, count, dy or None) for an output that carries a Keras mask, as Keras 3:
+        the mask (the loss elements' shape, y_pred's less its last axis) multiplies the
+        sample weights, and the count is the number of unmasked elements, so the mean
+        runs over the real steps only."""
+        m = np.asarray(self.device.to_host(mask) if self.device.is_array(mask) else mask) != 0
+        shape = tuple(np.shape(y_pred)[:-1])
+        if m.shape != shape:
+            raise ValueError(f"{self.name}: the output's mask has shape {m.shape}, expected the loss elements' "
+                             f"shape {shape} (y_pred's shape less its last axis)")
+        weights = mask_weights(self.name, sample_weight, m, self.device)
+        if need_grad:
+            total, _, dy = self.forward_backward(y_true, y_pred, weights)
+        else:
+            (total, _), dy = self.forward(y_true, y_pred, weights), None
+        return total, self.masked_count(y_true, m), dy
+
+    def masked_count(self, y_true, mask) -> int:
+        """How many loss elements count under the bool ``mask`` (all unmasked ones here)."""
+        return int(mask.sum())
+
     def get_config(self):
         return {"name": self.name}
 
@@ -141,6 +162,22 @@ class Loss:
 
     def _run(self, y_true, y_pred, sample_weight, need_grad):
         raise NotImplementedError(f"{type(self).__name__} does not implement forward_backward")
+
+
+def mask_weights(name, sample_weight, mask, device) -> np.ndarray:
+    """Sample weights times a bool Keras mask, as weights of the mask's shape: a weight
+    per sample (or per element, or one scalar) spread over the masked axes."""
+    w = mask.astype(np.float64)
+    if sample_weight is None:
+        return w
+    sw = np.asarray(device.to_host(sample_weight) if device.is_array(sample_weight) else sample_weight,
+                    np.float64)
+    while sw.ndim > w.ndim and sw.shape[-1] == 1:
+        sw = sw.reshape(sw.shape[:-1])
+    if sw.shape != w.shape[:sw.ndim]:
+        raise ValueError(f"{name}: sample_weight of shape {sw.shape} does not match the output's mask of "
+                         f"shape {w.shape}")
+    return w * sw.reshape(sw.shape + (1,) * (w.ndim - sw.ndim))
 
 
 class _ElementwiseLoss(Loss):
@@ -354,6 +391,13 @@ class SparseCategoricalCrossentropy(Loss):
         if bad:
             self._raise_bad_label(labels, c)
         return self._total(rows), int(used), (dy if need_grad else None)
+
+    def masked_count(self, y_true, mask) -> int:
+        """Unmasked labels that are not ``ignore_class`` (Keras ANDs both masks)."""
+        if self.ignore_class is None:
+            return int(mask.sum())
+        labels = np.asarray(self.device.to_host(y_true) if self.device.is_array(y_true) else y_true)
+        return int((mask & (labels.reshape(mask.shape) != self.ignore_class)).sum())
 
     def _raise_bad_label(self, labels, c):
         labels = self.device.to_host(labels)

@@ -203,16 +203,25 @@ class Model(Layer):
     def integer_input(self, index: int = 0) -> bool:
         return self._graph is not None and self._graph.inputs[index].dtype.kind in "iu"
 
-    def forward(self, x, training=False):
-        """Run the model's graph on device arrays (the model as a layer of another model)."""
+    def forward(self, x, training=False, mask=None):
+        """Run the model's graph on device arrays (the model as a layer of another model);
+        ``mask``: the Keras masks of the inputs, as the outer graph passes them."""
         self._require_graph()
         self._called_nested = isinstance(x, (list, tuple))
         xs = list(x) if self._called_nested else [x]
         if len(xs) != len(self._graph.inputs):
             raise ValueError(f"{self.name}: expected {len(self._graph.inputs)} inputs, got {len(xs)}")
+        masks = None if mask is None else list(mask) if self._called_nested else [mask]
         self._graph.all_input_grads = self.input_grad_needed  # as the outer graph set it for this call
-        outs = self._graph.forward(xs, training)
+        outs = self._graph.forward(xs, training, masks)
         return outs if self._outputs_nested else outs[0]
+
+    def compute_mask(self, inputs, mask=None):
+        """The masks of the outputs of the last forward pass (a model used as a layer)."""
+        masks = self._graph.output_masks()
+        if all(m is None for m in masks):
+            return None
+        return masks if self._outputs_nested else masks[0]
 
     def backward(self, dy):
         """Gradients of the model's weights (into its layers' grads) and of its inputs."""
@@ -415,7 +424,7 @@ class Model(Layer):
         dys = []
         self._output_losses = []
         for k, (loss, w) in enumerate(zip(self._losses, self._loss_weights)):
-            total, count, dy = loss.forward_backward(ys[k], preds[k], sample_weight)
+            total, count, dy = self.output_loss(k, ys[k], preds[k], sample_weight)
             mean = _mean(total, count)
             value += w * mean
             self._output_losses.append(mean)  # unweighted, like Keras' "<output>_loss"
@@ -425,11 +434,33 @@ class Model(Layer):
             dys.append(dy)
         return value, dys
 
+    def output_loss(self, k, y_true, y_pred, sample_weight=None, need_grad=True):
+        """(total, count, dy) of output ``k``'s loss for the prediction ``y_pred`` of the last
+        forward pass: the weighted sum of its elements, their count and d total / d y_pred
+        (None without ``need_grad``). An output that carries a Keras mask weights its elements
+        by it and counts the unmasked ones (Keras 3). Data-parallel replicas call it too."""
+        loss = self._losses[k]
+        mask = self._graph.output_masks()[k]
+        if mask is not None:
+            return loss.masked(y_true, y_pred, sample_weight, mask, need_grad)
+        if need_grad:
+            return loss.forward_backward(y_true, y_pred, sample_weight)
+        return (*loss.forward(y_true, y_pred, sample_weight), None)
+
+    def metric_weight(self, k, sample_weight=None):
+        """The sample weights output ``k``'s metrics see: times its Keras mask when it has one."""
+        mask = self._graph.output_masks()[k]
+        if mask is None:
+            return sample_weight
+        from .losses import mask_weights
+
+        return mask_weights(self.name, sample_weight, np.asarray(mask) != 0, self._device)
+
     def _loss_value(self, ys, preds, sample_weight):
         """Weighted loss (Keras reduction) plus the penalties, without gradients;
         per-output means (no penalties, as Keras) in _output_losses."""
-        self._output_losses = [_mean(*loss.forward(ys[k], preds[k], sample_weight))
-                               for k, loss in enumerate(self._losses)]
+        self._output_losses = [_mean(*self.output_loss(k, ys[k], preds[k], sample_weight, False)[:2])
+                               for k in range(len(self._losses))]
         return sum(w * m for w, m in zip(self._loss_weights, self._output_losses)) + self._penalty()
 
     def _train_step(self, xs, ys, sample_weight=None):
@@ -493,7 +524,7 @@ class Model(Layer):
         if self._metrics is None:
             self._build_metrics(ys, preds)
         for k, _, m in self._metrics:
-            m.update(ys[k], preds[k], sample_weight)
+            m.update(ys[k], preds[k], self.metric_weight(k, sample_weight))
 
     def _reset_metrics(self):
         for _, _, m in self._metrics or []:

@@ -186,7 +186,7 @@ def test_attention_axes_config_and_errors():
     layer = L.MultiHeadAttention(2, 3, attention_axes=(1,))
     assert L.MultiHeadAttention.from_config(layer.get_config()).attention_axes == (1,)
     x = np.zeros((2, 3, 4, 5))
-    with pytest.raises(ValueError, match="attention_mask, use_causal_mask and return_attention_scores need"):
+    with pytest.raises(ValueError, match="input masks, use_causal_mask and return_attention_scores need"):
         L.MultiHeadAttention(2, 3, attention_axes=(2,)).forward((x, x), attention_mask=np.ones((2, 4, 4), bool))
     for bad in ((0,), (3,), (1, 1)):
         with pytest.raises(ValueError, match="attention_axes .* must name distinct axes"):

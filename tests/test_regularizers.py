@@ -281,3 +281,30 @@ def test_normalization_gamma_beta_options(cls):
     layer = cls(gamma_regularizer="l2", beta_constraint="non_neg", **kw)
     assert set(layer.weight_regularizers) == {"gamma"} and set(layer.weight_constraints) == {"beta"}
     assert cls.from_config(layer.get_config()).get_config() == layer.get_config()
+
+
+def test_multi_head_attention_regularizers_govern_all_four_kernels_and_biases(float64):
+    """Keras: MultiHeadAttention's kernel_* options apply to the query, key, value and output
+    kernels, bias_* to the four biases; inside a TransformerEncoder too (its sub-layer)."""
+    rng = np.random.default_rng(1)
+    x, yv = rng.standard_normal((4, 3, 4)), np.zeros((4, 3, 4))
+    mha = L.MultiHeadAttention(2, 2, kernel_regularizer="l2", bias_regularizer=nb.regularizers.L1(0.5),
+                               kernel_constraint=constraints.MaxNorm(0.2, axis=0))
+    assert sorted(mha.weight_regularizers) == sorted(
+        [f"{p}_{k}" for p in ("query", "key", "value", "output") for k in ("kernel", "bias")])
+    inp = L.Input((3, 4))
+    m = nb.Model(inp, mha(inp, inp), seed=0)
+    m.compile(nb.optimizers.SGD(0.1), "mse")
+    w = [a + 0.1 for a in m.get_weights()]  # nonzero biases
+    m.set_weights(w)
+    names = list(mha.params)
+    pen = sum(0.01 * (a ** 2).sum() if n.endswith("kernel") else 0.5 * np.abs(a).sum() for n, a in zip(names, w))
+    plain = m.evaluate(x, yv)
+    mha.weight_regularizers.clear()
+    assert plain == pytest.approx(m.evaluate(x, yv) + pen, rel=1e-12)
+    m.train_on_batch(x, yv)
+    for n, a in zip(names, m.get_weights()):
+        if n.endswith("kernel"):
+            assert np.sqrt((a ** 2).sum(axis=0)).max() <= 0.2 + 1e-9, n
+    again = L.MultiHeadAttention.from_config(mha.get_config())
+    assert again.weight_constraints.keys() == mha.weight_constraints.keys()

@@ -12,6 +12,7 @@ import numpy as np
 from .. import activations as act_codes
 from .base import Layer, finite_checks, keeps_backward_cache
 from .core import Dense, Dropout
+from .embedding import padding_mask
 from .normalization import LayerNormalization
 
 __all__ = ["MultiHeadAttention", "TransformerEncoder", "PositionalEmbedding"]
@@ -42,13 +43,20 @@ class MultiHeadAttention(Layer):
     ``attention_axes`` (default: every axis but batch and features, jointly)
     and the other axes act as batch axes (Keras); the layer moves them next to
     the batch (the reshaping family's ``permute``) and flattens both groups.
-    Masks and returned scores need rank-3 inputs.
+    Masks and returned scores need rank-3 inputs. The inputs' Keras masks
+    (``mask=[query_mask, value_mask, key_mask]``, passed by the graph) are ANDed
+    into the attention mask (query rows by value and key columns), as Keras 3.
 
     Params (Keras ``get_weights`` order): query_kernel (dq, h, key_dim),
     query_bias (h, key_dim), key_kernel (dk, h, key_dim), key_bias,
     value_kernel (dv, h, value_dim), value_bias (h, value_dim),
     output_kernel (h, value_dim, *output_shape), output_bias (output_shape).
     """
+
+    supports_masking = True  # the inputs' Keras masks become an attention mask (see _input_masks)
+    # Keras: kernel_regularizer / kernel_constraint govern the four kernels, bias_* the four biases
+    weight_options = {"kernel": ("query_kernel", "key_kernel", "value_kernel", "output_kernel"),
+                      "bias": ("query_bias", "key_bias", "value_bias", "output_bias")}
 
     def __init__(self, num_heads, key_dim, value_dim=None, dropout=0.0, use_bias=True, output_shape=None,
                  attention_axes=None, kernel_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
@@ -193,6 +201,28 @@ class MultiHeadAttention(Layer):
         full = (m.shape[0], m.shape[1], tq, tk)
         return np.ascontiguousarray(np.broadcast_to(m != 0, full))
 
+    def _input_masks(self, inputs, masks, attention_mask):
+        """Keras 3: the inputs' masks (query, value[, key]: (batch, time) each, or None) as an
+        attention mask, query rows by value columns (and key columns), ANDed with ``attention_mask``."""
+        b = np.shape(inputs[0])[0]
+        tq, tk = np.shape(inputs[0])[1], np.shape(inputs[1])[1]
+        auto = np.ones((b, tq, tk), bool)
+        for i, (m, what) in enumerate(zip(masks, ("query", "value", "key"))):
+            if m is None:
+                continue
+            m = np.asarray(self.device.to_host(m) if self.device.is_array(m) else m)
+            want = (b, tq if i == 0 else tk)
+            if m.shape != want:
+                raise ValueError(f"{self.name}: the {what} mask must have shape {want}, got {m.shape}")
+            auto &= (m != 0)[:, :, None] if i == 0 else (m != 0)[:, None, :]
+        if attention_mask is None:
+            return auto
+        return self._mask_array(attention_mask, b, tq, tk) & auto[:, None]
+
+    def compute_mask(self, inputs, mask=None):
+        """Keras 3: the output carries the query's mask (and the scores none)."""
+        return mask[0] if isinstance(mask, (list, tuple)) else None
+
     # --------------------------------------------------------------- forward
     def _inputs(self, inputs, key):
         if not isinstance(inputs, (list, tuple)) or len(inputs) not in (2, 3):
@@ -206,14 +236,17 @@ class MultiHeadAttention(Layer):
         return inputs
 
     def forward(self, inputs, training=False, attention_mask=None, use_causal_mask=False,
-                return_attention_scores=False, key=None):
+                return_attention_scores=False, key=None, mask=None):
         inputs = self._inputs(inputs, key)
         self.ensure_built(tuple(np.shape(a) for a in inputs))
+        has_masks = mask is not None and any(m is not None for m in mask)
         if self._perm is None:
+            if has_masks:
+                attention_mask = self._input_masks(inputs, list(mask), attention_mask)
             return self._forward3(inputs, training, attention_mask, use_causal_mask, return_attention_scores)
-        if attention_mask is not None or use_causal_mask or return_attention_scores:
-            raise ValueError(f"{self.name}: attention_mask, use_causal_mask and return_attention_scores need "
-                             f"inputs of rank 3 (got rank {len(self._perm)})")
+        if attention_mask is not None or has_masks or use_causal_mask or return_attention_scores:
+            raise ValueError(f"{self.name}: attention_mask, input masks, use_causal_mask and "
+                             f"return_attention_scores need inputs of rank 3 (got rank {len(self._perm)})")
         inputs = [self.check_input(a, ndim=len(self._perm), what=w) for a, w in zip(inputs, ("query", "value", "key"))]
         batch_axes = self._perm[:1 + self._groups[0]]
         q = inputs[0]
@@ -497,6 +530,8 @@ class TransformerEncoder(Layer):
     the sub-layers' dicts; ``bind_param`` forwards to the owning sub-layer.
     """
 
+    supports_masking = True  # a padding mask hides padded keys; the output keeps the input's mask
+
     def __init__(self, num_heads, key_dim, ff_dim, dropout=0.0, activation="relu", norm_first=False,
                  use_causal_mask=False, layer_norm_epsilon=1e-5, **kwargs):
         self.__dict__["_live"] = {a: _SublayerDict(self, a) for a in ("params", "grads", "state")}
@@ -566,9 +601,11 @@ class TransformerEncoder(Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
 
-    def forward(self, x, training=False, attention_mask=None):
+    def forward(self, x, training=False, attention_mask=None, mask=None):
         self.ensure_built(np.shape(x))
         x = self.check_input(x, ndim=3, last_dim=self._d)
+        if mask is not None:  # the padding mask hides padded keys (queries keep their rows, as keras_hub)
+            attention_mask = self.attention._input_masks((x, x), [None, mask], attention_mask)
         training = bool(training)
         shape = x.shape
         n, d, ff = shape[0] * shape[1], self._d, self.ff_dim
@@ -688,8 +725,9 @@ class PositionalEmbedding(Layer):
     """
 
     def __init__(self, sequence_length, input_dim, output_dim, embeddings_initializer="random_uniform",
-                 position_initializer="glorot_uniform", **kwargs):
+                 position_initializer="glorot_uniform", mask_zero=False, **kwargs):
         super().__init__(**kwargs)
+        self.mask_zero = bool(mask_zero)  # id 0 is padding: the output carries a Keras mask
         self.sequence_length = _pos_int(self.name, sequence_length, "sequence_length")
         self.input_dim = _pos_int(self.name, input_dim, "input_dim")
         self.output_dim = _pos_int(self.name, output_dim, "output_dim")
@@ -732,6 +770,13 @@ class PositionalEmbedding(Layer):
     def integer_input(self, index: int = 0) -> bool:
         return True
 
+    def creates_mask(self) -> bool:
+        return self.mask_zero
+
+    def compute_mask(self, inputs, mask=None):
+        """With ``mask_zero``: True where the id is not 0 (Keras), else no mask."""
+        return padding_mask(self.device, inputs) if self.mask_zero else None
+
     def forward(self, x, training=False):
         self.ensure_built(np.shape(x))
         ids = self._ids(x)
@@ -752,5 +797,5 @@ class PositionalEmbedding(Layer):
         cfg = super().get_config()
         cfg.update(sequence_length=self.sequence_length, input_dim=self.input_dim, output_dim=self.output_dim,
                    embeddings_initializer=_init_name(self, self.embeddings_initializer),
-                   position_initializer=_init_name(self, self.position_initializer))
+                   position_initializer=_init_name(self, self.position_initializer), mask_zero=self.mask_zero)
         return cfg

@@ -82,12 +82,12 @@ class Node:
 class Layer:
     """Base class of every layer; subclass it to write your own (see docs/kernels.md).
 
-    ``weight_options`` maps a Keras argument prefix to the param it governs
-    (Dense: ``{"kernel": "kernel", "bias": "bias"}``): the layer then takes
+    ``weight_options`` maps a Keras argument prefix to the param it governs, or a
+    tuple of them (Dense: ``{"kernel": "kernel", "bias": "bias"}``): the layer then takes
     ``<prefix>_regularizer`` and ``<prefix>_constraint``. Every layer takes
     ``activity_regularizer`` (a penalty on its output)."""
 
-    weight_options: dict[str, str] = {}
+    weight_options: dict[str, str | tuple[str, ...]] = {}
     # Keras masking: a layer that keeps the time axis as it is passes its input's
     # mask on (compute_mask); a layer whose forward takes ``mask=`` also reads it
     supports_masking: bool = False
@@ -101,14 +101,14 @@ class Layer:
         self.weight_regularizers: dict = {}
         self.weight_constraints: dict = {}
         self._option_args: dict = {}
-        for prefix, key in self.weight_options.items():
+        for prefix, keys in self.weight_options.items():
             for kind, mod, table in (("regularizer", regularizers, self.weight_regularizers),
                                      ("constraint", constraints, self.weight_constraints)):
                 arg = f"{prefix}_{kind}"
                 value = mod.get(kwargs.pop(arg, None), f"{self.name}: {arg}")
                 self._option_args[arg] = value
                 if value is not None:
-                    table[key] = value
+                    table.update({key: value for key in ((keys,) if isinstance(keys, str) else keys)})
         self.activity_regularizer = regularizers.get(activity_regularizer, f"{self.name}: activity_regularizer")
         if kwargs:
             raise TypeError(f"{type(self).__name__}: unexpected keyword arguments {sorted(kwargs)}")
@@ -144,12 +144,17 @@ class Layer:
     def backward(self, dy):
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
-    def compute_mask(self, inputs, mask):
+    def compute_mask(self, inputs, mask=None):
         """The mask of the output for input mask ``mask`` (None: no mask), as Keras 3:
         the input's mask when the layer ``supports_masking``, else none. Masks are
         host NumPy bool arrays, (batch, time) for sequences; several inputs or
         outputs: a list, one entry (or None) each."""
         return mask if self.supports_masking else None
+
+    def creates_mask(self) -> bool:
+        """Whether the output can carry a mask when the input carries none (Embedding with
+        mask_zero, Masking)."""
+        return False
 
     def takes_mask(self) -> bool:
         """Whether ``forward`` reads a ``mask=`` argument (the graph passes the input's mask)."""

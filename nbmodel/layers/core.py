@@ -1,4 +1,4 @@
-"""Core layers: Dense, Activation, Dropout (noise_shape), SpatialDropout1D/2D,
+"""Core layers: Dense, Activation, Dropout (noise_shape), SpatialDropout1D/2D, Masking,
 Flatten, Reshape, and the merge layers Add, Subtract, Multiply, Average,
 Maximum, Minimum, Concatenate, Dot.
 
@@ -17,8 +17,8 @@ import numpy as np
 from .. import activations as act_codes
 from .base import Layer
 
-__all__ = ["Dense", "Activation", "Dropout", "SpatialDropout1D", "SpatialDropout2D", "Flatten", "Reshape", "Add",
-           "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "Dot",
+__all__ = ["Dense", "Activation", "Dropout", "Masking", "SpatialDropout1D", "SpatialDropout2D", "Flatten",
+           "Reshape", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "Dot",
            "add", "subtract", "multiply", "average", "maximum", "minimum", "concatenate", "dot"]
 
 
@@ -33,6 +33,8 @@ class Dense(Layer):
 
     Params: ``kernel`` (in, units), ``bias`` (units,).
     """
+
+    supports_masking = True  # Keras: the input's mask passes through
 
     weight_options = {"kernel": "kernel", "bias": "bias"}
 
@@ -112,6 +114,8 @@ def _init_name(init):
 class Activation(Layer):
     """Applies an activation elementwise (softmax over the last axis)."""
 
+    supports_masking = True  # Keras: the input's mask passes through
+
     def __init__(self, activation, **kwargs):
         super().__init__(**kwargs)
         self.activation = activation
@@ -155,6 +159,8 @@ class Dropout(Layer):
     the same features at every step. The mask is drawn at that shape from the layer's generator, so a seed
     gives the same masks on every device and a resumed fit continues the sequence.
     """
+
+    supports_masking = True  # Keras: the input's mask passes through
 
     def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
         super().__init__(seed=seed, **kwargs)
@@ -242,6 +248,8 @@ class Dropout(Layer):
 class _SpatialDropout(Dropout):
     """Dropout of whole channels: one mask value per (sample, channel), channels_last."""
 
+    supports_masking = False  # as Keras' spatial dropouts
+
     rank = 1
 
     def __init__(self, rate, data_format=None, seed=None, **kwargs):
@@ -282,6 +290,50 @@ class SpatialDropout2D(_SpatialDropout):
     """Drops whole channels of (batch, h, w, channels): the mask has shape (batch, 1, 1, channels)."""
 
     rank = 2
+
+
+class Masking(Layer):
+    """Masks time steps whose features all equal ``mask_value`` (Keras): those steps
+    are set to 0 and the output carries a (batch, time) mask, True where a step is
+    kept, that masking layers downstream (recurrent, attention, pooling, losses) read.
+    The mask is computed on the host."""
+
+    supports_masking = True
+
+    def __init__(self, mask_value=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.mask_value = float(mask_value)
+
+    def _keep(self, x):
+        """The Keras mask of ``x``: any feature differs from mask_value (NaN differs too)."""
+        host = self.device.to_host(x) if self.device.is_array(x) else np.asarray(x)
+        return (host != host.dtype.type(self.mask_value)).any(axis=-1)
+
+    def creates_mask(self) -> bool:
+        return True
+
+    def compute_mask(self, inputs, mask=None):
+        return self._keep(inputs)
+
+    def forward(self, x, training=False):
+        self.ensure_built(np.shape(x))
+        x = self.check_input(x, min_ndim=2)
+        keep = self._keep(x)
+        factor = self.workspace("keep", x.shape)  # 1 where the step is kept, broadcast over features
+        self.kernels("array").copy(self.device.asarray(np.broadcast_to(keep[..., None], x.shape)
+                                                       .astype(self.dtype)), factor)
+        y = self.workspace("y", x.shape)
+        self.kernels("array").multiply(x, factor, y)
+        self._factor = factor
+        return y
+
+    def backward(self, dy):
+        dx = self.workspace("dx", self._factor.shape)
+        self.kernels("array").multiply(self.asarray(dy), self._factor, dx)
+        return dx
+
+    def get_config(self):
+        return {**super().get_config(), "mask_value": self.mask_value}
 
 
 class Flatten(Layer):
@@ -345,6 +397,14 @@ class Reshape(Layer):
 
 class _Merge(Layer):
     """Base of layers that take a list of tensors."""
+
+    supports_masking = True
+
+    def compute_mask(self, inputs, mask=None):
+        """Keras 3: the OR of the inputs' masks, none when an input has none."""
+        if not isinstance(mask, (list, tuple)) or any(m is None for m in mask):
+            return None
+        return np.logical_or.reduce([np.asarray(m, bool) for m in mask])
 
     def _check_inputs(self, xs):
         if not isinstance(xs, (list, tuple)) or len(xs) < 2:
@@ -540,6 +600,18 @@ class Concatenate(_Merge):
                 raise ValueError(f"{self.name}: shapes {input_shape} differ outside axis {self.axis}")
         super().build(input_shape)
 
+    def compute_mask(self, inputs, mask=None):
+        """Keras 3: each input's mask spread over its shape (all True where it has none),
+        joined along ``axis``, then any() over the last axis."""
+        if not isinstance(mask, (list, tuple)) or all(m is None for m in mask):
+            return None
+        shapes = [np.shape(x) for x in inputs]
+        ax = self._axis(len(shapes[0]))
+        full = [np.ones(s, bool) if m is None else
+                np.broadcast_to(np.asarray(m, bool).reshape(np.shape(m) + (1,) * (len(s) - np.ndim(m))), s)
+                for m, s in zip(mask, shapes)]
+        return np.concatenate(full, axis=ax).any(axis=-1)
+
     def compute_output_shape(self, input_shape):
         ax = self._axis(len(input_shape[0]))
         out = list(input_shape[0])
@@ -593,6 +665,9 @@ class Dot(_Merge):
     the batch and its axis (Keras ``batch_dot``). ``normalize=True`` L2-normalizes both
     inputs along their axes first (Keras: x * min(1 / ||x||, 1 / 1e-7)): cosine similarity.
     """
+
+    def compute_mask(self, inputs, mask=None):
+        return None  # Keras 3: a dot product's output carries no mask
 
     def __init__(self, axes, normalize=False, **kwargs):
         super().__init__(**kwargs)

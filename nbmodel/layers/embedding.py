@@ -9,7 +9,12 @@ import numpy as np
 
 from .base import Layer
 
-__all__ = ["Embedding"]
+__all__ = ["Embedding", "padding_mask"]
+
+
+def padding_mask(device, ids) -> np.ndarray:
+    """The Keras mask of ``mask_zero`` embeddings: a host bool array, True where the id is not 0."""
+    return (device.to_host(ids) if device.is_array(ids) else np.asarray(ids)) != 0
 
 
 class Embedding(Layer):
@@ -27,12 +32,10 @@ class Embedding(Layer):
         for what, v in (("input_dim", input_dim), ("output_dim", output_dim)):
             if not isinstance(v, (int, np.integer)) or v <= 0:
                 raise ValueError(f"{self.name}: {what} must be a positive integer, got {v!r}")
-        if mask_zero:
-            raise ValueError(f"{self.name}: mask_zero=True is not supported")
         self.input_dim = int(input_dim)
         self.output_dim = int(output_dim)
         self.embeddings_initializer = embeddings_initializer
-        self.mask_zero = False
+        self.mask_zero = bool(mask_zero)  # id 0 is padding: the output carries a Keras mask
 
     def build(self, input_shape):
         init = self.embeddings_initializer
@@ -49,6 +52,13 @@ class Embedding(Layer):
 
     def integer_input(self, index: int = 0) -> bool:
         return True
+
+    def creates_mask(self) -> bool:
+        return self.mask_zero
+
+    def compute_mask(self, inputs, mask=None):
+        """With ``mask_zero``: True where the id is not 0 (Keras), else no mask."""
+        return padding_mask(self.device, inputs) if self.mask_zero else None
 
     def _ids(self, x):
         ids = x if self.device.is_array(x) else np.asarray(x)
@@ -87,5 +97,6 @@ class Embedding(Layer):
         init = self.embeddings_initializer
         if not isinstance(init, str):
             raise ValueError(f"{self.name}: only initializers given by name can be saved with the model")
-        cfg.update(input_dim=self.input_dim, output_dim=self.output_dim, embeddings_initializer=init)
+        cfg.update(input_dim=self.input_dim, output_dim=self.output_dim, embeddings_initializer=init,
+                   mask_zero=self.mask_zero)
         return cfg

@@ -20,6 +20,8 @@ class LayerNormalization(Layer):
     of the input (the normalized block is then contiguous).
     """
 
+    supports_masking = True  # Keras: the input's mask passes through
+
     weight_options = {"gamma": "gamma", "beta": "beta"}
 
     def __init__(self, axis=-1, epsilon=1e-3, center=True, scale=True, beta_initializer="zeros",
@@ -153,6 +155,8 @@ class BatchNormalization(_ChannelAxis):
     so each shard is normalized with the statistics of the whole global batch
     and training matches one process.
     """
+
+    supports_masking = True  # Keras: the input's mask passes through
 
     stat_sync = None  # set on replicas by nbmodel.parallel: sums float64 vectors over replicas
 
@@ -294,6 +298,8 @@ class GroupNormalization(_ChannelAxis):
     ``groups=-1`` means one group per channel (instance normalization), as in
     Keras. groups=1 normalizes each sample over all its values.
     """
+
+    supports_masking = True  # Keras: the input's mask passes through
 
     def __init__(self, groups=32, axis=-1, epsilon=1e-3, center=True, scale=True, beta_initializer="zeros",
                  gamma_initializer="ones", **kwargs):

@@ -196,9 +196,45 @@ class GlobalMaxPooling2D(_GlobalPool):
 
 
 class GlobalAveragePooling1D(_GlobalPool):
-    """Mean over steps: (batch, steps, c) -> (batch, c)."""
+    """Mean over steps: (batch, steps, c) -> (batch, c).
+
+    With a Keras mask (batch, steps) the mean runs over the unmasked steps only
+    (Keras 3); the output carries no mask. A sample with every step masked gets
+    zeros (Keras divides 0 by 0 there)."""
 
     rank, mode = 1, "avg"
+    supports_masking = True
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def forward(self, x, training=False, mask=None):
+        if mask is None:
+            self._weights = None
+            return super().forward(x, training)
+        self.ensure_built(np.shape(x))
+        x = self.check_input(x, ndim=3)
+        n, t, c = x.shape
+        m = np.asarray(self.device.to_host(mask) if self.device.is_array(mask) else mask)
+        if m.shape != (n, t):
+            raise ValueError(f"{self.name}: mask must have shape {(n, t)} (batch, steps), got {m.shape}")
+        keep = (m != 0).astype(np.float64)
+        w = keep / np.maximum(keep.sum(axis=1, keepdims=True), 1.0)  # each kept step's share of the mean
+        weights = self.workspace("weights", (n, 1, t))
+        self.kernels("array").copy(self.device.asarray(w.reshape(n, 1, t).astype(self.dtype)), weights)
+        y = self.workspace("y", (n, 1, c))
+        self.kernels("array").batch_matmul(weights, x, False, False, y)  # y[b] = w[b] @ x[b]
+        self._weights, self._shape = weights, x.shape
+        return y.reshape((n, 1, c) if self.keepdims else (n, c))
+
+    def backward(self, dy):
+        if self._weights is None:
+            return super().backward(dy)
+        n, t, c = self._shape
+        dx = self.workspace("dx_masked", (n, t, c))
+        dy3 = self.asarray(dy).reshape(n, 1, c)
+        self.kernels("array").batch_matmul(self._weights, dy3, True, False, dx)  # dx[b] = w[b]^T dy[b]
+        return dx
 
 
 class GlobalMaxPooling1D(_GlobalPool):

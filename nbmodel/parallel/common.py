@@ -205,16 +205,17 @@ def _fixed_count(loss):
 
 def loss_plan(model):
     """"scaled" (each replica scales dy by w / global count) or "sum" (scale after the reduction)."""
-    if all(_fixed_count(lo) for lo in model._losses):
-        return "scaled"
+    if all(_fixed_count(lo) for lo in model._losses) and not model._graph.may_create_masks():
+        return "scaled"  # (a Keras mask makes the count depend on the data, like ignore_class)
     if has_activity_penalty(model):  # its gradient is added to dy before any scale after the reduction
         raise NotImplementedError(f"{model.name}: data-parallel fit of a model with an activity_regularizer "
-                                  "needs built-in losses without ignore_class; train it with workers=1")
+                                  "needs built-in losses without ignore_class and no Keras mask; train it with "
+                                  "workers=1")
     if len(model._losses) == 1:
         return "sum"
     raise NotImplementedError(
         f"{model.name}: data-parallel fit of a model with several outputs needs losses whose element "
-        "count per sample is fixed (no ignore_class, no custom loss); train it with workers=1")
+        "count per sample is fixed (no ignore_class, no custom loss, no Keras mask); train it with workers=1")
 
 
 def ensure_metrics(model, ys):
@@ -398,8 +399,8 @@ class ShardRunner:
             with finite_checks(False):
                 preds = model._forward(bx, training=True)
                 dys = []
-                for k, (loss, w) in enumerate(zip(model._losses, model._loss_weights)):
-                    t, c, dy = loss.forward_backward(by[k], preds[k], bw)
+                for k, w in enumerate(model._loss_weights):
+                    t, c, dy = model.output_loss(k, by[k], preds[k], bw)
                     ex[k], ex[n_out + k] = t, c
                     if self.plan == "scaled":
                         # the single-process scale w / count, with the count of the global batch
@@ -413,7 +414,7 @@ class ShardRunner:
                     ex[-1] = model._graph.activity_penalty
                 for k, m in self.metrics:
                     m.reset()
-                    m.update(by[k], preds[k], bw)
+                    m.update(by[k], preds[k], model.metric_weight(k, bw))
         finally:
             model._graph.activity_batch = None
             for p in self.proxies:

@@ -125,3 +125,14 @@ def pos_embed_forward(ids, token_embeddings, position_embeddings):
     t = ids.shape[1]
     return (np.asarray(token_embeddings, np.float64)[ids]
             + np.asarray(position_embeddings, np.float64)[None, :t])
+
+
+def input_masks(query_mask=None, value_mask=None, key_mask=None):
+    """Keras 3: the inputs' masks (b, t) as one (b, tq, tk) attention mask (query rows AND
+    value columns AND key columns); None when no mask is given."""
+    out = None
+    for m, axis in ((query_mask, -1), (value_mask, -2), (key_mask, -2)):
+        if m is not None:
+            e = np.expand_dims(np.asarray(m, bool), axis)
+            out = e if out is None else out & e
+    return out

@@ -88,3 +88,12 @@ def global_max_forward(x):
     """Max over every axis but batch and channels."""
     x = np.asarray(x, np.float64)
     return x.max(axis=_spatial_axes(x))
+
+
+def global_avg_masked(x, mask):
+    """GlobalAveragePooling1D with a Keras mask: the mean of x (b, t, c) over the steps where
+    mask (b, t) is True; zeros for a sample with no such step."""
+    x = np.asarray(x, np.float64)
+    m = np.asarray(mask, bool)[:, :, None]
+    count = m.sum(axis=1)
+    return np.where(count > 0, (x * m).sum(axis=1) / np.maximum(count, 1), 0.0)
