@@ -155,32 +155,38 @@ CONTRACT: dict[str, dict[str, tuple[str, str]]] = {
     },
     "recurrent": {
         "simple_rnn_forward": ("x, reverse, kernel, recurrent_kernel, bias, use_init, act, ret_seq, mask_x, n_mx, "
-                               "mask_h, n_mh, HM, xs, P, H, rec, y",
+                               "mask_h, n_mh, HM, step_mask, has_step_mask, zero_masked, xs, P, H, rec, y",
                                "SimpleRNN over x (batch, T, d); H (T + 1, batch, u) holds every state, "
                                "H[0] the initial one. Dropout (every cell): n_mx input masks mask_x "
                                "(batch, n_mx | 1, d) and n_mh recurrent masks mask_h (batch, n_mh | 1, u), each "
                                "0 (none), 1 (all gates) or n_gates (one per gate block); xs (max(n_mx, 1), T, "
                                "batch, d) the masked time-major inputs; HM (n_mh | 1, T, batch, u) the masked "
-                               "previous states"),
+                               "previous states. Step masks (every cell, Keras masking): step_mask (batch, T) "
+                               "in x's time order, 1 = real step, 0 = skipped (states carried over, output row "
+                               "the previous output row, zeros at the first step or with zero_masked), read "
+                               "only when has_step_mask (else a (1, 1) dummy)"),
         "simple_rnn_backward": ("xs, reverse, kernel, recurrent_kernel, H, dy, has_seq, act, mask_x, n_mx, mask_h, "
-                                "n_mh, HM, use_init, need_dx, "
+                                "n_mh, HM, step_mask, has_step_mask, zero_masked, use_init, need_dx, "
                                 "dh, dZ, dkernel, drecurrent, dbias, dxs, dx",
                                 "backward through time; dh holds the last state's gradient in, the initial "
-                                "state's out"),
+                                "state's out; skipped steps get zero gate gradients and pass the state "
+                                "gradients through"),
         "lstm_forward": ("x, reverse, kernel, recurrent_kernel, bias, use_init, act, rec_act, ret_seq, mask_x, n_mx, "
-                         "mask_h, n_mh, HM, xs, G, H, "
+                         "mask_h, n_mh, HM, step_mask, has_step_mask, zero_masked, xs, G, H, "
                          "C, TC, rec, y", "LSTM (gates i, f, c, o) over x (batch, T, d)"),
         "lstm_backward": ("xs, reverse, kernel, recurrent_kernel, G, H, C, TC, dy, has_seq, act, rec_act, "
-                          "mask_x, n_mx, mask_h, n_mh, HM, use_init, need_dx, dh, dc, dZ, dkernel, drecurrent, dbias, "
+                          "mask_x, n_mx, mask_h, n_mh, HM, step_mask, has_step_mask, zero_masked, use_init, need_dx, "
+                          "dh, dc, dZ, dkernel, drecurrent, dbias, "
                           "dxs, dx",
                           "backward through time of lstm_forward"),
         "gru_forward": ("x, reverse, kernel, recurrent_kernel, bias, use_init, act, rec_act, reset_after, ret_seq, "
-                        "mask_x, n_mx, mask_h, n_mh, HM, xs, G, H, RH, rec, y",
+                        "mask_x, n_mx, mask_h, n_mh, HM, step_mask, has_step_mask, zero_masked, xs, G, H, RH, rec, "
+                        "y",
                         "GRU (gates z, r, h) over x (batch, T, d); bias (2, 3u) with reset_after (Keras 3), "
                         "(1, 3u) without (Keras 2: RH = r * h_{t-1}, the candidate's recurrent product input)"),
         "gru_backward": ("xs, reverse, kernel, recurrent_kernel, G, H, RH, dy, has_seq, act, rec_act, reset_after, "
                          "mask_x, n_mx, "
-                         "mask_h, n_mh, HM, use_init, "
+                         "mask_h, n_mh, HM, step_mask, has_step_mask, zero_masked, use_init, "
                          "need_dx, dh, dhz, dZ, dR, dkernel, drecurrent, dbias, dxs, dx",
                          "backward through time of gru_forward"),
     },

@@ -17,6 +17,16 @@ input mask, or with recurrent_dropout > 0 one input and one recurrent mask per
 gate, as Keras' implementation 1), ``stateful`` (the final states of a batch
 are the initial states of the next; ``reset_states()``), ``unroll`` (accepted,
 no effect: the kernels always loop over the steps).
+
+Masking (Keras 3): ``forward(x, mask=m)`` with m (batch, time) bool, True = a
+real step. A masked step is skipped: every state is carried over unchanged,
+and the output there is the previous output (zeros before the first real
+step, even with an initial state), or zeros with ``zero_output_for_mask``.
+The final states are those after the last real step; the last output
+(``return_sequences=False``) is the last step's output. Bidirectional runs
+both directions with ``zero_output_for_mask = return_sequences``, as Keras.
+The output mask (``compute_mask``) is the input mask with return_sequences,
+else None.
 """
 from __future__ import annotations
 
@@ -57,13 +67,15 @@ class _RNN(Layer):
     _gates = 1      # blocks of `units` columns in kernel / recurrent_kernel
     _n_states = 1   # h (and c for LSTM)
     _family = "recurrent"
+    supports_masking = True
 
     weight_options = {"kernel": "kernel", "recurrent": "recurrent_kernel", "bias": "bias"}
 
     def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
                  bias_initializer="zeros", dropout=0.0, recurrent_dropout=0.0, return_sequences=False,
-                 return_state=False, go_backwards=False, stateful=False, unroll=False, **kwargs):
+                 return_state=False, go_backwards=False, stateful=False, unroll=False, zero_output_for_mask=False,
+                 **kwargs):
         super().__init__(**kwargs)
         if not isinstance(units, (int, np.integer)) or units <= 0:
             raise ValueError(f"{self.name}: units must be a positive integer, got {units!r}")
@@ -84,6 +96,8 @@ class _RNN(Layer):
         self.return_state = bool(return_state)
         self.go_backwards = bool(go_backwards)
         self.unroll = bool(unroll)  # accepted for Keras compatibility; the kernel loop is the same
+        self.zero_output_for_mask = bool(zero_output_for_mask)
+        self._last_keep = None  # see _step_mask
 
     # ------------------------------------------------------------------ shapes
     def _bias_shape(self):
@@ -117,6 +131,11 @@ class _RNN(Layer):
         if self.return_state:
             return [out] + [(b, self.units)] * self._n_states
         return out
+
+    def compute_mask(self, inputs, mask):
+        """Keras 3: the input's mask with return_sequences, else None; with return_state
+        one more None per state."""
+        return _rnn_output_mask(mask, self.return_sequences, self.return_state, self._n_states)
 
     # ----------------------------------------------------------------- helpers
     def _check(self, x):
@@ -162,6 +181,31 @@ class _RNN(Layer):
             out.append(s)
         return out
 
+    def _step_mask(self, mask, B, T, use_init):
+        """The kernels' (step_mask, has_step_mask, zero_masked) for a Keras mask (None, or
+        (B, T) bool or 0/1, host or device data), kept for backward: the mask as a
+        layer-dtype workspace, or a (1, 1) dummy that the kernels do not read.
+
+        Without return_sequences it also sets ``_last_keep`` (B, u) where the last output
+        (the last step's) differs from the final state h: zeros in the rows whose last
+        step is masked with zero_output_for_mask, or that have no real step at all but an
+        initial state; None where they agree everywhere."""
+        zero = self.zero_output_for_mask
+        self._last_keep = None
+        if mask is None:
+            self._sm = (self.constant("no_step_mask", (1, 1), 0), False, zero)
+            return self._sm
+        real = _real_steps(self.name, self.device, mask, B, T)
+        sm = self.workspace("step_mask", (B, T))
+        self.device.assign(sm, real)
+        if not self.return_sequences:
+            keep = real[:, 0 if self.go_backwards else T - 1] if zero else real.any(axis=1) | (not use_init)
+            if not keep.all():
+                self._last_keep = self.workspace("last_keep", (B, self.units))
+                self.device.assign(self._last_keep, np.repeat(keep[:, None], self.units, axis=1))
+        self._sm = (sm, True, zero)
+        return self._sm
+
     def _outputs(self, y, states):
         if self.stateful:
             k = self.kernels("array")
@@ -169,7 +213,13 @@ class _RNN(Layer):
                 self._carry = [self.device.full(s.shape, 0, self.dtype) for s in states]
             for s, c in zip(states, self._carry):
                 k.copy(s, c)
-        out = y if self.return_sequences else states[0]
+        if self.return_sequences:
+            out = y
+        elif self._last_keep is not None:  # a masked last output: zeros where it is not h
+            out = self.workspace("y_last", states[0].shape)
+            self.kernels("array").multiply(states[0], self._last_keep, out)
+        else:
+            out = states[0]
         if self.return_state:
             return [out] + list(states)
         return out
@@ -197,6 +247,10 @@ class _RNN(Layer):
             else:
                 if d_out.shape != (B, u):
                     raise ValueError(f"{self.name}: output gradient has shape {d_out.shape}, expected {(B, u)}")
+                if self._last_keep is not None:
+                    kept = self.workspace("d_last", (B, u))
+                    k.multiply(d_out, self._last_keep, kept)
+                    d_out = kept
                 k.add_into(dh, d_out)
         if d_states[0] is not None:
             k.add_into(dh, self.asarray(d_states[0]))
@@ -266,8 +320,32 @@ class _RNN(Layer):
                    bias_initializer=_init_name(self.name, self.bias_initializer),
                    return_sequences=self.return_sequences, return_state=self.return_state,
                    go_backwards=self.go_backwards, stateful=self.stateful, unroll=self.unroll,
-                   dropout=self.dropout, recurrent_dropout=self.recurrent_dropout)
+                   dropout=self.dropout, recurrent_dropout=self.recurrent_dropout,
+                   zero_output_for_mask=self.zero_output_for_mask)
         return cfg
+
+
+def _real_steps(layer, device, mask, B, T):
+    """A Keras mask (host or device data) as a host bool array (B, T), True = a real step;
+    a clear error for another shape or values other than bool / 0 and 1."""
+    host = np.asarray(device.to_host(mask) if device.is_array(mask) else mask)
+    if host.shape != (B, T):
+        raise ValueError(f"{layer}: mask must have shape (batch, time) = {(B, T)}, got {host.shape}")
+    if host.dtype != np.bool_ and (host.dtype.kind not in "iuf" or not np.isin(host, (0, 1)).all()):
+        raise ValueError(f"{layer}: mask must be a bool array (True = a real step) or hold only 0 and 1, "
+                         f"got dtype {host.dtype}")
+    return host != 0
+
+
+def _rnn_output_mask(mask, return_sequences, return_state, n_states):
+    """Keras 3 RNN.compute_mask: the (first) input mask with return_sequences, else None;
+    with return_state a list with None for each state."""
+    if isinstance(mask, (list, tuple)):
+        mask = mask[0] if mask else None
+    out = mask if return_sequences else None
+    if return_state:
+        return [out] + [None] * n_states
+    return out
 
 
 def _rate(layer, what, value):
@@ -299,12 +377,13 @@ class SimpleRNN(_RNN):
                          kernel_initializer=kernel_initializer, recurrent_initializer=recurrent_initializer,
                          bias_initializer=bias_initializer, **kwargs)
 
-    def forward(self, x, training=False, initial_state=None):
+    def forward(self, x, training=False, initial_state=None, mask=None):
         x = self._check(x)
         B, T, D = x.shape
         u = self.units
         init = self._initial_states(initial_state, B)
         mask_x, n_mx, mask_h, n_mh, HM, xs = self._dropout_masks(training, B, T, D)
+        step_mask, has_sm, zero = self._step_mask(mask, B, T, init is not None)
         P = self.workspace("P", (T, B, u))
         H = self.workspace("H", (T + 1, B, u))
         rec = self.workspace("rec", (B, u))
@@ -312,7 +391,8 @@ class SimpleRNN(_RNN):
         self._set_initial(H, init, 0)
         self.kernels("recurrent").simple_rnn_forward(
             x, self.go_backwards, self.params["kernel"], self.params["recurrent_kernel"], self._bias(),
-            init is not None, self.act, self.return_sequences, mask_x, n_mx, mask_h, n_mh, HM, xs, P, H, rec, y)
+            init is not None, self.act, self.return_sequences, mask_x, n_mx, mask_h, n_mh, HM, step_mask, has_sm,
+            zero, xs, P, H, rec, y)
         self._shape = (B, T, D)
         return self._outputs(y, [H[T]])
 
@@ -328,7 +408,7 @@ class SimpleRNN(_RNN):
         self.kernels("recurrent").simple_rnn_backward(
             self._xs, self.go_backwards, self.params["kernel"],
             self.params["recurrent_kernel"], self.workspace("H", (T + 1, B, u)),
-            d_seq if has_seq else self.workspace("dummy", (1, 1, 1)), has_seq, self.act, *self._drop,
+            d_seq if has_seq else self.workspace("dummy", (1, 1, 1)), has_seq, self.act, *self._drop, *self._sm,
             self._use_init, self._need_dx, dh, dZ, self.grads["kernel"], self.grads["recurrent_kernel"],
             self._dbias(), dxs, dx)
         return self._finish_backward(dx, [dh])
@@ -363,12 +443,13 @@ class LSTM(_RNN):
 
         return _forget_bias_init(self.units, initializers.get(self.bias_initializer, self.name))
 
-    def forward(self, x, training=False, initial_state=None):
+    def forward(self, x, training=False, initial_state=None, mask=None):
         x = self._check(x)
         B, T, D = x.shape
         u = self.units
         init = self._initial_states(initial_state, B)
         mask_x, n_mx, mask_h, n_mh, HM, xs = self._dropout_masks(training, B, T, D)
+        step_mask, has_sm, zero = self._step_mask(mask, B, T, init is not None)
         G = self.workspace("G", (T, B, 4 * u))
         H = self.workspace("H", (T + 1, B, u))
         C = self.workspace("C", (T + 1, B, u))
@@ -380,7 +461,7 @@ class LSTM(_RNN):
         self.kernels("recurrent").lstm_forward(
             x, self.go_backwards, self.params["kernel"], self.params["recurrent_kernel"], self._bias(),
             init is not None, self.act, self.rec_act, self.return_sequences, mask_x, n_mx, mask_h, n_mh, HM,
-            xs, G, H, C, TC, rec, y)
+            step_mask, has_sm, zero, xs, G, H, C, TC, rec, y)
         self._shape = (B, T, D)
         return self._outputs(y, [H[T], C[T]])
 
@@ -400,7 +481,7 @@ class LSTM(_RNN):
         self.kernels("recurrent").lstm_backward(
             self._xs, self.go_backwards, self.params["kernel"], self.params["recurrent_kernel"],
             ws("G", (T, B, 4 * u)), ws("H", (T + 1, B, u)), ws("C", (T + 1, B, u)), ws("TC", (T, B, u)),
-            d_seq if has_seq else ws("dummy", (1, 1, 1)), has_seq, self.act, self.rec_act, *self._drop,
+            d_seq if has_seq else ws("dummy", (1, 1, 1)), has_seq, self.act, self.rec_act, *self._drop, *self._sm,
             self._use_init, self._need_dx, dh, dc, ws("dZ", (T, B, 4 * u)), self.grads["kernel"],
             self.grads["recurrent_kernel"], self._dbias(), ws("dxs", (T, B, D)), dx)
         return self._finish_backward(dx, [dh, dc])
@@ -435,12 +516,13 @@ class GRU(_RNN):
     def _bias_shape(self):
         return (2, 3 * self.units) if self.reset_after else (3 * self.units,)
 
-    def forward(self, x, training=False, initial_state=None):
+    def forward(self, x, training=False, initial_state=None, mask=None):
         x = self._check(x)
         B, T, D = x.shape
         u = self.units
         init = self._initial_states(initial_state, B)
         mask_x, n_mx, mask_h, n_mh, HM, xs = self._dropout_masks(training, B, T, D)
+        step_mask, has_sm, zero = self._step_mask(mask, B, T, init is not None)
         G = self.workspace("G", (T, B, 3 * u))
         H = self.workspace("H", (T + 1, B, u))
         RH = self.workspace("RH", (T, B, u))
@@ -450,7 +532,7 @@ class GRU(_RNN):
         self.kernels("recurrent").gru_forward(
             x, self.go_backwards, self.params["kernel"], self.params["recurrent_kernel"],
             self._bias().reshape(-1, 3 * u), init is not None, self.act, self.rec_act, self.reset_after,
-            self.return_sequences, mask_x, n_mx, mask_h, n_mh, HM, xs, G, H, RH, rec, y)
+            self.return_sequences, mask_x, n_mx, mask_h, n_mh, HM, step_mask, has_sm, zero, xs, G, H, RH, rec, y)
         self._shape = (B, T, D)
         return self._outputs(y, [H[T]])
 
@@ -466,7 +548,7 @@ class GRU(_RNN):
             self._xs, self.go_backwards, self.params["kernel"], self.params["recurrent_kernel"],
             ws("G", (T, B, 3 * u)), ws("H", (T + 1, B, u)), ws("RH", (T, B, u)),
             d_seq if has_seq else ws("dummy", (1, 1, 1)), has_seq, self.act, self.rec_act, self.reset_after,
-            *self._drop, self._use_init, self._need_dx, dh, ws("dhz", (B, u)), ws("dZ", (T, B, 3 * u)),
+            *self._drop, *self._sm, self._use_init, self._need_dx, dh, ws("dhz", (B, u)), ws("dZ", (T, B, 3 * u)),
             ws("dR", (T, B, 3 * u)), self.grads["kernel"], self.grads["recurrent_kernel"],
             self._dbias().reshape(-1, 3 * u), ws("dxs", (T, B, D)), dx)
         return self._finish_backward(dx, [dh])
@@ -524,10 +606,13 @@ class Bidirectional(Layer):
     layer's as ``backward_<name>`` (Keras get_weights order). With
     ``return_sequences`` the backward output is flipped back to input order
     before merging, as in Keras. ``initial_state``: the forward layer's states
-    then the backward layer's.
+    then the backward layer's. ``mask``: passed to both directions, whose
+    ``zero_output_for_mask`` is set to ``return_sequences`` (as Keras does), so
+    that the masked steps of a returned sequence are zeros in both.
     """
 
     _MODES = ("concat", "sum", "mul", "ave")
+    supports_masking = True
 
     def __init__(self, layer, merge_mode="concat", backward_layer=None, **kwargs):
         super().__init__(**kwargs)
@@ -553,6 +638,8 @@ class Bidirectional(Layer):
             raise ValueError(f"{self.name}: backward_layer must be the same kind of layer as layer, with the "
                              "same units, return_sequences and return_state")
         self.backward_layer = backward_layer
+        for sub in (self.forward_layer, self.backward_layer):  # Keras: zeros at masked steps of a sequence
+            sub.zero_output_for_mask = sub.return_sequences
         self.return_sequences = layer.return_sequences
         self.return_state = layer.return_state
         parts = [("forward_", self.forward_layer), ("backward_", self.backward_layer)]
@@ -595,7 +682,12 @@ class Bidirectional(Layer):
             return [out] + list(f[1:]) + list(b[1:])
         return out
 
-    def forward(self, x, training=False, initial_state=None):
+    def compute_mask(self, inputs, mask):
+        """As the wrapped layer's (Keras 3): the input's mask with return_sequences, else None;
+        with return_state one more None per state of each direction."""
+        return _rnn_output_mask(mask, self.return_sequences, self.return_state, 2 * self.forward_layer._n_states)
+
+    def forward(self, x, training=False, initial_state=None, mask=None):
         self.ensure_built(np.shape(x))
         x = self.check_input(x, ndim=3, last_dim=self.forward_layer.params["kernel"].shape[0])
         init_f = init_b = None
@@ -606,8 +698,10 @@ class Bidirectional(Layer):
                 raise ValueError(f"{self.name}: expected {2 * n} initial state arrays (forward then backward), "
                                  f"got {len(states)}")
             init_f, init_b = states[:n], states[n:]
-        of = self.forward_layer.forward(x, training, initial_state=init_f)
-        ob = self.backward_layer.forward(x, training, initial_state=init_b)
+        if mask is not None:  # checked here too, for an error that names this layer
+            mask = _real_steps(self.name, self.device, mask, x.shape[0], x.shape[1])
+        of = self.forward_layer.forward(x, training, initial_state=init_f, mask=mask)
+        ob = self.backward_layer.forward(x, training, initial_state=init_b, mask=mask)
         yf, sf = (of[0], of[1:]) if self.return_state else (of, [])
         yb, sb = (ob[0], ob[1:]) if self.return_state else (ob, [])
         k = self.kernels("array")

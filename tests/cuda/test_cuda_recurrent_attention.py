@@ -96,10 +96,16 @@ CONFIGS = {
 }
 
 
+# Keras step masks (B, T): a leading, a trailing and an interior skipped step, and a row
+# with no real step
+STEP_MASK = np.array([[0, 1, 1], [1, 1, 0], [1, 0, 1], [0, 0, 0]])
+
+
 def _recurrent_args(cell, dtype, reverse, use_init, ret_seq, need_dx, act, rec_act, seed=0, masks=None,
-                    reset_after=True):
+                    reset_after=True, step_mask=False, zero_masked=False):
     """``masks``: None, "input" (one input mask) or "gates" (input and recurrent masks per gate);
-    ``reset_after``: the GRU's formulation (False: bias (1, 3u))."""
+    ``reset_after``: the GRU's formulation (False: bias (1, 3u)); ``step_mask``: STEP_MASK as the
+    Keras step mask (else the (1, 1) dummy), ``zero_masked`` its zero outputs."""
     r = np.random.default_rng(seed)
     n = GATES[cell] * U
     w = lambda *s: (0.5 * r.standard_normal(s)).astype(dtype)  # noqa: E731
@@ -108,7 +114,9 @@ def _recurrent_args(cell, dtype, reverse, use_init, ret_seq, need_dx, act, rec_a
     keep = lambda *s: ((r.random(s) >= 0.3) / 0.7).astype(dtype)  # noqa: E731
     drop = dict(mask_x=keep(B, n_mx, D) if n_mx else np.zeros((1, 1, 1), dtype), n_mx=n_mx,
                 mask_h=keep(B, n_mh, U) if n_mh else np.zeros((1, 1, 1), dtype), n_mh=n_mh,
-                HM=_nan((n_mh, T, B, U), dtype) if n_mh else np.zeros((1, 1, 1, 1), dtype))
+                HM=_nan((n_mh, T, B, U), dtype) if n_mh else np.zeros((1, 1, 1, 1), dtype),
+                step_mask=STEP_MASK.astype(dtype) if step_mask else np.zeros((1, 1), dtype),
+                has_step_mask=step_mask, zero_masked=zero_masked)
     H = np.zeros((T + 1, B, U), dtype)
     if use_init:
         H[0] = r.standard_normal((B, U))
@@ -172,9 +180,36 @@ def test_gru_reset_before_matches_cpu(dev, small_blocks, monkeypatch, config, ma
     _check_recurrent(dev, "gru", CONFIGS[config], dtype, masks, reset_after=False)
 
 
-def _check_recurrent(dev, cell, config, dtype, masks=None, reset_after=True):
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("zero_masked", [False, True])
+@pytest.mark.parametrize("config", ["plain", "reverse-init-last", "init-relu"])
+@pytest.mark.parametrize("cell", sorted(GATES))
+def test_recurrent_with_step_masks_matches_cpu(dev, small_blocks, cell, config, zero_masked, dtype):
+    """Keras masking: skipped steps carry the states over (forward), pass the state gradients
+    through (backward; the carried gradient reaches the initial state with use_init)."""
+    _check_recurrent(dev, cell, CONFIGS[config], dtype, step_mask=True, zero_masked=zero_masked)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cell", sorted(GATES))
+def test_recurrent_with_step_and_dropout_masks_and_gemms_matches_cpu(dev, small_blocks, monkeypatch, cell, dtype):
+    """Step masks with per-gate dropout masks, the recurrent term as a gemm per step."""
+    monkeypatch.setattr(importlib.import_module("nbmodel.kernels.cuda.recurrent"), "_FUSED_MAX", 0)
+    _check_recurrent(dev, cell, (True, True, True, True, codes.TANH, codes.SIGMOID), dtype, "gates", step_mask=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("masks, fused_max", [(None, None), ("gates", 0)])
+def test_gru_reset_before_with_step_masks_matches_cpu(dev, small_blocks, monkeypatch, masks, fused_max, dtype):
+    if fused_max is not None:
+        monkeypatch.setattr(importlib.import_module("nbmodel.kernels.cuda.recurrent"), "_FUSED_MAX", fused_max)
+    _check_recurrent(dev, "gru", CONFIGS["init-relu"], dtype, masks, reset_after=False, step_mask=True)
+
+
+def _check_recurrent(dev, cell, config, dtype, masks=None, reset_after=True, step_mask=False, zero_masked=False):
     reverse, use_init, ret_seq, need_dx, act, rec_act = config
-    fwd, bwd = _recurrent_args(cell, dtype, *config, masks=masks, reset_after=reset_after)
+    fwd, bwd = _recurrent_args(cell, dtype, *config, masks=masks, reset_after=reset_after, step_mask=step_mask,
+                               zero_masked=zero_masked)
     states = {"simple_rnn": ["P", "H"], "lstm": ["G", "H", "C", "TC"], "gru": ["G", "H", "RH"]}[cell]
     outs = ["xs"] + states + (["y"] if ret_seq else []) + (["HM"] if masks == "gates" else [])
     twin(dev, "recurrent", f"{cell}_forward", fwd, outs)

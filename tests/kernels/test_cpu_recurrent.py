@@ -1,5 +1,6 @@
-"""CPU recurrent kernels (nbmodel/kernels/cpu/recurrent.py) called directly: the LSTM and
-GRU forward and backward kernels stay in float32 for float32 inputs."""
+"""CPU recurrent kernels (nbmodel/kernels/cpu/recurrent.py) called directly: the SimpleRNN,
+LSTM and GRU forward and backward kernels stay in float32 for float32 inputs, with and without
+dropout and step masks."""
 import numpy as np
 
 B, T, D, U = 2, 3, 3, 4
@@ -28,35 +29,49 @@ def test_lstm_and_gru_kernels_stay_float32():
     rec = np.empty((B, 4 * U), f)
     y = np.empty((B, T, U), f)
     tanh, sig = codes.TANH, codes.SIGMOID
-    assert float64_ops(k.lstm_forward, x, False, W, R, b, False, tanh, sig, True, nm, 0, nm, 0, HM0, xs, G, H, C,
-                       TC, rec, y) == []
-    assert float64_ops(k.lstm_forward, x, False, W, R, b, True, tanh, sig, True, mx, 4, mh, 4, HM, xs4, G, H, C,
+    # step masks: none (the (1, 1) dummy) and one with skipped steps (zero outputs or carried)
+    ns = (np.zeros((1, 1), f), False, False)
+    sm = (np.array([[1, 0, 1], [0, 1, 1]], f), True, False)
+    sz = (sm[0], True, True)
+    assert float64_ops(k.lstm_forward, x, False, W, R, b, False, tanh, sig, True, nm, 0, nm, 0, HM0, *ns, xs, G, H,
+                       C, TC, rec, y) == []
+    assert float64_ops(k.lstm_forward, x, False, W, R, b, True, tanh, sig, True, mx, 4, mh, 4, HM, *sm, xs4, G, H, C,
                        TC, rec, y) == []
     dh = np.ones((B, U), f)
     dc = np.zeros((B, U), f)
     dZ = np.empty_like(G)
     dxs = np.empty((T, B, D), f)
-    assert float64_ops(k.lstm_backward, xs, False, W, R, G, H, C, TC, y, True, tanh, sig, nm, 0, nm, 0, HM0, False,
-                       True, dh, dc, dZ, np.empty_like(W), np.empty_like(R), np.empty_like(b), dxs,
+    assert float64_ops(k.lstm_backward, xs, False, W, R, G, H, C, TC, y, True, tanh, sig, nm, 0, nm, 0, HM0, *ns,
+                       False, True, dh, dc, dZ, np.empty_like(W), np.empty_like(R), np.empty_like(b), dxs,
                        np.empty_like(x)) == []
-    assert float64_ops(k.lstm_backward, xs4, False, W, R, G, H, C, TC, y, True, tanh, sig, mx, 4, mh, 4, HM, True,
-                       True, dh, dc, dZ, np.empty_like(W), np.empty_like(R), np.empty_like(b), dxs,
+    assert float64_ops(k.lstm_backward, xs4, False, W, R, G, H, C, TC, y, True, tanh, sig, mx, 4, mh, 4, HM, *sm,
+                       True, True, dh, dc, dZ, np.empty_like(W), np.empty_like(R), np.empty_like(b), dxs,
                        np.empty_like(x)) == []
     W3, R3, b3 = W[:, :3 * U].copy(), R[:, :3 * U].copy(), np.zeros((2, 3 * U), f)
     G3 = np.empty((T, B, 3 * U), f)
     RH = np.empty((T, B, U), f)
     rec3 = np.empty((B, 3 * U), f)
     mx1 = mx[:, :1].copy()
-    assert float64_ops(k.gru_forward, x, True, W3, R3, b3, False, tanh, sig, True, True, mx1, 1, nm, 0, HM0, xs, G3,
-                       H, RH, rec3, y) == []
+    assert float64_ops(k.gru_forward, x, True, W3, R3, b3, False, tanh, sig, True, True, mx1, 1, nm, 0, HM0, *sz,
+                       xs, G3, H, RH, rec3, y) == []
     assert float64_ops(k.gru_backward, xs, True, W3, R3, G3, H, RH, y, True, tanh, sig, True, mx1, 1, nm, 0, HM0,
-                       False, True, dh, np.empty_like(dh), np.empty_like(G3), np.empty_like(G3), np.empty_like(W3),
-                       np.empty_like(R3), np.empty_like(b3), dxs, np.empty_like(x)) == []
+                       *sz, True, True, dh, np.empty_like(dh), np.empty_like(G3), np.empty_like(G3),
+                       np.empty_like(W3), np.empty_like(R3), np.empty_like(b3), dxs, np.empty_like(x)) == []
     # reset_after=False (bias (1, 3u)) with per-gate masks
     m3, mh3, HM3, b1 = np.ones((B, 3, D), f), np.ones((B, 3, U), f), np.empty((3, T, B, U), f), np.zeros((1, 3 * U), f)
     xs3 = np.empty((3, T, B, D), f)
-    assert float64_ops(k.gru_forward, x, True, W3, R3, b1, True, tanh, sig, False, True, m3, 3, mh3, 3, HM3, xs3,
-                       G3, H, RH, rec3, y) == []
+    assert float64_ops(k.gru_forward, x, True, W3, R3, b1, True, tanh, sig, False, True, m3, 3, mh3, 3, HM3, *sm,
+                       xs3, G3, H, RH, rec3, y) == []
     assert float64_ops(k.gru_backward, xs3, True, W3, R3, G3, H, RH, y, True, tanh, sig, False, m3, 3, mh3, 3, HM3,
-                       True, True, dh, np.empty_like(dh), np.empty_like(G3), np.empty_like(G3), np.empty_like(W3),
-                       np.empty_like(R3), np.empty_like(b1), dxs, np.empty_like(x)) == []
+                       *sm, True, True, dh, np.empty_like(dh), np.empty_like(G3), np.empty_like(G3),
+                       np.empty_like(W3), np.empty_like(R3), np.empty_like(b1), dxs, np.empty_like(x)) == []
+    # SimpleRNN
+    W1, R1, bu = W[:, :U].copy(), R[:, :U].copy(), np.zeros(U, f)
+    P = np.empty((T, B, U), f)
+    rec1 = np.empty((B, U), f)
+    for s_args in (ns, sm):
+        assert float64_ops(k.simple_rnn_forward, x, False, W1, R1, bu, True, tanh, True, nm, 0, nm, 0, HM0, *s_args,
+                           xs, P, H, rec1, y) == []
+        assert float64_ops(k.simple_rnn_backward, xs, False, W1, R1, H, y, True, tanh, nm, 0, nm, 0, HM0, *s_args,
+                           True, True, dh, np.empty_like(P), np.empty_like(W1), np.empty_like(R1), np.empty_like(bu),
+                           dxs, np.empty_like(x)) == []

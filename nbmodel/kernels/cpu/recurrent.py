@@ -19,6 +19,20 @@ the kernels work time-major so that every step's slice is one contiguous
 ``go_backwards`` only reverses time when ``x`` is copied to time-major and when
 ``dx`` is copied back; outputs stay in processing order (Keras semantics).
 
+Step masks (Keras masking; ``step_mask, has_step_mask, zero_masked``):
+step_mask (B, T) of the layer dtype in x's time order (read backwards with
+``reverse``), 1 = a real step, 0 = a skipped one; with ``has_step_mask``
+False it is a (1, 1) dummy that is never read. Every step still runs for
+every row (the GEMMs and gate passes are unchanged); a cheap per-row pass
+after the gate pass carries a skipped row's states over (H[t + 1] = H[t], and
+C), and its output row is the previous output row (zeros at the first step,
+even with an initial state, or always with ``zero_masked``), as Keras' rnn
+loop does. Backward, a skipped row gets zero gate gradients (so the weight
+and input gradients after the loop need nothing else: dx is 0 there) and
+passes its state gradients through the step unchanged; its output gradient
+joins the state gradient only where the output is the carried h (not
+zero_masked, after a real step).
+
 tanh and sigmoid: libm's scalar calls cannot be vectorized, and the gate pass
 evaluates five of them per unit and step. In float32 they are computed with a
 rational approximation of tanh (max abs error ~3e-7, about float32 rounding)
@@ -188,6 +202,58 @@ def _bias_colsum(dZ2, db):
     for i in range(n):
         for j in range(m):
             db[j] += dZ2[i, j]
+
+
+# ------------------------------------------------------------- step masks
+@inline
+def step_real(step_mask, has_step_mask, b, t, reverse):
+    """Whether processing step t of row b is a real step (always, without a step mask)."""
+    if not has_step_mask:
+        return True
+    T = step_mask.shape[1]
+    return step_mask[b, T - 1 - t if reverse else t] != step_mask.dtype.type(0)
+
+
+@inline
+def real_before(step_mask, b, t, reverse):
+    """Whether row b has a real step before processing step t: a skipped step's output is
+    the carried h after one, zeros before."""
+    T = step_mask.shape[1]
+    for s in range(t):
+        if step_mask[b, T - 1 - s if reverse else s] != step_mask.dtype.type(0):
+            return True
+    return False
+
+
+@inline
+def _carry_skipped(S, t, step_mask, reverse):
+    """S[t + 1, b] = S[t, b] for the rows skipped at step t (the state carried over)."""
+    B = S.shape[1]
+    u = S.shape[2]
+    for b in range(B):
+        if not step_real(step_mask, True, b, t, reverse):
+            for j in range(u):
+                S[t + 1, b, j] = S[t, b, j]
+
+
+@inline
+def _restore_skipped(dh, carry, t, step_mask, reverse):
+    """dh[b] = carry[b] for the rows skipped at step t (their state gradient passes the step)."""
+    B, u = dh.shape
+    for b in range(B):
+        if not step_real(step_mask, True, b, t, reverse):
+            for j in range(u):
+                dh[b, j] = carry[b, j]
+
+
+@inline
+def _skipped_output_grad(dy, dhb, b, t, has_seq, step_mask, zero_masked, reverse):
+    """Row b skipped at step t: its output gradient joins the state gradient dhb where that
+    output is the carried h (not zero_masked, after a real step)."""
+    if has_seq and not zero_masked and real_before(step_mask, b, t, reverse):
+        yb = dy[b, t]
+        for j in range(dhb.shape[0]):
+            dhb[j] += yb[j]
 
 
 # ---------------------------------------------------------- dropout masks
@@ -361,25 +427,34 @@ def _lstm_gates(G, H, C, TC, rec, bias, t, act, rec_act, one):
 
 
 @inline
-def _copy_step(H, t, y):
-    """y[:, t] = H[t + 1]: the batch-major output sequence."""
+def _copy_step(H, t, y, step_mask, has_step_mask, zero_masked, reverse):
+    """y[:, t] = H[t + 1]: the batch-major output sequence; a skipped row gets the previous
+    output row (zeros at the first step or with zero_masked)."""
     B = y.shape[0]
     u = y.shape[2]
     for b in range(B):
-        for j in range(u):
-            y[b, t, j] = H[t + 1, b, j]
+        if step_real(step_mask, has_step_mask, b, t, reverse):
+            for j in range(u):
+                y[b, t, j] = H[t + 1, b, j]
+        elif zero_masked or t == 0:
+            for j in range(u):
+                y[b, t, j] = 0
+        else:
+            for j in range(u):
+                y[b, t, j] = y[b, t - 1, j]
 
 
 @jit
 def lstm_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act, rec_act, ret_seq,
-                 mask_x, n_mx, mask_h, n_mh, HM, xs, G, H, C, TC, rec, y):
+                 mask_x, n_mx, mask_h, n_mh, HM, step_mask, has_step_mask, zero_masked, xs, G, H, C, TC, rec, y):
     """LSTM over all steps (gate order i, f, c, o).
 
     x (B, T, D) batch-major; xs (T, B, D) workspace; G (T, B, 4u) activated
     gates; H, C (T+1, B, u) with H[0], C[0] the initial state (filled by the
     caller, zeros when there is none; ``use_init`` False skips the first
     recurrent GEMM); TC (T, B, u) activation(c); rec (B, 4u) workspace;
-    y (B, T, u) the output sequence when ``ret_seq``.
+    y (B, T, u) the output sequence when ``ret_seq``; step masks as in the
+    module doc.
     """
     B, T, D = x.shape
     one = x.dtype.type(1)
@@ -395,13 +470,19 @@ def lstm_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act, rec_
             _lstm_gates(G, H, C, TC, rec, bias, t, TANH, SIGMOID, one)
         else:
             _lstm_gates(G, H, C, TC, rec, bias, t, act, rec_act, one)
+        if has_step_mask:
+            _carry_skipped(H, t, step_mask, reverse)
+            _carry_skipped(C, t, step_mask, reverse)
         if ret_seq:
-            _copy_step(H, t, y)
+            _copy_step(H, t, y, step_mask, has_step_mask, zero_masked, reverse)
 
 
 @inline
-def _lstm_gates_backward(G, C, TC, dy, dh, dc, dZ, t, has_seq, act, rec_act, one):
-    """Gate gradients of step t into dZ[t]; dc becomes the gradient of c_{t-1}."""
+def _lstm_gates_backward(G, C, TC, dy, dh, dc, dZ, t, has_seq, act, rec_act, one, step_mask, has_step_mask,
+                         zero_masked, reverse, carry):
+    """Gate gradients of step t into dZ[t]; dc becomes the gradient of c_{t-1}. A skipped
+    row: zero gate gradients, dc unchanged, its dh kept in carry (restored after the
+    recurrent product's gradient)."""
     B = dh.shape[0]
     u = dh.shape[1]
     for b in range(B):
@@ -411,6 +492,13 @@ def _lstm_gates_backward(G, C, TC, dy, dh, dc, dZ, t, has_seq, act, rec_act, one
         dz = dZ[t, b]
         dhb = dh[b]
         dcb = dc[b]
+        if not step_real(step_mask, has_step_mask, b, t, reverse):
+            _skipped_output_grad(dy, dhb, b, t, has_seq, step_mask, zero_masked, reverse)
+            for j in range(4 * u):
+                dz[j] = 0
+            for j in range(u):
+                carry[b, j] = dhb[j]
+            continue
         if has_seq:
             yb = dy[b, t]
             for j in range(u):
@@ -434,7 +522,8 @@ def _lstm_gates_backward(G, C, TC, dy, dh, dc, dZ, t, has_seq, act, rec_act, one
 
 @jit
 def lstm_backward(xs, reverse, kernel, recurrent_kernel, G, H, C, TC, dy, has_seq, act, rec_act,
-                  mask_x, n_mx, mask_h, n_mh, HM, use_init, need_dx, dh, dc, dZ, dkernel, drecurrent, dbias, dxs, dx):
+                  mask_x, n_mx, mask_h, n_mh, HM, step_mask, has_step_mask, zero_masked, use_init, need_dx, dh, dc, dZ,
+                  dkernel, drecurrent, dbias, dxs, dx):
     """Backward through time of lstm_forward.
 
     dh, dc (B, u): on entry the gradients reaching the last step (last output
@@ -446,13 +535,18 @@ def lstm_backward(xs, reverse, kernel, recurrent_kernel, G, H, C, TC, dy, has_se
     n4 = G.shape[2]
     one = xs.dtype.type(1)
     std = act == TANH and rec_act == SIGMOID
+    carry = np.empty((B if has_step_mask else 1, n4 // 4), xs.dtype)
     for t in range(T - 1, -1, -1):
         if std:
-            _lstm_gates_backward(G, C, TC, dy, dh, dc, dZ, t, has_seq, TANH, SIGMOID, one)
+            _lstm_gates_backward(G, C, TC, dy, dh, dc, dZ, t, has_seq, TANH, SIGMOID, one, step_mask, has_step_mask,
+                                 zero_masked, reverse, carry)
         else:
-            _lstm_gates_backward(G, C, TC, dy, dh, dc, dZ, t, has_seq, act, rec_act, one)
+            _lstm_gates_backward(G, C, TC, dy, dh, dc, dZ, t, has_seq, act, rec_act, one, step_mask, has_step_mask,
+                                 zero_masked, reverse, carry)
         if t > 0 or use_init:
             recurrent_grad(dZ[t], recurrent_kernel, mask_h, n_mh, dh)
+            if has_step_mask:
+                _restore_skipped(dh, carry, t, step_mask, reverse)
         else:
             dh[:, :] = 0
     weight_grads(xs, kernel, H, HM, dZ, dZ, mask_x, n_mx, n_mh, use_init, need_dx, reverse,
@@ -530,7 +624,7 @@ def _gru_h_before(G, H, rech, b_in, t, act, one):
 
 @jit
 def gru_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act, rec_act, reset_after, ret_seq,
-                mask_x, n_mx, mask_h, n_mh, HM, xs, G, H, RH, rec, y):
+                mask_x, n_mx, mask_h, n_mh, HM, step_mask, has_step_mask, zero_masked, xs, G, H, RH, rec, y):
     """GRU (gate order z, r, h) over all steps.
 
     reset_after (Keras 3 default): bias (2, 3u), row 0 input bias, row 1
@@ -572,12 +666,26 @@ def gru_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act, rec_a
                 _gru_h_before(G, H, rech, b_in, t, TANH, one)
             else:
                 _gru_h_before(G, H, rech, b_in, t, act, one)
+        if has_step_mask:
+            _carry_skipped(H, t, step_mask, reverse)
         if ret_seq:
-            _copy_step(H, t, y)
+            _copy_step(H, t, y, step_mask, has_step_mask, zero_masked, reverse)
 
 
 @inline
-def _gru_gates_backward(G, H, RH, dy, dh, dhz, dZ, dR, t, has_seq, act, rec_act, one):
+def _skipped_gru_row(dZ, dR, dhb, dhzb, t, b):
+    """GRU row b skipped at step t: zero gradients of both products; the whole state gradient
+    takes the direct path (dhz) to h_{t-1}."""
+    for j in range(dZ.shape[2]):
+        dZ[t, b, j] = 0
+        dR[t, b, j] = 0
+    for j in range(dhb.shape[0]):
+        dhzb[j] = dhb[j]
+
+
+@inline
+def _gru_gates_backward(G, H, RH, dy, dh, dhz, dZ, dR, t, has_seq, act, rec_act, one, step_mask, has_step_mask,
+                        zero_masked, reverse):
     B = dh.shape[0]
     u = dh.shape[1]
     o = 2 * u
@@ -587,6 +695,10 @@ def _gru_gates_backward(G, H, RH, dy, dh, dhz, dZ, dR, t, has_seq, act, rec_act,
         dhzb = dhz[b]
         for j in range(u):
             dhb[j] += dhzb[j]
+        if not step_real(step_mask, has_step_mask, b, t, reverse):
+            _skipped_output_grad(dy, dhb, b, t, has_seq, step_mask, zero_masked, reverse)
+            _skipped_gru_row(dZ, dR, dhb, dhzb, t, b)
+            continue
         if has_seq:
             yb = dy[b, t]
             for j in range(u):
@@ -613,9 +725,11 @@ def _gru_gates_backward(G, H, RH, dy, dh, dhz, dZ, dR, t, has_seq, act, rec_act,
 
 
 @inline
-def _gru_h_before_backward(G, H, dy, dh, dhz, dZ, dR, dph, t, has_seq, act, rec_act, one):
+def _gru_h_before_backward(G, H, dy, dh, dhz, dZ, dR, dph, t, has_seq, act, rec_act, one, step_mask, has_step_mask,
+                           zero_masked, reverse):
     """reset_after=False, first half of step t backward: the z and candidate gradients
-    (dph (B, u) also apart, for the candidate product's gradient); dhz = d * z."""
+    (dph (B, u) also apart, for the candidate product's gradient); dhz = d * z. A skipped
+    row's dph is 0, so the second half adds nothing to it."""
     B = dh.shape[0]
     u = dh.shape[1]
     o = 2 * u
@@ -625,6 +739,13 @@ def _gru_h_before_backward(G, H, dy, dh, dhz, dZ, dR, dph, t, has_seq, act, rec_
         dhzb = dhz[b]
         for j in range(u):
             dhb[j] += dhzb[j]
+        if not step_real(step_mask, has_step_mask, b, t, reverse):
+            _skipped_output_grad(dy, dhb, b, t, has_seq, step_mask, zero_masked, reverse)
+            _skipped_gru_row(dZ, dR, dhb, dhzb, t, b)
+            dpb = dph[b]
+            for j in range(u):
+                dpb[j] = 0
+            continue
         if has_seq:
             yb = dy[b, t]
             for j in range(u):
@@ -678,8 +799,8 @@ def _gru_r_before_backward(G, H, HM, n_mh, mask_h, drh, dhz, dZ, dR, t, has_prev
 
 @jit
 def gru_backward(xs, reverse, kernel, recurrent_kernel, G, H, RH, dy, has_seq, act, rec_act, reset_after,
-                 mask_x, n_mx, mask_h, n_mh, HM, use_init, need_dx, dh, dhz, dZ, dR, dkernel, drecurrent, dbias,
-                 dxs, dx):
+                 mask_x, n_mx, mask_h, n_mh, HM, step_mask, has_step_mask, zero_masked, use_init, need_dx, dh, dhz, dZ,
+                 dR, dkernel, drecurrent, dbias, dxs, dx):
     """Backward through time of gru_forward.
 
     dh (B, u): on entry the gradient reaching the last step, on exit that of
@@ -687,7 +808,8 @@ def gru_backward(xs, reverse, kernel, recurrent_kernel, G, H, RH, dy, has_seq, a
     input projection, dR (T, B, 3u) of the recurrent product (they differ in
     the candidate block by the reset gate). dbias (2, 3u), or (1, 3u) without
     reset_after (then dR's candidate block is 0 and drecurrent's candidate
-    columns are RH.T @ the candidate gradients).
+    columns are RH.T @ the candidate gradients). A skipped row's state gradient
+    passes the step through dhz (its dR row is 0).
     """
     K, T, B, D = xs.shape
     n3 = G.shape[2]
@@ -702,14 +824,18 @@ def gru_backward(xs, reverse, kernel, recurrent_kernel, G, H, RH, dy, has_seq, a
     for t in range(T - 1, -1, -1):
         if reset_after:
             if std:
-                _gru_gates_backward(G, H, RH, dy, dh, dhz, dZ, dR, t, has_seq, TANH, SIGMOID, one)
+                _gru_gates_backward(G, H, RH, dy, dh, dhz, dZ, dR, t, has_seq, TANH, SIGMOID, one, step_mask,
+                                    has_step_mask, zero_masked, reverse)
             else:
-                _gru_gates_backward(G, H, RH, dy, dh, dhz, dZ, dR, t, has_seq, act, rec_act, one)
+                _gru_gates_backward(G, H, RH, dy, dh, dhz, dZ, dR, t, has_seq, act, rec_act, one, step_mask,
+                                    has_step_mask, zero_masked, reverse)
         else:
             if std:
-                _gru_h_before_backward(G, H, dy, dh, dhz, dZ, dR, dph, t, has_seq, TANH, SIGMOID, one)
+                _gru_h_before_backward(G, H, dy, dh, dhz, dZ, dR, dph, t, has_seq, TANH, SIGMOID, one, step_mask,
+                                       has_step_mask, zero_masked, reverse)
             else:
-                _gru_h_before_backward(G, H, dy, dh, dhz, dZ, dR, dph, t, has_seq, act, rec_act, one)
+                _gru_h_before_backward(G, H, dy, dh, dhz, dZ, dR, dph, t, has_seq, act, rec_act, one, step_mask,
+                                       has_step_mask, zero_masked, reverse)
             np.dot(dph, u_h.T, drh)
             _gru_r_before_backward(G, H, HM, n_mh, mask_h, drh, dhz, dZ, dR, t, t > 0 or use_init, rec_act, one)
         # dh_{t-1} = dhz (direct path through z) + dR_t @ U.T; dhz is added at
@@ -745,7 +871,7 @@ def _rnn_step(P, H, rec, bias, t, act, one):
 
 @jit
 def simple_rnn_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act, ret_seq,
-                       mask_x, n_mx, mask_h, n_mh, HM, xs, P, H, rec, y):
+                       mask_x, n_mx, mask_h, n_mh, HM, step_mask, has_step_mask, zero_masked, xs, P, H, rec, y):
     """h_t = act(x_t kernel + h_{t-1} recurrent_kernel + bias) over all steps.
 
     P (T, B, u) the input projection; H (T+1, B, u) with H[0] the initial state.
@@ -763,18 +889,26 @@ def simple_rnn_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act
             _rnn_step(P, H, rec, bias, t, TANH, one)
         else:
             _rnn_step(P, H, rec, bias, t, act, one)
+        if has_step_mask:
+            _carry_skipped(H, t, step_mask, reverse)
         if ret_seq:
-            _copy_step(H, t, y)
+            _copy_step(H, t, y, step_mask, has_step_mask, zero_masked, reverse)
 
 
 @inline
-def _rnn_step_backward(H, dy, dh, dZ, t, has_seq, act, one):
+def _rnn_step_backward(H, dy, dh, dZ, t, has_seq, act, one, step_mask, has_step_mask, zero_masked, reverse, carry):
     B = dh.shape[0]
     u = dh.shape[1]
     for b in range(B):
         h = H[t + 1, b]
         dz = dZ[t, b]
         dhb = dh[b]
+        if not step_real(step_mask, has_step_mask, b, t, reverse):
+            _skipped_output_grad(dy, dhb, b, t, has_seq, step_mask, zero_masked, reverse)
+            for j in range(u):
+                dz[j] = 0
+                carry[b, j] = dhb[j]
+            continue
         if has_seq:
             yb = dy[b, t]
             for j in range(u):
@@ -785,19 +919,24 @@ def _rnn_step_backward(H, dy, dh, dZ, t, has_seq, act, one):
 
 @jit
 def simple_rnn_backward(xs, reverse, kernel, recurrent_kernel, H, dy, has_seq, act, mask_x, n_mx, mask_h, n_mh,
-                        HM, use_init,
+                        HM, step_mask, has_step_mask, zero_masked, use_init,
                         need_dx, dh, dZ, dkernel, drecurrent, dbias, dxs, dx):
     """Backward through time of simple_rnn_forward (arguments as lstm_backward)."""
     K, T, B, D = xs.shape
     u = H.shape[2]
     one = xs.dtype.type(1)
+    carry = np.empty((B if has_step_mask else 1, u), xs.dtype)
     for t in range(T - 1, -1, -1):
         if act == TANH:
-            _rnn_step_backward(H, dy, dh, dZ, t, has_seq, TANH, one)
+            _rnn_step_backward(H, dy, dh, dZ, t, has_seq, TANH, one, step_mask, has_step_mask, zero_masked, reverse,
+                               carry)
         else:
-            _rnn_step_backward(H, dy, dh, dZ, t, has_seq, act, one)
+            _rnn_step_backward(H, dy, dh, dZ, t, has_seq, act, one, step_mask, has_step_mask, zero_masked, reverse,
+                               carry)
         if t > 0 or use_init:
             recurrent_grad(dZ[t], recurrent_kernel, mask_h, n_mh, dh)
+            if has_step_mask:
+                _restore_skipped(dh, carry, t, step_mask, reverse)
         else:
             dh[:, :] = 0
     weight_grads(xs, kernel, H, HM, dZ, dZ, mask_x, n_mx, n_mh, use_init, need_dx, reverse,

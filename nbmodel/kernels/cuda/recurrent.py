@@ -37,6 +37,15 @@ always a gemm per mask set (masked states HM[s, t] = H[t] * mask_h[:, s] against
 a contiguous copy of the gate block's columns) and so is the gradient through
 it; per-gate masks turn each large gemm into one per gate block.
 
+Step masks (step_mask, has_step_mask, zero_masked: see the CPU twin) live in
+the step kernels: a thread whose row is skipped at step t writes the carried
+state (H[t], C[t]) as the new one and the previous output row (or zeros) as
+its output; backward it writes zero gate gradients and keeps the gradient
+reaching its state for the step below, in ``carry`` (SimpleRNN, LSTM: the
+next launch reads it instead of the recurrent term, which is 0 for that row)
+or in dhz (GRU: the direct path). The rows skipped at step 0 get their
+initial-state gradient back from ``carry`` after the last gemm.
+
 Every kernel is deterministic: each output element is written by one thread,
 sums run in a fixed order, no atomics.
 """
@@ -44,7 +53,7 @@ from __future__ import annotations
 
 from ..cpu._jit import inline
 from ..cpu.activations import act_grad_scalar
-from ..cpu.recurrent import gate_act
+from ..cpu.recurrent import gate_act, real_before, step_real
 from .array import add_into, copy, copy_block, fill, take_block
 from .gemm import column_sums, gemm, per_dtype
 from .runtime import cuda, kernel, launch_1d, shared_helper, types
@@ -104,6 +113,41 @@ def _dh_term(Z, t, b, rk, dh, j, mode):
 
 _rec = shared_helper(_rec_term)
 _dh = shared_helper(_dh_term)
+_real = shared_helper(step_real)
+_real_before = shared_helper(real_before)
+
+
+@inline
+def _skipped_output(y, b, t, j, zero_masked):
+    """The output y[b, t, j] of a skipped step: the previous output, zeros at the first step
+    or with zero_masked."""
+    if zero_masked or t == 0:
+        return y.dtype.type(0)
+    return y[b, t - 1, j]
+
+
+@inline
+def _dh_carried(Z, t, b, rk, dh, j, mode, step_mask, has_sm, reverse, carry):
+    """The gradient reaching h_t: ``_dh_term``, or the carried one when row b was skipped at
+    step t + 1 (its gate gradients there are 0)."""
+    if mode != _NONE and has_sm and not _real(step_mask, True, b, t + 1, reverse):
+        return carry[b, j]
+    return _dh(Z, t, b, rk, dh, j, mode)
+
+
+@inline
+def _skipped_dy(dy, b, t, j, has_seq, zero_masked, step_mask, reverse):
+    """The output gradient that joins the state gradient of a step skipped by row b: dy where
+    the output is the carried h (not zero_masked, after a real step), else 0."""
+    if has_seq and not zero_masked and _real_before(step_mask, b, t, reverse):
+        return dy[b, t, j]
+    return dy.dtype.type(0)
+
+
+# (these call the helpers above by their shared names: the simulator runs Python all the way down)
+_skip_out = shared_helper(_skipped_output)
+_dh_carry = shared_helper(_dh_carried)
+_skip_dy = shared_helper(_skipped_dy)
 
 
 @kernel(*[(_three(t), _B, _B, _three(t)) for t in _F])
@@ -259,6 +303,18 @@ class _RecurrentMasks:
             add_into(dh, tmp)
 
 
+@kernel(*[(_two(t), _two(t), _two(t), _B) for t in _F])
+def _restore_first(dh, carry, step_mask, reverse):
+    """dh[b] = carry[b] for the rows skipped at step 0 (their initial-state gradient)."""
+    n = cuda.grid(1)
+    if n < dh.size:
+        u = dh.shape[1]
+        b = n // u
+        j = n - b * u
+        if not _real(step_mask, True, b, 0, reverse):
+            dh[b, j] = carry[b, j]
+
+
 def _batch_major(xs, reverse, x):
     _swap_steps[launch_1d(x.size)](xs, False, reverse, x)
 
@@ -350,13 +406,27 @@ def _initial_grad(masks, Z0, recurrent_kernel, dh):
         gemm(Z0, recurrent_kernel, dh, trans_b=True)
 
 
+def _carry(has_step_mask, dh):
+    """The backward's carried state gradients (B, u) with a step mask; without one dh stands
+    in (never read or written)."""
+    return cuda.device_array(dh.shape, dh.dtype) if has_step_mask else dh
+
+
+def _restore_skipped(has_step_mask, dh, carry, step_mask, reverse):
+    """After the initial state's gemm: the rows skipped at step 0 pass their carried gradient."""
+    if has_step_mask:
+        _restore_first[launch_1d(dh.size)](dh, carry, step_mask, bool(reverse))
+
+
 # ------------------------------------------------------------------ LSTM
 def _build_lstm_step(nbt):
     f32 = nbt == types.float32
 
-    def _lstm_step(G, H, C, TC, rec, rk, bias, t, mode, act, rec_act, ret_seq, y):
+    def _lstm_step(G, H, C, TC, rec, rk, bias, t, mode, act, rec_act, ret_seq, y, step_mask, has_sm, zero_masked,
+                   reverse):
         """Step t (gates i, f, c, o) for thread (b, j): G[t] holds the projection on entry,
-        the activated gates on exit; C[t + 1], TC[t], H[t + 1] (and y[b, t]) written."""
+        the activated gates on exit; C[t + 1], TC[t], H[t + 1] (and y[b, t]) written (the
+        carried c and h when row b skips the step)."""
         k = cuda.grid(1)
         u = H.shape[2]
         if k < H.shape[1] * u:
@@ -370,26 +440,37 @@ def _build_lstm_step(nbt):
             cell = G[t, b, u + j] * C[t, b, j] + G[t, b, j] * G[t, b, 2 * u + j]
             a = nbt(gate_act(act, cell, one, f32))
             h = G[t, b, 3 * u + j] * a
+            real = _real(step_mask, has_sm, b, t, reverse)
+            if not real:
+                cell = C[t, b, j]
+                h = H[t, b, j]
             C[t + 1, b, j] = cell
             TC[t, b, j] = a
             H[t + 1, b, j] = h
             if ret_seq:
-                y[b, t, j] = h
+                y[b, t, j] = h if real else _skip_out(y, b, t, j, zero_masked)
 
     return _lstm_step
 
 
 def _build_lstm_step_back(nbt):
-    def _lstm_step_back(G, C, TC, dy, dh, dc, dZ, rk, t, mode, has_seq, act, rec_act):
+    def _lstm_step_back(G, C, TC, dy, dh, dc, dZ, rk, t, mode, has_seq, act, rec_act, step_mask, has_sm,
+                        zero_masked, reverse, carry):
         """Gate gradients of step t into dZ[t] for thread (b, j); dc[b, j] becomes the
-        gradient of c_{t-1}."""
+        gradient of c_{t-1}. Row b skipped: zero gate gradients, dc unchanged, the
+        gradient reaching h_t kept in carry for the step below."""
         k = cuda.grid(1)
         u = dh.shape[1]
         if k < dh.shape[0] * u:
             b = k // u
             j = k - b * u
             one = nbt(1)
-            d = _dh(dZ, t, b, rk, dh, j, mode)
+            d = _dh_carry(dZ, t, b, rk, dh, j, mode, step_mask, has_sm, reverse, carry)
+            if not _real(step_mask, has_sm, b, t, reverse):
+                carry[b, j] = d + _skip_dy(dy, b, t, j, has_seq, zero_masked, step_mask, reverse)
+                for g in range(4):
+                    dZ[t, b, g * u + j] = nbt(0)
+                return
             if has_seq:
                 d += dy[b, t, j]
             a = TC[t, b, j]
@@ -408,13 +489,15 @@ def _build_lstm_step_back(nbt):
 
 
 _LSTM_STEP = per_dtype(_build_lstm_step, lambda t: (
-    _three(t), _three(t), _three(t), _three(t), _two(t), _two(t), _one(t), _I, _I, _I, _I, _B, _three(t)))
+    _three(t), _three(t), _three(t), _three(t), _two(t), _two(t), _one(t), _I, _I, _I, _I, _B, _three(t), _two(t), _B,
+    _B, _B))
 _LSTM_STEP_BACK = per_dtype(_build_lstm_step_back, lambda t: (
-    _three(t), _three(t), _three(t), _three(t), _two(t), _two(t), _three(t), _two(t), _I, _I, _B, _I, _I))
+    _three(t), _three(t), _three(t), _three(t), _two(t), _two(t), _three(t), _two(t), _I, _I, _B, _I, _I, _two(t), _B,
+    _B, _B, _two(t)))
 
 
 def lstm_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act, rec_act, ret_seq,
-                 mask_x, n_mx, mask_h, n_mh, HM, xs, G, H, C, TC, rec, y):
+                 mask_x, n_mx, mask_h, n_mh, HM, step_mask, has_step_mask, zero_masked, xs, G, H, C, TC, rec, y):
     """LSTM over x (B, T, D) (gate order i, f, c, o); H[0], C[0] hold the initial
     state (zeros without one: ``use_init`` False skips the first recurrent term)."""
     B, T, D = x.shape
@@ -425,12 +508,12 @@ def lstm_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act, rec_
     for t in range(T):
         mode = _rec_forward(masks, fused, t, use_init, H, recurrent_kernel, rec)
         step[_cells(B, u)](G, H, C, TC, rec, recurrent_kernel, bias, t, mode, int(act), int(rec_act),
-                           bool(ret_seq), y)
+                           bool(ret_seq), y, step_mask, bool(has_step_mask), bool(zero_masked), bool(reverse))
 
 
 def lstm_backward(xs, reverse, kernel, recurrent_kernel, G, H, C, TC, dy, has_seq, act, rec_act,
-                  mask_x, n_mx, mask_h, n_mh, HM, use_init, need_dx, dh, dc, dZ, dkernel, drecurrent, dbias, dxs,
-                  dx):
+                  mask_x, n_mx, mask_h, n_mh, HM, step_mask, has_step_mask, zero_masked, use_init, need_dx, dh, dc, dZ,
+                  dkernel, drecurrent, dbias, dxs, dx):
     """Backward through time of lstm_forward: dh, dc (B, u) hold the gradients reaching the
     last step on entry, those of the initial state on exit."""
     K, T, B, D = xs.shape
@@ -438,12 +521,14 @@ def lstm_backward(xs, reverse, kernel, recurrent_kernel, G, H, C, TC, dy, has_se
     step = _LSTM_STEP_BACK[dZ.dtype]
     fused = _mode(B, 4 * u, u)
     masks = _RecurrentMasks(recurrent_kernel, mask_h, n_mh, HM) if n_mh else None
+    carry = _carry(has_step_mask, dh)
     for t in range(T - 1, -1, -1):
         mode = _rec_backward(masks, fused, t, T, dZ, recurrent_kernel, dh)
         step[_cells(B, u)](G, C, TC, dy, dh, dc, dZ, recurrent_kernel, t, mode, bool(has_seq), int(act),
-                           int(rec_act))
+                           int(rec_act), step_mask, bool(has_step_mask), bool(zero_masked), bool(reverse), carry)
     if use_init:
         _initial_grad(masks, dZ[0], recurrent_kernel, dh)
+        _restore_skipped(has_step_mask, dh, carry, step_mask, reverse)
     else:
         fill(dh, 0)
     _weight_grads(xs, kernel, H, HM, dZ, dZ, mask_x, n_mx, n_mh, use_init, need_dx, dkernel, drecurrent, dxs,
@@ -455,7 +540,8 @@ def lstm_backward(xs, reverse, kernel, recurrent_kernel, G, H, C, TC, dy, has_se
 def _build_gru_step(nbt):
     f32 = nbt == types.float32
 
-    def _gru_step(G, H, RH, rec, rk, bias, t, mode, act, rec_act, ret_seq, y):
+    def _gru_step(G, H, RH, rec, rk, bias, t, mode, act, rec_act, ret_seq, y, step_mask, has_sm, zero_masked,
+                  reverse):
         """Step t (reset_after, gates z, r, h) for thread (b, j): z, r from projection +
         biases + recurrence, RH[t] = the recurrent candidate term h_{t-1} U_h + b_rec_h,
         candidate act(x_h + b_in_h + r * RH), h = z * h_{t-1} + (1 - z) * candidate."""
@@ -476,17 +562,22 @@ def _build_gru_step(nbt):
             G[t, b, c] = hh
             z = G[t, b, j]
             h = z * H[t, b, j] + (one - z) * hh
+            real = _real(step_mask, has_sm, b, t, reverse)
+            if not real:
+                h = H[t, b, j]
             H[t + 1, b, j] = h
             if ret_seq:
-                y[b, t, j] = h
+                y[b, t, j] = h if real else _skip_out(y, b, t, j, zero_masked)
 
     return _gru_step
 
 
 def _build_gru_step_back(nbt):
-    def _gru_step_back(G, H, RH, dy, dh, dhz, dZ, dR, rk, t, mode, first, has_seq, act, rec_act):
+    def _gru_step_back(G, H, RH, dy, dh, dhz, dZ, dR, rk, t, mode, first, has_seq, act, rec_act, step_mask, has_sm,
+                       zero_masked, reverse):
         """Gradients of step t into dZ[t] (input projection) and dR[t] (recurrent product) for
-        thread (b, j); dhz[b, j] becomes the direct gradient of h_{t-1} through z."""
+        thread (b, j); dhz[b, j] becomes the direct gradient of h_{t-1} through z (the
+        whole gradient reaching h_t when row b skips the step)."""
         k = cuda.grid(1)
         u = dh.shape[1]
         if k < dh.shape[0] * u:
@@ -496,6 +587,12 @@ def _build_gru_step_back(nbt):
             d = _dh(dR, t, b, rk, dh, j, mode)
             if not first:  # dhz starts at zero
                 d += dhz[b, j]
+            if not _real(step_mask, has_sm, b, t, reverse):
+                dhz[b, j] = d + _skip_dy(dy, b, t, j, has_seq, zero_masked, step_mask, reverse)
+                for g in range(3):
+                    dZ[t, b, g * u + j] = nbt(0)
+                    dR[t, b, g * u + j] = nbt(0)
+                return
             if has_seq:
                 d += dy[b, t, j]
             o = 2 * u + j
@@ -517,10 +614,10 @@ def _build_gru_step_back(nbt):
 
 
 _GRU_STEP = per_dtype(_build_gru_step, lambda t: (
-    _three(t), _three(t), _three(t), _two(t), _two(t), _two(t), _I, _I, _I, _I, _B, _three(t)))
+    _three(t), _three(t), _three(t), _two(t), _two(t), _two(t), _I, _I, _I, _I, _B, _three(t), _two(t), _B, _B, _B))
 _GRU_STEP_BACK = per_dtype(_build_gru_step_back, lambda t: (
     _three(t), _three(t), _three(t), _three(t), _two(t), _two(t), _three(t), _three(t), _two(t), _I, _I, _B,
-    _B, _I, _I))
+    _B, _I, _I, _two(t), _B, _B, _B))
 
 
 # reset_after=False (Keras 2 / TF1): the candidate's recurrent product takes r * h_{t-1},
@@ -551,8 +648,9 @@ def _build_gru_zr_before(nbt):
 def _build_gru_h_before(nbt):
     f32 = nbt == types.float32
 
-    def _gru_h_before(G, H, rech, bias, t, act, ret_seq, y):
-        """Candidate act(x_h + b_h + (RH[t] @ U_h)[b, j]) and h update for thread (b, j)."""
+    def _gru_h_before(G, H, rech, bias, t, act, ret_seq, y, step_mask, has_sm, zero_masked, reverse):
+        """Candidate act(x_h + b_h + (RH[t] @ U_h)[b, j]) and h update for thread (b, j) (h
+        carried when row b skips the step)."""
         k = cuda.grid(1)
         u = H.shape[2]
         if k < H.shape[1] * u:
@@ -564,17 +662,22 @@ def _build_gru_h_before(nbt):
             G[t, b, c] = hh
             z = G[t, b, j]
             h = z * H[t, b, j] + (one - z) * hh
+            real = _real(step_mask, has_sm, b, t, reverse)
+            if not real:
+                h = H[t, b, j]
             H[t + 1, b, j] = h
             if ret_seq:
-                y[b, t, j] = h
+                y[b, t, j] = h if real else _skip_out(y, b, t, j, zero_masked)
 
     return _gru_h_before
 
 
 def _build_gru_h_before_back(nbt):
-    def _gru_h_before_back(G, H, dy, dh, dhz, dZ, dR, dph, rk, t, mode, first, has_seq, act, rec_act):
+    def _gru_h_before_back(G, H, dy, dh, dhz, dZ, dR, dph, rk, t, mode, first, has_seq, act, rec_act, step_mask,
+                           has_sm, zero_masked, reverse):
         """z and candidate gradients of step t for thread (b, j); dR's candidate block is 0
-        (that product's gradient goes through RH); dph = the candidate gradient; dhz = d * z."""
+        (that product's gradient goes through RH); dph = the candidate gradient; dhz = d * z.
+        Row b skipped: zero gradients (dph too: the reset gate's pass adds nothing) and dhz = d."""
         k = cuda.grid(1)
         u = dh.shape[1]
         if k < dh.shape[0] * u:
@@ -584,6 +687,13 @@ def _build_gru_h_before_back(nbt):
             d = _dh(dR, t, b, rk, dh, j, mode)
             if not first:
                 d += dhz[b, j]
+            if not _real(step_mask, has_sm, b, t, reverse):
+                dhz[b, j] = d + _skip_dy(dy, b, t, j, has_seq, zero_masked, step_mask, reverse)
+                for g in range(3):
+                    dZ[t, b, g * u + j] = nbt(0)
+                    dR[t, b, g * u + j] = nbt(0)
+                dph[b, j] = nbt(0)
+                return
             if has_seq:
                 d += dy[b, t, j]
             o = 2 * u + j
@@ -631,17 +741,17 @@ def _build_gru_r_before_back(nbt):
 _GRU_ZR_BEFORE = per_dtype(_build_gru_zr_before, lambda t: (
     _three(t), _three(t), _three(t), types.Array(t, 4, "C"), _two(t), _two(t), _two(t), _I, _I, _B, _I))
 _GRU_H_BEFORE = per_dtype(_build_gru_h_before, lambda t: (
-    _three(t), _three(t), _two(t), _two(t), _I, _I, _B, _three(t)))
+    _three(t), _three(t), _two(t), _two(t), _I, _I, _B, _three(t), _two(t), _B, _B, _B))
 _GRU_H_BEFORE_BACK = per_dtype(_build_gru_h_before_back, lambda t: (
     _three(t), _three(t), _three(t), _two(t), _two(t), _three(t), _three(t), _two(t), _two(t), _I, _I, _B, _B, _I,
-    _I))
+    _I, _two(t), _B, _B, _B))
 _GRU_R_BEFORE_BACK = per_dtype(_build_gru_r_before_back, lambda t: (
     _three(t), _three(t), types.Array(t, 4, "C"), _three(t), _two(t), _two(t), _three(t), _three(t), _I, _B, _B,
     _I))
 
 
 def gru_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act, rec_act, reset_after, ret_seq,
-                mask_x, n_mx, mask_h, n_mh, HM, xs, G, H, RH, rec, y):
+                mask_x, n_mx, mask_h, n_mh, HM, step_mask, has_step_mask, zero_masked, xs, G, H, RH, rec, y):
     """GRU (gate order z, r, h) over x (B, T, D); bias (2, 3u): input and recurrent
     biases with reset_after, (1, 3u) without (RH[t] = r * h_{t-1} then)."""
     B, T, D = x.shape
@@ -656,16 +766,18 @@ def gru_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act, rec_a
         mode = _rec_forward(masks, fused, t, use_init, H, recurrent_kernel, rec)
         if reset_after:
             _GRU_STEP[G.dtype][_cells(B, u)](G, H, RH, rec, recurrent_kernel, bias, t, mode, int(act), int(rec_act),
-                                             bool(ret_seq), y)
+                                             bool(ret_seq), y, step_mask, bool(has_step_mask), bool(zero_masked),
+                                             bool(reverse))
         else:
             zr[_cells(B, u)](G, H, RH, HM, rec, recurrent_kernel, bias, t, mode, masks is not None, int(rec_act))
             gemm(RH[t], u_h, rech)
-            hstep[_cells(B, u)](G, H, rech, bias, t, int(act), bool(ret_seq), y)
+            hstep[_cells(B, u)](G, H, rech, bias, t, int(act), bool(ret_seq), y, step_mask, bool(has_step_mask),
+                                bool(zero_masked), bool(reverse))
 
 
 def gru_backward(xs, reverse, kernel, recurrent_kernel, G, H, RH, dy, has_seq, act, rec_act, reset_after,
-                 mask_x, n_mx, mask_h, n_mh, HM, use_init, need_dx, dh, dhz, dZ, dR, dkernel, drecurrent, dbias,
-                 dxs, dx):
+                 mask_x, n_mx, mask_h, n_mh, HM, step_mask, has_step_mask, zero_masked, use_init, need_dx, dh, dhz, dZ,
+                 dR, dkernel, drecurrent, dbias, dxs, dx):
     """Backward through time of gru_forward: dh (B, u) the gradient reaching the last step
     on entry, that of the initial state on exit; dhz (B, u) workspace; dbias (2, 3u), or
     (1, 3u) without reset_after."""
@@ -682,10 +794,12 @@ def gru_backward(xs, reverse, kernel, recurrent_kernel, G, H, RH, dy, has_seq, a
         mode = _rec_backward(masks, fused, t, T, dR, recurrent_kernel, dh)
         if reset_after:
             _GRU_STEP_BACK[dZ.dtype][_cells(B, u)](G, H, RH, dy, dh, dhz, dZ, dR, recurrent_kernel, t, mode,
-                                                   t == T - 1, bool(has_seq), int(act), int(rec_act))
+                                                   t == T - 1, bool(has_seq), int(act), int(rec_act), step_mask,
+                                                   bool(has_step_mask), bool(zero_masked), bool(reverse))
         else:
             hback[_cells(B, u)](G, H, dy, dh, dhz, dZ, dR, dph, recurrent_kernel, t, mode, t == T - 1,
-                                bool(has_seq), int(act), int(rec_act))
+                                bool(has_seq), int(act), int(rec_act), step_mask, bool(has_step_mask),
+                                bool(zero_masked), bool(reverse))
             gemm(dph, u_h, drh, trans_b=True)
             rback[_cells(B, u)](G, H, HM, mask_h, drh, dhz, dZ, dR, t, bool(t > 0 or use_init), masks is not None,
                                 int(rec_act))
@@ -712,30 +826,39 @@ def gru_backward(xs, reverse, kernel, recurrent_kernel, G, H, RH, dy, has_seq, a
 def _build_rnn_step(nbt):
     f32 = nbt == types.float32
 
-    def _rnn_step(P, H, rec, rk, bias, t, mode, act, ret_seq, y):
-        """h_t = act(x_t kernel + bias + h_{t-1} recurrent_kernel) for thread (b, j)."""
+    def _rnn_step(P, H, rec, rk, bias, t, mode, act, ret_seq, y, step_mask, has_sm, zero_masked, reverse):
+        """h_t = act(x_t kernel + bias + h_{t-1} recurrent_kernel) for thread (b, j) (h_{t-1}
+        carried when row b skips the step)."""
         k = cuda.grid(1)
         u = H.shape[2]
         if k < H.shape[1] * u:
             b = k // u
             j = k - b * u
             h = nbt(gate_act(act, P[t, b, j] + bias[j] + _rec(H, t, b, rk, rec, j, mode), nbt(1), f32))
+            real = _real(step_mask, has_sm, b, t, reverse)
+            if not real:
+                h = H[t, b, j]
             H[t + 1, b, j] = h
             if ret_seq:
-                y[b, t, j] = h
+                y[b, t, j] = h if real else _skip_out(y, b, t, j, zero_masked)
 
     return _rnn_step
 
 
 def _build_rnn_step_back(nbt):
-    def _rnn_step_back(H, dy, dh, dZ, rk, t, mode, has_seq, act):
-        """dZ[t] = (gradient reaching h_t) * act'(h_t) for thread (b, j)."""
+    def _rnn_step_back(H, dy, dh, dZ, rk, t, mode, has_seq, act, step_mask, has_sm, zero_masked, reverse, carry):
+        """dZ[t] = (gradient reaching h_t) * act'(h_t) for thread (b, j); row b skipped: 0,
+        and the gradient reaching h_t kept in carry for the step below."""
         k = cuda.grid(1)
         u = dh.shape[1]
         if k < dh.shape[0] * u:
             b = k // u
             j = k - b * u
-            d = _dh(dZ, t, b, rk, dh, j, mode)
+            d = _dh_carry(dZ, t, b, rk, dh, j, mode, step_mask, has_sm, reverse, carry)
+            if not _real(step_mask, has_sm, b, t, reverse):
+                carry[b, j] = d + _skip_dy(dy, b, t, j, has_seq, zero_masked, step_mask, reverse)
+                dZ[t, b, j] = nbt(0)
+                return
             if has_seq:
                 d += dy[b, t, j]
             h = H[t + 1, b, j]
@@ -745,13 +868,13 @@ def _build_rnn_step_back(nbt):
 
 
 _RNN_STEP = per_dtype(_build_rnn_step, lambda t: (
-    _three(t), _three(t), _two(t), _two(t), _one(t), _I, _I, _I, _B, _three(t)))
+    _three(t), _three(t), _two(t), _two(t), _one(t), _I, _I, _I, _B, _three(t), _two(t), _B, _B, _B))
 _RNN_STEP_BACK = per_dtype(_build_rnn_step_back, lambda t: (
-    _three(t), _three(t), _two(t), _three(t), _two(t), _I, _I, _B, _I))
+    _three(t), _three(t), _two(t), _three(t), _two(t), _I, _I, _B, _I, _two(t), _B, _B, _B, _two(t)))
 
 
 def simple_rnn_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act, ret_seq, mask_x, n_mx, mask_h,
-                       n_mh, HM, xs, P, H, rec, y):
+                       n_mh, HM, step_mask, has_step_mask, zero_masked, xs, P, H, rec, y):
     """h_t = act(x_t kernel + h_{t-1} recurrent_kernel + bias) over x (B, T, D); P (T, B, u)
     the input projection, H (T + 1, B, u) every state, H[0] the initial one."""
     B, T, D = x.shape
@@ -761,22 +884,27 @@ def simple_rnn_forward(x, reverse, kernel, recurrent_kernel, bias, use_init, act
     masks = _forward_start(x, reverse, kernel, recurrent_kernel, mask_x, n_mx, mask_h, n_mh, HM, xs, P)
     for t in range(T):
         mode = _rec_forward(masks, fused, t, use_init, H, recurrent_kernel, rec)
-        step[_cells(B, u)](P, H, rec, recurrent_kernel, bias, t, mode, int(act), bool(ret_seq), y)
+        step[_cells(B, u)](P, H, rec, recurrent_kernel, bias, t, mode, int(act), bool(ret_seq), y, step_mask,
+                           bool(has_step_mask), bool(zero_masked), bool(reverse))
 
 
 def simple_rnn_backward(xs, reverse, kernel, recurrent_kernel, H, dy, has_seq, act, mask_x, n_mx, mask_h, n_mh,
-                        HM, use_init, need_dx, dh, dZ, dkernel, drecurrent, dbias, dxs, dx):
+                        HM, step_mask, has_step_mask, zero_masked, use_init, need_dx, dh, dZ, dkernel, drecurrent,
+                        dbias, dxs, dx):
     """Backward through time of simple_rnn_forward (arguments as lstm_backward)."""
     K, T, B, D = xs.shape
     u = dh.shape[1]
     step = _RNN_STEP_BACK[dZ.dtype]
     fused = _mode(B, u, u)
     masks = _RecurrentMasks(recurrent_kernel, mask_h, n_mh, HM) if n_mh else None
+    carry = _carry(has_step_mask, dh)
     for t in range(T - 1, -1, -1):
         mode = _rec_backward(masks, fused, t, T, dZ, recurrent_kernel, dh)
-        step[_cells(B, u)](H, dy, dh, dZ, recurrent_kernel, t, mode, bool(has_seq), int(act))
+        step[_cells(B, u)](H, dy, dh, dZ, recurrent_kernel, t, mode, bool(has_seq), int(act), step_mask,
+                           bool(has_step_mask), bool(zero_masked), bool(reverse), carry)
     if use_init:
         _initial_grad(masks, dZ[0], recurrent_kernel, dh)
+        _restore_skipped(has_step_mask, dh, carry, step_mask, reverse)
     else:
         fill(dh, 0)
     _weight_grads(xs, kernel, H, HM, dZ, dZ, mask_x, n_mx, n_mh, use_init, need_dx, dkernel, drecurrent, dxs,
