@@ -1,7 +1,8 @@
 """Keras 3 guide-style snippets ported by changing only the imports (``import nbmodel as
 keras``, ``from nbmodel import layers``), each trained on small synthetic data to a stated
 loss. They exercise the habits users bring: functional graphs with several inputs and
-outputs, a U-Net-like model, shared layers (siamese), a stateful LSTM over a long series."""
+outputs, a U-Net-like model, shared layers (siamese), a stateful LSTM over a long series,
+masking and padding, a text classifier with mask_zero."""
 import numpy as np
 import pytest
 
@@ -162,3 +163,58 @@ def test_regularized_mlp():
     assert history.history["loss"][-1] < 0.15 < history.history["loss"][0]
     norms = np.sqrt((model.get_layer("hidden").get_weights()[0] ** 2).sum(axis=0))
     assert norms.max() <= 2.0 + 1e-5
+
+
+def test_masking_and_padding_guide():
+    # "Understanding masking & padding": pad, let Embedding(mask_zero=True) or Masking make the
+    # mask, and a mask-consuming LSTM skips the padding
+    raw_inputs = [[711, 632, 71], [73, 8, 3215, 55, 927], [83, 91, 1, 645, 1253, 927]]
+    padded_inputs = keras.utils.pad_sequences(raw_inputs, padding="post")
+    embedding = layers.Embedding(input_dim=5000, output_dim=16, mask_zero=True)
+    masked_output = embedding(padded_inputs)
+    mask = embedding.compute_mask(padded_inputs)
+    np.testing.assert_array_equal(mask, padded_inputs != 0)
+    masking_layer = layers.Masking()
+    unmasked_embedding = np.tile(np.expand_dims(padded_inputs, axis=-1), [1, 1, 10]).astype("float32")
+    masking_layer(unmasked_embedding)
+    np.testing.assert_array_equal(masking_layer.compute_mask(unmasked_embedding), mask)
+    # passing the mask to a layer by hand
+    lstm = layers.LSTM(32)
+    output = lstm(masked_output, mask=mask)
+    np.testing.assert_allclose(output[0], lstm(masked_output[:1, :3])[0], rtol=1e-5, atol=1e-6)
+
+    # a model: the label is the last real token's parity; the padding length varies, so only a
+    # layer that skips the padding finds the last real token
+    inputs = keras.Input(shape=(None,), dtype="int32")
+    x = layers.Embedding(input_dim=12, output_dim=8, mask_zero=True)(inputs)
+    x = layers.LSTM(16)(x)
+    outputs = layers.Dense(1, activation="sigmoid")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.Adam(2e-2), loss="binary_crossentropy", metrics=["accuracy"])
+    rng = np.random.default_rng(4)
+    seqs = [list(rng.integers(1, 12, rng.integers(2, 9))) for _ in range(192)]
+    x_train = keras.utils.pad_sequences(seqs, padding="post")
+    y_train = np.array([s[-1] % 2 for s in seqs], "float32")[:, None]
+    history = model.fit(x_train, y_train, epochs=25, batch_size=32, verbose=0)
+    assert history.history["loss"][-1] < 0.15 < history.history["loss"][0]
+    assert history.history["accuracy"][-1] > 0.95
+
+
+def test_text_classifier_with_mask_zero():
+    # the bidirectional-LSTM text classifier of the Keras examples, in small: does token 1
+    # occur in the (zero-padded) sequence?
+    inputs = keras.Input(shape=(None,), dtype="int32")
+    x = layers.Embedding(20, 8, mask_zero=True)(inputs)
+    x = layers.Bidirectional(layers.LSTM(8, return_sequences=True))(x)
+    x = layers.Bidirectional(layers.LSTM(8))(x)
+    outputs = layers.Dense(1, activation="sigmoid")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.Adam(2e-2), loss="binary_crossentropy", metrics=["accuracy"])
+    rng = np.random.default_rng(5)
+    seqs = [list(rng.integers(2, 20, rng.integers(3, 11))) for _ in range(192)]
+    for s in seqs[::2]:
+        s[rng.integers(len(s))] = 1
+    x_train = keras.utils.pad_sequences(seqs, maxlen=10)  # pre-padding, as the example's default
+    y_train = np.array([1 in s for s in seqs], "float32")[:, None]
+    history = model.fit(x_train, y_train, epochs=20, batch_size=32, verbose=0)
+    assert history.history["loss"][-1] < 0.2 < history.history["loss"][0]
