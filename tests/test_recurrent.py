@@ -425,3 +425,35 @@ def test_functional_initial_state_from_encoder_states():
     np.testing.assert_allclose(got, want @ dense.params["kernel"] + dense.params["bias"], rtol=1e-5, atol=1e-6)
     loss = model.train_on_batch([xe, xd], np.zeros((B, T + 1, 2), np.float32))
     assert np.isfinite(loss)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_masked_matches_torch_packed_sequences(kind):
+    """A right-padded batch with a Keras mask against PyTorch's packed sequences: the final
+    states are the states after each row's last real step, and the gradients of the input and
+    the weights agree (padded steps get none)."""
+    torch = pytest.importorskip("torch")
+    lengths = np.array([5, 2, 4])
+    x = _x(13, (3, 5, D))
+    mask = np.arange(5)[None, :] < lengths[:, None]
+    layer = CLASSES[kind](U, return_state=True, dtype="float64", seed=0)
+    layer.build(x.shape)
+    _randomize(layer, 6)
+    out = layer.forward(x, training=True, mask=mask)
+    dstate = np.random.default_rng(7).standard_normal((3, U))
+    dx = layer.backward([None, dstate] + [None] * (N_STATES[kind] - 1))
+
+    m = _torch_lstm(layer, torch) if kind == "LSTM" else _torch_gru(layer, torch)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(xt, torch.from_numpy(lengths), batch_first=True,
+                                                     enforce_sorted=False)
+    _, st = m(packed)
+    h = st[0] if kind == "LSTM" else st
+    np.testing.assert_allclose(out[1], h[0].detach().numpy(), atol=1e-10)
+    (h[0] * torch.from_numpy(dstate)).sum().backward()
+    np.testing.assert_allclose(dx, xt.grad.numpy(), atol=1e-10)
+    np.testing.assert_allclose(dx[~mask], 0.0)
+    kernel_grad = m.weight_ih_l0.grad.numpy().T
+    if kind == "GRU":
+        kernel_grad = kernel_grad[:, np.argsort(_gru_perm(U))]
+    np.testing.assert_allclose(layer.grads["kernel"], kernel_grad, atol=1e-10)
