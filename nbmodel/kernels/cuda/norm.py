@@ -18,9 +18,10 @@ Column sums (batch norm statistics and backward sums, layer norm dgamma and
 dbeta): a block of ``bx`` columns by ``by`` row lanes (a warp reads
 consecutive columns of one row) takes ``_BN_ROWS`` rows, like the CPU's
 blocks of 256 rows; the lanes' partial sums meet in a shared-memory tree, and
-the block's sums are written (one block of rows) or added atomically into the
-zeroed output (several). With several blocks of rows the order of those
-additions may vary from run to run (the last bits of a float32 sum).
+each block writes its sums into row blockIdx.y of a (row blocks, columns)
+array: the output itself, seen as (1, c), when there is one block of rows,
+else a scratch array that ``_sum_partials`` adds up column by column in block
+order. No atomics: the sums are the same from run to run.
 """
 from __future__ import annotations
 
@@ -128,17 +129,31 @@ def _lanes_sum(part, v):
     return total
 
 
-@kernel(*[(_one(t), _one(t)) for t in _F])
-def _zero2(a, b):
+@kernel(*[(_two(t), _one(t)) for t in _F])
+def _sum_partials(partials, out):
+    """out[j] = the sum of partials[:, j], row by row (a fixed order)."""
     j = cuda.grid(1)
-    if j < a.size:
-        a[j] = 0
-    if j < b.size:
-        b[j] = 0
+    if j < out.size:
+        acc = partials[0, j]
+        for b in range(1, partials.shape[0]):
+            acc += partials[b, j]
+        out[j] = acc
 
 
-def _zero(a, b):
-    _zero2[launch_1d(max(a.size, b.size))](a, b)
+def _targets(grid, c, *outs):
+    """Where a column-sum launch of ``grid`` writes each output's block sums: the
+    output as (1, c) for one block of rows, else a (row blocks, c) scratch array."""
+    if grid[1] == 1:
+        return [o.reshape(1, c) if o.size == c else o.reshape(1, o.size) for o in outs]
+    return [cuda.device_array((grid[1], c), o.dtype) for o in outs]
+
+
+def _reduce(grid, targets, *outs):
+    """After the launch: each output = its scratch array summed over blocks (several blocks of rows)."""
+    if grid[1] > 1:
+        for t, o in zip(targets, outs):
+            if o.size == t.shape[1]:
+                _sum_partials[launch_1d(o.size)](t, o)
 
 
 # ------------------------------------------------------------------ layer norm
@@ -223,9 +238,10 @@ def _ln_backward(x, gamma, mean, rstd, dya, dyb, use_b, use_scale, dx):
         j += nt
 
 
-@kernel(*[(_two(t), _one(t), _one(t), _two(t), _two(t), _B, _B, _B, _I, _one(t), _one(t)) for t in _F])
+@kernel(*[(_two(t), _one(t), _one(t), _two(t), _two(t), _B, _B, _B, _I, _two(t), _two(t)) for t in _F])
 def _ln_param_grads(x, mean, rstd, dya, dyb, use_b, use_scale, use_center, rows, dgamma, dbeta):
-    """dgamma[j] = sum_i dy x_hat, dbeta[j] = sum_i dy over this block's rows (see _col_sum)."""
+    """dgamma[blockIdx.y, j] = sum_i dy x_hat, dbeta[blockIdx.y, j] = sum_i dy over this block's
+    rows (see _targets)."""
     part = cuda.shared.array(_BLOCK, x.dtype)
     part2 = cuda.shared.array(_BLOCK, x.dtype)
     m = x.shape[0]
@@ -245,25 +261,19 @@ def _ln_param_grads(x, mean, rstd, dya, dyb, use_b, use_scale, use_center, rows,
     sgx = _lanes_sum(part, sgx)
     sg = _lanes_sum(part2, sg)
     if cuda.threadIdx.y == 0 and j < c:
-        if cuda.gridDim.y == 1:
-            if use_scale:
-                dgamma[j] = sgx
-            if use_center:
-                dbeta[j] = sg
-        else:
-            if use_scale:
-                cuda.atomic.add(dgamma, j, sgx)
-            if use_center:
-                cuda.atomic.add(dbeta, j, sg)
+        if use_scale:
+            dgamma[cuda.blockIdx.y, j] = sgx
+        if use_center:
+            dbeta[cuda.blockIdx.y, j] = sg
 
 
 def _ln_grads(x, mean, rstd, dya, dyb, use_b, use_scale, use_center, dgamma, dbeta):
     if not (use_scale or use_center) or not x.shape[1]:
         return
     grid, block, rows = _columns(*x.shape)
-    if grid[1] > 1:
-        _zero(dgamma, dbeta)
-    _ln_param_grads[grid, block](x, mean, rstd, dya, dyb, use_b, use_scale, use_center, rows, dgamma, dbeta)
+    tg, tb = _targets(grid, x.shape[1], dgamma, dbeta)
+    _ln_param_grads[grid, block](x, mean, rstd, dya, dyb, use_b, use_scale, use_center, rows, tg, tb)
+    _reduce(grid, (tg, tb), dgamma if use_scale else tg[:0], dbeta if use_center else tb[:0])
 
 
 def layer_norm_forward(x, gamma, beta, eps, use_scale, use_center, out, mean, rstd):
@@ -381,10 +391,10 @@ def _gn_backward(x, gamma, mean, rstd, dy, groups, use_scale, dx):
         e += nt
 
 
-@kernel(*[(_two(t), _two(t), _two(t), _two(t), _I, _I, _B, _B, _I, _one(t), _one(t)) for t in _F])
+@kernel(*[(_two(t), _two(t), _two(t), _two(t), _I, _I, _B, _B, _I, _two(t), _two(t)) for t in _F])
 def _gn_param_grads(x, mean, rstd, dy, m, groups, use_scale, use_center, rows, dgamma, dbeta):
-    """dgamma[j] = sum dy x_hat, dbeta[j] = sum dy over this block's rows of x (n*m, c), row r
-    of sample r // m (see _col_sum)."""
+    """dgamma[blockIdx.y, j] = sum dy x_hat, dbeta[blockIdx.y, j] = sum dy over this block's rows
+    of x (n*m, c), row r of sample r // m (see _targets)."""
     part = cuda.shared.array(_BLOCK, x.dtype)
     part2 = cuda.shared.array(_BLOCK, x.dtype)
     nm = x.shape[0]
@@ -406,16 +416,10 @@ def _gn_param_grads(x, mean, rstd, dy, m, groups, use_scale, use_center, rows, d
     sgx = _lanes_sum(part, sgx)
     sg = _lanes_sum(part2, sg)
     if cuda.threadIdx.y == 0 and j < c:
-        if cuda.gridDim.y == 1:
-            if use_scale:
-                dgamma[j] = sgx
-            if use_center:
-                dbeta[j] = sg
-        else:
-            if use_scale:
-                cuda.atomic.add(dgamma, j, sgx)
-            if use_center:
-                cuda.atomic.add(dbeta, j, sg)
+        if use_scale:
+            dgamma[cuda.blockIdx.y, j] = sgx
+        if use_center:
+            dbeta[cuda.blockIdx.y, j] = sg
 
 
 def group_norm_forward(x, gamma, beta, eps, groups, use_scale, use_center, out, mean, rstd):
@@ -433,17 +437,16 @@ def group_norm_backward(x, gamma, mean, rstd, dy, groups, use_scale, use_center,
                                                            bool(use_scale), dx)
     if use_scale or use_center:
         grid, block, rows = _columns(n * m, c)
-        if grid[1] > 1:
-            _zero(dgamma, dbeta)
+        tg, tb = _targets(grid, c, dgamma, dbeta)
         _gn_param_grads[grid, block](x.reshape(n * m, c), mean, rstd, dy.reshape(n * m, c), m, int(groups),
-                                     bool(use_scale), bool(use_center), rows, dgamma, dbeta)
+                                     bool(use_scale), bool(use_center), rows, tg, tb)
+        _reduce(grid, (tg, tb), dgamma if use_scale else tg[:0], dbeta if use_center else tb[:0])
 
 
 # ------------------------------------------------------------ batch norm sums
-@kernel(*[(_two(t), _I, _one(t)) for t in _F])
+@kernel(*[(_two(t), _I, _two(t)) for t in _F])
 def _col_sum(x, rows, out):
-    """out[j] (+)= sum of x[:, j] over this block's rows: written when the grid has
-    one block of rows, else added atomically (out zeroed first)."""
+    """out[blockIdx.y, j] = sum of x[:, j] over this block's rows (see _targets)."""
     part = cuda.shared.array(_BLOCK, x.dtype)
     m = x.shape[0]
     c = x.shape[1]
@@ -457,15 +460,12 @@ def _col_sum(x, rows, out):
             r += cuda.blockDim.y
     acc = _lanes_sum(part, acc)
     if cuda.threadIdx.y == 0 and j < c:
-        if cuda.gridDim.y == 1:
-            out[j] = acc
-        else:
-            cuda.atomic.add(out, j, acc)
+        out[cuda.blockIdx.y, j] = acc
 
 
-@kernel(*[(_two(t), _one(t), _I, _one(t)) for t in _F])
+@kernel(*[(_two(t), _one(t), _I, _two(t)) for t in _F])
 def _col_centered_squares(x, mean, rows, out):
-    """out[j] (+)= sum of (x[:, j] - mean[j])**2 over this block's rows (see _col_sum)."""
+    """out[blockIdx.y, j] = sum of (x[:, j] - mean[j])**2 over this block's rows (see _targets)."""
     part = cuda.shared.array(_BLOCK, x.dtype)
     m = x.shape[0]
     c = x.shape[1]
@@ -481,15 +481,13 @@ def _col_centered_squares(x, mean, rows, out):
             r += cuda.blockDim.y
     acc = _lanes_sum(part, acc)
     if cuda.threadIdx.y == 0 and j < c:
-        if cuda.gridDim.y == 1:
-            out[j] = acc
-        else:
-            cuda.atomic.add(out, j, acc)
+        out[cuda.blockIdx.y, j] = acc
 
 
-@kernel(*[(_two(t), _two(t), _one(t), _one(t), _I, _one(t), _one(t)) for t in _F])
+@kernel(*[(_two(t), _two(t), _one(t), _one(t), _I, _two(t), _two(t)) for t in _F])
 def _col_backward_sums(x, dy, mean, rstd, rows, sdy, sdx):
-    """sdy[j] (+)= sum dy, sdx[j] (+)= rstd[j] * sum dy (x - mean) over this block's rows (see _col_sum)."""
+    """sdy[blockIdx.y, j] = sum dy, sdx[blockIdx.y, j] = rstd[j] * sum dy (x - mean) over this
+    block's rows (see _targets)."""
     part = cuda.shared.array(_BLOCK, x.dtype)
     part2 = cuda.shared.array(_BLOCK, x.dtype)
     m = x.shape[0]
@@ -510,13 +508,8 @@ def _col_backward_sums(x, dy, mean, rstd, rows, sdy, sdx):
     a0 = _lanes_sum(part, a0)
     a1 = _lanes_sum(part2, a1)
     if cuda.threadIdx.y == 0 and j < c:
-        a1 *= rstd[j]
-        if cuda.gridDim.y == 1:
-            sdy[j] = a0
-            sdx[j] = a1
-        else:
-            cuda.atomic.add(sdy, j, a0)
-            cuda.atomic.add(sdx, j, a1)
+        sdy[cuda.blockIdx.y, j] = a0
+        sdx[cuda.blockIdx.y, j] = a1 * rstd[j]
 
 
 # ------------------------------------------------------ batch norm per column
@@ -580,18 +573,18 @@ def batch_norm_column_sums(x, work, out):
     m, c = x.shape
     if c:
         grid, block, rows = _columns(m, c)
-        if grid[1] > 1:
-            _zero(out, out)
-        _col_sum[grid, block](x, rows, out)
+        (t,) = _targets(grid, c, out)
+        _col_sum[grid, block](x, rows, t)
+        _reduce(grid, (t,), out)
 
 
 def batch_norm_centered_squares(x, mean, work, out):
     m, c = x.shape
     if c:
         grid, block, rows = _columns(m, c)
-        if grid[1] > 1:
-            _zero(out, out)
-        _col_centered_squares[grid, block](x, mean, rows, out)
+        (t,) = _targets(grid, c, out)
+        _col_centered_squares[grid, block](x, mean, rows, t)
+        _reduce(grid, (t,), out)
 
 
 def batch_norm_update_moving(mean, var, eps, momentum, moving_mean, moving_var, rstd):
@@ -627,9 +620,9 @@ def batch_norm_backward_sums(x, dy, mean, rstd, work, sdy, sdx):
     m, c = x.shape
     if c:
         grid, block, rows = _columns(m, c)
-        if grid[1] > 1:
-            _zero(sdy, sdx)
-        _col_backward_sums[grid, block](x, dy, mean, rstd, rows, sdy, sdx)
+        ty, tx = _targets(grid, c, sdy, sdx)
+        _col_backward_sums[grid, block](x, dy, mean, rstd, rows, ty, tx)
+        _reduce(grid, (ty, tx), sdy, sdx)
 
 
 def batch_norm_backward_dx(x, dy, gamma, mean, rstd, sdy, sdx, count, training, use_scale, work, dx):
