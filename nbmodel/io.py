@@ -24,6 +24,10 @@ import zipfile
 
 import numpy as np
 
+from . import layers
+from .layers.base import Input, KTensor, Layer
+from .model import Model, Sequential
+
 FORMAT = "nbmodel"
 VERSION = 2  # 2: layers listed once, nodes refer to them by name (shared layers, nested models)
 
@@ -141,8 +145,6 @@ def _layer_entry(layer):
 
 
 def _encode_kwarg(v, ref):
-    from .layers.base import KTensor
-
     if isinstance(v, KTensor):
         return {"__tensor__": ref(v)}
     if isinstance(v, (list, tuple)) and any(isinstance(e, KTensor) for e in v):
@@ -154,8 +156,6 @@ def _encode_kwarg(v, ref):
 
 def model_config(model) -> dict:
     """JSON-able architecture of ``model`` (what ``model_from_config`` rebuilds)."""
-    from .model import Sequential
-
     g = model.graph  # (a ValueError for a model without input shape)
     if isinstance(model, Sequential):
         t = model.inputs[0]
@@ -187,10 +187,6 @@ def model_config(model) -> dict:
 
 
 def _layer_classes(custom_objects=None):
-    from . import layers
-    from .layers.base import Layer
-    from .model import Model, Sequential
-
     classes = {name: getattr(layers, name) for name in layers.__all__
                if isinstance(getattr(layers, name), type) and issubclass(getattr(layers, name), Layer)}
     classes.update(Model=Model, Sequential=Sequential)
@@ -199,8 +195,6 @@ def _layer_classes(custom_objects=None):
 
 
 def _make_layer(entry, classes, custom_objects=None):
-    from .model import Model
-
     cls = classes.get(entry["class"])
     if cls is None:
         raise ValueError(f"unknown layer class {entry['class']!r}; pass it in custom_objects")
@@ -216,9 +210,6 @@ def _ref(r):
 
 def model_from_config(cfg, custom_objects=None):
     """Rebuild the model ``model_config`` described (fresh weights)."""
-    from .layers.base import Input
-    from .model import Model, Sequential
-
     classes = _layer_classes(custom_objects)
     if cfg["class"] == "Sequential":
         inp = cfg["input"]
