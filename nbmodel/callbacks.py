@@ -14,6 +14,8 @@ import warnings
 
 import numpy as np
 
+from . import io
+
 
 class Callback:
     def __init__(self):
@@ -478,8 +480,6 @@ class BackupAndRestore(Callback):
         return self._batches % self.save_freq == 0
 
     def on_train_begin(self, logs=None):
-        from . import io
-
         self.resume_epoch, self.resume_progress, self._restored = None, None, None
         if os.path.exists(self.path):
             try:
@@ -517,8 +517,6 @@ class BackupAndRestore(Callback):
         """The backup after ``epoch`` (called once every callback's on_epoch_end has run),
         or, with ``progress`` (a dict from the epoch loop: "step", "loss_sum", "n_seen",
         "out_sums", "metric_totals", "epoch_random"), inside ``epoch`` after that step."""
-        from . import io
-
         os.makedirs(self.backup_dir, exist_ok=True)
         arrays, states = {}, {}
         for i, cb in enumerate(callbacks):

@@ -18,11 +18,8 @@ def _as_list(v, n_arrays=None):
     return list(v)
 
 
-def _by_name(model, data, tensors, what):
-    """Dict inputs/targets keyed by layer name -> list in model order."""
-    from .model import _output_name
-
-    names = [_output_name(t) for t in tensors]
+def _by_name(data, names, what):
+    """Dict inputs/targets keyed by layer name -> list in model order (``names``)."""
     missing = [n for n in names if n not in data]
     if missing:
         raise ValueError(f"{what}: no data for {missing}; got keys {sorted(data)}")
@@ -86,12 +83,12 @@ def standardize_inputs(model, x, where, lazy=False):
     and checks each batch of it, so the file is never copied or scanned whole."""
     if x is None:
         raise ValueError(f"{where}: x is required")
-    graph = model._graph
-    xs = _by_name(model, x, graph.inputs, where) if isinstance(x, dict) else _as_list(x, len(graph.inputs))
-    if len(xs) != len(graph.inputs):
-        raise ValueError(f"{where}: the model has {len(graph.inputs)} inputs, got {len(xs)} arrays")
+    inputs = model.inputs
+    xs = _by_name(x, model.input_names, where) if isinstance(x, dict) else _as_list(x, len(inputs))
+    if len(xs) != len(inputs):
+        raise ValueError(f"{where}: the model has {len(inputs)} inputs, got {len(xs)} arrays")
     out = []
-    for t, given in zip(graph.inputs, xs):
+    for t, given in zip(inputs, xs):
         name = t.input_layer.name
         a = check_numeric(given, f"{where}: input {name!r}")
         if a.ndim != len(t.shape) or any(s is not None and s != d for s, d in zip(t.shape[1:], a.shape[1:])):
@@ -99,7 +96,7 @@ def standardize_inputs(model, x, where, lazy=False):
                              f"got {a.shape}")
         out.append(given if lazy and isinstance(given, np.memmap) else check_input(where, name, t, a))
     n = out[0].shape[0]
-    for t, a in zip(graph.inputs, out):
+    for t, a in zip(inputs, out):
         if a.shape[0] != n:
             raise ValueError(f"{where}: inputs have different numbers of samples "
                              f"({[b.shape[0] for b in out]})")
@@ -110,7 +107,7 @@ def take_inputs(model, xs, sel, where: str) -> list[np.ndarray]:
     """Rows ``sel`` (a slice or indices) of standardized inputs; the rows of a memmap
     (kept by ``standardize_inputs(lazy=True)``) are cast and checked here, per batch."""
     out = []
-    for t, a in zip(model._graph.inputs, xs):
+    for t, a in zip(model.inputs, xs):
         b = a[sel]
         if isinstance(a, np.memmap):
             rows = range(a.shape[0])[sel] if isinstance(sel, slice) else np.asarray(sel)
@@ -122,10 +119,10 @@ def take_inputs(model, xs, sel, where: str) -> list[np.ndarray]:
 
 def standardize_targets(model, y, n, where):
     """Targets as contiguous arrays, one per output, with n samples each."""
-    graph = model._graph
-    ys = _by_name(model, y, graph.outputs, where) if isinstance(y, dict) else _as_list(y, len(graph.outputs))
-    if len(ys) != len(graph.outputs):
-        raise ValueError(f"{where}: the model has {len(graph.outputs)} outputs, got {len(ys)} target arrays")
+    outputs = model.outputs
+    ys = _by_name(y, model.output_names, where) if isinstance(y, dict) else _as_list(y, len(outputs))
+    if len(ys) != len(outputs):
+        raise ValueError(f"{where}: the model has {len(outputs)} outputs, got {len(ys)} target arrays")
     out = []
     for a in ys:
         a = check_numeric(a, f"{where}: y")
@@ -176,7 +173,7 @@ def split_validation(xs, ys, sw, validation_split, validation_data, model, lazy=
             raise ValueError("fit: validation_data must be (x_val, y_val) or (x_val, y_val, sample_weight)")
         vx, vy = validation_data[0], validation_data[1]
         vsw = validation_data[2] if len(validation_data) == 3 else None
-        vxs, vys, vsw = model._standardize(vx, vy, vsw, "fit (validation_data)", lazy=lazy)
+        vxs, vys, vsw = model.standardize_data(vx, vy, vsw, "fit (validation_data)", lazy=lazy)
         return (xs, ys, sw), (vxs, vys, vsw)
     if not validation_split:
         return (xs, ys, sw), None
@@ -198,7 +195,7 @@ def prepare_fit_data(model, x, y, sample_weight, class_weight, validation_split,
     """Validated training arrays, sample weights (class weights folded in) and the
     validation split, as ``fit`` needs them in one process or several (``lazy``:
     memmaps stay memmaps, see ``standardize_inputs``)."""
-    xs, ys, sample_weight = model._standardize(x, y, sample_weight, "fit", lazy=lazy)
+    xs, ys, sample_weight = model.standardize_data(x, y, sample_weight, "fit", lazy=lazy)
     if ys is None:
         raise ValueError("fit: targets y are required")
     sample_weight = apply_class_weight(class_weight, ys, sample_weight)
@@ -347,8 +344,8 @@ class BatchStream:
             x, y, sw = item, None, None
         if self.targets and y is None:
             raise ValueError(f"{where}: the batch has no targets; yield (x, y) or (x, y, sample_weight)")
-        xs, ys, sw = self.model._standardize(x, y if self.targets else None, sw if self.targets else None,
-                                             where)
+        xs, ys, sw = self.model.standardize_data(x, y if self.targets else None, sw if self.targets else None,
+                                                 where)
         if ys is not None:
             sw = apply_class_weight(self.class_weight, ys, sw)
         return Batch(xs, ys, sw)

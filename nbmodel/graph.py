@@ -183,6 +183,11 @@ class Graph:
             state.exit(before)
 
     # ---------------------------------------------------------------- forward
+    def forward_batch(self, xs: list, training: bool) -> list:
+        """Outputs for one batch of host (or device) arrays: each goes to the device once,
+        here (a no-op for contiguous host data on the cpu)."""
+        return self.forward([self.device.asarray(a) for a in xs], training)
+
     def forward(self, xs: list, training: bool, masks: list | None = None) -> list:
         """Outputs for inputs ``xs``; ``masks``: the inputs' Keras masks (None: none)."""
         values = {t.id: x for t, x in zip(self.inputs, xs)}

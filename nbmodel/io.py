@@ -24,6 +24,10 @@ import zipfile
 
 import numpy as np
 
+from . import layers
+from .layers.base import Input, KTensor, Layer
+from .model import Model, Sequential
+
 FORMAT = "nbmodel"
 VERSION = 2  # 2: layers listed once, nodes refer to them by name (shared layers, nested models)
 
@@ -141,8 +145,6 @@ def _layer_entry(layer):
 
 
 def _encode_kwarg(v, ref):
-    from .layers.base import KTensor
-
     if isinstance(v, KTensor):
         return {"__tensor__": ref(v)}
     if isinstance(v, (list, tuple)) and any(isinstance(e, KTensor) for e in v):
@@ -154,16 +156,13 @@ def _encode_kwarg(v, ref):
 
 def model_config(model) -> dict:
     """JSON-able architecture of ``model`` (what ``model_from_config`` rebuilds)."""
-    from .model import Sequential
-
-    model._require_graph()
+    g = model.graph  # (a ValueError for a model without input shape)
     if isinstance(model, Sequential):
-        t = model._input
+        t = model.inputs[0]
         return {"class": "Sequential", "name": model.name, "seed": model.seed, "trainable": model.trainable,
                 "input": {"shape": list(t.shape[1:]), "dtype": t.dtype.name, "name": t.input_layer.name},
-                "layers": [_layer_entry(layer) for layer in model._layers]}
+                "layers": [_layer_entry(layer) for layer in model.layers]}
 
-    g = model._graph
     call_index, counts = {}, {}
     for n in g.nodes:
         call_index[id(n)] = counts.get(id(n.layer), 0)
@@ -183,15 +182,11 @@ def model_config(model) -> dict:
                    "kwargs": {k: _encode_kwarg(v, ref) for k, v in n.kwargs.items()}}
                   for n in g.nodes],
         "outputs": [ref(t) for t in g.outputs],
-        "inputs_nested": model._inputs_nested, "outputs_nested": model._outputs_nested,
+        "inputs_nested": model.inputs_nested, "outputs_nested": model.outputs_nested,
     }
 
 
 def _layer_classes(custom_objects=None):
-    from . import layers
-    from .layers.base import Layer
-    from .model import Model, Sequential
-
     classes = {name: getattr(layers, name) for name in layers.__all__
                if isinstance(getattr(layers, name), type) and issubclass(getattr(layers, name), Layer)}
     classes.update(Model=Model, Sequential=Sequential)
@@ -200,8 +195,6 @@ def _layer_classes(custom_objects=None):
 
 
 def _make_layer(entry, classes, custom_objects=None):
-    from .model import Model
-
     cls = classes.get(entry["class"])
     if cls is None:
         raise ValueError(f"unknown layer class {entry['class']!r}; pass it in custom_objects")
@@ -217,9 +210,6 @@ def _ref(r):
 
 def model_from_config(cfg, custom_objects=None):
     """Rebuild the model ``model_config`` described (fresh weights)."""
-    from .layers.base import Input
-    from .model import Model, Sequential
-
     classes = _layer_classes(custom_objects)
     if cfg["class"] == "Sequential":
         inp = cfg["input"]
@@ -273,14 +263,15 @@ def _finish(model, cfg):
 
 # ------------------------------------------------------------ compile state
 def _compile_meta(model):
-    if not getattr(model, "compiled", False) or getattr(model, "_deferred_compile", False):
+    core = model.training_core  # None before compile (and while a Sequential waits for its input shape)
+    if core is None:
         return None
     opt = model.optimizer
     return {
         "optimizer": {"class": type(opt).__name__, "config": opt.get_config()},
-        "losses": [{"class": type(lo).__name__, "config": lo.get_config()} for lo in model._losses],
-        "loss_weights": model._loss_weights,
-        "metrics": _jsonable_metrics(model._metric_specs),
+        "losses": [{"class": type(lo).__name__, "config": lo.get_config()} for lo in core.losses],
+        "loss_weights": core.loss_weights,
+        "metrics": _jsonable_metrics(core.metric_specs),
     }
 
 
@@ -331,7 +322,7 @@ def _restore_compile(model, meta, arrays, custom_objects=None):
     loss_objs = [build("loss", losses.Loss, lo) for lo in comp["losses"]]
     specs = [[m if isinstance(m, str) else build("metric", metrics.Metric, m) for m in per_output]
              for per_output in comp["metrics"]]
-    n_out = len(model._graph.outputs)
+    n_out = len(model.outputs)
     metric_arg = specs[0] if n_out == 1 else specs
     model.compile(optimizer=opt, loss=loss_objs if n_out > 1 else loss_objs[0], metrics=metric_arg,
                   loss_weights=comp["loss_weights"])

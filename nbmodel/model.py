@@ -1,24 +1,41 @@
 """Model (a graph of layer calls) and Sequential (its chain case).
 
 compile / fit / evaluate / predict / train_on_batch / test_on_batch follow
-Keras 3. One training step is: forward (training=True), each loss's fused
-forward+backward (gradient of the summed loss), backward through the graph
-into one flat gradient buffer, one optimizer kernel over one flat parameter
-buffer. Losses return the SUMMED loss, its element count and the gradient of
-the sum; each output gradient is scaled by ``loss_weight / count`` once.
-Keeping the sum and the count apart is what makes data-parallel training
-exact (see parallel/, which scales by the global count).
+Keras 3. ``compile`` resolves its arguments and builds the model's
+``TrainingCore`` (``training_core.py``: flat buffers, losses, metrics, the
+step); the methods here are the Keras API over it and over the graph
+(``graph.py``). One training step is: forward (training=True), each loss's
+fused forward+backward (gradient of the summed loss), backward through the
+graph into one flat gradient buffer, one optimizer kernel over one flat
+parameter buffer. Losses return the SUMMED loss, its element count and the
+gradient of the sum; each output gradient is scaled by ``loss_weight / count``
+once. Keeping the sum and the count apart is what makes data-parallel
+training exact (see parallel/, which scales by the global count).
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import MutableMapping
 
 import numpy as np
 
-from . import config
+from . import config, training_core
 from .backend import Device, get_device
+from .data import (
+    BatchStream,
+    apply_class_weight,
+    array_batches,
+    check_count,
+    check_sample_weight,
+    is_stream,
+    prepare_fit_data,
+    split_validation,
+    standardize_inputs,
+    standardize_targets,
+)
 from .graph import Graph
-from .layers.base import Input, InputLayer, KTensor, Layer, _auto_name, finite_checks
+from .layers.base import Input, InputLayer, KTensor, Layer, _auto_name, finite_checks, inference_gradients
+from .training_core import TrainingCore
 
 
 class _LayersDict(MutableMapping):
@@ -89,9 +106,8 @@ class Model(Layer):
         self.history = None
         self.optimizer = None
         self._device = get_device(device)
-        self._losses = []
-        self._metrics = None
-        self._rng = np.random.default_rng(seed)
+        self._core: TrainingCore | None = None
+        self._rng = np.random.default_rng(seed)  # shuffles fit's batches
         self._graph = None
         if inputs is not None or outputs is not None:
             if inputs is None or outputs is None:
@@ -119,7 +135,8 @@ class Model(Layer):
             for i, layer in enumerate(self._graph.layers):
                 if not getattr(layer, "_weights_given", False):  # a trained or loaded nested model keeps its own
                     layer.reinitialize(np.random.default_rng([self.seed, i]))
-        self._packed = None
+        if self._core is not None:  # a rebuilt graph (Sequential.add/pop): compile again to train
+            self._core.unpack()
 
     # ------------------------------------------------------ a model as a layer
     @property
@@ -258,6 +275,45 @@ class Model(Layer):
         return list(self._graph.outputs)
 
     @property
+    def input_names(self) -> list[str]:
+        """The input layers' names, in input order (Keras)."""
+        return [_output_name(t) for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        """The names of the layers that produce the outputs, in output order (Keras)."""
+        return [_output_name(t) for t in self.outputs]
+
+    @property
+    def inputs_nested(self) -> bool:
+        """Whether the model was built with a list of inputs (it then takes and gives lists)."""
+        self._require_graph()
+        return self._inputs_nested
+
+    @property
+    def outputs_nested(self) -> bool:
+        """Whether the model was built with a list of outputs (predict then returns a list)."""
+        self._require_graph()
+        return self._outputs_nested
+
+    @property
+    def graph(self) -> Graph:
+        """The executable layer graph (``graph.Graph``: nodes, forward, backward)."""
+        self._require_graph()
+        return self._graph
+
+    @property
+    def training_core(self) -> TrainingCore | None:
+        """The ``TrainingCore`` that ``compile`` built (losses, metrics, optimizer, flat
+        buffers, the training step); None before compile."""
+        return self._core
+
+    @property
+    def shuffle_rng(self) -> np.random.Generator:
+        """The generator that shuffles fit's batches (seeded with the model's ``seed``)."""
+        return self._rng
+
+    @property
     def layers(self) -> list[Layer]:
         """Every layer, inputs first, in execution order (Keras functional order)."""
         if self._graph is None:
@@ -285,50 +341,10 @@ class Model(Layer):
     def trainable_layers(self):
         return [layer for layer in self._graph.layers if layer.trainable and layer.params]
 
-    # ------------------------------------------------------------ flat buffers
-    def _pack(self):
-        """Move every trainable param/grad into one flat buffer (views stay in the layers)."""
-        self._weights_given = True
-        entries = []
-        for layer in self.trainable_layers:
-            for key, arr in layer.params.items():
-                entries.append((layer, key, arr))
-        dtypes = {arr.dtype for _, _, arr in entries}
-        if len(dtypes) > 1:
-            raise ValueError(f"{self.name}: trainable params have several dtypes {sorted(map(str, dtypes))}")
-        dtype = dtypes.pop() if dtypes else config.standardize_dtype(None)
-        total = sum(arr.size for _, _, arr in entries)
-        dev = self._device
-        flat_p = dev.empty(total, dtype)
-        flat_g = dev.zeros(total, dtype)
-        copy = dev.kernels("array").copy
-        segments, views, off = [], [], 0
-        for layer, key, arr in entries:
-            n = arr.size
-            copy(arr.reshape(-1), flat_p[off:off + n])
-            p = flat_p[off:off + n].reshape(arr.shape)
-            g = flat_g[off:off + n].reshape(arr.shape)
-            layer.bind_param(key, p, g)
-            segments.append((off, n))
-            views.append((layer, key, g))
-            off += n
-        self._packed = {"params": flat_p, "grads": flat_g, "segments": segments, "views": views,
-                        "layers": {id(layer) for layer, _, _ in entries}}
-        return self._packed
-
-    def _collect_grads(self, ran_layers):
-        """Make the flat grad buffer hold this step's gradients."""
-        k = self._device.kernels("array")
-        for layer, key, g in self._packed["views"]:
-            cur = layer.grads[key]
-            if id(layer) not in ran_layers:
-                k.fill(g, 0)  # no gradient reached this layer in this step
-            elif cur is not g:
-                k.copy(self._device.asarray(cur, g.dtype), g)  # the layer rebound its grad: copy it back
-                layer.bind_param(key, layer.params[key], g)
-
     # --------------------------------------------------------------- compile
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None):
+        """Keras 3 compile: resolves the optimizer, one loss and loss weight per output and
+        the metrics per output, and builds the model's ``training_core``."""
         from . import losses as losses_mod
         from . import optimizers as optimizers_mod
 
@@ -343,14 +359,13 @@ class Model(Layer):
         if len(loss_list) != n_out:
             raise ValueError(f"{self.name}: {len(loss_list)} losses given for {n_out} outputs")
         self.loss = loss
-        self._losses = [losses_mod.get(lo).to(self._device) for lo in loss_list]
+        losses = [losses_mod.get(lo).to(self._device) for lo in loss_list]
         if loss_weights is None:
             loss_weights = [1.0] * n_out
         elif isinstance(loss_weights, dict):
             loss_weights = [loss_weights.get(_output_name(t), 1.0) for t in self._graph.outputs]
         if len(loss_weights) != n_out:
             raise ValueError(f"{self.name}: {len(loss_weights)} loss_weights given for {n_out} outputs")
-        self._loss_weights = [float(w) for w in loss_weights]
         # metrics: one list per output; resolved against real data on first use
         if metrics is None:
             metrics = []
@@ -365,13 +380,8 @@ class Model(Layer):
             per_output = [[] if m is None else list(m) if isinstance(m, (list, tuple)) else [m] for m in metrics]
         else:
             per_output = [list(metrics)] + [[] for _ in range(n_out - 1)]
-        self._metric_specs = per_output
-        self._metrics = None
-        self._compile_config = {"optimizer": optimizer if isinstance(optimizer, str) else None,
-                                "loss": loss_list, "metrics": metrics, "loss_weights": self._loss_weights}
-        self._pack()
-        self.optimizer.to(self._device)
-        self.optimizer.build(self._packed["params"], self._packed["segments"])
+        self._weights_given = True  # a parent's seed no longer redraws them
+        self._core = TrainingCore(self, losses, [float(w) for w in loss_weights], per_output)
         self.compiled = True
 
     def _require_compiled(self):
@@ -379,31 +389,18 @@ class Model(Layer):
             # ValueError like Keras 3 ("You must call `compile()` before ...")
             raise ValueError(f"{self.name}: call compile(optimizer, loss, metrics) before training or evaluating")
 
-    def _build_metrics(self, ys, preds):
-        from . import metrics as metrics_mod
-
-        self._metrics = []
-        multi = len(self._graph.outputs) > 1
-        for k, specs in enumerate(self._metric_specs):
-            for spec in specs:
-                m = metrics_mod.get(spec, loss=self._losses[k], y_true=ys[k], y_pred=preds[k]).to(self._device)
-                m.build(ys[k], preds[k])  # totals() sized before the first update (data parallel)
-                prefix = _output_name(self._graph.outputs[k]) + "_" if multi else ""
-                self._metrics.append((k, prefix + m.name, m))
-
     @property
     def metrics_names(self):
-        names = ["loss"] + self._output_loss_names()
-        if self._metrics:
-            names += [name for _, name, _ in self._metrics]
-        return names
+        if self._core is None:
+            return ["loss"] + training_core.output_loss_names(self)
+        return self._core.metrics_names
 
     # ------------------------------------------------------------------ data
-    def _standardize(self, x, y=None, sample_weight=None, where="fit", lazy=False):
-        """Lists of validated, contiguous arrays for inputs and targets (``lazy``: memmap
-        inputs stay memmaps, batches are cast through ``data.take_inputs``)."""
-        from .data import check_sample_weight, standardize_inputs, standardize_targets
-
+    def standardize_data(self, x, y=None, sample_weight=None, where="fit", lazy=False):
+        """(xs, ys, sample_weight): lists of validated, contiguous arrays for the inputs and
+        targets (``y`` None: ys None), float64 sample weights; ``where`` names the call in
+        errors. ``lazy``: memmap inputs stay memmaps, batches are cast through
+        ``data.take_inputs``."""
         self._require_graph()
         xs = standardize_inputs(self, x, where, lazy=lazy)
         ys = standardize_targets(self, y, xs[0].shape[0], where) if y is not None else None
@@ -411,139 +408,17 @@ class Model(Layer):
             sample_weight = check_sample_weight(where, sample_weight, xs[0].shape[0])
         return xs, ys, sample_weight
 
-    # ------------------------------------------------------------- one step
-    def _forward(self, xs, training):
-        # each batch goes to the device once, here (a no-op for contiguous host data on the cpu)
-        return self._graph.forward([self._device.asarray(a) for a in xs], training)
-
-    def _loss_and_grads(self, ys, preds, sample_weight):
-        """Summed loss and its gradients w.r.t. each output, scaled for the optimizer.
-
-        Returns (loss value in Keras reduction, [dy per output])."""
-        value = 0.0
-        dys = []
-        self._output_losses = []
-        for k, (loss, w) in enumerate(zip(self._losses, self._loss_weights)):
-            total, count, dy = self.output_loss(k, ys[k], preds[k], sample_weight)
-            mean = _mean(total, count)
-            value += w * mean
-            self._output_losses.append(mean)  # unweighted, like Keras' "<output>_loss"
-            scale = w / count if count else 0.0
-            if scale != 1.0:
-                self._device.kernels("array").scale(dy, scale)
-            dys.append(dy)
-        return value, dys
-
+    # ----------------------------------------------- losses of the last pass
     def output_loss(self, k, y_true, y_pred, sample_weight=None, need_grad=True):
         """(total, count, dy) of output ``k``'s loss for the prediction ``y_pred`` of the last
         forward pass: the weighted sum of its elements, their count and d total / d y_pred
         (None without ``need_grad``). An output that carries a Keras mask weights its elements
-        by it and counts the unmasked ones (Keras 3). Data-parallel replicas call it too."""
-        loss = self._losses[k]
-        mask = self._graph.output_masks()[k]
-        if mask is not None:
-            return loss.masked(y_true, y_pred, sample_weight, mask, need_grad)
-        if need_grad:
-            return loss.forward_backward(y_true, y_pred, sample_weight)
-        return (*loss.forward(y_true, y_pred, sample_weight), None)
+        by it and counts the unmasked ones (Keras 3). See ``TrainingCore.output_loss``."""
+        return self._core.output_loss(k, y_true, y_pred, sample_weight, need_grad)
 
     def metric_weight(self, k, sample_weight=None):
         """The sample weights output ``k``'s metrics see: times its Keras mask when it has one."""
-        mask = self._graph.output_masks()[k]
-        if mask is None:
-            return sample_weight
-        from .losses import mask_weights
-
-        return mask_weights(self.name, sample_weight, np.asarray(mask) != 0, self._device)
-
-    def _loss_value(self, ys, preds, sample_weight):
-        """Weighted loss (Keras reduction) plus the penalties, without gradients;
-        per-output means (no penalties, as Keras) in _output_losses."""
-        self._output_losses = [_mean(*self.output_loss(k, ys[k], preds[k], sample_weight, False)[:2])
-                               for k in range(len(self._losses))]
-        return sum(w * m for w, m in zip(self._loss_weights, self._output_losses)) + self._penalty()
-
-    def _train_step(self, xs, ys, sample_weight=None):
-        preds = self._forward(xs, training=True)
-        loss_value, dys = self._loss_and_grads(ys, preds, sample_weight)
-        loss_value += self._penalty()
-        if not np.isfinite(loss_value):
-            return loss_value, preds, False
-        ran = self._graph.backward(dys)
-        self._collect_grads(ran)
-        self._apply_update(1.0)
-        return loss_value, preds, True
-
-    # ------------------------------------------- regularizers and constraints
-    def _weight_options(self, table: str) -> list:
-        """[(layer, param key, Regularizer or Constraint)] of the trainable weights
-        (sub-layers and nested models included) from each layer's ``table``
-        ("weight_regularizers" or "weight_constraints")."""
-        out = []
-
-        def visit(layer):
-            if not layer.trainable:
-                return
-            for key, option in getattr(layer, table, {}).items():
-                if key in layer.params:
-                    out.append((layer, key, option))
-            for sub in layer.sublayers():
-                visit(sub)
-
-        for layer in self._graph.layers:
-            visit(layer)
-        return out
-
-    def _penalty(self) -> float:
-        """The weight penalties plus the activity penalties of the last forward
-        pass: what Keras adds to the loss."""
-        return self._graph.activity_penalty + self._weight_penalty()
-
-    def _weight_penalty(self) -> float:
-        """Sum of the weight regularizers' penalties of the current weights."""
-        return sum((reg.penalty(self._device, layer.params[key])
-                    for layer, key, reg in self._weight_options("weight_regularizers")), 0.0)
-
-    def _apply_update(self, grad_scale: float) -> None:
-        """One optimizer step from the flat gradient buffer (times ``grad_scale``):
-        the weight penalties' gradients are added first, the constraints applied
-        after (Keras). Called once per step, on the reduced gradient when data-parallel."""
-        packed, dev = self._packed, self._device
-        regs = self._weight_options("weight_regularizers")
-        if regs:
-            if grad_scale != 1.0:
-                dev.kernels("array").scale(packed["grads"], grad_scale)
-                grad_scale = 1.0
-            for layer, key, reg in regs:
-                reg.add_grad(dev, layer.params[key], layer.grads[key])
-        self.optimizer.apply(packed["params"], packed["grads"], grad_scale)
-        for layer, key, con in self._weight_options("weight_constraints"):
-            con.apply(dev, layer.params[key])
-
-    def _update_metrics(self, ys, preds, sample_weight):
-        if self._metrics is None:
-            self._build_metrics(ys, preds)
-        for k, _, m in self._metrics:
-            m.update(ys[k], preds[k], self.metric_weight(k, sample_weight))
-
-    def _reset_metrics(self):
-        for _, _, m in self._metrics or []:
-            m.reset()
-
-    def _output_loss_names(self):
-        """Keras 3 logs each output's unweighted loss as "<output>_loss" when there are several."""
-        if len(self._graph.outputs) < 2:
-            return []
-        return [_output_name(t) + "_loss" for t in self._graph.outputs]
-
-    def _logs(self, loss_sum, n_seen, prefix="", output_sums=None):
-        logs = {prefix + "loss": loss_sum / max(n_seen, 1)}
-        if output_sums is not None:
-            for name, v in zip(self._output_loss_names(), output_sums):
-                logs[prefix + name] = v / max(n_seen, 1)
-        for _, name, m in self._metrics or []:
-            logs[prefix + name] = m.result()
-        return logs
+        return self._core.metric_weight(k, sample_weight)
 
     # ------------------------------------------------------------------- fit
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose=1, callbacks=None,
@@ -555,7 +430,6 @@ class Model(Layer):
         ``x`` may be arrays or streamed batches: a ``PyDataset`` (its batch order shuffled
         with ``shuffle``) or a generator of ``(x, y[, sample_weight])`` (``steps_per_epoch``
         batches an epoch; without it, the generator's batches once)."""
-        from .data import BatchStream, check_count, is_stream, prepare_fit_data, split_validation
         from .training import LocalTrainer, run_fit
 
         self._require_compiled()
@@ -622,7 +496,12 @@ class Model(Layer):
         ``(x, y[, sample_weight])``; at most ``steps`` batches), in inference mode."""
         self._require_compiled()
         batches = self._inference_batches("evaluate", x, y, sample_weight, batch_size, steps, targets=True)
-        logs = self._evaluate_batches(batches, "evaluate")
+        if self._core is None:  # a Sequential built and compiled from its first streamed batch
+            first = next(batches, None)
+            if first is None:
+                raise ValueError("evaluate: got 0 samples; a loss over no data is undefined")
+            batches = itertools.chain([first], batches)
+        logs = self._core.evaluate_batches(batches, "evaluate")
         if verbose:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
         if return_dict:
@@ -632,8 +511,6 @@ class Model(Layer):
 
     def _inference_batches(self, where, x, y, sample_weight, batch_size, steps, targets):
         """Validated ``data.Batch``es for evaluate / predict from arrays or streamed batches."""
-        from .data import BatchStream, array_batches, check_count, is_stream
-
         if steps is not None:
             check_count(where, "steps", steps)
         if is_stream(x):
@@ -645,35 +522,11 @@ class Model(Layer):
                                  "batches; pass x only")
             return BatchStream(self, x, where, steps=steps, targets=targets).batches()
         batch_size = 32 if batch_size is None else check_count(where, "batch_size", batch_size)
-        xs, ys, sample_weight = self._standardize(x, y if targets else None, sample_weight if targets else None,
-                                                  where, lazy=True)
+        xs, ys, sample_weight = self.standardize_data(x, y if targets else None,
+                                                      sample_weight if targets else None, where, lazy=True)
         if targets and ys is None:
             raise ValueError(f"{where}: targets y are required")
         return array_batches(self, xs, ys, sample_weight, batch_size, where, steps)
-
-    def _evaluate_batches(self, batches, where) -> dict:
-        """Logs (loss, per-output losses, metrics) over validated Batches; fit's running
-        metrics are left as they were."""
-        saved = [(m.totals().copy()) for _, _, m in self._metrics or []]
-        self._reset_metrics()
-        loss_sum, n = 0.0, 0
-        out_sums = np.zeros(len(self._losses)) if len(self._losses) > 1 else None
-        with finite_checks(False):
-            for b in batches:
-                preds = self._forward(b.xs, training=False)
-                value = self._loss_value(b.ys, preds, b.sw)
-                if out_sums is not None:
-                    out_sums += np.asarray(self._output_losses) * len(b)
-                loss_sum += value * len(b)
-                n += len(b)
-                self._update_metrics(b.ys, preds, b.sw)
-        if n == 0:
-            raise ValueError(f"{where}: got 0 samples; a loss over no data is undefined")
-        logs = self._logs(loss_sum, n, output_sums=out_sums)
-        for (_, _, m), tot in zip(self._metrics or [], saved):  # keep fit's running metrics intact
-            m.reset()
-            m.merge_totals(tot)
-        return logs
 
     # --------------------------------------------------------------- predict
     def predict(self, x, batch_size=None, verbose=0, steps=None):
@@ -684,7 +537,8 @@ class Model(Layer):
         with finite_checks(False):
             for b in self._inference_batches("predict", x, None, None, batch_size, steps, targets=False):
                 # copy: layer outputs are reused workspaces
-                chunks.append([np.array(self._device.to_host(o)) for o in self._forward(b.xs, training=False)])
+                outs = self._graph.forward_batch(b.xs, training=False)
+                chunks.append([np.array(self._device.to_host(o)) for o in outs])
         self._require_graph()
         chunks = list(zip(*chunks)) or [[] for _ in self._graph.outputs]
         results = [np.concatenate(c) if c else np.empty((0,) + tuple(t.shape[1:]), t.dtype)
@@ -700,76 +554,40 @@ class Model(Layer):
         return self._eager_call(*args, **kwargs)
 
     def _eager_call(self, x, training=False):
-        xs, _, _ = self._standardize(x, None, None, "call")
-        outs = [np.array(self._device.to_host(o)) for o in self._forward(xs, training)]
+        xs, _, _ = self.standardize_data(x, None, None, "call")
+        outs = [np.array(self._device.to_host(o)) for o in self._graph.forward_batch(xs, training)]
         return outs if self._outputs_nested else outs[0]
 
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
         """One optimizer step on one batch; returns the loss (and metrics) of that batch."""
-        from .data import apply_class_weight
-
         self._require_compiled()
-        xs, ys, sample_weight = self._standardize(x, y, sample_weight, "train_on_batch")
+        xs, ys, sample_weight = self.standardize_data(x, y, sample_weight, "train_on_batch")
         sample_weight = apply_class_weight(class_weight, ys, sample_weight)
         with finite_checks(False):
-            loss_value, preds, ok = self._train_step(xs, ys, sample_weight)
+            loss_value, preds, ok = self._core.train_step(xs, ys, sample_weight)
         if not ok:
             raise FloatingPointError(f"train_on_batch: non-finite loss {loss_value}; the weights were not updated")
-        return self._batch_logs(loss_value, ys, preds, sample_weight, return_dict)
+        return _batch_result(self._core.batch_logs(loss_value, ys, preds, sample_weight), return_dict)
 
     def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
         self._require_compiled()
-        xs, ys, sample_weight = self._standardize(x, y, sample_weight, "test_on_batch")
+        xs, ys, sample_weight = self.standardize_data(x, y, sample_weight, "test_on_batch")
         with finite_checks(False):
-            preds = self._forward(xs, training=False)
-        value = self._loss_value(ys, preds, sample_weight)
-        return self._batch_logs(value, ys, preds, sample_weight, return_dict)
-
-    def _batch_logs(self, loss_value, ys, preds, sample_weight, return_dict):
-        if self._metrics is None:
-            self._build_metrics(ys, preds)
-        out_names = self._output_loss_names()
-        if not self._metrics and not out_names:
-            return {"loss": loss_value} if return_dict else loss_value
-        logs = {"loss": loss_value}
-        logs.update(zip(out_names, self._output_losses))
-        self._reset_metrics()
-        self._update_metrics(ys, preds, sample_weight)
-        logs.update({name: m.result() for _, name, m in self._metrics})
-        return logs if return_dict else list(logs.values())
+            preds = self._core.forward(xs, training=False)
+        value = self._core.loss_value(ys, preds, sample_weight)
+        return _batch_result(self._core.batch_logs(value, ys, preds, sample_weight), return_dict)
 
     # ------------------------------------------------------------ generators
-    def _generators(self) -> list:
-        """The shuffling generator, then each layer's (sub-layers depth first): a fixed order."""
-        gens = [self._rng]
-
-        def visit(layer):
-            rng = getattr(layer, "rng", None)
-            if hasattr(rng, "bit_generator"):  # a Generator, or a data-parallel wrapper around one
-                gens.append(rng)
-            for sub in layer.sublayers():
-                visit(sub)
-
-        for layer in self.layers:
-            visit(layer)
-        return gens
-
     def get_random_state(self) -> list[dict]:
         """The bit-generator states of every random generator training draws from
         (batch shuffling, then each layer's: dropout masks, noise), JSON-able: with
         the weights and optimizer state, what a resumed ``fit`` needs to draw the
         very batches and masks an uninterrupted one would."""
-        return [g.bit_generator.state for g in self._generators()]
+        return training_core.get_random_state(self)
 
     def set_random_state(self, states) -> None:
         """Restore what ``get_random_state`` returned (same architecture)."""
-        gens = self._generators()
-        states = list(states)
-        if len(states) != len(gens):
-            raise ValueError(f"{self.name}: set_random_state expected {len(gens)} generator states, "
-                             f"got {len(states)}")
-        for g, st in zip(gens, states):
-            g.bit_generator.state = st
+        training_core.set_random_state(self, states)
 
     # --------------------------------------------------------------- weights
     def get_weights(self) -> list[np.ndarray]:
@@ -821,11 +639,11 @@ class Model(Layer):
     # ------------------------------------------------------------ inspection
     def get_activations(self, x, layer):
         """Output of ``layer`` (a Layer or its name) for ``x``, in inference mode."""
-        xs, _, _ = self._standardize(x, None, None, "get_activations")
+        xs, _, _ = self.standardize_data(x, None, None, "get_activations")
         if isinstance(layer, str):
             layer = self.get_layer(layer)
         with finite_checks(False):
-            self._forward(xs, training=False)
+            self._graph.forward_batch(xs, training=False)
         if isinstance(layer, InputLayer):
             return np.array(xs[self.input_layers.index(layer)])
         for node in self._graph.nodes:
@@ -836,13 +654,11 @@ class Model(Layer):
 
     def input_gradient(self, x, output_grads):
         """Gradient of sum(outputs * output_grads) w.r.t. each input (inference mode)."""
-        from .layers.base import inference_gradients
-
-        xs, _, _ = self._standardize(x, None, None, "input_gradient")
+        xs, _, _ = self.standardize_data(x, None, None, "input_gradient")
         self._graph.all_input_grads = True
         try:
             with finite_checks(False), inference_gradients():
-                outs = self._forward(xs, training=False)
+                outs = self._graph.forward_batch(xs, training=False)
                 dys = output_grads if isinstance(output_grads, list) else [output_grads]
                 dys = [self._device.asarray(d, o.dtype) for d, o in zip(dys, outs)]
                 grads = [None if g is None else np.array(self._device.to_host(g))
@@ -884,13 +700,8 @@ class Model(Layer):
         self._graph.device = dev
         for layer in self.layers:
             layer.to(dev)
-        for loss in self._losses:
-            loss.to(dev)
-        for _, _, m in self._metrics or []:
-            m.to(dev)
-        if self._packed is not None:
-            self._pack()
-            self.optimizer.to(dev)
+        if self._core is not None:
+            self._core.to(dev)
         return self
 
     def get_config(self) -> dict:
@@ -900,9 +711,12 @@ class Model(Layer):
         return io.model_config(self)
 
 
-def _mean(total, count):
-    """Keras 'sum_over_batch_size' value; 0 when every label was ignored (ignore_class)."""
-    return total / count if count else 0.0
+def _batch_result(logs: dict, return_dict: bool):
+    """train_on_batch / test_on_batch's result: the logs, their values, or the loss alone."""
+    if return_dict:
+        return logs
+    values = list(logs.values())
+    return values[0] if len(values) == 1 else values
 
 
 def _output_name(t: KTensor) -> str:
@@ -993,10 +807,12 @@ class Sequential(Model):
         self._deferred_compile = False
         super().compile(*args, **kwargs)
 
-    def _standardize(self, x, y=None, sample_weight=None, where="fit", lazy=False):
+    def standardize_data(self, x, y=None, sample_weight=None, where="fit", lazy=False):
+        """As ``Model.standardize_data``; a Sequential without an input shape is built (and
+        its compile finished) from ``x`` first."""
         self._ensure_built_from(x)
         if getattr(self, "_deferred_compile", False):
             self._deferred_compile = False
             args, kwargs = self._compile_args
             Model.compile(self, *args, **kwargs)
-        return super()._standardize(x, y, sample_weight, where, lazy=lazy)
+        return super().standardize_data(x, y, sample_weight, where, lazy=lazy)

@@ -15,6 +15,7 @@ replicas it has:
   updates happen only when the loss is finite.
 
 ``LocalTrainer`` is the one-process trainer; ``nbmodel.parallel`` has the others.
+The step, the metrics and the logs are the model's ``training_core``'s.
 """
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ import time
 
 import numpy as np
 
+from . import callbacks as cb_mod
+from .callbacks import TrainingPreempted
+from .data import Batch, BatchIterator, BatchStream, array_batches, take_inputs
 from .layers.base import finite_checks
 
 
@@ -57,18 +61,17 @@ class LocalTrainer:
         pass
 
     def train_step(self, idx):
-        from .data import Batch, take_inputs
-
         model = self.model
         if isinstance(idx, Batch):
             bx, by, bw = idx.xs, idx.ys, idx.sw
         else:
             bx, by = take_inputs(model, self.xs, idx, "fit"), [a[idx] for a in self.ys]
             bw = None if self.sw is None else self.sw[idx]
-        loss_value, preds, ok = model._train_step(bx, by, bw)
+        core = model.training_core  # (a Sequential built from a streamed batch has one by now)
+        loss_value, preds, ok = core.train_step(bx, by, bw)
         if ok:
-            model._update_metrics(by, preds, bw)
-        return loss_value, model._output_losses
+            core.update_metrics(by, preds, bw)
+        return loss_value, core.output_losses
 
 
 class _PreemptSignals:
@@ -110,13 +113,12 @@ def run_fit(model, trainer, n, val, batch_size, epochs, verbose, callbacks, shuf
     """Train ``model`` for ``epochs`` epochs over ``n`` samples with ``trainer``; returns the History.
 
     ``batches``: a ``data.BatchStream`` (``n`` None, ``batch_size`` None) instead of index
-    batches over ``n`` samples. ``val``: (xs, ys, sw) arrays, a BatchStream or None."""
-    from . import callbacks as cb_mod
-    from .callbacks import TrainingPreempted
-    from .data import BatchIterator, BatchStream, array_batches
+    batches over ``n`` samples. ``val``: (xs, ys, sw) arrays, a BatchStream or None.
 
+    ``model.training_core`` is None until the first batch when the model is a Sequential
+    built (and compiled) from its first streamed batch."""
     if batches is None:
-        batches = BatchIterator(n, batch_size, shuffle, model._rng)
+        batches = BatchIterator(n, batch_size, shuffle, model.shuffle_rng)
         steps = len(batches) if steps_per_epoch is None else min(int(steps_per_epoch), len(batches))
     else:
         steps = batches.steps
@@ -127,7 +129,7 @@ def run_fit(model, trainer, n, val, batch_size, epochs, verbose, callbacks, shuf
     model.stop_training = False
     stop_on_nan = cbs.has(cb_mod.TerminateOnNaN)
     backup = trainer.agree(cbs.has(cb_mod.BackupAndRestore))  # the root's (only it writes files, under MPI)
-    multi_out = len(model._losses) > 1
+    multi_out = model.built and len(model.outputs) > 1  # one loss per output
     cbs.on_train_begin()
     start_epoch, progress = trainer.agree(cbs.start_epoch(initial_epoch))
     trainer.start()
@@ -142,15 +144,17 @@ def run_fit(model, trainer, n, val, batch_size, epochs, verbose, callbacks, shuf
                 cbs.on_epoch_begin(epoch)
                 epoch_random = model.get_random_state()[0]  # the shuffler before this epoch's order
                 trainer.epoch_begin()
-                model._reset_metrics()
+                core = model.training_core
+                if core is not None:
+                    core.reset_metrics()
                 loss_sum, n_seen, t0 = 0.0, 0, time.perf_counter()
-                out_sums = np.zeros(len(model._losses)) if multi_out else None
+                out_sums = np.zeros(len(core.losses)) if multi_out else None
                 skip = 0
                 if progress is not None:  # resumed from a step backup inside this epoch
                     skip, loss_sum, n_seen = progress["step"] + 1, progress["loss_sum"], progress["n_seen"]
                     if multi_out:
                         out_sums[:] = progress["out_sums"]
-                    for (_, _, m), totals in zip(model._metrics or [], progress["metric_totals"]):
+                    for (_, _, m), totals in zip(core.metrics or [], progress["metric_totals"]):
                         m.merge_totals(totals)
                     progress = None
                 for step, idx in enumerate(batches.epoch(skip)):
@@ -160,6 +164,7 @@ def run_fit(model, trainer, n, val, batch_size, epochs, verbose, callbacks, shuf
                         continue
                     cbs.on_train_batch_begin(step)
                     loss_value, per_output = trainer.train_step(idx)
+                    core = model.training_core
                     if not np.isfinite(loss_value):
                         msg = (f"fit: non-finite loss {loss_value} at epoch {epoch + 1}, step {step + 1} "
                                f"(batch of {len(idx)} samples); the weights were not updated")
@@ -173,7 +178,7 @@ def run_fit(model, trainer, n, val, batch_size, epochs, verbose, callbacks, shuf
                     if multi_out:
                         out_sums += np.asarray(per_output) * len(idx)
                     n_seen += len(idx)
-                    logs = model._logs(loss_sum, n_seen, output_sums=out_sums)
+                    logs = core.logs(loss_sum, n_seen, output_sums=out_sums)
                     logs["samples_per_s"] = n_seen / max(time.perf_counter() - t0, 1e-9)
                     cbs.on_train_batch_end(step, logs)
                     if backup:  # every replica takes part: the root decides
@@ -184,7 +189,7 @@ def run_fit(model, trainer, n, val, batch_size, epochs, verbose, callbacks, shuf
                             cbs.write_step_backup(epoch, {
                                 "step": step, "loss_sum": loss_sum, "n_seen": n_seen, "out_sums": out_sums,
                                 "epoch_random": epoch_random,
-                                "metric_totals": [m.totals() for _, _, m in model._metrics or []]})
+                                "metric_totals": [m.totals() for _, _, m in core.metrics or []]})
                         if stop_now:
                             msg = (f"fit: stopped by {stop_now} after epoch {epoch + 1}, step {step + 1}; the "
                                    f"backup is written, rerun the same command to resume")
@@ -197,13 +202,14 @@ def run_fit(model, trainer, n, val, batch_size, epochs, verbose, callbacks, shuf
                     break
                 batches.epoch_end()
                 trainer.sync_state()
-                logs = model._logs(loss_sum, n_seen, output_sums=out_sums)
+                # (no core: a Sequential still waiting for its first batch saw none)
+                logs = core.logs(loss_sum, n_seen, output_sums=out_sums) if core is not None else {"loss": 0.0}
                 if val is not None and n_seen and (epoch + 1) % validation_freq == 0:
                     val_logs = None
                     if trainer.is_root:
                         val_batches = val.batches() if isinstance(val, BatchStream) else array_batches(
                             model, *val, validation_batch_size or batch_size or 32, "fit (validation_data)")
-                        val_logs = model._evaluate_batches(val_batches, "fit (validation_data)")
+                        val_logs = core.evaluate_batches(val_batches, "fit (validation_data)")
                     logs.update({"val_" + k: v for k, v in trainer.agree(val_logs).items()})
                 # every replica sees the root's logs, so callbacks decide alike everywhere
                 logs = trainer.agree(logs)
@@ -211,11 +217,11 @@ def run_fit(model, trainer, n, val, batch_size, epochs, verbose, callbacks, shuf
                     if backup:  # the backup must hold the generators as the replicas left them
                         trainer.pull_random_state()
                     cbs.on_epoch_end(epoch, logs)
-                lr = model.optimizer._learning_rate
-                stop, lr = trainer.agree((bool(model.stop_training), lr if not callable(lr) else None))
+                lr = model.optimizer.settable_learning_rate  # None when a schedule drives it
+                stop, lr = trainer.agree((bool(model.stop_training), lr))
                 model.stop_training = stop
                 if lr is not None:
-                    model.optimizer._learning_rate = lr
+                    model.optimizer.learning_rate = lr
                 if stop:
                     break
         completed = True

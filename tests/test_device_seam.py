@@ -157,10 +157,10 @@ def _arrays_of_step(model):
             for kind in ("params", "grads", "state"):
                 out += [(f"{sub.name}.{kind}[{k}]", v) for k, v in getattr(sub, kind).items()]
             out += [(f"{sub.name}.workspace[{k}]", v) for k, v in sub.__dict__.get("_workspaces", {}).items()]
-    packed = model._packed
-    out += [("packed params", packed["params"]), ("packed grads", packed["grads"])]
+    core = model.training_core
+    out += [("packed params", core.params), ("packed grads", core.grads)]
     out += [(f"optimizer slot {k}", v) for k, v in model.optimizer.slots.items()]
-    for loss in model._losses:
+    for loss in core.losses:
         out += [(f"{loss.name} workspace {k}", v) for k, v in loss._ws.items()]
     return out
 

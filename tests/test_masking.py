@@ -150,7 +150,7 @@ def test_mask_flows_to_the_output_and_through_a_nested_model():
     model = nb.Model(inp, L.Dense(2)(h))
     ids = ids_with_padding(np.random.default_rng(6))
     model.predict(ids)
-    np.testing.assert_array_equal(model._graph.output_masks()[0], MASK)
+    np.testing.assert_array_equal(model.graph.output_masks()[0], MASK)
     outer_in = nb.Input((4,), dtype="int64")
     outer = nb.Model(outer_in, L.GlobalAveragePooling1D()(model(outer_in)))
     inner_out = model.predict(ids)

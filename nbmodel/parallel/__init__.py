@@ -9,6 +9,7 @@ step, so they train the same model as one process with the same batch size
 """
 from __future__ import annotations
 
+from ..data import prepare_fit_data
 from .common import ParallelError, shard_bounds
 
 __all__ = ["fit_parallel", "ParallelError", "shard_bounds"]
@@ -19,9 +20,8 @@ def fit_parallel(model, x=None, y=None, batch_size=None, epochs=1, verbose=1, ca
                  sample_weight=None, initial_epoch=0, workers=1, distributed=None, steps_per_epoch=None,
                  validation_batch_size=None, validation_freq=1):
     """Model.fit over worker processes or MPI ranks (Model.fit calls this; same arguments)."""
-    from ..data import prepare_fit_data
-
-    model._require_compiled()
+    if not model.compiled:
+        raise ValueError(f"{model.name}: call compile(optimizer, loss, metrics) before training or evaluating")
     if distributed not in (None, "mpi"):
         raise ValueError(f"fit: distributed must be None or 'mpi', got {distributed!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:

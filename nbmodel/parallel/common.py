@@ -34,6 +34,11 @@ batch, and every replica updates its moving statistics alike. A replica with
 an empty shard (short last batch) adds zeros to the same sequence of sums.
 At the end of an epoch the moving statistics of replica 0 (whose shard is
 never empty) become everyone's.
+
+Every piece of the step itself is the model's ``TrainingCore`` (``training_core.py``):
+a replica's shard step is ``forward`` + ``loss_gradients(global_batch=...)`` +
+``backward``; the reduced step ``weight_penalty`` + ``apply_update(grad_scale)``.
+The functions here take that core (a worker's has no optimizer).
 """
 from __future__ import annotations
 
@@ -41,7 +46,10 @@ import copy
 
 import numpy as np
 
+from .. import losses
+from ..graph import layer_tree
 from ..layers.base import finite_checks
+from ..training import run_fit
 
 
 class ParallelError(RuntimeError):
@@ -63,16 +71,7 @@ def shard_bounds(n, parts):
 # ------------------------------------------------------------ model walks
 def walk_layers(model):
     """Every graph layer and, depth first, its sub-layers (a fixed order on every replica)."""
-    out = []
-
-    def visit(layer):
-        out.append(layer)
-        for sub in layer.sublayers():
-            visit(sub)
-
-    for layer in model._graph.layers:
-        visit(layer)
-    return out
+    return [sub for layer in model.graph.layers for sub in layer_tree(layer)]
 
 
 def layer_classes(model):
@@ -155,11 +154,11 @@ def uninstall_stat_sync(model):
         layer.__dict__.pop("stat_sync", None)
 
 
-def state_positions(model):
+def state_positions(core):
     """Indices in ``get_weights()`` of the arrays the optimizer does not own (moving statistics)."""
-    flat = model._packed["params"]
+    flat = core.params
     pos, i = [], 0
-    for layer in model.layers:
+    for layer in core.model.layers:
         for arr in layer.weight_arrays():
             if not np.may_share_memory(arr, flat):  # packed params are slices of flat
                 pos.append(i)
@@ -181,56 +180,43 @@ def set_state_arrays(model, positions, arrays):
     model.set_weights(weights)
 
 
-def bind_flat(model, params, grads):
-    """Make the model's packed params/grads the given flat arrays (e.g. shared memory)."""
-    packed = model._packed
-    views = []
-    for (layer, key, _), (off, n) in zip(packed["views"], packed["segments"]):
-        shape = layer.params[key].shape
-        g = grads[off:off + n].reshape(shape)
-        layer.bind_param(key, params[off:off + n].reshape(shape), g)
-        views.append((layer, key, g))
-    packed["params"], packed["grads"], packed["views"] = params, grads, views
-
-
 # ---------------------------------------------------------------- losses
 def _fixed_count(loss):
     """True when the loss counts a fixed number of elements per sample (knowable from shapes)."""
-    from .. import losses
-
     builtin = (losses.MeanSquaredError, losses.MeanAbsoluteError, losses.Huber, losses.BinaryCrossentropy,
                losses.CategoricalCrossentropy, losses.SparseCategoricalCrossentropy)
     return type(loss) in builtin and getattr(loss, "ignore_class", None) is None
 
 
-def loss_plan(model):
+def loss_plan(core):
     """"scaled" (each replica scales dy by w / global count) or "sum" (scale after the reduction)."""
-    if all(_fixed_count(lo) for lo in model._losses) and not model._graph.may_create_masks():
+    model = core.model
+    if all(_fixed_count(lo) for lo in core.losses) and not model.graph.may_create_masks():
         return "scaled"  # (a Keras mask makes the count depend on the data, like ignore_class)
     if has_activity_penalty(model):  # its gradient is added to dy before any scale after the reduction
         raise NotImplementedError(f"{model.name}: data-parallel fit of a model with an activity_regularizer "
                                   "needs built-in losses without ignore_class and no Keras mask; train it with "
                                   "workers=1")
-    if len(model._losses) == 1:
+    if len(core.losses) == 1:
         return "sum"
     raise NotImplementedError(
         f"{model.name}: data-parallel fit of a model with several outputs needs losses whose element "
         "count per sample is fixed (no ignore_class, no custom loss, no Keras mask); train it with workers=1")
 
 
-def ensure_metrics(model, ys):
-    """Build the model's metric objects from data and output SHAPES (no forward pass needed)."""
-    if model._metrics is None:
-        preds = [tuple(1 if s is None else s for s in (1,) + tuple(t.shape[1:])) for t in model._graph.outputs]
-        model._build_metrics([tuple(a.shape) for a in ys], preds)
+def ensure_metrics(core, ys):
+    """Build the core's metric objects from data and output SHAPES (no forward pass needed)."""
+    if core.metrics is None:
+        preds = [tuple(1 if s is None else s for s in (1,) + tuple(t.shape[1:])) for t in core.model.outputs]
+        core.build_metrics([tuple(a.shape) for a in ys], preds)
 
 
-def metric_slices(model):
+def metric_slices(core):
     """Where each metric's ``totals()`` sits in a step's extras, after the losses'
     [totals, counts]: 2 numbers for a mean, the whole state for AUC and the like."""
-    off = 2 * len(model._losses)
+    off = 2 * len(core.losses)
     out = []
-    for _, _, m in model._metrics or []:
+    for _, _, m in core.metrics or []:
         n = m.totals().size
         out.append(slice(off, off + n))
         off += n
@@ -241,34 +227,34 @@ def has_activity_penalty(model) -> bool:
     return any(getattr(layer, "activity_regularizer", None) is not None for layer in walk_layers(model))
 
 
-def extras_size(model):
+def extras_size(core):
     """Losses' [totals, counts], metrics' totals, then one slot for the activity
     penalties (summed over the replicas' shards) when the model has any."""
-    slices = metric_slices(model)
-    size = slices[-1].stop if slices else 2 * len(model._losses)
-    return size + (1 if has_activity_penalty(model) else 0)
+    slices = metric_slices(core)
+    size = slices[-1].stop if slices else 2 * len(core.losses)
+    return size + (1 if has_activity_penalty(core.model) else 0)
 
 
-def reduce_step(model, extras, plan):
+def reduce_step(core, extras, plan):
     """(loss value, [unweighted loss per output], grad_scale) of a step from its reduced extras."""
-    n_out = len(model._losses)
+    n_out = len(core.losses)
     totals, counts = extras[:n_out], extras[n_out:2 * n_out]
     value, per_output = 0.0, []
-    for w, t, c in zip(model._loss_weights, totals, counts):
+    for w, t, c in zip(core.loss_weights, totals, counts):
         t, c = float(t), float(c)
         mean = t / c if c else 0.0  # every label ignored: no loss, as in one process
         value += w * mean
         per_output.append(mean)
-    if has_activity_penalty(model):
+    if has_activity_penalty(core.model):
         value += float(extras[-1])
     if plan == "sum":
         c = float(counts[0])
-        return value, per_output, (model._loss_weights[0] / c if c else 0.0)
+        return value, per_output, (core.loss_weights[0] / c if c else 0.0)
     return value, per_output, 1.0
 
 
-def merge_metrics(model, extras):
-    for (_, _, m), where in zip(model._metrics or [], metric_slices(model)):
+def merge_metrics(core, extras):
+    for (_, _, m), where in zip(core.metrics or [], metric_slices(core)):
         m.merge_totals(extras[where])
 
 
@@ -332,55 +318,47 @@ def raw_rng(rng):
     return rng.rng if isinstance(rng, GlobalBatchRNG) else rng
 
 
-def install_rngs(model):
-    proxies = []
-    for layer in walk_layers(model):
+def install_rngs(core):
+    """Wrap every layer generator the core's step draws from in a GlobalBatchRNG (once)."""
+    proxies = {}
+    for layer in core.random_layers():
         rng = layer.rng
         if not isinstance(rng, GlobalBatchRNG):
             rng = GlobalBatchRNG(rng)
             layer.rng = rng
-        proxies.append(rng)
-    return proxies
+        proxies[id(rng)] = rng
+    return list(proxies.values())
 
 
-def uninstall_rngs(model):
-    for layer in walk_layers(model):
+def uninstall_rngs(core):
+    for layer in core.random_layers():
         layer.rng = raw_rng(layer.rng)
-
-
-def rng_states(model):
-    return [raw_rng(layer.rng).bit_generator.state for layer in walk_layers(model)]
-
-
-def set_rng_states(model, states):
-    for layer, st in zip(walk_layers(model), states):
-        raw_rng(layer.rng).bit_generator.state = st
 
 
 # -------------------------------------------------------- the shard step
 class ShardRunner:
-    """One replica's part of a step: forward, loss, backward over its shard into
-    the model's flat gradient buffer, and the extras into ``extras``."""
+    """One replica's part of a step: the core's forward, loss gradients and backward
+    over its shard into the flat gradient buffer, and the extras into ``extras``."""
 
-    def __init__(self, model, xs, ys, sw, plan, extras, stat_sync=None):
-        self.model, self.xs, self.ys, self.sw, self.plan = model, xs, ys, sw, plan
+    def __init__(self, core, xs, ys, sw, plan, extras, stat_sync=None):
+        self.core, self.xs, self.ys, self.sw, self.plan = core, xs, ys, sw, plan
         self.extras = extras
-        self.proxies = install_rngs(model)
+        self.proxies = install_rngs(core)
         self.stat_sync = stat_sync
         if stat_sync is not None:
-            install_stat_sync(model, stat_sync)
-        # private metric objects: the model's own accumulate the reduced totals (same process under MPI)
-        self.metrics = [(k, copy.deepcopy(m)) for k, _, m in model._metrics or []]
-        self.metric_slices = metric_slices(model)
-        self.activity_slot = has_activity_penalty(model)
+            install_stat_sync(core.model, stat_sync)
+        # private metric objects: the core's own accumulate the reduced totals (same process under MPI)
+        self.metrics = [(k, name, copy.deepcopy(m)) for k, name, m in core.metrics or []]
+        self.metric_slices = metric_slices(core)
+        self.activity_slot = has_activity_penalty(core.model)
 
     def run(self, idx, lo, hi, total):
-        model = self.model
+        core = self.core
         ex = self.extras
         ex[:] = 0.0
         n = hi - lo
         if n == 0:
-            model._packed["grads"][...] = 0
+            core.grads[...] = 0
             for p in self.proxies:
                 p.replay(total)
             if self.stat_sync is not None:
@@ -390,38 +368,29 @@ class ShardRunner:
             p.begin(lo, hi, total)
         if self.stat_sync is not None:
             self.stat_sync.begin()
-        model._graph.activity_batch = total  # activity penalties divide by the global batch
         try:
             bx = [a[idx] for a in self.xs]
             by = [a[idx] for a in self.ys]
             bw = None if self.sw is None else self.sw[idx]
-            n_out = len(model._losses)
-            with finite_checks(False):
-                preds = model._forward(bx, training=True)
-                dys = []
-                for k, w in enumerate(model._loss_weights):
-                    t, c, dy = model.output_loss(k, by[k], preds[k], bw)
-                    ex[k], ex[n_out + k] = t, c
-                    if self.plan == "scaled":
-                        # the single-process scale w / count, with the count of the global batch
-                        scale = w / (int(round(float(c))) * total // n)
-                        if scale != 1.0:
-                            dy *= dy.dtype.type(scale)
-                    dys.append(dy)
-                ran = model._graph.backward(dys)
-                model._collect_grads(ran)
+            n_out = len(core.losses)
+            # activity penalties divide by the global batch; "scaled": each dy times the single-process
+            # w / count with the count of the global batch ("sum": scaled after the reduction)
+            with finite_checks(False), core.global_batch(total):
+                preds = core.forward(bx, training=True)
+                totals, counts, dys = core.loss_gradients(by, preds, bw, global_batch=total,
+                                                          scale=self.plan == "scaled")
+                ex[:n_out], ex[n_out:2 * n_out] = totals, counts
+                core.backward(dys)
                 if self.activity_slot:
-                    ex[-1] = model._graph.activity_penalty
-                for k, m in self.metrics:
-                    m.reset()
-                    m.update(by[k], preds[k], model.metric_weight(k, bw))
+                    ex[-1] = core.activity_penalty
+                core.reset_metrics(self.metrics)
+                core.update_metrics(by, preds, bw, self.metrics)
         finally:
-            model._graph.activity_batch = None
             for p in self.proxies:
                 p.end()
             if self.stat_sync is not None:
                 self.stat_sync.end()
-        for (_, m), where in zip(self.metrics, self.metric_slices):
+        for (_, _, m), where in zip(self.metrics, self.metric_slices):
             ex[where] = m.totals()
 
 
@@ -442,25 +411,24 @@ class ReplicatedTrainer:
         a no-op where the model's own generators are the ones that drew (MPI)."""
 
     def train_step(self, idx):
-        model = self.model
+        core = self.model.training_core
         extras = self.step(idx)
-        loss_value, per_output, grad_scale = reduce_step(model, extras, self.plan)
+        loss_value, per_output, grad_scale = reduce_step(core, extras, self.plan)
         # the weight penalties once, on the root's weights (the activity penalties came with the extras)
-        loss_value += model._weight_penalty()
+        loss_value += core.weight_penalty()
         if np.isfinite(loss_value):
-            model._apply_update(grad_scale)
-            merge_metrics(model, extras)
+            core.apply_update(grad_scale)
+            merge_metrics(core, extras)
         return loss_value, per_output
 
 
 def fit_replicated(model, trainer, xs, ys, val, batch_size, **kw):
     """``run_fit`` with a ReplicatedTrainer, once the global batch is known to split."""
-    from ..training import run_fit
-
     n = xs[0].shape[0]
     if min(batch_size, n) < trainer.replicas:
         raise ValueError(f"fit: a global batch of {min(batch_size, n)} samples cannot be split over "
                          f"{trainer.replicas} replicas; use batch_size >= {trainer.replicas}")
-    trainer.plan = loss_plan(model)
-    ensure_metrics(model, ys)
+    core = model.training_core
+    trainer.plan = loss_plan(core)
+    ensure_metrics(core, ys)
     return run_fit(model, trainer, n, val, batch_size=batch_size, **kw)

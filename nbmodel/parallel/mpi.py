@@ -36,6 +36,8 @@ import warnings
 
 import numpy as np
 
+from .. import callbacks as cb_mod
+from .. import config
 from .common import (
     ParallelError,
     ReplicatedTrainer,
@@ -87,8 +89,6 @@ def rank_threads(comm):
     to, if it did; else this node's cores divided by the ranks on this node."""
     import os
 
-    from .. import config
-
     if os.environ.get("NBMODEL_NUM_THREADS"):
         return int(os.environ["NBMODEL_NUM_THREADS"])
     cores = config.available_cores()
@@ -112,8 +112,6 @@ class StepTimeout(ParallelError):
 def _wait(req, comm, MPI, what):
     """Wait for the non-blocking collective ``req`` until the step deadline; past it,
     the ranks that arrived report to rank 0, which names the ones that did not."""
-    from .. import config
-
     timeout = config.step_timeout()
     deadline = time.monotonic() + timeout
     pause = 1e-5
@@ -147,8 +145,6 @@ def _timed_out(comm, MPI, what, timeout):
 
 class MPIBackend(ReplicatedTrainer):
     def __init__(self, model, xs, ys, sw):
-        from .. import config
-
         self.MPI = _mpi()
         self.comm = self.MPI.COMM_WORLD
         self.rank, self.replicas = self.comm.Get_rank(), self.comm.Get_size()
@@ -158,8 +154,6 @@ class MPIBackend(ReplicatedTrainer):
             config.set_num_threads(rank_threads(self.comm))
 
     def keep_callback(self, cb):
-        from .. import callbacks as cb_mod
-
         writers = (cb_mod.ModelCheckpoint, cb_mod.CSVLogger, cb_mod.BackupAndRestore, cb_mod.ProgbarLogger)
         return self.is_root or not isinstance(cb, writers)
 
@@ -179,13 +173,13 @@ class MPIBackend(ReplicatedTrainer):
 
     def start(self):
         model, comm = self.model, self.comm
-        packed = model._packed
-        shapes = comm.allgather((self.xs[0].shape[0], packed["params"].size, packed["params"].dtype.str))
+        core = model.training_core
+        shapes = comm.allgather((self.xs[0].shape[0], core.params.size, core.params.dtype.str))
         if len(set(shapes)) != 1:
             raise ValueError("fit(distributed='mpi'): ranks disagree on (samples, parameters, dtype): "
                              f"{shapes}; every rank must load the same data and build the same model")
         # rank 0's weights, optimizer state and generators (restored by BackupAndRestore, if any)
-        comm.Bcast(packed["params"], root=0)
+        comm.Bcast(core.params, root=0)
         state = comm.bcast(None if not self.is_root else {
             "weights": model.get_weights(), "opt": model.optimizer.get_state(),
             "lr": model.optimizer.settable_learning_rate,
@@ -196,20 +190,19 @@ class MPIBackend(ReplicatedTrainer):
             if state["lr"] is not None:  # e.g. lowered by ReduceLROnPlateau before a restart
                 model.optimizer.learning_rate = state["lr"]
             model.set_random_state(state["random_state"])
-        n_p = packed["params"].size
-        self.buf = np.zeros(n_p + extras_size(model), np.float64)
+        n_p = core.params.size
+        self.buf = np.zeros(n_p + extras_size(core), np.float64)
         sync = None
         if stat_sync_size(model):  # BatchNormalization: statistics of the global batch
             sync = StatSync(lambda buf: self._sum(buf, "BatchNormalization's statistics sum"))
-        self.runner = ShardRunner(model, self.xs, self.ys, self.sw, self.plan, np.zeros(extras_size(model)),
-                                  sync)
-        self.positions = state_positions(model)
+        self.runner = ShardRunner(core, self.xs, self.ys, self.sw, self.plan, np.zeros(extras_size(core)), sync)
+        self.positions = state_positions(core)
 
     def step(self, idx):
         total = len(idx)
         lo, hi = shard_bounds(total, self.replicas)[self.rank]
         self.runner.run(idx[lo:hi], lo, hi, total)
-        g = self.model._packed["grads"]
+        g = self.model.training_core.grads
         buf, n_p = self.buf, g.size
         buf[:n_p] = g
         buf[n_p:] = self.runner.extras
@@ -234,10 +227,10 @@ class MPIBackend(ReplicatedTrainer):
                          self._bcast(mine if self.is_root else None, "the broadcast of the moving statistics"))
 
     def finish(self, completed):
-        uninstall_rngs(self.model)
+        uninstall_rngs(self.model.training_core)
         uninstall_stat_sync(self.model)
         if completed and self.replicas > 1:
-            p = self.model._packed["params"]
+            p = self.model.training_core.params
             digest = float(np.sum(p, dtype=np.float64)) + float(np.sum(np.abs(p), dtype=np.float64))
             digests = self.comm.allgather(digest)
             if len(set(digests)) != 1:

@@ -24,7 +24,8 @@ stopped (SIGSTOP), stuck or silent past it ends ``fit`` with a
 
 Workers are spawned (never forked: numba's thread pool may already run in the
 parent), each with ``cores // N`` threads for numba and BLAS, rebuild the model
-from ``io.model_config`` + weights, and ignore SIGINT: Ctrl-C reaches the
+from ``model.get_config()`` + weights with a ``TrainingCore`` of the parent's losses and
+metrics (no optimizer: workers only compute gradients), and ignore SIGINT: Ctrl-C reaches the
 parent, which stops them. A worker that raises sends its traceback and exits;
 one that dies is seen through its sentinel; either way fit raises
 ``ParallelError`` in the parent within about a second, after terminating the
@@ -48,20 +49,19 @@ from multiprocessing.connection import wait
 
 import numpy as np
 
+from .. import config, io
+from ..training_core import TrainingCore
 from .common import (
     ParallelError,
     ReplicatedTrainer,
     ShardRunner,
     SharedSlotsReduce,
     StatSync,
-    bind_flat,
     ensure_metrics,
     extras_size,
     fit_replicated,
     get_state_arrays,
     layer_classes,
-    rng_states,
-    set_rng_states,
     set_state_arrays,
     shard_bounds,
     stat_sync_size,
@@ -89,8 +89,6 @@ def remove_stale_segments(directory="/dev/shm") -> list[str]:
     """Unlink the segments of parents that died before unlinking them (killed
     during a fit's start-up); returns their names. Segments of live processes
     are left alone."""
-    from ..io import pid_alive
-
     try:
         names = os.listdir(directory)
     except OSError:  # no /dev/shm (not Linux): nothing to clean
@@ -98,7 +96,7 @@ def remove_stale_segments(directory="/dev/shm") -> list[str]:
     removed = []
     for name in names:
         parts = name.split("_")
-        if len(parts) < 3 or parts[0] != SHM_PREFIX or not parts[1].isdigit() or pid_alive(int(parts[1])):
+        if len(parts) < 3 or parts[0] != SHM_PREFIX or not parts[1].isdigit() or io.pid_alive(int(parts[1])):
             continue
         try:
             os.unlink(os.path.join(directory, name))
@@ -247,8 +245,6 @@ def _worker_main(rank, conn, spec):
     segments = []
     code = 0
     try:
-        from .. import config, io
-
         config.set_floatx(spec["floatx"])
         config.set_num_threads(spec["threads"])
         for key in ("xs", "ys", "sw", "params", "grads", "extras", "batch", "stat_slots", "stat_flags"):
@@ -260,24 +256,20 @@ def _worker_main(rank, conn, spec):
             spec[key] = segs
         model = io.model_from_config(spec["config"], spec["classes"])
         model.set_weights(spec["weights"])
-        model._losses = spec["losses"]
-        model._loss_weights = spec["loss_weights"]
-        model._metric_specs = spec["metric_specs"]
-        model._metrics = None
-        model._pack()
-        bind_flat(model, spec["params"].array, spec["grads"].array)
-        set_rng_states(model, spec["rng_states"])
+        core = TrainingCore(model, spec["losses"], spec["loss_weights"], spec["metric_specs"])
+        core.bind_flat(spec["params"].array, spec["grads"].array)
+        core.set_random_state(spec["random_state"], shuffle=False)
         xs = [s.array for s in spec["xs"]]
         ys = [s.array for s in spec["ys"]]
         sw = spec["sw"].array if spec["sw"] is not None else None
-        ensure_metrics(model, ys)
+        ensure_metrics(core, ys)
         sync = None
         if spec["stat_slots"] is not None:
             barrier = (FlagBarrier(rank, spec["stat_flags"].array) if spec["stat_flags"] is not None
                        else PipeBarrier(rank, *spec["stat_pipes"]))
             sync = StatSync(SharedSlotsReduce(spec["stat_slots"].array, rank, barrier))
-        runner = ShardRunner(model, xs, ys, sw, spec["plan"], spec["extras"].array, sync)
-        positions = state_positions(model)
+        runner = ShardRunner(core, xs, ys, sw, spec["plan"], spec["extras"].array, sync)
+        positions = state_positions(core)
         batch, replicas = spec["batch"].array, spec["replicas"]
         conn.send(("ready",))
         while True:
@@ -296,7 +288,7 @@ def _worker_main(rank, conn, spec):
                 set_state_arrays(model, positions, msg[1])
                 conn.send(("ok",))
             elif kind == "rng":
-                conn.send(("rng", rng_states(model)))
+                conn.send(("rng", core.get_random_state(shuffle=False)))
             elif kind == "stop":
                 break
             else:
@@ -345,19 +337,17 @@ class ProcessBackend(ReplicatedTrainer):
         return seg
 
     def start(self):
-        from .. import config, io
-
         model = self.model
-        packed = model._packed
+        core = model.training_core
         remove_stale_segments()
         try:
             data = {"xs": [self._segment(a).spec() for a in self.xs],
                     "ys": [self._segment(a).spec() for a in self.ys],
                     "sw": self._segment(self.sw).spec() if self.sw is not None else None}
-            self.params = self._segment(packed["params"])
+            self.params = self._segment(core.params)
             self.batch = self._segment(shape=(self.xs[0].shape[0],), dtype=np.int64)
-            n_extra = extras_size(model)
-            self.grads = [self._segment(shape=packed["params"].shape, dtype=packed["params"].dtype)
+            n_extra = extras_size(core)
+            self.grads = [self._segment(shape=core.params.shape, dtype=core.params.dtype)
                           for _ in range(self.replicas)]
             self.extras = [self._segment(shape=(n_extra,), dtype=np.float64) for _ in range(self.replicas)]
             sync_size = stat_sync_size(model)
@@ -368,10 +358,10 @@ class ProcessBackend(ReplicatedTrainer):
             stat_pipes = PipeBarrier.create(ctx, self.replicas) if sync_size and flags is None else None
             data.update(stat_slots=slots.spec() if slots else None, stat_flags=flags.spec() if flags else None)
             threads = max(1, config.available_cores() // self.replicas)
-            base = {"config": io.model_config(model), "classes": layer_classes(model),
-                    "weights": model.get_weights(), "floatx": packed["params"].dtype.name,
-                    "losses": model._losses, "loss_weights": model._loss_weights,
-                    "metric_specs": model._metric_specs, "rng_states": rng_states(model), "plan": self.plan,
+            base = {"config": model.get_config(), "classes": layer_classes(model),
+                    "weights": model.get_weights(), "floatx": core.params.dtype.name,
+                    "losses": core.losses, "loss_weights": core.loss_weights, "metric_specs": core.metric_specs,
+                    "random_state": core.get_random_state(shuffle=False), "plan": self.plan,
                     "threads": threads, "params": self.params.spec(), "batch": self.batch.spec(),
                     "replicas": self.replicas, **data}
             env_keys = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -402,7 +392,7 @@ class ProcessBackend(ReplicatedTrainer):
             for inbox, outboxes in stat_pipes or ():  # the workers hold their own ends
                 for end in (inbox, *outboxes):
                     end.close()
-            self.positions = state_positions(model)
+            self.positions = state_positions(core)
         except BaseException:
             self.close(error=True)
             raise
@@ -411,10 +401,6 @@ class ProcessBackend(ReplicatedTrainer):
     def _gather(self, expect, timeout=None, what="step"):
         """Each worker's reply, in worker order; ParallelError as soon as one fails or
         dies, or when ``timeout`` seconds (default: the step deadline) pass first."""
-        import time
-
-        from .. import config
-
         timeout = config.step_timeout() if timeout is None else timeout
         replies = [None] * self.replicas
         pending = set(range(self.replicas))
@@ -473,13 +459,13 @@ class ProcessBackend(ReplicatedTrainer):
 
     # ------------------------------------------------------------- the step
     def step(self, idx):
-        packed = self.model._packed
-        np.copyto(self.params.array, packed["params"])
+        core = self.model.training_core
+        np.copyto(self.params.array, core.params)
         total = len(idx)
         self.batch.array[:total] = idx
         self._send_all([_STEP + struct.pack("<q", total)] * self.replicas)
         self._gather("done")
-        g = packed["grads"]
+        g = core.grads
         np.copyto(g, self.grads[0].array)
         extras = self.extras[0].array.copy()
         for r in range(1, self.replicas):  # fixed order: the same sum run after run
@@ -503,7 +489,7 @@ class ProcessBackend(ReplicatedTrainer):
     def pull_random_state(self):
         """Every replica drew the same global-batch noise: worker 0's generators to the model."""
         self._send_all([("rng",)] * self.replicas)
-        set_rng_states(self.model, self._gather("rng")[0][1])
+        self.model.training_core.set_random_state(self._gather("rng")[0][1], shuffle=False)
 
     def finish(self, completed):
         try:
