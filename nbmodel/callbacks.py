@@ -393,7 +393,9 @@ class CSVLogger(Callback):
     """Append one row per epoch (epoch + every log) to a CSV file.
 
     The file is opened for each row and closed again, so a ``fit`` that raises
-    leaves a complete, closed file with every finished epoch.
+    leaves a complete, closed file with every finished epoch; a row that cannot be
+    written whole (a full disk) is taken back off and ``fit`` stops with an OSError
+    naming the file and the epoch.
     """
 
     def __init__(self, filename, separator=",", append=False):
@@ -420,8 +422,29 @@ class CSVLogger(Callback):
             lines.append(self.sep.join(["epoch"] + self._keys))
         lines.append(self.sep.join([str(epoch)] + [repr(float(logs[k])) if k in logs else "NA"
                                                    for k in self._keys]))
-        with open(self.filename, "a", newline="") as f:
-            f.write("\n".join(lines) + "\n")
+        try:
+            _append_whole(self.filename, ("\n".join(lines) + "\n").encode())
+        except OSError as e:
+            raise OSError(e.errno, f"CSVLogger: could not write epoch {epoch} to {self.filename} "
+                                   f"({e.strerror or e}); the file keeps the complete rows of the epochs "
+                                   "before it") from e
+
+
+def _append_whole(path, data: bytes, write=os.write) -> None:
+    """Append ``data`` to ``path`` whole or not at all: a write that fails part way (a full
+    disk) is cut back off, so the file never ends in half a row."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        done = 0
+        try:
+            while done < len(data):
+                done += write(fd, data[done:])
+        except OSError:
+            os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)
 
 
 class LambdaCallback(Callback):

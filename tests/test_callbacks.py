@@ -334,6 +334,35 @@ def test_csv_logger_and_append(tmp_path):
         assert f.read().splitlines()[0] == "epoch;accuracy;loss"
 
 
+def test_csv_logger_full_disk_leaves_no_cut_off_row(tmp_path, monkeypatch):
+    """A row that cannot be written whole (ENOSPC part way, as on a full disk) is taken
+    back off: fit stops with an OSError naming the file and epoch, and the file holds the
+    complete rows of the epochs before."""
+    import errno
+    import functools
+    import os
+
+    path = tmp_path / "log.csv"
+    calls = {"n": 0}
+
+    def full_disk_on_second_write(fd, data):
+        calls["n"] += 1
+        if calls["n"] == 2:  # header and epoch 0 went through; epoch 1: half a row, then ENOSPC
+            os.write(fd, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return os.write(fd, data)
+
+    monkeypatch.setattr(cb, "_append_whole", functools.partial(cb._append_whole, write=full_disk_on_second_write))
+    m = model_()
+    with pytest.raises(OSError, match=r"could not write epoch 1 to .*log\.csv.*No space left") as info:
+        fit(m, [cb.CSVLogger(path)], epochs=3)
+    assert info.value.errno == errno.ENOSPC
+    rows = read_csv(path)
+    assert [r[0] for r in rows] == ["epoch", "0"]
+    with open(path, "rb") as f:
+        assert f.read().endswith(b"\n")
+
+
 # ---------------------------------------------------------- LambdaCallback
 def test_lambda_callback():
     events = []
