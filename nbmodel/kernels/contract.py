@@ -104,6 +104,15 @@ CONTRACT: dict[str, dict[str, tuple[str, str]]] = {
                                     "dkernel, dbias, dx",
                                     "gradients of conv_transpose_forward: dkernel, dbias (None: no bias), dx "
                                     "(None: not needed) from dy (n*oh*ow, filters)"),
+        "depthwise_forward": ("x, kernel, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, scratch, "
+                              "pre, out",
+                              "depthwise convolution of x (n, h, w, c) by kernel (kh*kw, c*M) (the Keras "
+                              "(kh, kw, c, M) kernel: output channel ch*M + m from input channel ch), bias and "
+                              "activation fused; rows of pre/out are (n, oh, ow) positions"),
+        "depthwise_backward": ("x, kernel, pre, y, dy, code, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, scratch, "
+                               "dkernel, dbias, dx",
+                               "gradients of depthwise_forward: dkernel (kh*kw, c*M), dbias (None: no bias), dx "
+                               "(None: not needed) from dy (n*oh*ow, c*M)"),
     },
     "pooling": {
         "max_pool_forward": ("x, ph, pw, sh, sw, pt, pl, out, arg",
@@ -259,7 +268,8 @@ REFERENCE: dict[str, tuple[str, ...]] = {
     "reshaping": ("repeat_rows", "sum_rows", "resize_linear", "pad_2d", "crop_2d", "permute"),
     "activations": ("activation_forward", "softmax_rows"),
     "dense": ("dense_forward", "dropout_forward"),
-    "conv": ("conv_forward", "conv_backward", "conv_transpose_forward"),
+    "conv": ("conv_forward", "conv_backward", "conv_transpose_forward", "depthwise_forward",
+             "depthwise_backward"),
     "pooling": ("max_pool_forward", "avg_pool_forward", "max_pool_backward", "avg_pool_backward",
                 "global_avg_forward", "global_max_forward"),
     "norm": ("batch_norm_forward", "batch_norm_backward", "layer_norm_forward", "layer_norm_backward",

@@ -1,12 +1,17 @@
 """Convolution layers: Conv1D, Conv2D and their transposes Conv1DTranspose,
-Conv2DTranspose (channels_last, Keras 3 arguments).
+Conv2DTranspose, DepthwiseConv1D/2D and SeparableConv1D/2D (channels_last,
+Keras 3 arguments).
 
 Kernels: nbmodel/kernels/cpu/conv.py (im2col + one BLAS GEMM per pass, bias
 and activation fused). Conv1D runs as Conv2D with a height of 1: the same
 kernels, the Keras kernel (k, in, filters) viewed as (1, k, in, filters).
 A transposed convolution is the input gradient of the convolution from its
 output back to its input (same kernel, strides, dilation and padding before),
-so its kernels are the convolution's col2im and im2col passes.
+so its kernels are the convolution's col2im and im2col passes. A depthwise
+convolution runs its own direct-loop kernels (depthwise_forward/backward); a
+separable one is a depthwise convolution (no bias, linear) followed by the
+1x1 pointwise convolution, which is one GEMM over every pixel: the dense
+kernels, with the layer's bias and activation fused into it.
 """
 from __future__ import annotations
 
@@ -15,7 +20,8 @@ import numpy as np
 from .. import activations as act_codes
 from .base import Layer, keeps_backward_cache
 
-__all__ = ["Conv1D", "Conv2D", "Conv1DTranspose", "Conv2DTranspose"]
+__all__ = ["Conv1D", "Conv2D", "Conv1DTranspose", "Conv2DTranspose", "DepthwiseConv1D", "DepthwiseConv2D",
+           "SeparableConv1D", "SeparableConv2D"]
 
 
 def _tuple(layer, value, n, what, minimum=1):
@@ -80,9 +86,15 @@ class _Conv(Layer):
                  dilation_rate=1, groups=1, activation=None, use_bias=True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(filters, (int, np.integer)) or filters <= 0:
-            raise ValueError(f"{self.name}: filters must be a positive integer, got {filters!r}")
-        self.filters = int(filters)
+        self.filters = _positive(self.name, filters, "filters")
+        self._conv_args(kernel_size, strides, padding, data_format, dilation_rate, activation, use_bias)
+        if groups != 1:
+            raise ValueError(f"{self.name}: only groups=1 is supported, got {groups!r}")
+        self.kernel_initializer = kernel_initializer
+        self.bias_initializer = bias_initializer
+
+    def _conv_args(self, kernel_size, strides, padding, data_format, dilation_rate, activation, use_bias):
+        """Check and keep the arguments every convolution takes."""
         self.kernel_size = _tuple(self.name, kernel_size, self.rank, "kernel_size")
         self.strides = _tuple(self.name, strides, self.rank, "strides")
         self.dilation_rate = _tuple(self.name, dilation_rate, self.rank, "dilation_rate")
@@ -92,13 +104,9 @@ class _Conv(Layer):
         self.padding = padding
         if data_format not in (None, "channels_last"):
             raise ValueError(f"{self.name}: only data_format='channels_last' is supported, got {data_format!r}")
-        if groups != 1:
-            raise ValueError(f"{self.name}: only groups=1 is supported, got {groups!r}")
         self.activation = activation
         self.code = act_codes.get(activation, self.name)
         self.use_bias = bool(use_bias)
-        self.kernel_initializer = kernel_initializer
-        self.bias_initializer = bias_initializer
 
     # ------------------------------------------------------------ shapes
     def _spatial4(self, shape):
@@ -125,8 +133,9 @@ class _Conv(Layer):
         """The Keras kernel's shape for c input channels."""
         return self.kernel_size + (c, self.filters)
 
-    def build(self, input_shape):
-        input_shape = tuple(input_shape)
+    def _input_channels(self, input_shape):
+        """The channels of a build shape, after checking its rank and (when known) that the
+        kernel fits its spatial size."""
         if len(input_shape) != self.rank + 2:
             raise ValueError(f"{self.name}: expected input of rank {self.rank + 2} "
                              f"(batch, {'steps' if self.rank == 1 else 'height, width'}, channels), "
@@ -137,10 +146,18 @@ class _Conv(Layer):
         spatial = input_shape[1:-1]
         if all(s is not None for s in spatial):
             self._geometry(spatial)
+        return c
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        c = self._input_channels(input_shape)
         self.add_param("kernel", self._kernel_shape(c), self.kernel_initializer)
         if self.use_bias:
             self.add_param("bias", (self.filters,), self.bias_initializer)
         super().build(input_shape)
+
+    def _out_channels(self, input_shape):
+        return self.filters
 
     def compute_output_shape(self, input_shape):
         spatial = input_shape[1:-1]
@@ -149,10 +166,15 @@ class _Conv(Layer):
         else:
             geo, *_ = self._geometry(spatial)
             out = [g[2] for g in geo][2 - self.rank:]
-        return (input_shape[0],) + tuple(out) + (self.filters,)
+        return (input_shape[0],) + tuple(out) + (self._out_channels(input_shape),)
 
     # ------------------------------------------------------------ compute
     in_axis = -2  # the input-channel axis of the Keras kernel (kh, kw, in, filters)
+
+    @staticmethod
+    def _matrix(kernel):
+        """The Keras kernel as the kernels' 2-D matrix (a view)."""
+        return kernel.reshape(-1, kernel.shape[-1])
 
     def _launch_forward(self, x4, k2, bias, code, keep_pre, geometry, keep, pre, y):
         self.kernels("conv").conv_forward(x4, k2, bias, code, keep_pre, *geometry, keep, self.scratch, pre, y)
@@ -171,8 +193,9 @@ class _Conv(Layer):
         (pt, _, oh), (pl, _, ow) = geo
         x4 = x.reshape(n, h, w, c)
         f = self.filters
-        # the Keras kernel as the kernels' matrix, (kh*kw*c, f) (transposed: (kh*kw*f, c)); a view
-        k2 = kernel.reshape(-1, kernel.shape[-1])
+        # the Keras kernel as the kernels' matrix, (kh*kw*c, f) (transposed: (kh*kw*f, c); depthwise:
+        # (kh*kw, c*M)); a view
+        k2 = self._matrix(kernel)
         bias = self.params["bias"] if self.use_bias else self.constant("zero_bias", (f,), 0)
         rows = n * oh * ow
         keep = keeps_backward_cache(training)
@@ -205,8 +228,8 @@ class _Conv(Layer):
         need_dx = self.input_grad_needed
         dx = self.workspace("dx", x4.shape) if need_dx else None
         dk = self.grads["kernel"]
-        self._launch_backward(x4, kernel.reshape(-1, kernel.shape[-1]), pre, y, dy2, code, geometry,
-                              dk.reshape(-1, dk.shape[-1]), self.grads["bias"] if self.use_bias else None, dx)
+        self._launch_backward(x4, self._matrix(kernel), pre, y, dy2, code, geometry, self._matrix(dk),
+                              self.grads["bias"] if self.use_bias else None, dx)
         return dx.reshape(x_shape) if need_dx else None
 
     def get_config(self):
@@ -221,6 +244,12 @@ class _Conv(Layer):
                    kernel_initializer=_init_name(self.name, self.kernel_initializer),
                    bias_initializer=_init_name(self.name, self.bias_initializer))
         return cfg
+
+
+def _positive(layer, value, what):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{layer}: {what} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def _init_name(layer, init):
@@ -333,3 +362,212 @@ class Conv1DTranspose(_ConvTranspose):
     """
 
     rank = 1
+
+
+class _DepthwiseConv(_Conv):
+    """A depthwise convolution: input channel ch convolved with its own ``depth_multiplier``
+    (M) kernels gives output channels ch*M .. ch*M + M - 1.
+
+    Keras 3 arguments and weights: ``kernel`` (*kernel_size, in, M) (Keras 3 calls the
+    depthwise layers' weight ``kernel``; its initializer, regularizer and constraint
+    arguments are ``depthwise_*``), ``bias`` (in * M,).
+    """
+
+    weight_options = {"depthwise": "kernel", "bias": "bias"}
+
+    def __init__(self, kernel_size, strides=1, padding="valid", depth_multiplier=1, data_format=None,
+                 dilation_rate=1, activation=None, use_bias=True, depthwise_initializer="glorot_uniform",
+                 bias_initializer="zeros", **kwargs):
+        Layer.__init__(self, **kwargs)
+        self.depth_multiplier = _positive(self.name, depth_multiplier, "depth_multiplier")
+        self._conv_args(kernel_size, strides, padding, data_format, dilation_rate, activation, use_bias)
+        self.depthwise_initializer = depthwise_initializer
+        self.bias_initializer = bias_initializer
+        self.filters = None  # in * depth_multiplier, known at build
+
+    def _kernel_shape(self, c):
+        return self.kernel_size + (c, self.depth_multiplier)
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        c = self._input_channels(input_shape)
+        self.filters = c * self.depth_multiplier
+        self.add_param("kernel", self._kernel_shape(c), self.depthwise_initializer)
+        if self.use_bias:
+            self.add_param("bias", (self.filters,), self.bias_initializer)
+        Layer.build(self, input_shape)
+
+    def _out_channels(self, input_shape):
+        c = input_shape[-1]
+        return None if c is None else c * self.depth_multiplier
+
+    @staticmethod
+    def _matrix(kernel):
+        """(kh*kw, in*M): row tap, column ch*M + m (a view of the Keras kernel)."""
+        return kernel.reshape(-1, kernel.shape[-2] * kernel.shape[-1])
+
+    def _launch_forward(self, x4, k2, bias, code, keep_pre, geometry, keep, pre, y):
+        self.kernels("conv").depthwise_forward(x4, k2, bias, code, keep_pre, *geometry, self.scratch, pre, y)
+
+    def _launch_backward(self, x4, k2, pre, y, dy2, code, geometry, dk2, dbias, dx):
+        self.kernels("conv").depthwise_backward(x4, k2, pre, y, dy2, code, *geometry, self.scratch, dk2, dbias, dx)
+
+    def get_config(self):
+        cfg = Layer.get_config(self)
+        one = self.rank == 1
+        cfg.update(kernel_size=self.kernel_size[0] if one else list(self.kernel_size),
+                   strides=self.strides[0] if one else list(self.strides),
+                   padding=self.padding, depth_multiplier=self.depth_multiplier,
+                   dilation_rate=self.dilation_rate[0] if one else list(self.dilation_rate),
+                   activation=self.activation, use_bias=self.use_bias,
+                   depthwise_initializer=_init_name(self.name, self.depthwise_initializer),
+                   bias_initializer=_init_name(self.name, self.bias_initializer))
+        return cfg
+
+
+class DepthwiseConv2D(_DepthwiseConv):
+    """2-D depthwise convolution over (batch, height, width, channels).
+
+    Params: ``kernel`` (kh, kw, in, depth_multiplier), ``bias`` (in * depth_multiplier,);
+    output channel ch * depth_multiplier + m comes from input channel ch. padding
+    "valid" or "same" (TF rule, as Conv2D).
+    """
+
+    rank = 2
+
+
+class DepthwiseConv1D(_DepthwiseConv):
+    """1-D depthwise convolution over (batch, steps, channels).
+
+    Params: ``kernel`` (k, in, depth_multiplier), ``bias`` (in * depth_multiplier,).
+    padding "valid", "same" or "causal" (as Conv1D; Keras 3 itself takes only
+    "valid" and "same" here).
+    """
+
+    rank = 1
+    paddings = ("valid", "same", "causal")
+
+
+class _SeparableConv(_Conv):
+    """A depthwise convolution (no bias, linear) then a 1x1 pointwise convolution to
+    ``filters`` channels, then bias and activation (Keras 3).
+
+    Params (Keras order): ``depthwise_kernel`` (*kernel_size, in, M), ``pointwise_kernel``
+    (*(1,) * rank, in * M, filters), ``bias`` (filters,). The pointwise step is one GEMM
+    over every output pixel (the dense kernels, bias and activation fused).
+    """
+
+    weight_options = {"depthwise": "depthwise_kernel", "pointwise": "pointwise_kernel", "bias": "bias"}
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", data_format=None, dilation_rate=1,
+                 depth_multiplier=1, activation=None, use_bias=True, depthwise_initializer="glorot_uniform",
+                 pointwise_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
+        Layer.__init__(self, **kwargs)
+        self.filters = _positive(self.name, filters, "filters")
+        self.depth_multiplier = _positive(self.name, depth_multiplier, "depth_multiplier")
+        self._conv_args(kernel_size, strides, padding, data_format, dilation_rate, activation, use_bias)
+        self.depthwise_initializer = depthwise_initializer
+        self.pointwise_initializer = pointwise_initializer
+        self.bias_initializer = bias_initializer
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        c = self._input_channels(input_shape)
+        cm = c * self.depth_multiplier
+        self.add_param("depthwise_kernel", self.kernel_size + (c, self.depth_multiplier), self.depthwise_initializer)
+        self.add_param("pointwise_kernel", (1,) * self.rank + (cm, self.filters), self.pointwise_initializer)
+        if self.use_bias:
+            self.add_param("bias", (self.filters,), self.bias_initializer)
+        Layer.build(self, input_shape)
+
+    def forward(self, x, training=False):
+        self.ensure_built(np.shape(x))
+        dk = self.params["depthwise_kernel"]
+        c = dk.shape[-2]
+        x = self.check_input(x, ndim=self.rank + 2, last_dim=c)
+        n = x.shape[0]
+        h, w = self._spatial4(x.shape[1:-1])
+        geo, ks, st, dl = self._geometry(x.shape[1:-1])
+        (pt, _, oh), (pl, _, ow) = geo
+        x4 = x.reshape(n, h, w, c)
+        cm, f = c * self.depth_multiplier, self.filters
+        rows = n * oh * ow
+        geometry = (ks[0], ks[1], st[0], st[1], dl[0], dl[1], pt, pl, oh, ow)
+        # the depthwise step: no bias, linear
+        t = self.workspace("depthwise_out", (rows, cm))
+        self.kernels("conv").depthwise_forward(x4, _DepthwiseConv._matrix(dk), self.constant("zero_dw_bias", (cm,), 0),
+                                               act_codes.LINEAR, False, *geometry, self.scratch, t, t)
+        # the pointwise step: one GEMM, bias and activation fused
+        bias = self.params["bias"] if self.use_bias else self.constant("zero_bias", (f,), 0)
+        code = act_codes.LINEAR if self.code == act_codes.SOFTMAX else self.code
+        y = self.workspace("y", (rows, f))
+        pre = self.workspace("pre", (rows, f)) if code in act_codes.NEEDS_PREACTIVATION else y
+        self.kernels("dense").dense_forward(t, self.params["pointwise_kernel"].reshape(cm, f), bias, code, pre, y)
+        if self.code == act_codes.SOFTMAX:
+            self.kernels("activations").softmax_rows(y, y)
+        self._cache = (x4, x.shape, t, pre, y, geometry, keeps_backward_cache(training))
+        out_spatial = (ow,) if self.rank == 1 else (oh, ow)
+        return y.reshape((n,) + out_spatial + (f,))
+
+    def backward(self, dy):
+        x4, x_shape, t, pre, y, geometry, training = self._cache
+        if not training:
+            raise ValueError(f"{self.name}: backward needs a forward pass with training=True")
+        f = self.filters
+        dy2 = self.asarray(dy).reshape(-1, f)
+        if dy2.shape[0] != y.shape[0]:
+            raise ValueError(f"{self.name}: gradient of shape {np.shape(dy)} does not match the output")
+        code = self.code
+        if code == act_codes.SOFTMAX:
+            ds = self.workspace("dsoft", dy2.shape)
+            self.kernels("activations").softmax_rows_backward(y, dy2, ds)
+            dy2, code = ds, act_codes.LINEAR
+        cm = t.shape[1]
+        dz = self.workspace("dz", dy2.shape)
+        dt = self.workspace("dt", t.shape)
+        dbias = self.grads["bias"] if self.use_bias else self.workspace("dbias", (f,))
+        self.kernels("dense").dense_backward(t, self.params["pointwise_kernel"].reshape(cm, f), pre, y, dy2, code,
+                                             True, dz, self.grads["pointwise_kernel"].reshape(cm, f), dbias, dt)
+        need_dx = self.input_grad_needed
+        dx = self.workspace("dx", x4.shape) if need_dx else None
+        self.kernels("conv").depthwise_backward(x4, _DepthwiseConv._matrix(self.params["depthwise_kernel"]), t, t, dt,
+                                                act_codes.LINEAR, *geometry, self.scratch,
+                                                _DepthwiseConv._matrix(self.grads["depthwise_kernel"]), None, dx)
+        return dx.reshape(x_shape) if need_dx else None
+
+    def get_config(self):
+        cfg = Layer.get_config(self)
+        one = self.rank == 1
+        cfg.update(filters=self.filters,
+                   kernel_size=self.kernel_size[0] if one else list(self.kernel_size),
+                   strides=self.strides[0] if one else list(self.strides),
+                   padding=self.padding,
+                   dilation_rate=self.dilation_rate[0] if one else list(self.dilation_rate),
+                   depth_multiplier=self.depth_multiplier, activation=self.activation, use_bias=self.use_bias,
+                   depthwise_initializer=_init_name(self.name, self.depthwise_initializer),
+                   pointwise_initializer=_init_name(self.name, self.pointwise_initializer),
+                   bias_initializer=_init_name(self.name, self.bias_initializer))
+        return cfg
+
+
+class SeparableConv2D(_SeparableConv):
+    """2-D depthwise separable convolution over (batch, height, width, channels).
+
+    Params: ``depthwise_kernel`` (kh, kw, in, depth_multiplier), ``pointwise_kernel``
+    (1, 1, in * depth_multiplier, filters), ``bias`` (filters,). padding "valid" or
+    "same" (TF rule, as Conv2D).
+    """
+
+    rank = 2
+
+
+class SeparableConv1D(_SeparableConv):
+    """1-D depthwise separable convolution over (batch, steps, channels).
+
+    Params: ``depthwise_kernel`` (k, in, depth_multiplier), ``pointwise_kernel``
+    (1, in * depth_multiplier, filters), ``bias`` (filters,). padding "valid", "same" or
+    "causal" (as Conv1D; Keras 3 itself takes only "valid" and "same" here).
+    """
+
+    rank = 1
+    paddings = ("valid", "same", "causal")

@@ -43,7 +43,7 @@ import numpy as np
 
 from ...config import get_num_threads, kernel_blas_serial
 from ..codes import LINEAR
-from ._jit import PAR_MIN, jit, pjit, prange
+from ._jit import PAR_MIN, inline, jit, pjit, prange
 from .activations import act_grad_rows, act_grad_sum_rows, bias_act_rows
 
 # bytes of patch rows per chunk: about half of a 1 MiB L2 cache
@@ -461,3 +461,382 @@ def conv_transpose_backward(x, kernel, pre, y, dy, code, kh, kw, sh, sw, dh, dw,
         dbias[:] = 0
     _transpose_backward_images(x, kernel, pre, y, dy, code, use_bias, need_dx, kh, kw, sh, sw, dh, dw, pt, pl,
                                oh, ow, 0, n, dz, part, dbias if use_bias else part, cols, dkernel, dx_)
+
+
+# ------------------------------------------------------------ depthwise convolution
+# DepthwiseConv1D/2D (and the first step of SeparableConv1D/2D): input channel ch is
+# convolved with its own depth_multiplier (M) kernels, output channel o = ch*M + m. The
+# Keras kernel (kh, kw, c, M) is viewed as k2 (kh*kw, c*M): row ``tap`` = ki*kw + kj holds
+# one weight per output channel. No im2col: a depthwise convolution does kh*kw
+# multiply-adds per output element, so it is bound by memory, and direct loops read each
+# x row while it is in cache.
+#
+# Two loop shapes. With M = 1 and a horizontal stride of 1 (the common case) a kernel tap
+# (ki, kj) meets a whole run of outputs j0..j1 of one output row, and their inputs are one
+# contiguous run of x: the tap is a single loop of (j1 - j0) * c multiply-adds over three
+# contiguous arrays (out, x, and ``kt``, the kernel rows tiled along the row:
+# kt[tap, e] = k2[tap, e % c]), long enough to vectorize well (a loop over c = 32
+# channels per output pixel ran 4x slower: vector loops that short are mostly
+# set-up). dx and the weight gradient take the same shape. Otherwise (M > 1, strides
+# along w) the innermost loop runs over the channels of one pixel, each x value
+# broadcast over its M outputs.
+#
+# Threads take blocks of output rows (n*oh of them) in forward and for the weight
+# gradient, blocks of input rows (n*h) for dx: dx is a gather, every element written by
+# one thread in the order (ki, kj, m) of the taps (no races, no atomics; the CUDA twin
+# adds in the same order). Weight-gradient partials per block are summed in block order.
+DW_FOLD = 16  # output rows whose weight-gradient terms are summed before they are added to the total
+
+
+@inline
+def _dw_mac(m, cm, af, a0, xf, x0, kf, k0):
+    """af[a0 + o] += xf[x0 + o // m] * kf[k0 + o] for o in 0..cm (flat arrays)."""
+    if m == 1:
+        for o in range(cm):
+            af[np.uint64(a0 + o)] += xf[np.uint64(x0 + o)] * kf[np.uint64(k0 + o)]
+    else:
+        for ch in range(cm // m):
+            v = xf[np.uint64(x0 + ch)]
+            q = a0 + ch * m
+            s = k0 + ch * m
+            for mm in range(m):
+                af[np.uint64(q + mm)] += v * kf[np.uint64(s + mm)]
+
+
+@inline
+def _dw_mac_sum(m, c, df, d0, af, a0, bf, b0):
+    """df[d0 + ch] += sum over mm of af[a0 + ch*m + mm] * bf[b0 + ch*m + mm], ch in 0..c."""
+    if m == 1:
+        for ch in range(c):
+            df[np.uint64(d0 + ch)] += af[np.uint64(a0 + ch)] * bf[np.uint64(b0 + ch)]
+    else:
+        zero = df.dtype.type(0)
+        for ch in range(c):
+            s = zero
+            q = ch * m
+            for mm in range(m):
+                s += af[np.uint64(a0 + q + mm)] * bf[np.uint64(b0 + q + mm)]
+            df[np.uint64(d0 + ch)] += s
+
+
+@inline
+def _triad(af, a0, bf, b0, cf, c0, n):
+    """af[a0 + e] += bf[b0 + e] * cf[c0 + e] for e in 0..n (flat arrays)."""
+    for e in range(n):
+        af[np.uint64(a0 + e)] += bf[np.uint64(b0 + e)] * cf[np.uint64(c0 + e)]
+
+
+@inline
+def _triad3(af, a0, bf, b0, b1, b2, cf, c0, c1, c2, n):
+    """af[a0 + e] += bf[b0 + e] * cf[c0 + e] + bf[b1 + e] * cf[c1 + e] + bf[b2 + e] * cf[c2 + e],
+    e in 0..n: three taps of a kernel row in one pass over the output (added in that order)."""
+    for e in range(n):
+        a = af[np.uint64(a0 + e)] + bf[np.uint64(b0 + e)] * cf[np.uint64(c0 + e)]
+        a += bf[np.uint64(b1 + e)] * cf[np.uint64(c1 + e)]
+        af[np.uint64(a0 + e)] = a + bf[np.uint64(b2 + e)] * cf[np.uint64(c2 + e)]
+
+
+@inline
+def _run(n_in, n_out, before, tap_offset):
+    """The outputs j0..j1 of one row that a kernel tap at offset tap_offset reads inside an
+    input of n_in (stride 1): input j + tap_offset - before."""
+    j0 = max(0, before - tap_offset)
+    j1 = min(n_out, n_in + before - tap_offset)
+    return j0, j1
+
+
+@jit
+def _dw_tile_kernel(k2, kt):
+    """kt[tap, e] = k2[tap, e % c] (the kernel rows tiled along an image row, M = 1)."""
+    c = k2.shape[1]
+    for t in range(kt.shape[0]):
+        for e in range(kt.shape[1]):
+            kt[t, e] = k2[t, e % c]
+
+
+@jit
+def _dw_forward_rows(x, k2, kt, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, q0, q1, pre, out):
+    """Output rows q0..q1 (q = b*oh + i): out = act(depthwise(x, k2) + bias), each row's
+    bias + activation right after its taps, while it is in cache. kt: the tiled kernel
+    (used when M = 1 and sw = 1)."""
+    _, h, w, c = x.shape
+    cm = k2.shape[1]
+    m = cm // c
+    run = m == 1 and sw == 1
+    xf = x.reshape(-1)
+    kf = k2.reshape(-1)
+    tf = kt.reshape(-1)
+    lt = kt.shape[1]
+    of = out.reshape(-1)
+    zero = out.dtype.type(0)
+    for q in range(q0, q1):
+        b = q // oh
+        i = q - b * oh
+        r0 = q * ow
+        for e in range(r0 * cm, (r0 + ow) * cm):
+            of[np.uint64(e)] = zero
+        for ki in range(kh):
+            ih = i * sh + ki * dh - pt
+            if ih < 0 or ih >= h:
+                continue
+            s0 = (b * h + ih) * w
+            if run:
+                t0 = ki * kw * lt
+                ja = jb = 0
+                if kw == 3:
+                    # outputs ja..jb see all three taps: one pass; the edges tap by tap
+                    ja = max(_run(w, ow, pl, 0)[0], _run(w, ow, pl, 2 * dw)[0])
+                    jb = min(_run(w, ow, pl, 0)[1], _run(w, ow, pl, 2 * dw)[1])
+                    if ja < jb:
+                        b0 = (s0 + ja - pl) * c
+                        _triad3(of, (r0 + ja) * c, xf, b0, b0 + dw * c, b0 + 2 * dw * c, tf, t0, t0 + lt, t0 + 2 * lt,
+                                (jb - ja) * c)
+                    else:
+                        ja = jb = 0
+                for kj in range(kw):
+                    j0, j1 = _run(w, ow, pl, kj * dw)
+                    # [j0, j1) minus the fused [ja, jb): the part before and the part after
+                    for u0, u1 in ((j0, min(j1, ja)), (max(j0, jb), j1)):
+                        if u0 < u1:
+                            _triad(of, (r0 + u0) * c, xf, (s0 + u0 + kj * dw - pl) * c, tf, t0 + kj * lt,
+                                   (u1 - u0) * c)
+                continue
+            for j in range(ow):
+                a0 = (r0 + j) * cm
+                iw0 = j * sw - pl
+                for kj in range(kw):
+                    iw = iw0 + kj * dw
+                    if iw >= 0 and iw < w:
+                        _dw_mac(m, cm, of, a0, xf, (s0 + iw) * c, kf, (ki * kw + kj) * cm)
+        bias_act_rows(out, bias, code, keep_pre, r0, r0 + ow, pre)
+
+
+@pjit
+def _dw_forward_blocks(x, k2, kt, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, nblocks, pre,
+                       out):
+    """_dw_forward_rows over ``nblocks`` blocks of output rows, one per thread."""
+    rows = x.shape[0] * oh
+    for b in prange(nblocks):
+        _dw_forward_rows(x, k2, kt, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
+                         rows * b // nblocks, rows * (b + 1) // nblocks, pre, out)
+
+
+@jit
+def _dw_kernel_grad_rows(x, dz, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, q0, q1, acc, dk):
+    """dk (kh*kw, c*M) += the weight gradient over output rows q0..q1. The terms of DW_FOLD
+    rows meet in ``acc`` (kh*kw rows of ow*c*M: per output pixel when M = 1 and sw = 1,
+    then per channel) before they are added to dk: float32 sums over a whole batch stay
+    accurate."""
+    _, h, w, c = x.shape
+    cm = dz.shape[1]
+    m = cm // c
+    run = m == 1 and sw == 1
+    kk = kh * kw
+    la = acc.shape[1]
+    xf = x.reshape(-1)
+    zf = dz.reshape(-1)
+    af = acc.reshape(-1)
+    zero = dk.dtype.type(0)
+    acc[:] = zero
+    for q in range(q0, q1):
+        b = q // oh
+        i = q - b * oh
+        r0 = q * ow
+        for ki in range(kh):
+            ih = i * sh + ki * dh - pt
+            if ih < 0 or ih >= h:
+                continue
+            s0 = (b * h + ih) * w
+            if run:
+                for kj in range(kw):
+                    j0, j1 = _run(w, ow, pl, kj * dw)
+                    if j0 < j1:
+                        _triad(af, (ki * kw + kj) * la + j0 * c, xf, (s0 + j0 + kj * dw - pl) * c, zf,
+                               (r0 + j0) * c, (j1 - j0) * c)
+                continue
+            for j in range(ow):
+                iw0 = j * sw - pl
+                for kj in range(kw):
+                    iw = iw0 + kj * dw
+                    if iw >= 0 and iw < w:
+                        _dw_mac(m, cm, af, (ki * kw + kj) * la, xf, (s0 + iw) * c, zf, (r0 + j) * cm)
+        if (q - q0 + 1) % DW_FOLD == 0 or q == q1 - 1:
+            for t in range(kk):
+                if run:
+                    for j in range(ow):
+                        for ch in range(c):
+                            dk[t, ch] += acc[t, j * c + ch]
+                else:
+                    for o in range(cm):
+                        dk[t, o] += acc[t, o]
+            acc[:] = zero
+
+
+@jit
+def _dw_input_grad_rows(dz, k2, kt, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, p0, p1, dx):
+    """dx of input rows p0..p1 (p = b*h + ih), gathered: every (output pixel, tap) that read
+    x[b, ih, iw, ch], taps in order (ki, kj), output channels ch*M .. ch*M + M - 1."""
+    _, h, w, c = dx.shape
+    cm = dz.shape[1]
+    m = cm // c
+    run = m == 1 and sw == 1
+    zf = dz.reshape(-1)
+    kf = k2.reshape(-1)
+    tf = kt.reshape(-1)
+    lt = kt.shape[1]
+    xf = dx.reshape(-1)
+    zero = dx.dtype.type(0)
+    for p in range(p0, p1):
+        b = p // h
+        ih = p - b * h
+        d0 = p * w * c
+        for e in range(d0, d0 + w * c):
+            xf[np.uint64(e)] = zero
+        for ki in range(kh):
+            t = ih + pt - ki * dh  # = i * sh for the output row i that reads ih through tap ki
+            if t < 0 or t % sh != 0 or t // sh >= oh:
+                continue
+            row = (b * oh + t // sh) * ow
+            if run:
+                # input iw is read through tap kj by output j = iw + pl - kj*dw
+                t0 = ki * kw * lt
+                ia = ib = 0
+                if kw == 3:
+                    ia = max(_run(ow, w, 0, pl)[0], _run(ow, w, 2 * dw, pl)[0])
+                    ib = min(_run(ow, w, 0, pl)[1], _run(ow, w, 2 * dw, pl)[1])
+                    if ia < ib:
+                        z0 = (row + ia + pl) * c
+                        _triad3(xf, d0 + ia * c, zf, z0, z0 - dw * c, z0 - 2 * dw * c, tf, t0, t0 + lt, t0 + 2 * lt,
+                                (ib - ia) * c)
+                    else:
+                        ia = ib = 0
+                for kj in range(kw):
+                    i0, i1 = _run(ow, w, kj * dw, pl)
+                    for u0, u1 in ((i0, min(i1, ia)), (max(i0, ib), i1)):  # outside the fused [ia, ib)
+                        if u0 < u1:
+                            _triad(xf, d0 + u0 * c, zf, (row + u0 + pl - kj * dw) * c, tf, t0 + kj * lt,
+                                   (u1 - u0) * c)
+                continue
+            for iw in range(w):
+                for kj in range(kw):
+                    u = iw + pl - kj * dw
+                    if u < 0 or u % sw != 0 or u // sw >= ow:
+                        continue
+                    _dw_mac_sum(m, c, xf, d0 + iw * c, zf, (row + u // sw) * cm, kf, (ki * kw + kj) * cm)
+
+
+@jit
+def _dw_backward_rows(x, pre, y, dy, code, use_bias, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, q0, q1,
+                      dz, part, dbias, acc, dk):
+    """Output rows q0..q1: dz = dy * act' and dbias += its column sums over their pixels,
+    then dk += their weight gradient."""
+    _dz_rows(pre, y, dy, code, use_bias, q0 * ow, q1 * ow, dz, part, dbias)
+    _dw_kernel_grad_rows(x, dz, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, q0, q1, acc, dk)
+
+
+@pjit
+def _dw_backward_blocks(x, pre, y, dy, code, use_bias, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, nblocks,
+                        dz, part, dbias_parts, acc, dk_parts):
+    """_dw_backward_rows over ``nblocks`` blocks of output rows, one per thread, each with its
+    own bias- and weight-gradient partials (summed by the caller in block order)."""
+    rows = x.shape[0] * oh
+    for b in prange(nblocks):
+        dbias_parts[b] = 0
+        dk_parts[b] = 0
+        _dw_backward_rows(x, pre, y, dy, code, use_bias, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
+                          rows * b // nblocks, rows * (b + 1) // nblocks, dz, part[b], dbias_parts[b], acc[b],
+                          dk_parts[b])
+
+
+@pjit
+def _dw_input_grad_blocks(dz, k2, kt, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, nblocks, dx):
+    """_dw_input_grad_rows over ``nblocks`` blocks of input rows, one per thread."""
+    rows = dx.shape[0] * dx.shape[1]
+    for b in prange(nblocks):
+        _dw_input_grad_rows(dz, k2, kt, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
+                            rows * b // nblocks, rows * (b + 1) // nblocks, dx)
+
+
+def _dw_blocks(rows, work):
+    """Blocks of rows, one per thread, when the pass has PAR_MIN multiply-adds and a row per
+    thread; 0 runs the serial body."""
+    nt = min(get_num_threads(), rows)
+    return nt if nt > 1 and work >= PAR_MIN else 0
+
+
+def _dw_tiled(kernel, c, w, ow, sw, scratch):
+    """The tiled kernel rows (kh*kw, max(w, ow) * c) of the M = 1, stride-1 loops (a
+    (kh*kw, 0) stand-in otherwise)."""
+    run = kernel.shape[1] == c and sw == 1
+    kt = scratch("dw_tiled", (kernel.shape[0], max(w, ow) * c if run else 0), kernel.dtype)
+    if run:
+        _dw_tile_kernel(kernel, kt)
+    return kt
+
+
+def depthwise_forward(x, kernel, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, scratch, pre,
+                      out):
+    """out = act(depthwise_conv(x, kernel) + bias) as (n*oh*ow, c*M) rows (NHWC order).
+
+    x (n, h, w, c) C-contiguous; kernel (kh*kw, c*M), the Keras depthwise kernel
+    (kh, kw, c, M) viewed as 2-D (output channel ch*M + mm comes from input channel
+    ch); bias (c*M,), zeros for a layer without one; code an activation code (not
+    SOFTMAX); geometry as conv_forward. keep_pre: pre = conv + bias as well (pre may
+    be ``out`` otherwise). scratch holds the tiled kernel (key "dw_tiled").
+    """
+    n, _, w, c = x.shape
+    cm = kernel.shape[1]
+    kt = _dw_tiled(kernel, c, w, ow, sw, scratch)
+    blocks = _dw_blocks(n * oh, n * oh * ow * cm * kh * kw)
+    if blocks:
+        _dw_forward_blocks(x, kernel, kt, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, blocks,
+                           pre, out)
+    else:
+        _dw_forward_rows(x, kernel, kt, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, 0, n * oh,
+                         pre, out)
+
+
+def depthwise_backward(x, kernel, pre, y, dy, code, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, scratch, dkernel,
+                       dbias, dx):
+    """Gradients of depthwise_forward (on the same x, which wrote pre and y).
+
+    dy (n*oh*ow, c*M), already through the softmax backward for a softmax layer
+    (code is then LINEAR). Writes dkernel (kh*kw, c*M), dbias (c*M,) (None: no bias)
+    and dx (n, h, w, c) (None: not needed). Work buffers come from scratch (keys
+    "dz", "bias_work", "dk_rows", "dw_tiled" and, with threads, "dk_parts",
+    "dbias_parts").
+    """
+    n, h, w, c = x.shape
+    kk, cm = kernel.shape
+    dtype = x.dtype
+    dz = scratch("dz", dy.shape, dtype) if code != LINEAR else dy
+    use_bias = dbias is not None
+    work = n * oh * ow * cm * kh * kw
+    blocks = _dw_blocks(n * oh, work)
+    la = ow * cm if (cm == c and sw == 1) else cm  # the accumulator rows of _dw_kernel_grad_rows
+    if blocks:
+        part = scratch("bias_work", (blocks, cm), dtype)
+        dbias_parts = scratch("dbias_parts", (blocks, cm), dtype)
+        acc = scratch("dk_rows", (blocks, kk, la), dtype)
+        dk_parts = scratch("dk_parts", (blocks, kk, cm), dtype)
+        _dw_backward_blocks(x, pre, y, dy, code, use_bias, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, blocks,
+                            dz, part, dbias_parts, acc, dk_parts)
+        _sum_blocks(dk_parts, dkernel)
+        if use_bias:
+            _sum_blocks(dbias_parts, dbias)
+    else:
+        part = scratch("bias_work", (cm,), dtype)
+        acc = scratch("dk_rows", (kk, la), dtype)
+        if use_bias:
+            dbias[:] = 0
+        dkernel[:] = 0
+        _dw_backward_rows(x, pre, y, dy, code, use_bias, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, 0, n * oh,
+                          dz, part, dbias if use_bias else part, acc, dkernel)
+    if dx is None:
+        return
+    kt = _dw_tiled(kernel, c, w, ow, sw, scratch)
+    blocks = _dw_blocks(n * h, work)
+    if blocks:
+        _dw_input_grad_blocks(dz, kernel, kt, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, blocks, dx)
+    else:
+        _dw_input_grad_rows(dz, kernel, kt, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, 0, n * h, dx)

@@ -27,13 +27,26 @@ In training the forward keeps the whole patch matrix in scratch("cols") for
 the weight gradient, as the CPU twin does. Inference, and dx in backward,
 run in chunks of whole images whose patch rows fit in CHUNK_BYTES, so the
 patch buffers stay bounded for large batches.
+
+Depthwise convolution (the kernel as (kh*kw, c*M), output channel ch*M + m
+from input channel ch) runs direct loops, no GEMM, no atomics:
+
+- ``_dw_forward``: one thread per output element, its taps in the CPU's
+  order (ki, kj), then bias and activation (the dense ``act_scalar``);
+- ``_dw_kernel_grad``: one thread per (chunk of DW_PIXELS output pixels,
+  tap, output channel) summing its chunk in pixel order into a partial,
+  then ``column_sums`` over the chunks (deterministic; neighbouring threads
+  read neighbouring channels);
+- ``_dw_input_grad``: one thread per element of dx gathering the (output
+  pixel, tap) pairs that read it, taps in the CPU's order;
+- dz and dbias as the convolution: ``_act_grad`` and two ``column_sums``.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from ..codes import LINEAR
-from ..cpu.activations import act_grad
+from ..cpu.activations import act_grad, act_scalar
 from .dense import bias_act
 from .gemm import FLOATS, column_sums, gemm
 from .runtime import cuda, kernel, launch_1d, types
@@ -250,3 +263,144 @@ def conv_transpose_backward(x, kernel, pre, y, dy, code: int, kh: int, kw: int, 
     gemm(cols, x.reshape(n * h * w, c), dkernel, trans_a=True)
     if dx is not None:
         gemm(cols, kernel, dx.reshape(n * h * w, c))
+
+
+# ------------------------------------------------------------ depthwise convolution
+DW_PIXELS = 64  # output pixels per partial sum of the weight gradient
+
+
+@kernel(*[(_img(t), _mat(t), _one(t), _I, types.boolean, *_GEOMETRY, _mat(t), _mat(t)) for t in FLOATS])
+def _dw_forward(x, k2, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, pre, out):
+    """out[r, o] = act(sum over taps of x[b, ih, iw, o // M] * k2[tap, o] + bias[o]), r = (b*oh + i)*ow + j;
+    pre = the sum + bias as well when keep_pre (pre may be out). One thread per output element."""
+    e = cuda.grid(1)
+    if e < out.size:
+        h = x.shape[1]
+        w = x.shape[2]
+        c = x.shape[3]
+        cm = out.shape[1]
+        r = e // cm
+        o = e - r * cm
+        ch = o // (cm // c)
+        j = r % ow
+        i = (r // ow) % oh
+        b = r // (ow * oh)
+        acc = out.dtype.type(0)
+        for ki in range(kh):
+            ih = i * sh + ki * dh - pt
+            if ih >= 0 and ih < h:
+                for kj in range(kw):
+                    iw = j * sw + kj * dw - pl
+                    if iw >= 0 and iw < w:
+                        acc += x[b, ih, iw, ch] * k2[ki * kw + kj, o]
+        v = acc + bias[o]
+        if keep_pre:
+            pre[r, o] = v
+        out[r, o] = act_scalar(code, v, out.dtype.type(1))
+
+
+@kernel(*[(_img(t), _mat(t), *_GEOMETRY, _I, _mat(t)) for t in FLOATS])
+def _dw_kernel_grad(x, dz, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, pixels, part):
+    """part[g, tap*cm + o] = sum over output pixels r of chunk g (``pixels`` each, in order) of
+    x[b, ih, iw, o // M] * dz[r, o]; one thread per element of part."""
+    e = cuda.grid(1)
+    if e < part.size:
+        h = x.shape[1]
+        w = x.shape[2]
+        c = x.shape[3]
+        cm = dz.shape[1]
+        kk = part.shape[1]
+        g = e // kk
+        q = e - g * kk
+        tap = q // cm
+        o = q - tap * cm
+        ch = o // (cm // c)
+        ki = tap // kw
+        kj = tap - ki * kw
+        r1 = min(dz.shape[0], (g + 1) * pixels)
+        acc = part.dtype.type(0)
+        for r in range(g * pixels, r1):
+            j = r % ow
+            i = (r // ow) % oh
+            b = r // (ow * oh)
+            ih = i * sh + ki * dh - pt
+            iw = j * sw + kj * dw - pl
+            if ih >= 0 and ih < h and iw >= 0 and iw < w:
+                acc += x[b, ih, iw, ch] * dz[r, o]
+        part[g, q] = acc
+
+
+@kernel(*[(_mat(t), _mat(t), *_GEOMETRY, _img(t)) for t in FLOATS])
+def _dw_input_grad(dz, k2, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, dx):
+    """dx[b, ih, iw, ch] = the sum over the (output pixel, tap) pairs that read x[b, ih, iw, ch] of
+    dz[r, ch*M + m] * k2[tap, ch*M + m]; taps in order (ki, kj), each tap's M terms summed first
+    (the CPU's order). One thread per element of dx."""
+    e = cuda.grid(1)
+    if e < dx.size:
+        h = dx.shape[1]
+        w = dx.shape[2]
+        c = dx.shape[3]
+        m = dz.shape[1] // c
+        ch = e % c
+        iw = (e // c) % w
+        ih = (e // (c * w)) % h
+        b = e // (c * w * h)
+        zero = dx.dtype.type(0)
+        acc = zero
+        for ki in range(kh):
+            t = ih + pt - ki * dh  # = i * sh for the output row i that reads ih through tap ki
+            if t < 0 or t % sh != 0 or t // sh >= oh:
+                continue
+            row = (b * oh + t // sh) * ow
+            for kj in range(kw):
+                u = iw + pl - kj * dw
+                if u < 0 or u % sw != 0 or u // sw >= ow:
+                    continue
+                r = row + u // sw
+                tap = ki * kw + kj
+                if m == 1:
+                    acc += dz[r, ch] * k2[tap, ch]
+                else:
+                    s = zero
+                    for mm in range(ch * m, ch * m + m):
+                        s += dz[r, mm] * k2[tap, mm]
+                    acc += s
+        dx[b, ih, iw, ch] = acc
+
+
+def depthwise_forward(x, kernel, bias, code: int, keep_pre: bool, kh: int, kw: int, sh: int, sw: int, dh: int,
+                      dw: int, pt: int, pl: int, oh: int, ow: int, scratch: Callable, pre, out) -> None:
+    """out = act(depthwise_conv(x, kernel) + bias) as (n*oh*ow, c*M) rows; see the CPU twin.
+    Needs no scratch here."""
+    if out.size:
+        _dw_forward[launch_1d(out.size)](x, kernel, bias, int(code), bool(keep_pre), kh, kw, sh, sw, dh, dw, pt,
+                                         pl, oh, ow, pre, out)
+
+
+def depthwise_backward(x, kernel, pre, y, dy, code: int, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
+                       pt: int, pl: int, oh: int, ow: int, scratch: Callable, dkernel, dbias, dx) -> None:
+    """Gradients of depthwise_forward: dkernel (kh*kw, c*M), dbias unless None, dx (n, h, w, c)
+    unless None, from dy (n*oh*ow, c*M). Work buffers from scratch (keys "dz", "bias_part",
+    "dk_part")."""
+    n = x.shape[0]
+    kk, cm = kernel.shape
+    rows = dy.shape[0]
+    dtype = x.dtype
+    geometry = (kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
+    if code == LINEAR:
+        dz = dy
+    else:
+        dz = scratch("dz", tuple(dy.shape), dtype)
+        if dz.size:
+            _act_grad[launch_1d(dz.size)](_flat(dy), _flat(pre), _flat(y), int(code), _flat(dz))
+    if dbias is not None:
+        part = scratch("bias_part", (oh * ow * cm,), dtype)
+        column_sums(dz.reshape(n, oh * ow * cm), part)  # over the batch, then over positions
+        column_sums(part.reshape(oh * ow, cm), dbias)
+    chunks = -(-rows // DW_PIXELS)
+    part = scratch("dk_part", (chunks, kk * cm), dtype)
+    if part.size:
+        _dw_kernel_grad[launch_1d(part.size)](x, dz, *geometry, DW_PIXELS, part)
+    column_sums(part, dkernel.reshape(kk * cm))
+    if dx is not None and dx.size:
+        _dw_input_grad[launch_1d(dx.size)](dz, kernel, *geometry, dx)

@@ -110,3 +110,46 @@ def conv_transpose_forward(x, kernel, bias=None, strides=(1, 1), pads=((0, 0), (
     (t, b), (lft, r) = pads
     flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2)  # (kh, kw, c, filters)
     return conv_forward(xd, flipped, bias, (1, 1), (t, b, lft, r), dilation, activation_name)
+
+
+def depthwise_forward(x, kernel, bias=None, strides=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1),
+                      activation_name=None):
+    """y = act(depthwise_conv(x, kernel) + bias) for the Keras depthwise kernel (kh, kw, c, M):
+    input channel ch convolved with kernel[..., ch, mm] gives output channel ch*M + mm.
+    Returns y of shape (n, oh, ow, c*M)."""
+    x = np.asarray(x, np.float64)
+    kernel = np.asarray(kernel, np.float64)
+    kh, kw, c, m = kernel.shape
+    xp = _pad(x, pads)
+    oh = (xp.shape[1] - (kh - 1) * dilation[0] - 1) // strides[0] + 1
+    ow = (xp.shape[2] - (kw - 1) * dilation[1] - 1) // strides[1] + 1
+    z = np.zeros((x.shape[0], oh, ow, c, m))
+    for i in range(kh):
+        for j in range(kw):
+            z += _window(xp, i, j, strides, dilation, oh, ow)[..., None] * kernel[i, j]
+    z = z.reshape(x.shape[0], oh, ow, c * m)
+    if bias is not None:
+        z = z + bias
+    return activation(activation_name, z)
+
+
+def depthwise_backward(x, kernel, dz, strides=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1)):
+    """Gradients (dx, dkernel, dbias) of z = depthwise_conv(x, kernel) + bias given dz = dL/dz
+    (n, oh, ow, c*M)."""
+    x = np.asarray(x, np.float64)
+    kernel = np.asarray(kernel, np.float64)
+    kh, kw, c, m = kernel.shape
+    dz = np.asarray(dz, np.float64)
+    n, oh, ow, _ = dz.shape
+    dz5 = dz.reshape(n, oh, ow, c, m)
+    xp = _pad(x, pads)
+    dxp = np.zeros_like(xp)
+    dk = np.zeros_like(kernel)
+    for i in range(kh):
+        for j in range(kw):
+            win = _window(xp, i, j, strides, dilation, oh, ow)
+            dk[i, j] = np.einsum("nhwc,nhwcm->cm", win, dz5)
+            _window(dxp, i, j, strides, dilation, oh, ow)[...] += np.einsum("nhwcm,cm->nhwc", dz5, kernel[i, j])
+    t, _, lft, _ = pads
+    dx = dxp[:, t: t + x.shape[1], lft: lft + x.shape[2], :]
+    return dx, dk, dz.sum(axis=(0, 1, 2))
