@@ -24,7 +24,9 @@ __all__ = ["Conv1D", "Conv2D", "Conv1DTranspose", "Conv2DTranspose", "DepthwiseC
            "SeparableConv1D", "SeparableConv2D"]
 
 
-def _tuple(layer, value, n, what, minimum=1):
+def int_tuple(layer, value, n, what, minimum=1) -> tuple[int, ...]:
+    """``value`` (an int or n ints, each >= minimum) as a tuple of n ints; a ValueError naming
+    ``layer`` and the argument ``what`` otherwise. Shared by the conv, pooling and reshaping layers."""
     if isinstance(value, (int, np.integer)):
         value = (int(value),) * n
     try:
@@ -95,9 +97,9 @@ class _Conv(Layer):
 
     def _conv_args(self, kernel_size, strides, padding, data_format, dilation_rate, activation, use_bias):
         """Check and keep the arguments every convolution takes."""
-        self.kernel_size = _tuple(self.name, kernel_size, self.rank, "kernel_size")
-        self.strides = _tuple(self.name, strides, self.rank, "strides")
-        self.dilation_rate = _tuple(self.name, dilation_rate, self.rank, "dilation_rate")
+        self.kernel_size = int_tuple(self.name, kernel_size, self.rank, "kernel_size")
+        self.strides = int_tuple(self.name, strides, self.rank, "strides")
+        self.dilation_rate = int_tuple(self.name, dilation_rate, self.rank, "dilation_rate")
         padding = padding.lower() if isinstance(padding, str) else padding
         if padding not in self.paddings:
             raise ValueError(f"{self.name}: padding must be one of {self.paddings}, got {padding!r}")
@@ -304,7 +306,7 @@ class _ConvTranspose(_Conv):
             raise ValueError(f"{self.name}: strides > 1 together with dilation_rate > 1 is not supported "
                              f"(as in Keras), got strides={self.strides}, dilation_rate={self.dilation_rate}")
         self.output_padding = (None if output_padding is None
-                               else _tuple(self.name, output_padding, self.rank, "output_padding", minimum=0))
+                               else int_tuple(self.name, output_padding, self.rank, "output_padding", minimum=0))
 
     def _geometry(self, spatial):
         """Per axis (before, None, out) in the 2-D view: ``before`` pads the output for the

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Layer
-from .conv import _tuple, padding_amounts
+from .conv import int_tuple, padding_amounts
 
 __all__ = ["MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D",
            "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D",
@@ -23,8 +23,8 @@ class _Pool(Layer):
 
     def __init__(self, pool_size=2, strides=None, padding="valid", data_format=None, **kwargs):
         super().__init__(**kwargs)
-        self.pool_size = _tuple(self.name, pool_size, self.rank, "pool_size")
-        self.strides = self.pool_size if strides is None else _tuple(self.name, strides, self.rank, "strides")
+        self.pool_size = int_tuple(self.name, pool_size, self.rank, "pool_size")
+        self.strides = self.pool_size if strides is None else int_tuple(self.name, strides, self.rank, "strides")
         padding = padding.lower() if isinstance(padding, str) else padding
         if padding not in ("valid", "same"):
             raise ValueError(f"{self.name}: padding must be 'valid' or 'same', got {padding!r}")

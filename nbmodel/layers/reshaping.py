@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Layer
-from .conv import _tuple
+from .conv import int_tuple
 
 __all__ = ["UpSampling1D", "UpSampling2D", "ZeroPadding1D", "ZeroPadding2D", "Cropping1D", "Cropping2D",
            "Permute", "RepeatVector"]
@@ -93,7 +93,7 @@ class _UpSampling(_Spatial):
     def __init__(self, size, data_format=None, interpolation="nearest", **kwargs):
         super().__init__(**kwargs)
         _channels_last(self.name, data_format)
-        self.size = _tuple(self.name, size, self.rank, "size")
+        self.size = int_tuple(self.name, size, self.rank, "size")
         interpolation = interpolation.lower() if isinstance(interpolation, str) else interpolation
         if interpolation in _KERAS_ONLY:
             raise ValueError(f"{self.name}: interpolation={interpolation!r} is not supported; "
