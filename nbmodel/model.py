@@ -434,9 +434,6 @@ class Model(Layer):
 
         self._require_compiled()
         stream = is_stream(x)
-        if (stream or is_stream(validation_data)) and (workers != 1 or distributed is not None):
-            raise ValueError("fit: a PyDataset or generator is read in one process; workers > 1 and "
-                             "distributed= need in-memory arrays (or a NumPy memmap) as x and validation_data")
         if stream:
             if batch_size is not None:
                 raise ValueError("fit: batch_size must be None when x is a PyDataset or generator: its batches "
@@ -467,7 +464,7 @@ class Model(Layer):
                                 class_weight=class_weight, sample_weight=sample_weight,
                                 initial_epoch=initial_epoch, workers=workers, distributed=distributed,
                                 steps_per_epoch=steps_per_epoch, validation_batch_size=validation_batch_size,
-                                validation_freq=validation_freq)
+                                validation_freq=validation_freq, validation_steps=validation_steps)
         val_stream = None
         if is_stream(validation_data):
             val_stream = BatchStream(self, validation_data, "fit (validation_data)", steps=validation_steps)
