@@ -2,6 +2,7 @@
 (``PyDataset``, Python generators) validated one by one."""
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator
 
@@ -306,7 +307,13 @@ def file_spec(a):
         return None
     # a memmap's data pointer is file byte ``offset`` (a view's ``offset`` attribute is its parent's)
     offset = int(top.offset) + (a.ctypes.data - top.ctypes.data)
-    return (str(top.filename), offset, tuple(a.shape), a.dtype.str, order)
+    filename = str(top.filename)
+    try:  # (a file removed or truncated since it was mapped cannot be mapped again)
+        if os.path.getsize(filename) < offset + a.nbytes:
+            return None
+    except OSError:
+        return None
+    return (filename, offset, tuple(a.shape), a.dtype.str, order)
 
 
 def open_file_spec(spec) -> np.memmap:

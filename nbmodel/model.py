@@ -429,7 +429,10 @@ class Model(Layer):
 
         ``x`` may be arrays or streamed batches: a ``PyDataset`` (its batch order shuffled
         with ``shuffle``) or a generator of ``(x, y[, sample_weight])`` (``steps_per_epoch``
-        batches an epoch; without it, the generator's batches once)."""
+        batches an epoch; without it, the generator's batches once). With ``workers=N`` this
+        process reads the stream and the workers take their shards of each batch; with
+        ``distributed="mpi"`` every rank reads it, so a generator must yield the same batches
+        on every rank. A NumPy memmap ``x`` is read per batch (per shard), never copied whole."""
         from .training import LocalTrainer, run_fit
 
         self._require_compiled()

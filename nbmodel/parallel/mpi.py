@@ -9,6 +9,17 @@ of the global batch (common.ShardRunner), then ONE ``Allreduce(IN_PLACE)`` over
 one float64 buffer [gradients | loss totals and counts | metric totals] sums
 them, and every rank applies the same optimizer step to the same numbers.
 
+Data: every rank has its own. A NumPy memmap input stays a memmap: a rank reads,
+casts and checks only its shard's rows per step. A PyDataset or a generator is
+read by every rank itself, in the same order (rank 0's shuffling generator is
+broadcast at the start), and each rank keeps its shard's rows of every global
+batch. So a PyDataset must return the same ``dataset[i]`` on every rank and a
+generator must yield the same batches on every rank (seed it alike). The ranks
+compare their batch sizes before every step and when the stream ends
+(``RankCheckedStream``): a mismatch stops every rank with one error naming the
+ranks that differ; the batches' contents are not compared. Validation data is
+read by rank 0 alone.
+
 Rank 0 alone runs the progress bar, ModelCheckpoint, CSVLogger and
 BackupAndRestore (whose restored state is then broadcast) and evaluates the
 validation data; the epoch logs, the stop flag and the learning rate are

@@ -12,6 +12,15 @@ sums the gradient buffers in worker order into the model's flat gradient (a
 fixed order, so the result is the same run after run) and applies the
 optimizer once. Other messages (state, generators, errors) are pickled.
 
+Data: an input that is a NumPy memmap (of a file mapped shared) is not copied:
+each worker maps the same file bytes read-only (``data.file_spec``) and reads,
+casts and checks only its shard's rows per step. A PyDataset or generator is
+read here, batch by batch, as one process reads it; the workers start with the
+first global batch, which sizes shared batch buffers, and each step the parent
+copies the global batch into them and wakes the workers with b"B" + the batch
+size + a sample-weight flag; each takes its rows. A larger batch later gets
+new buffers (a pickled "buffers" message), once per new size.
+
 The segments are unlinked as soon as every worker has attached them: the
 memory lives while a process maps it and goes with the last one, so even a
 SIGKILL of the whole process group (a time limit, scancel, the OOM killer)
