@@ -137,9 +137,12 @@ def main(out, mode):
     kw = dict(workers=2) if mode == "process" else dict(distributed="mpi")
     print(f"rank {rank}: data ready after {time.time() - t0:.1f} s", flush=True)
 
-    # warm-up on 4 batches (views of the same file): the usage of a fit, compiled kernels included
-    peaks = Peaks()
-    build().fit(x[:4 * BATCH], y[:4 * BATCH], batch_size=BATCH, epochs=1, verbose=0, callbacks=[peaks], **kw)
+    # warm-up on 4 batches (views of the same file): the usage of a fit, compiled kernels included.
+    # Workers: twice, and the second one's usage, as the limited fit's workers will be (the first
+    # ones may have compiled the kernels, which the next ones load from numba's cache)
+    for _ in range(2 if mode == "process" else 1):
+        peaks = Peaks()
+        build().fit(x[:4 * BATCH], y[:4 * BATCH], batch_size=BATCH, epochs=1, verbose=0, callbacks=[peaks], **kw)
     me = max(peaks.me, vm_data())
     limit = me + MARGIN
     workers = f" (workers {peaks.workers / MB:.0f} MB)" if mode == "process" else ""
