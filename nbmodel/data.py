@@ -2,6 +2,7 @@
 (``PyDataset``, Python generators) validated one by one."""
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator
 
@@ -258,15 +259,68 @@ def is_stream(x) -> bool:
 
 
 class Batch:
-    """One validated batch: input, target (or None) and sample-weight arrays."""
+    """One validated batch: input, target (or None) and sample-weight arrays; ``index``:
+    the batch's number in its stream (what errors name), None for arrays."""
 
-    __slots__ = ("xs", "ys", "sw")
+    __slots__ = ("xs", "ys", "sw", "index")
 
-    def __init__(self, xs, ys, sw):
-        self.xs, self.ys, self.sw = xs, ys, sw
+    def __init__(self, xs, ys, sw, index=None):
+        self.xs, self.ys, self.sw, self.index = xs, ys, sw, index
 
     def __len__(self) -> int:
         return self.xs[0].shape[0]
+
+    def rows(self, lo: int, hi: int) -> Batch:
+        """Samples lo..hi-1 (views): a data-parallel replica's shard of a global batch."""
+        return Batch([a[lo:hi] for a in self.xs], None if self.ys is None else [a[lo:hi] for a in self.ys],
+                     None if self.sw is None else self.sw[lo:hi], self.index)
+
+
+def take_batch(model, xs, ys, sw, sel, where: str) -> Batch:
+    """The Batch of samples ``sel`` (a slice or indices) of standardized arrays
+    (memmap inputs cast and checked here, see ``take_inputs``)."""
+    return Batch(take_inputs(model, xs, sel, where), None if ys is None else [a[sel] for a in ys],
+                 None if sw is None else sw[sel])
+
+
+def file_spec(a):
+    """(filename, offset, shape, dtype, order) of the file bytes behind ``a`` when ``a`` is a
+    NumPy memmap (or a view of one, e.g. a validation split or ``standardize_targets``'s
+    array) opened shared (mode r, r+ or w+: a copy-on-write "c" map may differ from its
+    file) and C- or F-contiguous; else None. ``open_file_spec`` maps the same bytes again
+    (read-only) in another process."""
+    import mmap
+
+    if not isinstance(a, np.ndarray) or a.size == 0:
+        return None
+    top = a
+    while isinstance(top.base, np.ndarray):
+        top = top.base
+    if (not isinstance(top, np.memmap) or not isinstance(top.base, mmap.mmap) or top.filename is None
+            or getattr(top, "mode", "c") == "c"):
+        return None
+    if a.flags.c_contiguous:
+        order = "C"
+    elif a.flags.f_contiguous:
+        order = "F"
+    else:
+        return None
+    # a memmap's data pointer is file byte ``offset`` (a view's ``offset`` attribute is its parent's)
+    offset = int(top.offset) + (a.ctypes.data - top.ctypes.data)
+    filename = str(top.filename)
+    try:  # (a file removed or truncated since it was mapped cannot be mapped again)
+        if os.path.getsize(filename) < offset + a.nbytes:
+            return None
+    except OSError:
+        return None
+    return (filename, offset, tuple(a.shape), a.dtype.str, order)
+
+
+def open_file_spec(spec) -> np.memmap:
+    """A read-only memmap of ``file_spec``'s bytes: pages are read from the file as rows are
+    taken (file-backed and shared, so not private memory of this process)."""
+    filename, offset, shape, dtype, order = spec
+    return np.memmap(filename, dtype=np.dtype(dtype), mode="r", offset=offset, shape=tuple(shape), order=order)
 
 
 def array_batches(model, xs, ys, sw, batch_size: int, where: str, steps=None):
@@ -275,9 +329,7 @@ def array_batches(model, xs, ys, sw, batch_size: int, where: str, steps=None):
     for step, start in enumerate(range(0, n, batch_size)):
         if steps is not None and step >= steps:
             return
-        sl = slice(start, min(start + batch_size, n))
-        yield Batch(take_inputs(model, xs, sl, where), None if ys is None else [a[sl] for a in ys],
-                    None if sw is None else sw[sl])
+        yield take_batch(model, xs, ys, sw, slice(start, min(start + batch_size, n)), where)
 
 
 class BatchStream:
@@ -348,4 +400,4 @@ class BatchStream:
                                                  where)
         if ys is not None:
             sw = apply_class_weight(self.class_weight, ys, sw)
-        return Batch(xs, ys, sw)
+        return Batch(xs, ys, sw, index)

@@ -429,14 +429,14 @@ class Model(Layer):
 
         ``x`` may be arrays or streamed batches: a ``PyDataset`` (its batch order shuffled
         with ``shuffle``) or a generator of ``(x, y[, sample_weight])`` (``steps_per_epoch``
-        batches an epoch; without it, the generator's batches once)."""
+        batches an epoch; without it, the generator's batches once). With ``workers=N`` this
+        process reads the stream and the workers take their shards of each batch; with
+        ``distributed="mpi"`` every rank reads it, so a generator must yield the same batches
+        on every rank. A NumPy memmap ``x`` is read per batch (per shard), never copied whole."""
         from .training import LocalTrainer, run_fit
 
         self._require_compiled()
         stream = is_stream(x)
-        if (stream or is_stream(validation_data)) and (workers != 1 or distributed is not None):
-            raise ValueError("fit: a PyDataset or generator is read in one process; workers > 1 and "
-                             "distributed= need in-memory arrays (or a NumPy memmap) as x and validation_data")
         if stream:
             if batch_size is not None:
                 raise ValueError("fit: batch_size must be None when x is a PyDataset or generator: its batches "
@@ -467,7 +467,7 @@ class Model(Layer):
                                 class_weight=class_weight, sample_weight=sample_weight,
                                 initial_epoch=initial_epoch, workers=workers, distributed=distributed,
                                 steps_per_epoch=steps_per_epoch, validation_batch_size=validation_batch_size,
-                                validation_freq=validation_freq)
+                                validation_freq=validation_freq, validation_steps=validation_steps)
         val_stream = None
         if is_stream(validation_data):
             val_stream = BatchStream(self, validation_data, "fit (validation_data)", steps=validation_steps)

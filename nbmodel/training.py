@@ -26,7 +26,7 @@ import numpy as np
 
 from . import callbacks as cb_mod
 from .callbacks import TrainingPreempted
-from .data import Batch, BatchIterator, BatchStream, array_batches, take_inputs
+from .data import Batch, BatchIterator, BatchStream, array_batches, take_batch
 from .layers.base import finite_checks
 
 
@@ -62,11 +62,8 @@ class LocalTrainer:
 
     def train_step(self, idx):
         model = self.model
-        if isinstance(idx, Batch):
-            bx, by, bw = idx.xs, idx.ys, idx.sw
-        else:
-            bx, by = take_inputs(model, self.xs, idx, "fit"), [a[idx] for a in self.ys]
-            bw = None if self.sw is None else self.sw[idx]
+        b = idx if isinstance(idx, Batch) else take_batch(model, self.xs, self.ys, self.sw, idx, "fit")
+        bx, by, bw = b.xs, b.ys, b.sw
         core = model.training_core  # (a Sequential built from a streamed batch has one by now)
         loss_value, preds, ok = core.train_step(bx, by, bw)
         if ok:

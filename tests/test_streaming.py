@@ -207,10 +207,8 @@ def test_clear_errors_for_unsupported_arguments():
         m.fit(Batches(x, y, 6), batch_size=6, verbose=0)
     with pytest.raises(ValueError, match="batch_size must be None"):
         m.predict(Batches(x, y, 6), batch_size=6)
-    with pytest.raises(ValueError, match="one process.*workers > 1"):
-        m.fit(gen(x, y, 6), workers=2, verbose=0)
-    with pytest.raises(ValueError, match="one process.*workers > 1"):
-        m.fit(x, y, validation_data=Batches(x, y, 6), distributed="mpi", verbose=0)
+    with pytest.raises(ValueError, match="batch_size must be None"):  # (streams with workers: tests/parallel)
+        m.fit(gen(x, y, 6), batch_size=6, workers=2, verbose=0)
     with pytest.raises(ValueError, match="pass x only"):
         m.fit(Batches(x, y, 6), y, verbose=0)
     with pytest.raises(ValueError, match="workers > 1 and use_multiprocessing"):

@@ -47,6 +47,7 @@ import copy
 import numpy as np
 
 from .. import losses
+from ..data import Batch, take_batch
 from ..graph import layer_tree
 from ..layers.base import finite_checks
 from ..training import run_fit
@@ -340,8 +341,8 @@ class ShardRunner:
     """One replica's part of a step: the core's forward, loss gradients and backward
     over its shard into the flat gradient buffer, and the extras into ``extras``."""
 
-    def __init__(self, core, xs, ys, sw, plan, extras, stat_sync=None):
-        self.core, self.xs, self.ys, self.sw, self.plan = core, xs, ys, sw, plan
+    def __init__(self, core, plan, extras, stat_sync=None):
+        self.core, self.plan = core, plan
         self.extras = extras
         self.proxies = install_rngs(core)
         self.stat_sync = stat_sync
@@ -352,7 +353,9 @@ class ShardRunner:
         self.metric_slices = metric_slices(core)
         self.activity_slot = has_activity_penalty(core.model)
 
-    def run(self, idx, lo, hi, total):
+    def run(self, shard, lo, hi, total):
+        """``shard``: a callable giving this replica's rows [lo, hi) of the global batch of
+        ``total`` samples as a ``data.Batch`` (only called when the shard is not empty)."""
         core = self.core
         ex = self.extras
         ex[:] = 0.0
@@ -364,14 +367,13 @@ class ShardRunner:
             if self.stat_sync is not None:
                 self.stat_sync.replay()
             return
+        b = shard()  # (read before the generators are wrapped for the step: a bad batch leaves them alone)
         for p in self.proxies:
             p.begin(lo, hi, total)
         if self.stat_sync is not None:
             self.stat_sync.begin()
         try:
-            bx = [a[idx] for a in self.xs]
-            by = [a[idx] for a in self.ys]
-            bw = None if self.sw is None else self.sw[idx]
+            bx, by, bw = b.xs, b.ys, b.sw
             n_out = len(core.losses)
             # activity penalties divide by the global batch; "scaled": each dy times the single-process
             # w / count with the count of the global batch ("sum": scaled after the reduction)
@@ -394,6 +396,24 @@ class ShardRunner:
             ex[where] = m.totals()
 
 
+def array_shard(model, xs, ys, sw, idx):
+    """``ShardRunner.run``'s ``shard`` for samples ``idx`` of standardized arrays (a memmap
+    input's rows are read, cast and checked here, as one process does per batch)."""
+    return lambda: take_batch(model, xs, ys, sw, idx, "fit")
+
+
+def stream_batch_size(batch, replicas, first):
+    """The size of a streamed global batch, checked: not empty, and the first one large
+    enough to split over the replicas (later ones may be smaller, like a last batch)."""
+    n = len(batch)
+    if n == 0:
+        raise ValueError(f"fit (batch {batch.index}): an empty batch; a data-parallel step needs samples")
+    if first and n < replicas:
+        raise ValueError(f"fit (batch {batch.index}): a global batch of {n} samples cannot be split over "
+                         f"{replicas} replicas; yield batches of at least {replicas} samples")
+    return n
+
+
 # ------------------------------------------------------------ the trainers
 class ReplicatedTrainer:
     """What the process and MPI trainers share (``nbmodel.training.run_fit`` drives them).
@@ -405,6 +425,7 @@ class ReplicatedTrainer:
     """
 
     plan = None
+    first_batch = True  # a streamed fit: the next Batch is the first (metrics built from its targets)
 
     def pull_random_state(self):
         """Bring the replicas' generator states into the model (before a backup);
@@ -412,6 +433,11 @@ class ReplicatedTrainer:
 
     def train_step(self, idx):
         core = self.model.training_core
+        if isinstance(idx, Batch):  # a global batch streamed from a PyDataset or a generator
+            stream_batch_size(idx, self.replicas, self.first_batch)
+            if self.first_batch:
+                ensure_metrics(core, idx.ys)
+                self.first_batch = False
         extras = self.step(idx)
         loss_value, per_output, grad_scale = reduce_step(core, extras, self.plan)
         # the weight penalties once, on the root's weights (the activity penalties came with the extras)
@@ -422,13 +448,23 @@ class ReplicatedTrainer:
         return loss_value, per_output
 
 
-def fit_replicated(model, trainer, xs, ys, val, batch_size, **kw):
-    """``run_fit`` with a ReplicatedTrainer, once the global batch is known to split."""
+def fit_replicated(model, trainer, xs, ys, val, batch_size, batches=None, **kw):
+    """``run_fit`` with a ReplicatedTrainer, once the global batch is known to split.
+
+    ``batches``: a ``data.BatchStream`` (xs, ys None): the global batches come from a
+    PyDataset or a generator; each is checked as it comes (``stream_batch_size``) and
+    the metrics are built from the first one's targets."""
+    core = model.training_core
+    if core is None:
+        raise ValueError(f"{model.name}: data-parallel fit on a PyDataset or generator needs a built model; give "
+                         "the Sequential an Input (or call build) first, or train it with workers=1")
+    trainer.plan = loss_plan(core)
+    if batches is not None:
+        trainer.first_batch = True
+        return run_fit(model, trainer, None, val, batch_size=None, batches=batches, **kw)
     n = xs[0].shape[0]
     if min(batch_size, n) < trainer.replicas:
         raise ValueError(f"fit: a global batch of {min(batch_size, n)} samples cannot be split over "
                          f"{trainer.replicas} replicas; use batch_size >= {trainer.replicas}")
-    core = model.training_core
-    trainer.plan = loss_plan(core)
     ensure_metrics(core, ys)
     return run_fit(model, trainer, n, val, batch_size=batch_size, **kw)

@@ -9,6 +9,17 @@ of the global batch (common.ShardRunner), then ONE ``Allreduce(IN_PLACE)`` over
 one float64 buffer [gradients | loss totals and counts | metric totals] sums
 them, and every rank applies the same optimizer step to the same numbers.
 
+Data: every rank has its own. A NumPy memmap input stays a memmap: a rank reads,
+casts and checks only its shard's rows per step. A PyDataset or a generator is
+read by every rank itself, in the same order (rank 0's shuffling generator is
+broadcast at the start), and each rank keeps its shard's rows of every global
+batch. So a PyDataset must return the same ``dataset[i]`` on every rank and a
+generator must yield the same batches on every rank (seed it alike). The ranks
+compare their batch sizes before every step and when the stream ends
+(``RankCheckedStream``): a mismatch stops every rank with one error naming the
+ranks that differ; the batches' contents are not compared. Validation data is
+read by rank 0 alone.
+
 Rank 0 alone runs the progress bar, ModelCheckpoint, CSVLogger and
 BackupAndRestore (whose restored state is then broadcast) and evaluates the
 validation data; the epoch logs, the stop flag and the learning rate are
@@ -38,11 +49,13 @@ import numpy as np
 
 from .. import callbacks as cb_mod
 from .. import config
+from ..data import Batch
 from .common import (
     ParallelError,
     ReplicatedTrainer,
     ShardRunner,
     StatSync,
+    array_shard,
     extras_size,
     fit_replicated,
     get_state_arrays,
@@ -143,6 +156,30 @@ def _timed_out(comm, MPI, what, timeout):
                       f"aborting the job {hint}")
 
 
+class RankCheckedStream:
+    """A ``data.BatchStream`` that every rank reads itself (fit on a PyDataset or a
+    generator under MPI): before each step, and when the stream ends, the ranks
+    compare their batch sizes (one small allgather), so a rank whose generator yields
+    other batches or ends early stops the job with an error naming it instead of
+    training on mismatched shards or hanging. Everything else is the stream's."""
+
+    def __init__(self, stream, backend):
+        self.stream, self.backend = stream, backend
+        self.epochs = 0
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+    def epoch(self, skip=0):
+        self.epochs += 1
+        step = 0
+        for item in self.stream.epoch(skip):
+            self.backend.check_batch(self.epochs, step, -2 if item is None else len(item))
+            yield item
+            step += 1
+        self.backend.check_batch(self.epochs, step, -1)
+
+
 class MPIBackend(ReplicatedTrainer):
     def __init__(self, model, xs, ys, sw):
         self.MPI = _mpi()
@@ -150,6 +187,7 @@ class MPIBackend(ReplicatedTrainer):
         self.rank, self.replicas = self.comm.Get_rank(), self.comm.Get_size()
         self.is_root = self.rank == 0
         self.model, self.xs, self.ys, self.sw = model, xs, ys, sw
+        self.runner = None
         if self.replicas > 1:  # ranks sharing a node must not oversubscribe its cores
             config.set_num_threads(rank_threads(self.comm))
 
@@ -174,7 +212,8 @@ class MPIBackend(ReplicatedTrainer):
     def start(self):
         model, comm = self.model, self.comm
         core = model.training_core
-        shapes = comm.allgather((self.xs[0].shape[0], core.params.size, core.params.dtype.str))
+        samples = self.xs[0].shape[0] if self.xs is not None else "stream"
+        shapes = comm.allgather((samples, core.params.size, core.params.dtype.str))
         if len(set(shapes)) != 1:
             raise ValueError("fit(distributed='mpi'): ranks disagree on (samples, parameters, dtype): "
                              f"{shapes}; every rank must load the same data and build the same model")
@@ -190,18 +229,47 @@ class MPIBackend(ReplicatedTrainer):
             if state["lr"] is not None:  # e.g. lowered by ReduceLROnPlateau before a restart
                 model.optimizer.learning_rate = state["lr"]
             model.set_random_state(state["random_state"])
-        n_p = core.params.size
-        self.buf = np.zeros(n_p + extras_size(core), np.float64)
-        sync = None
-        if stat_sync_size(model):  # BatchNormalization: statistics of the global batch
-            sync = StatSync(lambda buf: self._sum(buf, "BatchNormalization's statistics sum"))
-        self.runner = ShardRunner(core, self.xs, self.ys, self.sw, self.plan, np.zeros(extras_size(core)), sync)
         self.positions = state_positions(core)
 
+    def _runner(self):
+        """The shard step, made at the first step (a stream's metrics come from its first batch)."""
+        core = self.model.training_core
+        self.buf = np.zeros(core.params.size + extras_size(core), np.float64)
+        sync = None
+        if stat_sync_size(self.model):  # BatchNormalization: statistics of the global batch
+            sync = StatSync(lambda buf: self._sum(buf, "BatchNormalization's statistics sum"))
+        return ShardRunner(core, self.plan, np.zeros(extras_size(core)), sync)
+
+    def check_batch(self, epoch, step, size):
+        """The ranks' sizes of a streamed step's global batch (-1: the stream ended, -2: a
+        step skipped on resume) must agree; else every rank raises the same error."""
+        if self.replicas == 1:
+            return
+        sizes = np.empty(self.replicas, np.int64)
+        _wait(self.comm.Iallgather(np.array([size], np.int64), sizes), self.comm, self.MPI,
+              "the comparison of the ranks' streamed batches")
+        if (sizes == sizes[0]).all():
+            return
+        said = {-1: "its stream ended", -2: "a step skipped on resume"}
+        ranks = ", ".join(f"rank {r}: {said.get(int(n), f'{int(n)} samples')}" for r, n in enumerate(sizes))
+        odd = [r for r, n in enumerate(sizes) if n != sizes[0]]
+        err = ValueError(f"fit(distributed='mpi'): the ranks read different global batches at epoch {epoch}, "
+                         f"step {step + 1} ({ranks}; rank(s) {odd} differ from rank 0). Every rank reads the "
+                         "stream itself: a generator must yield the same batches on every rank (e.g. seeded "
+                         "alike), a PyDataset must return the same dataset[i] on every rank")
+        err.nbmodel_all_replicas = True  # every rank saw the same sizes and raises this: no abort needed
+        raise err
+
     def step(self, idx):
+        if self.runner is None:
+            self.runner = self._runner()
         total = len(idx)
         lo, hi = shard_bounds(total, self.replicas)[self.rank]
-        self.runner.run(idx[lo:hi], lo, hi, total)
+        if isinstance(idx, Batch):  # a streamed global batch, read on every rank: keep this rank's rows
+            shard = lambda: idx.rows(lo, hi)  # noqa: E731
+        else:  # (a memmap input's rows are read from this rank's own map, cast and checked)
+            shard = array_shard(self.model, self.xs, self.ys, self.sw, idx[lo:hi])
+        self.runner.run(shard, lo, hi, total)
         g = self.model.training_core.grads
         buf, n_p = self.buf, g.size
         buf[:n_p] = g
@@ -239,10 +307,12 @@ class MPIBackend(ReplicatedTrainer):
                               "across ranks", RuntimeWarning, stacklevel=2)
 
 
-def fit_mpi(model, xs, ys, sw, val, **kw):
+def fit_mpi(model, xs, ys, sw, val, batches=None, **kw):
     backend = MPIBackend(model, xs, ys, sw)
     try:
-        return fit_replicated(model, backend, xs, ys, val, **kw)
+        if batches is not None:
+            batches = RankCheckedStream(batches, backend)
+        return fit_replicated(model, backend, xs, ys, val, batches=batches, **kw)
     except BaseException as e:
         if backend.replicas > 1 and not getattr(e, "nbmodel_all_replicas", False):
             # the other ranks may be waiting in a collective: end the whole job rather than hang

@@ -12,6 +12,15 @@ sums the gradient buffers in worker order into the model's flat gradient (a
 fixed order, so the result is the same run after run) and applies the
 optimizer once. Other messages (state, generators, errors) are pickled.
 
+Data: an input that is a NumPy memmap (of a file mapped shared) is not copied:
+each worker maps the same file bytes read-only (``data.file_spec``) and reads,
+casts and checks only its shard's rows per step. A PyDataset or generator is
+read here, batch by batch, as one process reads it; the workers start with the
+first global batch, which sizes shared batch buffers, and each step the parent
+copies the global batch into them and wakes the workers with b"B" + the batch
+size + a sample-weight flag; each takes its rows. A larger batch later gets
+new buffers (a pickled "buffers" message), once per new size.
+
 The segments are unlinked as soon as every worker has attached them: the
 memory lives while a process maps it and goes with the last one, so even a
 SIGKILL of the whole process group (a time limit, scancel, the OOM killer)
@@ -50,6 +59,7 @@ from multiprocessing.connection import wait
 import numpy as np
 
 from .. import config, io
+from ..data import Batch, check_input, file_spec, open_file_spec
 from ..training_core import TrainingCore
 from .common import (
     ParallelError,
@@ -57,6 +67,7 @@ from .common import (
     ShardRunner,
     SharedSlotsReduce,
     StatSync,
+    array_shard,
     ensure_metrics,
     extras_size,
     fit_replicated,
@@ -77,6 +88,7 @@ _POLL_S = 1.0
 _START_TIMEOUT_S = 600.0
 # the per-step messages, kept out of pickle (a pickled message starts with b"\x80")
 _STEP = b"S"   # + int64 batch size: run your shard of the batch in the shared index array
+_ROWS = b"B"   # + int64 batch size + 1 byte (sample weights?): your shard of the shared batch buffers
 _DONE = b"K"   # the shard's gradient and extras are written
 
 
@@ -236,6 +248,18 @@ class PipeBarrier:
                 missing -= 1
 
 
+def _open_data(entry, segments):
+    """The array of one training-data entry: ("shm", segment spec) or ("file", memmap spec)."""
+    if entry is None:
+        return None
+    kind, spec = entry
+    if kind == "file":  # mapped read-only here; rows are read (and inputs cast, checked) per shard
+        return open_file_spec(spec)
+    seg = _attach(spec)
+    segments.append(seg)
+    return seg.array
+
+
 def _worker_main(rank, conn, spec):
     # the parent handles Ctrl-C, and SIGTERM / SIGUSR1 (a scheduler's signals to the whole
     # job: the parent finishes the step and writes the backup), then stops us
@@ -247,37 +271,40 @@ def _worker_main(rank, conn, spec):
     try:
         config.set_floatx(spec["floatx"])
         config.set_num_threads(spec["threads"])
-        for key in ("xs", "ys", "sw", "params", "grads", "extras", "batch", "stat_slots", "stat_flags"):
-            specs = spec[key]
-            if specs is None:
-                continue
-            segs = [_attach(s) for s in specs] if isinstance(specs, list) else _attach(specs)
-            segments.extend(segs if isinstance(segs, list) else [segs])
-            spec[key] = segs
+        for key in ("params", "grads", "extras", "batch", "stat_slots", "stat_flags"):
+            if spec[key] is not None:
+                spec[key] = _attach(spec[key])
+                segments.append(spec[key])
+        data = {k: [_open_data(e, segments) for e in v] if isinstance(v, list) else _open_data(v, segments)
+                for k, v in spec["data"].items()}
         model = io.model_from_config(spec["config"], spec["classes"])
         model.set_weights(spec["weights"])
         core = TrainingCore(model, spec["losses"], spec["loss_weights"], spec["metric_specs"])
         core.bind_flat(spec["params"].array, spec["grads"].array)
         core.set_random_state(spec["random_state"], shuffle=False)
-        xs = [s.array for s in spec["xs"]]
-        ys = [s.array for s in spec["ys"]]
-        sw = spec["sw"].array if spec["sw"] is not None else None
-        ensure_metrics(core, ys)
+        xs, ys, sw = data["xs"], data["ys"], data["sw"]
+        ensure_metrics(core, ys)  # (a stream's: the global batch buffers, shaped like its first batch)
         sync = None
         if spec["stat_slots"] is not None:
             barrier = (FlagBarrier(rank, spec["stat_flags"].array) if spec["stat_flags"] is not None
                        else PipeBarrier(rank, *spec["stat_pipes"]))
             sync = StatSync(SharedSlotsReduce(spec["stat_slots"].array, rank, barrier))
-        runner = ShardRunner(core, xs, ys, sw, spec["plan"], spec["extras"].array, sync)
+        runner = ShardRunner(core, spec["plan"], spec["extras"].array, sync)
         positions = state_positions(core)
-        batch, replicas = spec["batch"].array, spec["replicas"]
+        batch, replicas = spec["batch"].array if spec["batch"] is not None else None, spec["replicas"]
         conn.send(("ready",))
         while True:
             raw = conn.recv_bytes()
             if raw[:1] == _STEP:
                 (total,) = struct.unpack("<q", raw[1:])
                 lo, hi = shard_bounds(total, replicas)[rank]
-                runner.run(batch[lo:hi], lo, hi, total)
+                runner.run(array_shard(model, xs, ys, sw, batch[lo:hi]), lo, hi, total)
+                conn.send_bytes(_DONE)
+                continue
+            if raw[:1] == _ROWS:
+                total, weighted = struct.unpack("<q?", raw[1:])
+                lo, hi = shard_bounds(total, replicas)[rank]
+                runner.run(lambda: Batch(xs, ys, sw if weighted else None).rows(lo, hi), lo, hi, total)
                 conn.send_bytes(_DONE)
                 continue
             msg = pickle.loads(raw)
@@ -289,6 +316,17 @@ def _worker_main(rank, conn, spec):
                 conn.send(("ok",))
             elif kind == "rng":
                 conn.send(("rng", core.get_random_state(shuffle=False)))
+            elif kind == "buffers":  # a stream's larger global batch: new shared buffers
+                old = [seg for seg in segments if any(seg.array is a for a in [*xs, *ys, sw])]
+                new = []
+                data = {k: [_open_data(e, new) for e in v] if isinstance(v, list) else _open_data(v, new)
+                        for k, v in msg[1].items()}
+                xs, ys, sw = data["xs"], data["ys"], data["sw"]
+                for seg in old:
+                    segments.remove(seg)
+                    seg.close()
+                segments.extend(new)
+                conn.send(("ok",))
             elif kind == "stop":
                 break
             else:
@@ -302,6 +340,7 @@ def _worker_main(rank, conn, spec):
             pass
         code = 1
     finally:
+        data = xs = ys = sw = runner = None  # (memmaps: unmapped with their last reference)
         for s in segments:
             s.close()
     # skip interpreter teardown (over a second with numba's pools loaded): nothing is left to flush
@@ -316,9 +355,11 @@ class ProcessBackend(ReplicatedTrainer):
 
     is_root = True
 
-    def __init__(self, model, workers, xs, ys, sw):
+    def __init__(self, model, workers, xs, ys, sw, stream=False):
         self.model, self.replicas = model, int(workers)
         self.xs, self.ys, self.sw = xs, ys, sw
+        self.stream = stream  # global batches from a PyDataset or generator (xs, ys, sw None)
+        self.buffers = None   # a stream's global batch buffers in shared memory: {"xs", "ys", "sw"}
         self.procs, self.conns, self.segments = [], [], []
 
     # the parent runs every callback; there is no other replica to agree with
@@ -336,16 +377,39 @@ class ProcessBackend(ReplicatedTrainer):
             seg.array[...] = arr
         return seg
 
+    def _data(self, a):
+        """How a worker gets a training array: the file behind a NumPy memmap (mapped again,
+        read-only, by each worker), else a copy in shared memory."""
+        if a is None:
+            return None
+        spec = file_spec(a)
+        return ("file", spec) if spec is not None else ("shm", self._segment(a).spec())
+
     def start(self):
+        if not self.stream:
+            self._spawn()
+        # a stream: the workers start with the first global batch, whose shapes and dtypes size
+        # the shared batch buffers (and whose targets built the metrics)
+
+    def _spawn(self, first=None):
+        """Create the shared memory and start the workers (``first``: a stream's first Batch)."""
         model = self.model
         core = model.training_core
         remove_stale_segments()
         try:
-            data = {"xs": [self._segment(a).spec() for a in self.xs],
-                    "ys": [self._segment(a).spec() for a in self.ys],
-                    "sw": self._segment(self.sw).spec() if self.sw is not None else None}
+            if first is None:
+                xs = list(self.xs)
+                for i, (t, a) in enumerate(zip(model.inputs, xs)):
+                    if isinstance(a, np.memmap) and file_spec(a) is None:
+                        # a copy-on-write or strided memmap: cast, checked and copied whole, as arrays are
+                        xs[i] = check_input("fit", t.input_layer.name, t, a)
+                data = {"xs": [self._data(a) for a in xs], "ys": [self._data(a) for a in self.ys],
+                        "sw": self._data(self.sw)}
+                self.batch = self._segment(shape=(self.xs[0].shape[0],), dtype=np.int64)
+            else:
+                data = self._buffers(first)
+                self.batch = None
             self.params = self._segment(core.params)
-            self.batch = self._segment(shape=(self.xs[0].shape[0],), dtype=np.int64)
             n_extra = extras_size(core)
             self.grads = [self._segment(shape=core.params.shape, dtype=core.params.dtype)
                           for _ in range(self.replicas)]
@@ -356,14 +420,15 @@ class ProcessBackend(ReplicatedTrainer):
             slots = self._segment(shape=(2, self.replicas, sync_size), dtype=np.float64) if sync_size else None
             flags = self._segment(np.zeros(self.replicas, np.int64)) if sync_size and _STORES_IN_ORDER else None
             stat_pipes = PipeBarrier.create(ctx, self.replicas) if sync_size and flags is None else None
-            data.update(stat_slots=slots.spec() if slots else None, stat_flags=flags.spec() if flags else None)
+            stat = dict(stat_slots=slots.spec() if slots else None, stat_flags=flags.spec() if flags else None)
             threads = max(1, config.available_cores() // self.replicas)
             base = {"config": model.get_config(), "classes": layer_classes(model),
                     "weights": model.get_weights(), "floatx": core.params.dtype.name,
                     "losses": core.losses, "loss_weights": core.loss_weights, "metric_specs": core.metric_specs,
                     "random_state": core.get_random_state(shuffle=False), "plan": self.plan,
-                    "threads": threads, "params": self.params.spec(), "batch": self.batch.spec(),
-                    "replicas": self.replicas, **data}
+                    "threads": threads, "params": self.params.spec(),
+                    "batch": self.batch.spec() if self.batch is not None else None,
+                    "replicas": self.replicas, "data": data, **stat}
             env_keys = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                         "NBMODEL_NUM_THREADS")
             saved = {k: os.environ.get(k) for k in env_keys}
@@ -460,10 +525,17 @@ class ProcessBackend(ReplicatedTrainer):
     # ------------------------------------------------------------- the step
     def step(self, idx):
         core = self.model.training_core
-        np.copyto(self.params.array, core.params)
         total = len(idx)
-        self.batch.array[:total] = idx
-        self._send_all([_STEP + struct.pack("<q", total)] * self.replicas)
+        if isinstance(idx, Batch):  # a streamed global batch: into the shared buffers, shards are rows
+            if not self.procs:
+                self._spawn(first=idx)
+            self._write_batch(idx)
+            msg = _ROWS + struct.pack("<q?", total, idx.sw is not None)
+        else:
+            self.batch.array[:total] = idx
+            msg = _STEP + struct.pack("<q", total)
+        np.copyto(self.params.array, core.params)
+        self._send_all([msg] * self.replicas)
         self._gather("done")
         g = core.grads
         np.copyto(g, self.grads[0].array)
@@ -473,7 +545,55 @@ class ProcessBackend(ReplicatedTrainer):
             extras += self.extras[r].array
         return extras
 
+    def _buffers(self, batch):
+        """Shared global batch buffers shaped like ``batch`` (and sample weights); returns the
+        workers' data specs. Replaces (and closes) the previous ones."""
+        n = len(batch)
+        old = [seg for seg in self.segments if seg.array is not None and any(
+            seg.array is b for b in self._buffer_arrays())]
+        segs = {"xs": [self._segment(shape=a.shape, dtype=a.dtype) for a in batch.xs],
+                "ys": [self._segment(shape=a.shape, dtype=a.dtype) for a in batch.ys],
+                "sw": self._segment(shape=(n,), dtype=np.float64)}
+        self.buffers = {k: [b.array for b in v] if isinstance(v, list) else v.array for k, v in segs.items()}
+        for seg in old:
+            self.segments.remove(seg)
+            seg.close()
+        return {k: [("shm", b.spec()) for b in v] if isinstance(v, list) else ("shm", v.spec())
+                for k, v in segs.items()}
+
+    def _buffer_arrays(self):
+        if self.buffers is None:
+            return []
+        return [*self.buffers["xs"], *self.buffers["ys"], self.buffers["sw"]]
+
+    def _write_batch(self, batch):
+        """Copy a streamed global batch into the shared buffers. The first batch sized them; a
+        larger one (e.g. a PyDataset's full batch after its short last one, in a shuffled
+        order) replaces them, and the workers attach the new ones (once per new size)."""
+        bufs, n = self.buffers, len(batch)
+        where = f"fit (batch {batch.index})"
+        for kind, arrays, targets in (("input", batch.xs, bufs["xs"]), ("target", batch.ys, bufs["ys"])):
+            for k, (a, b) in enumerate(zip(arrays, targets)):
+                if a.shape[1:] != b.shape[1:] or a.dtype != b.dtype:
+                    raise ValueError(f"{where}: {kind} {k} has samples of shape {a.shape[1:]} and dtype {a.dtype}, "
+                                     f"the first batch's had {b.shape[1:]} and {b.dtype}; with workers=N every "
+                                     "batch of a stream must have the sample shapes and dtypes of the first")
+        if n > bufs["xs"][0].shape[0]:
+            specs = self._buffers(batch)
+            self._send_all([("buffers", specs)] * self.replicas)
+            self._gather("ok")
+            for seg in self.segments:  # every worker has attached the new buffers
+                seg.unlink()
+            bufs = self.buffers
+        for arrays, targets in ((batch.xs, bufs["xs"]), (batch.ys, bufs["ys"])):
+            for a, b in zip(arrays, targets):
+                b[:n] = a
+        if batch.sw is not None:
+            bufs["sw"][:n] = batch.sw
+
     def epoch_begin(self):
+        if not self.procs:  # a stream before its first batch: the workers will start from the model
+            return
         if self.positions:  # callbacks may have changed the weights: replicas start the epoch alike
             state = get_state_arrays(self.model, self.positions)
             self._send_all([("set_state", state)] * self.replicas)
@@ -481,13 +601,15 @@ class ProcessBackend(ReplicatedTrainer):
 
     def sync_state(self):
         """Replica 0's moving statistics (every replica with a non-empty shard agrees) to the model."""
-        if not self.positions:
+        if not self.procs or not self.positions:
             return
         self._send_all([("get_state",)] * self.replicas)
         set_state_arrays(self.model, self.positions, self._gather("state")[0][1])
 
     def pull_random_state(self):
         """Every replica drew the same global-batch noise: worker 0's generators to the model."""
+        if not self.procs:  # (a stream before its first batch: nothing drew)
+            return
         self._send_all([("rng",)] * self.replicas)
         self.model.training_core.set_random_state(self._gather("rng")[0][1], shuffle=False)
 
@@ -534,9 +656,9 @@ def _process_state(pid: int) -> str:
             "Z": "exited"}.get(code, f"state {code}")
 
 
-def fit_process(model, workers, xs, ys, sw, val, **kw):
-    backend = ProcessBackend(model, workers, xs, ys, sw)
+def fit_process(model, workers, xs, ys, sw, val, batches=None, **kw):
+    backend = ProcessBackend(model, workers, xs, ys, sw, stream=batches is not None)
     try:
-        return fit_replicated(model, backend, xs, ys, val, **kw)
+        return fit_replicated(model, backend, xs, ys, val, batches=batches, **kw)
     finally:
         backend.close(error=True)  # a no-op after a normal finish
