@@ -48,13 +48,13 @@ import os
 import pickle
 import platform
 import secrets
+import selectors
 import signal
 import struct
 import sys
 import time
 import traceback
 from multiprocessing import shared_memory
-from multiprocessing.connection import wait
 
 import numpy as np
 
@@ -361,6 +361,7 @@ class ProcessBackend(ReplicatedTrainer):
         self.stream = stream  # global batches from a PyDataset or generator (xs, ys, sw None)
         self.buffers = None   # a stream's global batch buffers in shared memory: {"xs", "ys", "sw"}
         self.procs, self.conns, self.segments = [], [], []
+        self._watch = None  # a selector over the workers' pipes and sentinels, built once (see _gather)
 
     # the parent runs every callback; there is no other replica to agree with
     def keep_callback(self, cb):
@@ -470,14 +471,14 @@ class ProcessBackend(ReplicatedTrainer):
         replies = [None] * self.replicas
         pending = set(range(self.replicas))
         deadline = time.monotonic() + timeout
+        if self._watch is None:  # registered once: a selector per step cost more than the mlp's step
+            self._watch = selectors.DefaultSelector()
+            for r, (c, p) in enumerate(zip(self.conns, self.procs)):
+                self._watch.register(c, selectors.EVENT_READ, ("conn", r))
+                self._watch.register(p.sentinel, selectors.EVENT_READ, ("proc", r))
         while pending:
-            objs = {}
-            for r in pending:
-                objs[self.conns[r]] = ("conn", r)
-                objs[self.procs[r].sentinel] = ("proc", r)
-            ready = wait(list(objs), timeout=_POLL_S)
-            for obj in ready:
-                kind, r = objs[obj]
+            for key, _ in self._watch.select(timeout=_POLL_S):
+                kind, r = key.data
                 if r not in pending:
                     continue
                 if kind == "proc" and not self.conns[r].poll():
@@ -638,6 +639,9 @@ class ProcessBackend(ReplicatedTrainer):
             if p.is_alive():
                 p.kill()
                 p.join(2.0)
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         for c in self.conns:
             c.close()
         for s in self.segments:
