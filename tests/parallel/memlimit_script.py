@@ -12,7 +12,9 @@ to its measured usage plus MARGIN, less than a float32 copy of the file, and che
 - that a float32 copy of the data cannot be allocated under that limit in this process,
   and (workers: limited as they start, from this file run as their __mp_main__) that while
   they step their limit leaves less room than such a copy;
-- that fit on the memmap then trains (every replica reads only its shard rows per step);
+- that fit on the memmap then trains (every replica reads only its shard rows per step); rank 0
+  saves its weights, which the test compares with the same data trained in memory (workers=2,
+  no limit): the same bits with workers, equal to rounding under MPI;
 - that fit on the same data as a plain array (not a memmap: cast and copied whole, as in
   memory) fails cleanly with MemoryError;
 - (process) that workers whose limit is too small for them end fit with ParallelError.
@@ -117,6 +119,16 @@ def copy_fails(what):
     raise SystemExit(f"{what}: a float32 copy of the data could be allocated under the limit")
 
 
+def targets(x):
+    """The regression targets of the data (in memory, 4 MB), of variance 0.25."""
+    w = np.linspace(-1, 1, D)
+    w *= 0.5 / np.linalg.norm(w)
+    y = np.empty(N, np.float32)
+    for s in range(0, N, 100_000):
+        y[s:s + 100_000] = x[s:s + 100_000] @ w
+    return y
+
+
 def main(out, mode):
     t0 = time.time()
     comm = None
@@ -129,11 +141,7 @@ def main(out, mode):
     if comm:
         comm.Barrier()
     x = np.load(path, mmap_mode="r")
-    w = np.linspace(-1, 1, D)
-    w *= 0.5 / np.linalg.norm(w)
-    y = np.empty(N, np.float32)  # targets in memory (4 MB), of variance 0.25
-    for s in range(0, N, 100_000):
-        y[s:s + 100_000] = x[s:s + 100_000] @ w
+    y = targets(x)
     kw = dict(workers=2) if mode == "process" else dict(distributed="mpi")
     print(f"rank {rank}: data ready after {time.time() - t0:.1f} s", flush=True)
 
@@ -159,6 +167,8 @@ def main(out, mode):
     h = model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[peaks], **kw)
     loss = h.history["loss"][-1]
     assert np.isfinite(loss) and loss < 0.2, loss  # (the targets' variance is 0.25)
+    if rank == 0:  # the test trains the same data in memory, without limits, and compares
+        np.savez(os.path.join(out, f"weights_{mode}.npz"), *model.get_weights())
     print(f"rank {rank}: memmap fit trained (loss {loss:.4f}); data usage peaked at {peaks.me / MB:.0f} MB "
           f"after {time.time() - t0:.1f} s", flush=True)
     if mode == "process":

@@ -214,6 +214,23 @@ def test_memmap_larger_than_a_process_may_allocate_with_workers(tmp_path):
     assert "a float32 copy of the data cannot be allocated" in out
     assert "the same data as an array: MemoryError" in out
     assert "workers over their limit: ParallelError" in out
+    _same_weights_as_in_memory(tmp_path, "process")
+
+
+def _same_weights_as_in_memory(tmp_path, mode):
+    """The memory-limited memmap fit's weights against the same data read whole into memory
+    and trained by workers=2 here, without limits."""
+    import memlimit_script as ms
+
+    x = np.load(os.path.join(tmp_path, "x.npy"))  # 320 MB, read whole
+    model = ms.build()
+    model.fit(x, ms.targets(x), batch_size=ms.BATCH, epochs=1, verbose=0, workers=2)
+    with np.load(os.path.join(tmp_path, f"weights_{mode}.npz")) as got:
+        for i, want in enumerate(model.get_weights()):
+            if mode == "process":  # the same shard sums in the same order: the same bits
+                np.testing.assert_array_equal(got[f"arr_{i}"], want)
+            else:  # MPI's reduction of two shards against the parent's: equal to rounding
+                np.testing.assert_allclose(got[f"arr_{i}"], want, rtol=1e-6, atol=1e-7)
 
 
 @needs_limits
@@ -228,3 +245,4 @@ def test_memmap_larger_than_a_process_may_allocate_under_mpi(tmp_path):
         assert f"rank {rank}: a float32 copy of the data cannot be allocated" in r.stdout
         assert f"rank {rank}: the same data as an array: MemoryError" in r.stdout
         assert f"rank {rank}: OK" in r.stdout
+    _same_weights_as_in_memory(tmp_path, "mpi")
