@@ -54,9 +54,6 @@ class LocalTrainer:
     def sync_state(self):
         pass
 
-    def pull_random_state(self):
-        """The generators here are the ones that drew: nothing to bring back."""
-
     def finish(self, completed):
         pass
 
@@ -180,9 +177,8 @@ def run_fit(model, trainer, n, val, batch_size, epochs, verbose, callbacks, shuf
                     cbs.on_train_batch_end(step, logs)
                     if backup:  # every replica takes part: the root decides
                         stop_now, due = trainer.agree((preempt.received, cbs.step_backup_due()))
-                        if due or stop_now:  # the replicas' moving statistics and generators first
-                            trainer.sync_state()
-                            trainer.pull_random_state()
+                        if due or stop_now:  # the replicas' moving statistics first (the generators
+                            trainer.sync_state()  # that drew are the model's own on every trainer)
                             cbs.write_step_backup(epoch, {
                                 "step": step, "loss_sum": loss_sum, "n_seen": n_seen, "out_sums": out_sums,
                                 "epoch_random": epoch_random,
@@ -211,8 +207,6 @@ def run_fit(model, trainer, n, val, batch_size, epochs, verbose, callbacks, shuf
                 # every replica sees the root's logs, so callbacks decide alike everywhere
                 logs = trainer.agree(logs)
                 if n_seen:
-                    if backup:  # the backup must hold the generators as the replicas left them
-                        trainer.pull_random_state()
                     cbs.on_epoch_end(epoch, logs)
                 lr = model.optimizer.settable_learning_rate  # None when a schedule drives it
                 stop, lr = trainer.agree((bool(model.stop_training), lr))

@@ -427,10 +427,6 @@ class ReplicatedTrainer:
     plan = None
     first_batch = True  # a streamed fit: the next Batch is the first (metrics built from its targets)
 
-    def pull_random_state(self):
-        """Bring the replicas' generator states into the model (before a backup);
-        a no-op where the model's own generators are the ones that drew (MPI)."""
-
     def train_step(self, idx):
         core = self.model.training_core
         if isinstance(idx, Batch):  # a global batch streamed from a PyDataset or a generator

@@ -1,16 +1,28 @@
-"""Data-parallel training over worker processes on one machine.
+"""Data-parallel training over processes on one machine.
 
-The parent keeps the model, the optimizer, the callbacks and the logs; N
-spawned workers only compute gradients. Shared memory (created by the parent,
-unlinked in ``finally``) holds, once per fit, the training arrays; for the
-whole fit, the parameters (written by the parent after each optimizer step),
-the indices of the current global batch, and one gradient buffer plus one
-float64 extras vector per worker. Per step the parent writes the batch's
-indices, sends each worker a 9-byte wake-up (b"S" + the batch size) through
-its pipe, waits for every 1-byte reply while watching the process sentinels,
-sums the gradient buffers in worker order into the model's flat gradient (a
-fixed order, so the result is the same run after run) and applies the
-optimizer once. Other messages (state, generators, errors) are pickled.
+``fit(workers=N)`` runs N replicas: replica 0 is the parent itself, which also
+keeps the model, the optimizer, the callbacks and the logs; N - 1 spawned
+workers (replicas 1..N-1) only compute gradients. Every replica gets
+``cores // N`` threads (the parent's own count is restored after fit). Shared
+memory (created by the parent, see below for its unlinking) holds, once per
+fit, the training arrays; for the whole fit, the parameters (written by the
+parent after each optimizer step), the indices of the current global batch,
+and one gradient buffer plus one float64 extras vector per worker. Per step
+the parent writes the batch's indices and the parameters, sends each worker a
+9-byte wake-up (b"S" + the batch size) through its pipe, computes shard 0
+itself, waits for every 1-byte reply while watching the process sentinels,
+adds the workers' gradient buffers in replica order to its own (a fixed
+order, so the result is the same run after run) and applies the optimizer
+once. Other messages (state, errors) are pickled. Where every replica has a
+core of its own, a replica waiting for a peer polls for up to a millisecond
+before it sleeps: a wake-up from a blocking read costs tens of microseconds,
+a tenth of a small model's step.
+
+The parent's layer generators draw the whole global batch's noise (as every
+replica's do, common.GlobalBatchRNG), and its BatchNormalization layers take
+part in the statistics sums as replica 0, so the model's generators and moving
+statistics are always those of an uninterrupted run: nothing is pulled back
+from the workers, for a backup or at the end.
 
 Data: an input that is a NumPy memmap (of a file mapped shared) is not copied:
 each worker maps the same file bytes read-only (``data.file_spec``) and reads,
@@ -29,7 +41,8 @@ leaves nothing in /dev/shm. Segments of a parent killed during the start-up
 
 Each step has a deadline (``config.step_timeout()``): a worker that is
 stopped (SIGSTOP), stuck or silent past it ends ``fit`` with a
-``ParallelError`` naming it; the workers are then killed.
+``ParallelError`` naming it, whether the parent waits for its reply or for
+its part of a BatchNormalization sum; the workers are then killed.
 
 Workers are spawned (never forked: numba's thread pool may already run in the
 parent), each with ``cores // N`` threads for numba and BLAS, rebuild the model
@@ -77,6 +90,8 @@ from .common import (
     shard_bounds,
     stat_sync_size,
     state_positions,
+    uninstall_rngs,
+    uninstall_stat_sync,
 )
 
 SHM_PREFIX = "nbm"
@@ -167,24 +182,25 @@ _STORES_IN_ORDER = platform.machine().lower() in ("x86_64", "amd64")
 
 
 class FlagBarrier:
-    """A barrier between worker processes on x86-64 for BatchNormalization's mid-step
-    sums (common.SharedSlotsReduce): each worker bumps its own counter in shared
+    """A barrier between the replica processes on x86-64 for BatchNormalization's
+    mid-step sums (common.SharedSlotsReduce): each bumps its own counter in shared
     memory and polls until every counter has reached its own.
 
-    Correct because x86's total store order makes a worker's earlier writes (its
+    Correct because x86's total store order makes a replica's earlier writes (its
     row of the sum) visible before its counter; weakly ordered CPUs (ARM, POWER)
     use PipeBarrier, whose system calls order memory. A few microseconds where
     ``multiprocessing.Barrier`` takes tens (docs/performance.md, Data parallel).
     After POLL_S of polling it sleeps between looks (up to 0.5 ms), so a
-    descheduled or stopped peer does not hold a core (the parent's step
-    deadline ends a stuck one), and it exits if the parent is gone.
+    descheduled or stopped peer does not hold a core, and calls ``watch()``
+    between naps: the parent's raises when a worker died or the step deadline
+    passed; a worker's (the default) exits when the parent is gone.
     """
 
     POLL_S = 1e-3
 
-    def __init__(self, rank: int, counts: np.ndarray):
+    def __init__(self, rank: int, counts: np.ndarray, watch=None):
         self.rank, self.counts, self.gen = rank, counts, 0
-        self._parent = os.getppid()
+        self.watch = watch or _orphan_check()
 
     def wait(self) -> None:
         self.gen += 1
@@ -195,8 +211,17 @@ class FlagBarrier:
             if time.perf_counter() > poll_until:
                 time.sleep(nap)
                 nap = min(2 * nap, 5e-4)
-                if os.getppid() != self._parent:  # orphaned (the parent was killed): stop waiting
-                    raise SystemExit(f"nbmodel worker {self.rank}: the parent process is gone")
+                self.watch()
+
+
+def _orphan_check():
+    """A worker's watch while it waits for its peers: exit once the parent is gone (killed)."""
+    parent = os.getppid()
+
+    def watch():
+        if os.getppid() != parent:
+            raise SystemExit("nbmodel worker: the parent process is gone")
+    return watch
 
 
 class PipeBarrier:
@@ -213,9 +238,11 @@ class PipeBarrier:
     """
 
     SPIN_S = 2e-4  # polling before a blocking read; the steps around a sum are milliseconds
+    NAP_S = 0.05   # a blocking read's slice, between calls of ``watch`` (see FlagBarrier)
 
-    def __init__(self, rank: int, inbox, outboxes):
+    def __init__(self, rank: int, inbox, outboxes, watch=None):
         self.rank, self.inbox, self.outboxes = rank, inbox, outboxes
+        self.watch = watch or _orphan_check()
         self.early = [0] * (len(outboxes) + 1)
         self._msg = struct.pack("<I", rank)
 
@@ -238,8 +265,12 @@ class PipeBarrier:
         while missing:
             # poll first for a short while: a blocking read that sleeps costs a wake-up
             # (tens of us) where the others arrive within microseconds
-            if not self.inbox.poll(0) and time.perf_counter() < spin_until:
-                continue
+            if not self.inbox.poll(0):
+                if time.perf_counter() < spin_until:
+                    continue
+                if not self.inbox.poll(self.NAP_S):
+                    self.watch()
+                    continue
             (r,) = struct.unpack("<I", self.inbox.recv_bytes())
             if r in heard:
                 self.early[r] += 1  # already at the next barrier
@@ -258,6 +289,16 @@ def _open_data(entry, segments):
     seg = _attach(spec)
     segments.append(seg)
     return seg.array
+
+
+def _recv_spinning(conn, spin_s):
+    """``conn.recv_bytes()``, polling for up to ``spin_s`` first: a read that sleeps costs a
+    wake-up (tens of microseconds, a tenth of a small model's step) where the parent's next
+    step comes within a fraction of a millisecond. Only where every replica has a core."""
+    until = time.perf_counter() + spin_s
+    while not conn.poll(0) and time.perf_counter() < until:
+        pass
+    return conn.recv_bytes()
 
 
 def _worker_main(rank, conn, spec):
@@ -294,7 +335,7 @@ def _worker_main(rank, conn, spec):
         batch, replicas = spec["batch"].array if spec["batch"] is not None else None, spec["replicas"]
         conn.send(("ready",))
         while True:
-            raw = conn.recv_bytes()
+            raw = _recv_spinning(conn, spec["spin"])
             if raw[:1] == _STEP:
                 (total,) = struct.unpack("<q", raw[1:])
                 lo, hi = shard_bounds(total, replicas)[rank]
@@ -360,8 +401,14 @@ class ProcessBackend(ReplicatedTrainer):
         self.xs, self.ys, self.sw = xs, ys, sw
         self.stream = stream  # global batches from a PyDataset or generator (xs, ys, sw None)
         self.buffers = None   # a stream's global batch buffers in shared memory: {"xs", "ys", "sw"}
+        # the spawned workers are replicas 1..N-1: procs[i], conns[i] are replica i + 1's
         self.procs, self.conns, self.segments = [], [], []
         self._watch = None  # a selector over the workers' pipes and sentinels, built once (see _gather)
+        self.runner = None  # replica 0's shard step, here (made at the first step)
+        self.sync = None    # its BatchNormalization statistics sums with the workers
+        self._threads = None  # the parent's thread count before fit (restored by close)
+        self._deadline = None  # the current step's deadline (time.monotonic())
+        self.spin = 0.0  # seconds a replica polls for its peers before sleeping (see _recv_spinning)
 
     # the parent runs every callback; there is no other replica to agree with
     def keep_callback(self, cb):
@@ -387,13 +434,18 @@ class ProcessBackend(ReplicatedTrainer):
         return ("file", spec) if spec is not None else ("shm", self._segment(a).spec())
 
     def start(self):
-        if not self.stream:
+        threads = max(1, config.available_cores() // self.replicas)
+        # polling only pays where every replica has a core of its own
+        self.spin = 1e-3 if self.replicas <= config.available_cores() else 0.0
+        self._threads = config.get_num_threads()
+        config.set_num_threads(threads)  # replica 0 runs here, beside the workers
+        if not self.stream and self.replicas > 1:
             self._spawn()
         # a stream: the workers start with the first global batch, whose shapes and dtypes size
         # the shared batch buffers (and whose targets built the metrics)
 
     def _spawn(self, first=None):
-        """Create the shared memory and start the workers (``first``: a stream's first Batch)."""
+        """Create the shared memory and start workers 1..N-1 (``first``: a stream's first Batch)."""
         model = self.model
         core = model.training_core
         remove_stale_segments()
@@ -412,9 +464,9 @@ class ProcessBackend(ReplicatedTrainer):
                 self.batch = None
             self.params = self._segment(core.params)
             n_extra = extras_size(core)
-            self.grads = [self._segment(shape=core.params.shape, dtype=core.params.dtype)
-                          for _ in range(self.replicas)]
-            self.extras = [self._segment(shape=(n_extra,), dtype=np.float64) for _ in range(self.replicas)]
+            workers = range(1, self.replicas)
+            self.grads = [self._segment(shape=core.params.shape, dtype=core.params.dtype) for _ in workers]
+            self.extras = [self._segment(shape=(n_extra,), dtype=np.float64) for _ in workers]
             sync_size = stat_sync_size(model)
             ctx = mp.get_context("spawn")
             # BatchNormalization's statistics: summed between the workers, mid-step (common.StatSync)
@@ -422,12 +474,16 @@ class ProcessBackend(ReplicatedTrainer):
             flags = self._segment(np.zeros(self.replicas, np.int64)) if sync_size and _STORES_IN_ORDER else None
             stat_pipes = PipeBarrier.create(ctx, self.replicas) if sync_size and flags is None else None
             stat = dict(stat_slots=slots.spec() if slots else None, stat_flags=flags.spec() if flags else None)
-            threads = max(1, config.available_cores() // self.replicas)
+            if sync_size:  # replica 0's side of the sums
+                barrier = (FlagBarrier(0, flags.array, self._watch_workers) if flags is not None
+                           else PipeBarrier(0, *stat_pipes[0], watch=self._watch_workers))
+                self.sync = StatSync(SharedSlotsReduce(slots.array, 0, barrier))
+            threads = config.get_num_threads()  # (set by start: cores // N)
             base = {"config": model.get_config(), "classes": layer_classes(model),
                     "weights": model.get_weights(), "floatx": core.params.dtype.name,
                     "losses": core.losses, "loss_weights": core.loss_weights, "metric_specs": core.metric_specs,
                     "random_state": core.get_random_state(shuffle=False), "plan": self.plan,
-                    "threads": threads, "params": self.params.spec(),
+                    "threads": threads, "spin": self.spin, "params": self.params.spec(),
                     "batch": self.batch.spec() if self.batch is not None else None,
                     "replicas": self.replicas, "data": data, **stat}
             env_keys = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -436,8 +492,8 @@ class ProcessBackend(ReplicatedTrainer):
             try:  # a spawned child reads these before numpy/numba start their pools
                 for k in env_keys:
                     os.environ[k] = str(threads)
-                for r in range(self.replicas):
-                    spec = dict(base, grads=self.grads[r].spec(), extras=self.extras[r].spec(),
+                for r in workers:
+                    spec = dict(base, grads=self.grads[r - 1].spec(), extras=self.extras[r - 1].spec(),
                                 stat_pipes=stat_pipes[r] if stat_pipes else None)
                     parent_conn, child_conn = ctx.Pipe(duplex=True)
                     p = ctx.Process(target=_worker_main, args=(r, child_conn, spec),
@@ -455,7 +511,7 @@ class ProcessBackend(ReplicatedTrainer):
             self._gather("ready", timeout=_START_TIMEOUT_S, what="start")
             for seg in self.segments:  # every worker has attached: nothing can leak from here on
                 seg.unlink()
-            for inbox, outboxes in stat_pipes or ():  # the workers hold their own ends
+            for inbox, outboxes in (stat_pipes or [])[1:]:  # the workers hold their own ends
                 for end in (inbox, *outboxes):
                     end.close()
             self.positions = state_positions(core)
@@ -468,82 +524,119 @@ class ProcessBackend(ReplicatedTrainer):
         """Each worker's reply, in worker order; ParallelError as soon as one fails or
         dies, or when ``timeout`` seconds (default: the step deadline) pass first."""
         timeout = config.step_timeout() if timeout is None else timeout
-        replies = [None] * self.replicas
-        pending = set(range(self.replicas))
+        replies = [None] * len(self.procs)
+        pending = set(range(len(self.procs)))
         deadline = time.monotonic() + timeout
+        spin_until = time.perf_counter() + self.spin
         if self._watch is None:  # registered once: a selector per step cost more than the mlp's step
             self._watch = selectors.DefaultSelector()
-            for r, (c, p) in enumerate(zip(self.conns, self.procs)):
-                self._watch.register(c, selectors.EVENT_READ, ("conn", r))
-                self._watch.register(p.sentinel, selectors.EVENT_READ, ("proc", r))
+            for i, (c, p) in enumerate(zip(self.conns, self.procs)):
+                self._watch.register(c, selectors.EVENT_READ, ("conn", i))
+                self._watch.register(p.sentinel, selectors.EVENT_READ, ("proc", i))
         while pending:
-            for key, _ in self._watch.select(timeout=_POLL_S):
-                kind, r = key.data
-                if r not in pending:
+            # polled (timeout 0) at first where every replica has a core: see _recv_spinning
+            wait = 0 if time.perf_counter() < spin_until else _POLL_S
+            for key, _ in self._watch.select(timeout=wait):
+                kind, i = key.data
+                if i not in pending:
                     continue
-                if kind == "proc" and not self.conns[r].poll():
-                    self._died(r)
-                if kind == "conn" or self.conns[r].poll():
-                    try:
-                        raw = self.conns[r].recv_bytes()
-                    except (EOFError, ConnectionError):
-                        self._died(r)
-                    msg = ("done",) if raw == _DONE else pickle.loads(raw)
-                    if msg[0] == "error":
-                        raise ParallelError(f"data-parallel worker {r} (pid {self.procs[r].pid}) raised an "
-                                            f"exception:\n{msg[1]}")
-                    if msg[0] != expect:
-                        raise ParallelError(f"data-parallel worker {r}: expected {expect!r}, got {msg[0]!r}")
-                    replies[r] = msg
-                    pending.discard(r)
+                if kind == "proc" and not self.conns[i].poll():
+                    self._died(i)
+                if kind == "conn" or self.conns[i].poll():
+                    replies[i] = self._receive(i, expect)
+                    pending.discard(i)
             if pending and time.monotonic() > deadline:
-                late = ", ".join(f"worker {r} (pid {self.procs[r].pid}, {_process_state(self.procs[r].pid)})"
-                                 for r in sorted(pending))
-                raise ParallelError(f"data-parallel {late}: no answer within {timeout:g} s ({what}); fit stopped "
-                                    "and the workers were killed (deadline: nbmodel.config.set_step_timeout or "
-                                    "NBMODEL_STEP_TIMEOUT)")
+                self._late(pending, timeout, what)
         return replies
 
-    def _died(self, r):
-        p = self.procs[r]
+    def _receive(self, i, expect):
+        """Worker i + 1's next message, which must be ``expect`` (an error it sent is raised)."""
+        try:
+            raw = self.conns[i].recv_bytes()
+        except (EOFError, ConnectionError):
+            self._died(i)
+        msg = ("done",) if raw == _DONE else pickle.loads(raw)
+        if msg[0] == "error":
+            raise ParallelError(f"data-parallel worker {i + 1} (pid {self.procs[i].pid}) raised an "
+                                f"exception:\n{msg[1]}")
+        if msg[0] != expect:
+            raise ParallelError(f"data-parallel worker {i + 1}: expected {expect!r}, got {msg[0]!r}")
+        return msg
+
+    def _late(self, pending, timeout, what):
+        late = ", ".join(f"worker {i + 1} (pid {self.procs[i].pid}, {_process_state(self.procs[i].pid)})"
+                         for i in sorted(pending))
+        raise ParallelError(f"data-parallel {late}: no answer within {timeout:g} s ({what}); fit stopped "
+                            "and the workers were killed (deadline: nbmodel.config.set_step_timeout or "
+                            "NBMODEL_STEP_TIMEOUT)")
+
+    def _watch_workers(self):
+        """Replica 0's watch while it waits for the workers in a BatchNormalization sum: a
+        worker that died (after sending its traceback, or killed) or the step deadline
+        ends fit. (Mid-sum no worker has anything else to say.)"""
+        for i, p in enumerate(self.procs):
+            if not p.is_alive():
+                if self.conns[i].poll():
+                    self._receive(i, "done")  # raises the error it sent
+                self._died(i)
+        if time.monotonic() > self._deadline:
+            self._late(range(len(self.procs)), config.step_timeout(), "BatchNormalization's statistics sum")
+
+    def _died(self, i):
+        p = self.procs[i]
         p.join(0.5)
         code = p.exitcode
         how = (f"was killed by signal {-code}" if code is not None and code < 0
                else f"exited with code {code}")
-        raise ParallelError(f"data-parallel worker {r} (pid {p.pid}) {how} during fit; the other workers "
+        raise ParallelError(f"data-parallel worker {i + 1} (pid {p.pid}) {how} during fit; the other workers "
                             "were stopped")
 
-    def _send_all(self, msgs):
-        for r, msg in enumerate(msgs):
+    def _send_all(self, msg):
+        for i, conn in enumerate(self.conns):
             try:
                 if isinstance(msg, bytes):
-                    self.conns[r].send_bytes(msg)
+                    conn.send_bytes(msg)
                 else:
-                    self.conns[r].send(msg)
+                    conn.send(msg)
             except (BrokenPipeError, ConnectionError, EOFError):
-                self._died(r)
+                self._died(i)
 
     # ------------------------------------------------------------- the step
+    def _runner(self):
+        """Replica 0's shard step (made at the first step: a stream's metrics come from its first batch)."""
+        core = self.model.training_core
+        return ShardRunner(core, self.plan, np.zeros(extras_size(core)), self.sync)
+
     def step(self, idx):
         core = self.model.training_core
         total = len(idx)
+        self._deadline = time.monotonic() + config.step_timeout()
+        lo, hi = shard_bounds(total, self.replicas)[0]
         if isinstance(idx, Batch):  # a streamed global batch: into the shared buffers, shards are rows
-            if not self.procs:
+            if self.replicas > 1 and not self.procs:
                 self._spawn(first=idx)
-            self._write_batch(idx)
+            if self.procs:
+                self._write_batch(idx)
             msg = _ROWS + struct.pack("<q?", total, idx.sw is not None)
+            shard = lambda: idx.rows(lo, hi)  # noqa: E731
         else:
-            self.batch.array[:total] = idx
+            if self.procs:
+                self.batch.array[:total] = idx
             msg = _STEP + struct.pack("<q", total)
-        np.copyto(self.params.array, core.params)
-        self._send_all([msg] * self.replicas)
-        self._gather("done")
-        g = core.grads
-        np.copyto(g, self.grads[0].array)
-        extras = self.extras[0].array.copy()
-        for r in range(1, self.replicas):  # fixed order: the same sum run after run
-            np.add(g, self.grads[r].array, out=g)
-            extras += self.extras[r].array
+            shard = array_shard(self.model, self.xs, self.ys, self.sw, idx[lo:hi])
+        if self.runner is None:
+            self.runner = self._runner()
+        if self.procs:
+            np.copyto(self.params.array, core.params)
+            self._send_all(msg)
+        self.runner.run(shard, lo, hi, total)  # replica 0, while the workers run theirs
+        extras = self.runner.extras.copy()
+        if self.procs:
+            self._gather("done")
+            g = core.grads
+            for grads, more in zip(self.grads, self.extras):  # fixed order: the same sum run after run
+                np.add(g, grads.array, out=g)
+                extras += more.array
         return extras
 
     def _buffers(self, batch):
@@ -581,7 +674,7 @@ class ProcessBackend(ReplicatedTrainer):
                                      "batch of a stream must have the sample shapes and dtypes of the first")
         if n > bufs["xs"][0].shape[0]:
             specs = self._buffers(batch)
-            self._send_all([("buffers", specs)] * self.replicas)
+            self._send_all(("buffers", specs))
             self._gather("ok")
             for seg in self.segments:  # every worker has attached the new buffers
                 seg.unlink()
@@ -593,37 +686,21 @@ class ProcessBackend(ReplicatedTrainer):
             bufs["sw"][:n] = batch.sw
 
     def epoch_begin(self):
-        if not self.procs:  # a stream before its first batch: the workers will start from the model
-            return
-        if self.positions:  # callbacks may have changed the weights: replicas start the epoch alike
-            state = get_state_arrays(self.model, self.positions)
-            self._send_all([("set_state", state)] * self.replicas)
+        if self.procs and self.positions:  # callbacks may have changed the weights: replicas start alike
+            self._send_all(("set_state", get_state_arrays(self.model, self.positions)))
             self._gather("ok")
 
     def sync_state(self):
-        """Replica 0's moving statistics (every replica with a non-empty shard agrees) to the model."""
-        if not self.procs or not self.positions:
-            return
-        self._send_all([("get_state",)] * self.replicas)
-        set_state_arrays(self.model, self.positions, self._gather("state")[0][1])
-
-    def pull_random_state(self):
-        """Every replica drew the same global-batch noise: worker 0's generators to the model."""
-        if not self.procs:  # (a stream before its first batch: nothing drew)
-            return
-        self._send_all([("rng",)] * self.replicas)
-        self.model.training_core.set_random_state(self._gather("rng")[0][1], shuffle=False)
+        """Nothing to do: replica 0's moving statistics (every replica with a non-empty shard
+        agrees) are the model's own, as are its generators."""
 
     def finish(self, completed):
-        try:
-            if completed and self.procs and all(p.is_alive() for p in self.procs):
-                self.pull_random_state()
-        finally:
-            self.close(error=not completed)
+        self.close(error=not completed)
 
     def close(self, error=False):
-        """Stop every worker and unlink every segment (idempotent)."""
-        for r, (p, c) in enumerate(zip(self.procs, self.conns)):
+        """Stop every worker, unlink every segment and give the model back its own generators,
+        statistics and thread count (idempotent)."""
+        for p, c in zip(self.procs, self.conns):
             if error and p.is_alive():  # mid-step, stopped or stuck: workers hold nothing worth a clean exit
                 p.kill()
             elif p.is_alive():
@@ -644,9 +721,16 @@ class ProcessBackend(ReplicatedTrainer):
             self._watch = None
         for c in self.conns:
             c.close()
+        self.sync = self.runner = None
         for s in self.segments:
             s.close()
         self.procs, self.conns, self.segments = [], [], []
+        if self.model.training_core is not None:  # (None: an unbuilt model, refused before any step)
+            uninstall_rngs(self.model.training_core)
+            uninstall_stat_sync(self.model)
+        if self._threads is not None:
+            config.set_num_threads(self._threads)
+            self._threads = None
 
 
 def _process_state(pid: int) -> str:
