@@ -216,6 +216,45 @@ def test_stopped_worker_ends_fit_within_the_deadline(short_deadline, float64):
     assert time.monotonic() - stopped["t"] < short_deadline + 15
 
 
+def test_worker_stopped_while_the_parent_waits_in_a_batch_norm_sum(short_deadline, float64):
+    """The parent is replica 0: with a worker stopped it waits in BatchNormalization's
+    statistics sum, not for a reply, and the step deadline still ends fit naming the worker."""
+    x = np.random.default_rng(0).standard_normal((32, 3))
+    y = np.zeros(32, np.int64)
+    stopped = {}
+
+    class Stop(Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 1 and not stopped:
+                victim = next(p for p in _workers_alive() if p.name == "nbmodel-worker-1")
+                stopped["pid"], stopped["t"] = victim.pid, time.monotonic()
+                os.kill(victim.pid, signal.SIGSTOP)
+
+    model = nb.Sequential([L.Input((3,)), L.Dense(4), L.BatchNormalization(), L.Dense(2)], seed=0)
+    model.compile(optimizer="sgd", loss=nb.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(ParallelError, match=r"worker 1 \(pid \d+, stopped\): no answer within 4 s "
+                                            r"\(BatchNormalization's statistics sum\)"):
+        model.fit(x, y, verbose=0, workers=2, epochs=20, batch_size=8, callbacks=[Stop()])
+    assert time.monotonic() - stopped["t"] < short_deadline + 15
+
+
+def test_the_parent_gets_back_its_threads_generators_and_layers(float64):
+    """The parent ran replica 0 with cores // N threads, wrapped generators and a statistics
+    sum installed in its BatchNormalization: all of it is undone when fit returns."""
+    from nbmodel.parallel.common import GlobalBatchRNG
+
+    x = np.random.default_rng(0).standard_normal((16, 3))
+    y = np.zeros(16, np.int64)
+    model = nb.Sequential([L.Input((3,)), L.Dense(4), L.BatchNormalization(), L.Dropout(0.5), L.Dense(2)],
+                          seed=0)
+    model.compile(optimizer="sgd", loss=nb.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = nb.config.get_num_threads()
+    model.fit(x, y, verbose=0, workers=2, epochs=2, batch_size=8)
+    assert nb.config.get_num_threads() == before
+    assert not any(isinstance(layer.rng, GlobalBatchRNG) for layer in model.training_core.random_layers())
+    assert "stat_sync" not in vars(model.layers[1])
+
+
 def test_deadline_setting_is_checked():
     with pytest.raises(ValueError, match="positive number of seconds"):
         nb.config.set_step_timeout(0)
