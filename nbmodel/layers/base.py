@@ -22,6 +22,7 @@ copies it back) but costs a copy.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import re
@@ -157,8 +158,9 @@ class Layer:
         return False
 
     def takes_mask(self) -> bool:
-        """Whether ``forward`` reads a ``mask=`` argument (the graph passes the input's mask)."""
-        return "mask" in inspect.signature(self.forward).parameters
+        """Whether ``forward`` reads a ``mask=`` argument (the graph passes the input's mask).
+        Asked per masked node and step: the signature is read once per function."""
+        return _has_mask_parameter(vars(self).get("forward") or type(self).forward)
 
     # ------------------------------------------------------------------ helpers
     def kernels(self, family: str):
@@ -508,3 +510,8 @@ def Input(shape=None, batch_size=None, dtype=None, name=None):
     t.input_layer = layer
     layer.tensor = t
     return t
+
+
+@functools.cache
+def _has_mask_parameter(forward) -> bool:
+    return "mask" in inspect.signature(forward).parameters
