@@ -213,20 +213,24 @@ class _Conv(Layer):
         out_spatial = (ow,) if self.rank == 1 else (oh, ow)
         return y.reshape((n,) + out_spatial + (f,))
 
-    def backward(self, dy):
-        x4, x_shape, pre, y, geometry, training = self._cache
+    def _output_grad(self, dy, y, training):
+        """The output gradient as (rows, filters) and the activation code left for the kernel:
+        through the softmax backward here for a softmax layer (then LINEAR)."""
         if not training:
             raise ValueError(f"{self.name}: backward needs a forward pass with training=True")
-        kernel = self.params["kernel"]
-        f = self.filters
-        dy2 = self.asarray(dy).reshape(-1, f)
+        dy2 = self.asarray(dy).reshape(-1, self.filters)
         if dy2.shape[0] != y.shape[0]:
             raise ValueError(f"{self.name}: gradient of shape {np.shape(dy)} does not match the output")
-        code = self.code
-        if code == act_codes.SOFTMAX:
-            ds = self.workspace("dsoft", dy2.shape)
-            self.kernels("activations").softmax_rows_backward(y, dy2, ds)
-            dy2, code = ds, act_codes.LINEAR
+        if self.code != act_codes.SOFTMAX:
+            return dy2, self.code
+        ds = self.workspace("dsoft", dy2.shape)
+        self.kernels("activations").softmax_rows_backward(y, dy2, ds)
+        return ds, act_codes.LINEAR
+
+    def backward(self, dy):
+        x4, x_shape, pre, y, geometry, training = self._cache
+        kernel = self.params["kernel"]
+        dy2, code = self._output_grad(dy, y, training)
         need_dx = self.input_grad_needed
         dx = self.workspace("dx", x4.shape) if need_dx else None
         dk = self.grads["kernel"]
@@ -513,17 +517,8 @@ class _SeparableConv(_Conv):
 
     def backward(self, dy):
         x4, x_shape, t, pre, y, geometry, training = self._cache
-        if not training:
-            raise ValueError(f"{self.name}: backward needs a forward pass with training=True")
         f = self.filters
-        dy2 = self.asarray(dy).reshape(-1, f)
-        if dy2.shape[0] != y.shape[0]:
-            raise ValueError(f"{self.name}: gradient of shape {np.shape(dy)} does not match the output")
-        code = self.code
-        if code == act_codes.SOFTMAX:
-            ds = self.workspace("dsoft", dy2.shape)
-            self.kernels("activations").softmax_rows_backward(y, dy2, ds)
-            dy2, code = ds, act_codes.LINEAR
+        dy2, code = self._output_grad(dy, y, training)
         cm = t.shape[1]
         dz = self.workspace("dz", dy2.shape)
         dt = self.workspace("dt", t.shape)

@@ -173,6 +173,25 @@ def conv_forward(x, kernel, bias, code: int, keep_pre: bool, kh: int, kw: int, s
         bias_act(out[r0:r1], bias, code, keep_pre, pre[r0:r1])
 
 
+def _dz_and_bias(pre, y, dy, code, n, scratch, dbias):
+    """dz = dy * act'(pre, y) (dy itself for a linear activation) and, unless dbias is None,
+    dbias = the column sums of dz (n images of rows): over the batch into one column per
+    (position, filter), then over positions. A backward pass's first step, for every
+    convolution here."""
+    if code == LINEAR:
+        dz = dy
+    else:
+        dz = scratch("dz", tuple(dy.shape), dy.dtype)
+        if dz.size:
+            _act_grad[launch_1d(dz.size)](_flat(dy), _flat(pre), _flat(y), int(code), _flat(dz))
+    if dbias is not None:
+        per_image = dz.size // n if n else 0
+        part = scratch("bias_part", (per_image,), dy.dtype)
+        column_sums(dz.reshape(n, per_image), part)
+        column_sums(part.reshape(-1, dz.shape[1]), dbias)
+    return dz
+
+
 def conv_backward(x, kernel, pre, y, dy, code: int, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, pt: int,
                   pl: int, oh: int, ow: int, scratch: Callable, dkernel, dbias, dx) -> None:
     """Gradients of conv_forward (run with for_backward=True on the same x and
@@ -185,16 +204,7 @@ def conv_backward(x, kernel, pre, y, dy, code: int, kh: int, kw: int, sh: int, s
     per = oh * ow
     dtype = x.dtype
     cols = scratch("cols", (n * per, kk), dtype)
-    if code == LINEAR:
-        dz = dy
-    else:
-        dz = scratch("dz", tuple(dy.shape), dtype)
-        if dz.size:
-            _act_grad[launch_1d(dz.size)](_flat(dy), _flat(pre), _flat(y), int(code), _flat(dz))
-    if dbias is not None:
-        part = scratch("bias_part", (per * f,), dtype)
-        column_sums(dz.reshape(n, per * f), part)   # over the batch: one column per (position, filter)
-        column_sums(part.reshape(per, f), dbias)     # then over positions
+    dz = _dz_and_bias(pre, y, dy, code, n, scratch, dbias)
     gemm(cols, dz, dkernel, trans_a=True)
     if dx is None:
         return
@@ -248,16 +258,7 @@ def conv_transpose_backward(x, kernel, pre, y, dy, code: int, kh: int, kw: int, 
     n, h, w, c = x.shape
     kk, f = kernel.shape[0], dy.shape[1]
     dtype = x.dtype
-    if code == LINEAR:
-        dz = dy
-    else:
-        dz = scratch("dz", tuple(dy.shape), dtype)
-        if dz.size:
-            _act_grad[launch_1d(dz.size)](_flat(dy), _flat(pre), _flat(y), int(code), _flat(dz))
-    if dbias is not None:
-        part = scratch("bias_part", (oh * ow * f,), dtype)
-        column_sums(dz.reshape(n, oh * ow * f), part)  # over the batch, then over positions
-        column_sums(part.reshape(oh * ow, f), dbias)
+    dz = _dz_and_bias(pre, y, dy, code, n, scratch, dbias)
     cols = scratch("cols", (n * h * w, kk), dtype)
     _im2col_launch(dz.reshape(n, oh, ow, f), (kh, kw, sh, sw, dh, dw, pt, pl, h, w), cols)
     gemm(cols, x.reshape(n * h * w, c), dkernel, trans_a=True)
@@ -387,16 +388,7 @@ def depthwise_backward(x, kernel, pre, y, dy, code: int, kh: int, kw: int, sh: i
     rows = dy.shape[0]
     dtype = x.dtype
     geometry = (kh, kw, sh, sw, dh, dw, pt, pl, oh, ow)
-    if code == LINEAR:
-        dz = dy
-    else:
-        dz = scratch("dz", tuple(dy.shape), dtype)
-        if dz.size:
-            _act_grad[launch_1d(dz.size)](_flat(dy), _flat(pre), _flat(y), int(code), _flat(dz))
-    if dbias is not None:
-        part = scratch("bias_part", (oh * ow * cm,), dtype)
-        column_sums(dz.reshape(n, oh * ow * cm), part)  # over the batch, then over positions
-        column_sums(part.reshape(oh * ow, cm), dbias)
+    dz = _dz_and_bias(pre, y, dy, code, n, scratch, dbias)
     chunks = -(-rows // DW_PIXELS)
     part = scratch("dk_part", (chunks, kk * cm), dtype)
     if part.size:
