@@ -11,7 +11,7 @@ import math
 
 from ..codes import ELU, GELU, LEAKY_RELU, LINEAR, RELU, SIGMOID, SILU, TANH
 from ._jit import inline, jit
-from ._math import exp_store, row_max, scale_row
+from ._math import exp_store, row_dot, row_max, scale_row
 
 
 @inline
@@ -242,9 +242,7 @@ def softmax_rows_backward(y, dy, dx):
     """dx = y * (dy - sum(dy * y)) row by row."""
     n, m = y.shape
     for i in range(n):
-        dot = y.dtype.type(0)
-        for j in range(m):
-            dot += dy[i, j] * y[i, j]
+        dot = row_dot(dy[i], y[i])
         for j in range(m):
             dx[i, j] = y[i, j] * (dy[i, j] - dot)
 

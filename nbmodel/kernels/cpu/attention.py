@@ -31,7 +31,7 @@ import numpy as np
 
 from ...config import get_num_threads, kernel_blas_serial
 from ._jit import PAR_MIN_ELEMENTWISE, jit, pjit, prange
-from ._math import exp_store, row_max, scale_row
+from ._math import exp_store, row_dot, row_max, scale_row
 from .activations import act_grad_sum_rows, bias_act_rows
 
 
@@ -285,12 +285,10 @@ def _attend_block_backward(qh, kh, vh, probs, rate, u, do2, dscores, has_dscores
             gv[r, vo + cv + e] = tvtmp[j, e]
     # softmax backward, fused: dS = P * (dP - sum_j P dP)
     for i in range(tq):
-        dot = zero
         if has_dscores:
             for j in range(tk):
                 dp[i, j] += dscores[b, h, i, j]
-        for j in range(tk):
-            dot += p[i, j] * dp[i, j]
+        dot = row_dot(p[i], dp[i])
         for j in range(tk):
             dp[i, j] = p[i, j] * (dp[i, j] - dot)
     np.dot(dp, kh[b, h], tqtmp)
