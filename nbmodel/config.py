@@ -12,12 +12,16 @@ import os
 # follows needs. Measured on the cnn conv layers at 2 threads: forward+backward
 # 10-40x slower than with passive waiting. Read when libgomp loads, so set here,
 # before numba starts its pool; a value the user set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Idle OpenBLAS workers spin 2**28 cycles by default; 2**4 lets them sleep at
 # once. Reaches the BLAS libraries loaded after this import (SciPy's, which
 # numba's np.dot calls). Measured, cnn step at 2 threads on the shared
 # 2-core machine: 1.5 s with the default, 53 ms with this (PyTorch: 39 ms).
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+_ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}
+# the ones this import set (not the user): a process that runs another framework for
+# comparison (nbmodel bench --vs torch) starts without them
+ENV_SET_HERE = tuple(k for k in _ENV_DEFAULTS if k not in os.environ)
+for _k in ENV_SET_HERE:
+    os.environ[_k] = _ENV_DEFAULTS[_k]
 
 import numpy as np  # noqa: E402
 

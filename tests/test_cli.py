@@ -213,6 +213,30 @@ def test_bench_threads_run_each_framework_in_its_own_processes(capsys):
     assert row["nb_over_torch"] == pytest.approx(row["nb_ms"] / row["torch_ms"])
 
 
+def test_bench_runs_pytorch_without_nbmodels_thread_settings(monkeypatch):
+    """PyTorch's processes start without the OMP_WAIT_POLICY / OPENBLAS_THREAD_TIMEOUT that
+    importing nbmodel sets (passive OpenMP waiting slows PyTorch's small parallel regions),
+    and load torch before nbmodel, so that its OpenMP runtime reads a clean environment."""
+    from nbmodel.bench import runner
+
+    monkeypatch.setattr(runner.config, "ENV_SET_HERE", ("OMP_WAIT_POLICY",))
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", "4")  # (the user's own, here: kept)
+    seen = {}
+
+    def fake_run(cmd, capture_output, text, env=None):
+        seen[cmd[cmd.index("--child") + 1]] = (cmd, env)
+        return subprocess.CompletedProcess(cmd, 0, stdout='{"steps": {"mlp": 0.001}}\n', stderr="")
+
+    monkeypatch.setattr(runner.subprocess, "run", fake_run)
+    for fw in ("nbmodel", "torch"):
+        runner._run_child(fw, ["mlp"], 2, 1)
+    cmd, env = seen["torch"]
+    assert "OMP_WAIT_POLICY" not in env and env["OPENBLAS_THREAD_TIMEOUT"] == "4"
+    assert cmd[1] == "-c" and cmd[2].startswith("import torch")
+    assert seen["nbmodel"][1] is None  # nbmodel's own processes keep its settings
+
+
 @pytest.mark.parametrize("argv, match", [
     (["--models", "resnet"], "unknown reference models"),
     (["--threads", "0"], "must be >= 1"),

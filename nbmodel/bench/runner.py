@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 
+from .. import config
 from .models import REFERENCE_MODELS
 from .timing import blas_ceiling_gflops, interleaved_medians, torch_train_step
 
@@ -83,9 +84,18 @@ def _child(framework: str, names: list[str], threads: int, repeat: int) -> dict:
 
 
 def _run_child(framework: str, names: list[str], threads: int, repeat: int) -> dict:
-    cmd = [sys.executable, "-m", "nbmodel.bench.runner", "--child", framework, "--threads", str(threads),
-           "--models", ",".join(names), "--repeat", str(repeat)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    args = ["--child", framework, "--threads", str(threads), "--models", ",".join(names), "--repeat", str(repeat)]
+    env = None
+    if framework == "torch":
+        # PyTorch as its users run it: without the OpenMP / OpenBLAS settings that importing
+        # nbmodel makes (passive OpenMP waiting costs PyTorch's many small parallel regions a
+        # wake-up each), loaded before nbmodel so that its OpenMP runtime reads a clean environment
+        env = {k: v for k, v in os.environ.items() if k not in config.ENV_SET_HERE}
+        cmd = [sys.executable, "-c", "import torch, runpy; runpy.run_module('nbmodel.bench.runner', "
+               "run_name='__main__', alter_sys=True)", *args]
+    else:
+        cmd = [sys.executable, "-m", "nbmodel.bench.runner", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode:
         raise RuntimeError(f"nbmodel bench: the {framework} process failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
