@@ -18,6 +18,7 @@ compared exactly.
 """
 import numpy as np
 import pytest
+from _twins import Scratch, assert_twins_close, run_conv_twins
 
 from nbmodel.backend import CpuDevice
 from nbmodel.kernels import codes
@@ -29,22 +30,7 @@ TOL = {np.float32: {"rtol": 1e-5, "atol": 1e-5}, np.float64: {"rtol": 1e-12, "at
 
 
 def close(got, want, what):
-    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype}"
-    np.testing.assert_allclose(got, want, equal_nan=True, err_msg=what, **TOL[want.dtype.type])
-
-
-class Scratch:
-    """The contract's ``scratch(key, shape, dtype)``: one array per key, shape and dtype."""
-
-    def __init__(self, alloc):
-        self.alloc = alloc
-        self.arrays = {}
-
-    def __call__(self, key, shape, dtype=None):
-        k = (key, tuple(shape), np.dtype(dtype))
-        if k not in self.arrays:
-            self.arrays[k] = self.alloc(tuple(shape), dtype)
-        return self.arrays[k]
+    assert_twins_close(got, want, what, TOL, equal_nan=True)
 
 
 @pytest.fixture(scope="module")
@@ -87,46 +73,15 @@ GEOMETRIES = {
 
 def run_conv(conv, geo, code, dtype, use_bias=True, need_dx=True, dy_special=False, seed=0):
     """conv_forward(for_backward=True) and conv_backward on both devices; compares every output."""
-    dev, kc, kh = conv
-    r = np.random.default_rng(seed)
-    x = r.standard_normal(geo.x_shape).astype(dtype)
-    k2 = r.standard_normal((geo.kk, geo.f)).astype(dtype)
-    bias = r.standard_normal(geo.f).astype(dtype) if use_bias else np.zeros(geo.f, dtype)
-    dy = r.standard_normal((geo.rows, geo.f)).astype(dtype)
-    keep = code in codes.NEEDS_PREACTIVATION
-    shape = (geo.rows, geo.f)
 
-    y, pre = np.empty(shape, dtype), np.empty(shape, dtype)
-    cpu_scratch = Scratch(np.empty)
-    kh.conv_forward(x, k2, bias, code, keep, *geo.args(), True, cpu_scratch, pre if keep else y, y)
-    if dy_special:  # non-finite gradients where ReLU is off: dz must be 0 there
+    def non_finite_where_relu_is_off(y, dy):  # dz must be 0 there
         off = y <= 0
         assert off.any() and (~off).any()
         dy[off & (np.arange(geo.f) % 2 == 0)] = np.inf
         dy[off & (np.arange(geo.f) % 2 == 1)] = np.nan
-    x_d, k2_d = dev.asarray(x), dev.asarray(k2)
-    y_d = dev.full(shape, np.nan, dtype)
-    pre_d = dev.full(shape, np.nan, dtype) if keep else y_d
-    scratch = Scratch(lambda s, dt: dev.full(s, np.nan, dt))
-    kc.conv_forward(x_d, k2_d, dev.asarray(bias), code, keep, *geo.args(), True, scratch, pre_d, y_d)
-    close(dev.to_host(y_d), y, "conv_forward out")
-    if keep:
-        close(dev.to_host(pre_d), pre, "conv_forward pre")
 
-    dk, db = np.empty((geo.kk, geo.f), dtype), np.empty(geo.f, dtype) if use_bias else None
-    dx = np.empty(geo.x_shape, dtype) if need_dx else None
-    kh.conv_backward(x, k2, pre if keep else y, y, dy, code, *geo.args(), cpu_scratch, dk, db, dx)
-    dk_d = dev.full(dk.shape, np.nan, dtype)
-    db_d = dev.full(geo.f, np.nan, dtype) if use_bias else None
-    dx_d = dev.full(geo.x_shape, np.nan, dtype) if need_dx else None
-    dy_d = dev.asarray(dy)
-    kc.conv_backward(x_d, k2_d, pre_d, y_d, dy_d, code, *geo.args(), scratch, dk_d, db_d, dx_d)
-    close(dev.to_host(dk_d), dk, "conv_backward dkernel")
-    if use_bias:
-        close(dev.to_host(db_d), db, "conv_backward dbias")
-    if need_dx:
-        close(dev.to_host(dx_d), dx, "conv_backward dx")
-    close(dev.to_host(dy_d), dy, "dy unchanged")
+    run_conv_twins(conv, "conv", geo, (geo.kk, geo.f), geo.f, code, dtype, TOL, use_bias, need_dx, seed,
+                   forward_extra=(True,), edit_dy=non_finite_where_relu_is_off if dy_special else None)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

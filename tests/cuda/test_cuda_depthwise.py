@@ -10,6 +10,7 @@ test_cuda_conv_transpose_groupnorm.py.
 """
 import numpy as np
 import pytest
+from _twins import run_conv_twins
 
 from nbmodel.backend import CpuDevice
 from nbmodel.kernels import codes
@@ -18,25 +19,6 @@ from nbmodel.layers.conv import padding_amounts
 CPU = CpuDevice()
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: {"rtol": 1e-5, "atol": 1e-5}, np.float64: {"rtol": 1e-11, "atol": 1e-12}}
-
-
-def close(got, want, what):
-    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype}"
-    np.testing.assert_allclose(got, want, err_msg=what, **TOL[want.dtype.type])
-
-
-class Scratch:
-    """The contract's ``scratch(key, shape, dtype)``: one array per key, shape and dtype."""
-
-    def __init__(self, alloc):
-        self.alloc = alloc
-        self.arrays = {}
-
-    def __call__(self, key, shape, dtype=None):
-        k = (key, tuple(shape), np.dtype(dtype))
-        if k not in self.arrays:
-            self.arrays[k] = self.alloc(tuple(shape), dtype)
-        return self.arrays[k]
 
 
 @pytest.fixture(scope="module")
@@ -70,40 +52,8 @@ GEOMETRIES = {
 
 
 def run_depthwise(conv, geo, code, dtype, use_bias=True, need_dx=True, seed=0):
-    dev, kc, kh = conv
-    r = np.random.default_rng(seed)
-    x = r.standard_normal(geo.x_shape).astype(dtype)
-    k2 = r.standard_normal((geo.kh * geo.kw, geo.cm)).astype(dtype)
-    bias = r.standard_normal(geo.cm).astype(dtype) if use_bias else np.zeros(geo.cm, dtype)
-    dy = r.standard_normal((geo.rows, geo.cm)).astype(dtype)
-    keep = code in codes.NEEDS_PREACTIVATION
-    shape = (geo.rows, geo.cm)
-    y, pre = np.empty(shape, dtype), np.empty(shape, dtype)
-    cpu_scratch = Scratch(np.empty)
-    kh.depthwise_forward(x, k2, bias, code, keep, *geo.args(), cpu_scratch, pre if keep else y, y)
-    x_d, k2_d = dev.asarray(x), dev.asarray(k2)
-    y_d = dev.full(shape, np.nan, dtype)
-    pre_d = dev.full(shape, np.nan, dtype) if keep else y_d
-    scratch = Scratch(lambda s, dt: dev.full(s, np.nan, dt))
-    kc.depthwise_forward(x_d, k2_d, dev.asarray(bias), code, keep, *geo.args(), scratch, pre_d, y_d)
-    close(dev.to_host(y_d), y, "depthwise_forward out")
-    if keep:
-        close(dev.to_host(pre_d), pre, "depthwise_forward pre")
-
-    dk, db = np.empty(k2.shape, dtype), np.empty(geo.cm, dtype) if use_bias else None
-    dx = np.empty(geo.x_shape, dtype) if need_dx else None
-    kh.depthwise_backward(x, k2, pre if keep else y, y, dy, code, *geo.args(), cpu_scratch, dk, db, dx)
-    dk_d = dev.full(dk.shape, np.nan, dtype)
-    db_d = dev.full(geo.cm, np.nan, dtype) if use_bias else None
-    dx_d = dev.full(geo.x_shape, np.nan, dtype) if need_dx else None
-    dy_d = dev.asarray(dy)
-    kc.depthwise_backward(x_d, k2_d, pre_d, y_d, dy_d, code, *geo.args(), scratch, dk_d, db_d, dx_d)
-    close(dev.to_host(dk_d), dk, "depthwise_backward dkernel")
-    if use_bias:
-        close(dev.to_host(db_d), db, "depthwise_backward dbias")
-    if need_dx:
-        close(dev.to_host(dx_d), dx, "depthwise_backward dx")
-    close(dev.to_host(dy_d), dy, "dy unchanged")
+    run_conv_twins(conv, "depthwise", geo, (geo.kh * geo.kw, geo.cm), geo.cm, code, dtype, TOL, use_bias, need_dx,
+                   seed)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
