@@ -196,24 +196,29 @@ def short_deadline():
     nb.config.set_step_timeout(before)
 
 
+class StopWorker1(Callback):
+    """SIGSTOP of worker 1 after the second batch (once); keeps its pid and the time."""
+
+    pid = t = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 1 and self.pid is None:
+            victim = next(p for p in _workers_alive() if p.name == "nbmodel-worker-1")
+            self.pid, self.t = victim.pid, time.monotonic()
+            os.kill(victim.pid, signal.SIGSTOP)
+
+
 def test_stopped_worker_ends_fit_within_the_deadline(short_deadline, float64):
     """SIGSTOP of a worker (its process is alive, it never answers): fit ends with an
     error naming it once the step deadline passes, and the workers are killed."""
     build, x, y, fit = case("dense")
-    stopped = {}
-
-    class Stop(Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if batch == 1 and not stopped:
-                victim = next(p for p in _workers_alive() if p.name == "nbmodel-worker-1")
-                stopped["pid"], stopped["t"] = victim.pid, time.monotonic()
-                os.kill(victim.pid, signal.SIGSTOP)
+    stop = StopWorker1()
 
     model = build()
     with pytest.raises(ParallelError, match=r"worker 1 \(pid \d+, stopped\): no answer within 4 s") as err:
-        model.fit(x, y, verbose=0, workers=2, epochs=20, batch_size=8, callbacks=[Stop()])
-    assert str(stopped["pid"]) in str(err.value)
-    assert time.monotonic() - stopped["t"] < short_deadline + 15
+        model.fit(x, y, verbose=0, workers=2, epochs=20, batch_size=8, callbacks=[stop])
+    assert str(stop.pid) in str(err.value)
+    assert time.monotonic() - stop.t < short_deadline + 15
 
 
 def test_worker_stopped_while_the_parent_waits_in_a_batch_norm_sum(short_deadline, float64):
@@ -221,21 +226,14 @@ def test_worker_stopped_while_the_parent_waits_in_a_batch_norm_sum(short_deadlin
     statistics sum, not for a reply, and the step deadline still ends fit naming the worker."""
     x = np.random.default_rng(0).standard_normal((32, 3))
     y = np.zeros(32, np.int64)
-    stopped = {}
-
-    class Stop(Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if batch == 1 and not stopped:
-                victim = next(p for p in _workers_alive() if p.name == "nbmodel-worker-1")
-                stopped["pid"], stopped["t"] = victim.pid, time.monotonic()
-                os.kill(victim.pid, signal.SIGSTOP)
+    stop = StopWorker1()
 
     model = nb.Sequential([L.Input((3,)), L.Dense(4), L.BatchNormalization(), L.Dense(2)], seed=0)
     model.compile(optimizer="sgd", loss=nb.losses.SparseCategoricalCrossentropy(from_logits=True))
     with pytest.raises(ParallelError, match=r"worker 1 \(pid \d+, stopped\): no answer within 4 s "
                                             r"\(BatchNormalization's statistics sum\)"):
-        model.fit(x, y, verbose=0, workers=2, epochs=20, batch_size=8, callbacks=[Stop()])
-    assert time.monotonic() - stopped["t"] < short_deadline + 15
+        model.fit(x, y, verbose=0, workers=2, epochs=20, batch_size=8, callbacks=[stop])
+    assert time.monotonic() - stop.t < short_deadline + 15
 
 
 def test_the_parent_gets_back_its_threads_generators_and_layers(float64):
