@@ -13,8 +13,9 @@ from nbmodel.kernels.cpu import recurrent as k
 from nbmodel.testing import float64_ops
 
 B, T, D, U = 2, 3, 3, 4
-# the compiled kernels that the launchers call
-LAUNCHED = re.compile(r"_(lstm|gru|rnn)_(forward|backward)_(steps|blocks)|project_inputs|(_gru_)?param_grads")
+# the compiled kernels that the launchers call (their GEMMs outside the time loops run in NumPy)
+LAUNCHED = re.compile(r"_(lstm|gru|rnn)_(forward|backward)_(steps|blocks)|masked_time_major|from_time_major"
+                      r"|bias_colsum|_add_masked_input_grad")
 
 
 def _launched_kernels(launcher, args):
@@ -29,7 +30,8 @@ def _launched_kernels(launcher, args):
             mp.setattr(k, "MIN_BLOCK_WORK", 0 if blocks else 1 << 62)
             for n in names:
                 mp.setattr(k, n, lambda *a, _n=n, _f=getattr(k, n): calls.append((_n, _f, a)))
-            launcher(*args)
+            with np.errstate(all="ignore"):  # NumPy's GEMMs then read workspaces no kernel wrote
+                launcher(*args)
     return calls
 
 
@@ -118,4 +120,4 @@ def test_lstm_and_gru_kernels_stay_float32():
                            True, True, dh, np.empty_like(P), np.empty_like(W1), np.empty_like(R1), np.empty_like(bu),
                            dxs, np.empty_like(x)) == []
     launched = {n for n in dir(k) if LAUNCHED.fullmatch(n)}
-    assert len(launched) == 15 and launched <= CHECKED
+    assert len(launched) == 16 and launched <= CHECKED
