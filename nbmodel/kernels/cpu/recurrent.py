@@ -213,16 +213,6 @@ def from_time_major(src, reverse, out):
                 out[b, t, k] = src[s, b, k]
 
 
-@inline
-def _bias_colsum(dZ2, db):
-    n, m = dZ2.shape
-    for j in range(m):
-        db[j] = 0
-    for i in range(n):
-        for j in range(m):
-            db[j] += dZ2[i, j]
-
-
 # ------------------------------------------------------------- step masks
 @inline
 def step_real(step_mask, has_step_mask, b, t, reverse):
@@ -385,7 +375,12 @@ def _add_masked_input_grad(dxs, m, reverse, dx):
 @jit
 def bias_colsum(dZ2, db):
     """db = the column sums of dZ2 (rows, n): a bias gradient."""
-    _bias_colsum(dZ2, db)
+    n, m = dZ2.shape
+    for j in range(m):
+        db[j] = 0
+    for i in range(n):
+        for j in range(m):
+            db[j] += dZ2[i, j]
 
 
 def weight_grads(xs, kernel, H, HM, Z, R, mask_x, n_mx, n_mh, use_init, need_dx, reverse,
@@ -417,10 +412,7 @@ def weight_grads(xs, kernel, H, HM, Z, R, mask_x, n_mx, n_mh, use_init, need_dx,
     dx[:, :, :] = 0
     bw = n // n_mx
     for s in range(n_mx):
-        if n_mx == 1:
-            np.dot(Z2, kernel.T, out=dxs2)
-        else:
-            np.dot(Z2[:, s * bw:(s + 1) * bw], kernel[:, s * bw:(s + 1) * bw].T, out=dxs2)
+        np.dot(Z2[:, s * bw:(s + 1) * bw], kernel[:, s * bw:(s + 1) * bw].T, out=dxs2)
         _add_masked_input_grad(dxs, mask_x[:, s], reverse, dx)
 
 
