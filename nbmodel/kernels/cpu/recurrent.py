@@ -7,7 +7,8 @@ the kernels work time-major so that every step's slice is one contiguous
 - the input projection of all steps is ONE GEMM, ``xs (T*B, D) @ kernel``,
   into ``G (T, B, n_gates*u)``;
 - each step is one recurrent GEMM ``h_{t-1} @ recurrent_kernel`` into a
-  preallocated ``rec`` plus one fused pass that adds the biases, applies every
+  preallocated ``rec`` (run transposed, on feature-major copies of the rows:
+  see ``recurrent_product``) plus one fused pass that adds the biases, applies every
   gate nonlinearity, updates the cell and writes h (and the batch-major output
   row when the full sequence is returned). The activated gates overwrite the
   projection in ``G`` (what backward needs), so no extra storage is touched;
@@ -309,13 +310,47 @@ def _zero_rows(a, b0, b1):
             a[b, j] = 0
 
 
+@inline
+def _rows_from_feature_major(src, dst, b0):
+    """dst[b0 + b] = src[:, b]: a feature-major (n, rows) block back into batch-major rows,
+    128 features at a time: a whole column of a (512, 32) block strides over more cache
+    lines than L1 holds at that power-of-two stride (measured 2.6x slower)."""
+    n = src.shape[0]
+    for j0 in range(0, n, 128):
+        w = min(128, n - j0)
+        s = src[j0:j0 + w]
+        for b in range(src.shape[1]):
+            d = dst[b0 + b, j0:j0 + w]
+            for j in range(w):  # from 0 over views: numba vectorizes only such loops
+                d[j] = s[j, b]
+
+
+@inline
+def _step_workspaces(recurrent_kernel, rows):
+    """kernel_t and the feature-major hT, recT of recurrent_product for a block of rows."""
+    u, n = recurrent_kernel.shape
+    dt = recurrent_kernel.dtype
+    return np.ascontiguousarray(recurrent_kernel.T), np.empty((u, rows), dt), np.empty((n, rows), dt)
+
+
+# The per-step products run in the orientation BLAS is fastest at for a few rows
+# against a wide kernel: the kernel on the left and the rows as feature-major columns,
+# e.g. kernel.T (4u, u) @ h.T (u, rows) rather than h @ kernel. Measured (float32,
+# u=128, LSTM kernel, 32 products): 1.4-1.5x faster forward at 16 and 32 rows, 1.3-1.7x
+# backward, AVX2 and AVX-512 kernels; the transposes around them cost a few percent.
 @jit
-def recurrent_product(H, t, recurrent_kernel, mask_h, n_mh, HM, b0, b1, rec):
-    """rec[b0:b1] = h_{t-1} @ recurrent_kernel over rows b0..b1 (h_{t-1} = H[t]); with
-    recurrent masks the masked states HM[s, t] = H[t] * mask_h[:, s] are kept for the
-    weight gradient."""
+def recurrent_product(H, t, recurrent_kernel, kernel_t, mask_h, n_mh, HM, b0, b1, hT, recT, rec):
+    """rec[b0:b1] = h_{t-1} @ recurrent_kernel over rows b0..b1 (h_{t-1} = H[t]); without
+    masks through kernel_t (recurrent_kernel.T, C-contiguous) and the feature-major
+    workspaces hT (u, b1 - b0), recT (n, b1 - b0); with recurrent masks the masked states
+    HM[s, t] = H[t] * mask_h[:, s] are kept for the weight gradient."""
     if n_mh == 0:
-        np.dot(H[t, b0:b1], recurrent_kernel, rec[b0:b1])
+        u = H.shape[2]
+        for j in range(u):
+            for b in range(b0, b1):
+                hT[j, b - b0] = H[t, b, j]
+        np.dot(kernel_t, hT, recT)
+        _rows_from_feature_major(recT, rec, b0)
         return
     u = mask_h.shape[2]
     for s in range(n_mh):
@@ -333,11 +368,13 @@ def recurrent_product(H, t, recurrent_kernel, mask_h, n_mh, HM, b0, b1, rec):
 
 
 @jit
-def recurrent_grad(dZ, t, recurrent_kernel, mask_h, n_mh, b0, b1, dh):
+def recurrent_grad(dZ, t, recurrent_kernel, mask_h, n_mh, b0, b1, dhT, dh):
     """dh[b0:b1] = gradient of h_{t-1} through the recurrent product whose output gradient
-    is dZ[t] (B, n), over rows b0..b1."""
+    is dZ[t] (B, n), over rows b0..b1; without masks as recurrent_kernel @ dZ[t].T into
+    the feature-major workspace dhT (u, b1 - b0)."""
     if n_mh == 0:
-        np.dot(dZ[t, b0:b1], recurrent_kernel.T, dh[b0:b1])
+        np.dot(recurrent_kernel, dZ[t, b0:b1].T, dhT)
+        _rows_from_feature_major(dhT, dh, b0)
         return
     u = dh.shape[1]
     bw = dZ.shape[2] // n_mh
@@ -522,9 +559,10 @@ def _lstm_forward_steps(recurrent_kernel, bias, use_init, act, rec_act, ret_seq,
     T = G.shape[0]
     one = G.dtype.type(1)
     std = act == TANH and rec_act == SIGMOID
+    kernel_t, hT, recT = _step_workspaces(recurrent_kernel, b1 - b0)
     for t in range(T):
         if t > 0 or use_init:
-            recurrent_product(H, t, recurrent_kernel, mask_h, n_mh, HM, b0, b1, rec)
+            recurrent_product(H, t, recurrent_kernel, kernel_t, mask_h, n_mh, HM, b0, b1, hT, recT, rec)
         else:
             _zero_rows(rec, b0, b1)
         if std:  # constant codes: the branches fold and the loops vectorize
@@ -621,6 +659,7 @@ def _lstm_backward_steps(recurrent_kernel, G, C, TC, dy, has_seq, act, rec_act, 
     T = G.shape[0]
     one = G.dtype.type(1)
     std = act == TANH and rec_act == SIGMOID
+    dhT = np.empty((recurrent_kernel.shape[0], b1 - b0), recurrent_kernel.dtype)
     for t in range(T - 1, -1, -1):
         if std:
             _lstm_gates_backward(G, C, TC, dy, dh, dc, dZ, t, has_seq, TANH, SIGMOID, one, step_mask, has_step_mask,
@@ -629,7 +668,7 @@ def _lstm_backward_steps(recurrent_kernel, G, C, TC, dy, has_seq, act, rec_act, 
             _lstm_gates_backward(G, C, TC, dy, dh, dc, dZ, t, has_seq, act, rec_act, one, step_mask, has_step_mask,
                                  zero_masked, reverse, carry, b0, b1)
         if t > 0 or use_init:
-            recurrent_grad(dZ, t, recurrent_kernel, mask_h, n_mh, b0, b1, dh)
+            recurrent_grad(dZ, t, recurrent_kernel, mask_h, n_mh, b0, b1, dhT, dh)
             if has_step_mask:
                 _restore_skipped(dh, carry, t, step_mask, reverse, b0, b1)
         else:
@@ -748,10 +787,11 @@ def _gru_forward_steps(recurrent_kernel, u_h, bias, use_init, act, rec_act, rese
     b_in = bias[0]
     b_rec = bias[bias.shape[0] - 1]
     std = act == TANH and rec_act == SIGMOID
+    kernel_t, hT, recT = _step_workspaces(recurrent_kernel, b1 - b0)
     for t in range(T):
         has_prev = t > 0 or use_init
         if has_prev:
-            recurrent_product(H, t, recurrent_kernel, mask_h, n_mh, HM, b0, b1, rec)
+            recurrent_product(H, t, recurrent_kernel, kernel_t, mask_h, n_mh, HM, b0, b1, hT, recT, rec)
         else:
             _zero_rows(rec, b0, b1)
         if reset_after:
@@ -946,6 +986,7 @@ def _gru_backward_steps(recurrent_kernel, u_h, G, H, RH, dy, has_seq, act, rec_a
     one = G.dtype.type(1)
     std = act == TANH and rec_act == SIGMOID
     _zero_rows(dhz, b0, b1)
+    dhT = np.empty((recurrent_kernel.shape[0], b1 - b0), recurrent_kernel.dtype)
     for t in range(T - 1, -1, -1):
         if reset_after:
             if std:
@@ -967,7 +1008,7 @@ def _gru_backward_steps(recurrent_kernel, u_h, G, H, RH, dy, has_seq, act, rec_a
         # dh_{t-1} = dhz (direct path through z) + dR_t @ U.T; dhz is added at
         # the start of the next step's pass
         if t > 0 or use_init:
-            recurrent_grad(dR, t, recurrent_kernel, mask_h, n_mh, b0, b1, dh)
+            recurrent_grad(dR, t, recurrent_kernel, mask_h, n_mh, b0, b1, dhT, dh)
         else:
             _zero_rows(dh, b0, b1)
     for b in range(b0, b1):
@@ -1052,9 +1093,10 @@ def _rnn_forward_steps(recurrent_kernel, bias, use_init, act, ret_seq, mask_h, n
     """The time loop of simple_rnn_forward for rows b0..b1 (P holds the input projection)."""
     T = P.shape[0]
     one = P.dtype.type(1)
+    kernel_t, hT, recT = _step_workspaces(recurrent_kernel, b1 - b0)
     for t in range(T):
         if t > 0 or use_init:
-            recurrent_product(H, t, recurrent_kernel, mask_h, n_mh, HM, b0, b1, rec)
+            recurrent_product(H, t, recurrent_kernel, kernel_t, mask_h, n_mh, HM, b0, b1, hT, recT, rec)
         else:
             _zero_rows(rec, b0, b1)
         if act == TANH:
@@ -1124,6 +1166,7 @@ def _rnn_backward_steps(recurrent_kernel, H, dy, has_seq, act, mask_h, n_mh, ste
     """The time loop of simple_rnn_backward for rows b0..b1: dZ, and dh of the initial state."""
     T = dZ.shape[0]
     one = dZ.dtype.type(1)
+    dhT = np.empty((recurrent_kernel.shape[0], b1 - b0), recurrent_kernel.dtype)
     for t in range(T - 1, -1, -1):
         if act == TANH:
             _rnn_step_backward(H, dy, dh, dZ, t, has_seq, TANH, one, step_mask, has_step_mask, zero_masked, reverse,
@@ -1132,7 +1175,7 @@ def _rnn_backward_steps(recurrent_kernel, H, dy, has_seq, act, mask_h, n_mh, ste
             _rnn_step_backward(H, dy, dh, dZ, t, has_seq, act, one, step_mask, has_step_mask, zero_masked, reverse,
                                carry, b0, b1)
         if t > 0 or use_init:
-            recurrent_grad(dZ, t, recurrent_kernel, mask_h, n_mh, b0, b1, dh)
+            recurrent_grad(dZ, t, recurrent_kernel, mask_h, n_mh, b0, b1, dhT, dh)
             if has_step_mask:
                 _restore_skipped(dh, carry, t, step_mask, reverse, b0, b1)
         else:
