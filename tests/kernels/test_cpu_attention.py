@@ -72,10 +72,11 @@ def test_every_encoder_kernel_stays_float32(monkeypatch):
     from nbmodel.kernels.cpu import attention as KA
     from nbmodel.kernels.cpu import norm as KN
 
-    # mha_self_forward/backward are Python launchers: record the compiled stages they call
+    # mha_self_forward/backward and the layer norms are Python launchers: record the compiled
+    # stages they call
     names = {KA: ["_project_self", "_attend_forward", "_output_projection", "_output_backward", "_attend_backward",
                   "_project_backward", "ffn_forward", "ffn_backward"],
-             KN: ["add_layer_norm_forward", "layer_norm_backward", "layer_norm_backward_sum"]}
+             KN: ["_add_ln_forward_rows", "_ln_backward_rows"]}
     calls = {}
     for mod, fns in names.items():
         for fn in fns:

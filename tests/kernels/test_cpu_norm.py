@@ -17,10 +17,12 @@ def test_layer_norm_kernels_stay_float32():
     g = np.ones(6, f)
     z = np.zeros((4, 6), f)
     m, r = np.zeros(4, f), np.ones(4, f)
-    assert float64_ops(K.layer_norm_forward, x, g, g, f(1e-3), True, True, z, m, r) == []
-    assert float64_ops(K.layer_norm_backward, x, g, m, r, x, True, True, z, g.copy(), g.copy()) == []
-    assert float64_ops(K.add_layer_norm_forward, x, x, g, g, f(1e-3), z, z.copy(), m, r) == []
-    assert float64_ops(K.layer_norm_backward_sum, x, g, m, r, x, x, z, g.copy(), g.copy()) == []
+    # the serial row bodies behind the launchers (the parallel wrappers only split rows)
+    assert float64_ops(K._ln_forward_rows, x, g, g, f(1e-3), True, True, z, m, r, 0, 4) == []
+    assert float64_ops(K._add_ln_forward_rows, x, x, g, g, f(1e-3), z, z.copy(), m, r, 0, 4) == []
+    for has_dyb in (False, True):
+        assert float64_ops(K._ln_backward_rows, x, g, m, r, x, x, has_dyb, True, True, z, g.copy(), g.copy(),
+                           0, 4) == []
 
 
 def test_batch_norm_kernels_stay_float32():

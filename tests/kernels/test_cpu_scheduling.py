@@ -13,8 +13,11 @@ import nbmodel as nb
 from nbmodel.kernels.codes import ELU, GELU, LINEAR, RELU, SIGMOID
 from nbmodel.kernels.cpu import activations as act
 from nbmodel.kernels.cpu import conv as kconv
+from nbmodel.kernels.cpu import norm as knorm
 from nbmodel.kernels.cpu import pooling as kpool
+from nbmodel.kernels.cpu._jit import PAR_MIN
 from nbmodel.kernels.reference import conv as ref
+from nbmodel.kernels.reference import norm as nref
 from nbmodel.kernels.reference import pooling as pref
 from nbmodel.testing import float64_ops
 
@@ -284,7 +287,7 @@ def test_pool_threaded_passes_match_serial():
 def test_pool_launchers_same_at_one_and_two_threads(threads):
     # 16 * 32 * 32 * 16 elements >= PAR_MIN: two threads split the images
     x = rng(1).standard_normal((16, 32, 32, 16))
-    assert x.size >= kpool.PAR_MIN
+    assert x.size >= PAR_MIN
     pads = (1, 1, 1, 1)
     dy = rng(2).standard_normal((16, 16, 16, 16))
     results = []
@@ -313,6 +316,65 @@ def test_pool_private_bodies_stay_float32():
     assert float64_ops(kpool._max_pool_forward, x, 2, 2, 2, 2, 0, 0, 0, 2, y, arg) == []
     assert float64_ops(kpool._avg_pool_forward, x, 2, 2, 2, 2, 0, 0, 0, 2, y) == []
     assert float64_ops(kpool._avg_pool_backward, y, 2, 2, 2, 2, 0, 0, 0, 2, x) == []
+
+
+# ------------------------------------------------------------- layer norm
+@pytest.mark.parametrize("scale,center", [(True, True), (True, False), (False, True)])
+def test_layer_norm_blocks_match_serial_bodies(scale, center):
+    n, d = 7, 5  # 3 uneven blocks
+    x, a, dy, dyb = (rng(i).standard_normal((n, d)) for i in range(4))
+    gamma, beta = rng(5).standard_normal(d), rng(6).standard_normal(d)
+    out = {k: np.empty((n, d)) for k in ("y_s", "y_p", "s_s", "s_p", "dx_s", "dx_p")}
+    mean_s, rstd_s, mean_p, rstd_p = (np.empty(n) for _ in range(4))
+    knorm._ln_forward_rows(x, gamma, beta, 1e-3, scale, center, out["y_s"], mean_s, rstd_s, 0, n)
+    knorm._ln_forward_par(x, gamma, beta, 1e-3, scale, center, out["y_p"], mean_p, rstd_p, 3)
+    np.testing.assert_array_equal(out["y_s"], out["y_p"])
+    np.testing.assert_array_equal(rstd_s, rstd_p)
+    knorm._add_ln_forward_rows(x, a, gamma, beta, 1e-3, out["s_s"], out["y_s"], mean_s, rstd_s, 0, n)
+    knorm._add_ln_forward_par(x, a, gamma, beta, 1e-3, out["s_p"], out["y_p"], mean_p, rstd_p, 3)
+    np.testing.assert_array_equal(out["y_s"], out["y_p"])
+    np.testing.assert_array_equal(out["s_s"], out["s_p"])
+    for has_dyb in (False, True):
+        # unused parameter gradients are empty arrays and must stay untouched
+        grads_s = [np.empty(d if scale else 0), np.empty(d if center else 0)]
+        grads_p = [np.empty(d if scale else 0), np.empty(d if center else 0)]
+        knorm._ln_backward_rows(x, gamma, mean_s, rstd_s, dy, dyb, has_dyb, scale, center, out["dx_s"], *grads_s,
+                                0, n)
+        knorm._ln_backward_par(x, gamma, mean_s, rstd_s, dy, dyb, has_dyb, scale, center, out["dx_p"], *grads_p, 3)
+        np.testing.assert_array_equal(out["dx_s"], out["dx_p"])
+        for g_s, g_p in zip(grads_s, grads_p):  # block sums added in another order
+            np.testing.assert_allclose(g_s, g_p, rtol=1e-13, atol=1e-14)
+
+
+def test_layer_norm_launchers_same_at_one_and_two_threads(threads, monkeypatch):
+    n, d = 64, 8
+    monkeypatch.setattr(knorm, "LN_PAR_MIN", n * d)  # two threads split the rows
+    calls = []
+    for name in ("_ln_forward_par", "_add_ln_forward_par", "_ln_backward_par"):
+        monkeypatch.setattr(knorm, name, lambda *a, _f=getattr(knorm, name): calls.append(1) or _f(*a))
+    x, a, dy, dyb = (rng(i).standard_normal((n, d)) for i in range(4))
+    gamma, beta = rng(5).standard_normal(d), rng(6).standard_normal(d)
+    results = []
+    for t in (1, 2):
+        threads(t)
+        y, s, ys, dx, dxs = (np.empty((n, d)) for _ in range(5))
+        mean, rstd, mean2, rstd2 = (np.empty(n) for _ in range(4))
+        dg, db, dg2, db2 = (np.empty(d) for _ in range(4))
+        knorm.layer_norm_forward(x, gamma, beta, 1e-3, True, True, y, mean, rstd)
+        knorm.add_layer_norm_forward(x, a, gamma, beta, 1e-3, s, ys, mean2, rstd2)
+        knorm.layer_norm_backward(x, gamma, mean, rstd, dy, True, True, dx, dg, db)
+        knorm.layer_norm_backward_sum(s, gamma, mean2, rstd2, dy, dyb, dxs, dg2, db2)
+        results.append((y, s, ys, dx, dxs, dg, db, dg2, db2))
+        assert len(calls) == (4 if t == 2 else 0)  # the blocks ran at two threads only
+    for a_, b_ in zip(*results):
+        np.testing.assert_allclose(a_, b_, rtol=1e-12, atol=1e-12)
+    y, s, ys, dx, dxs, dg, db, dg2, db2 = results[1]
+    np.testing.assert_allclose(y, nref.layer_norm_forward(x, gamma, beta, 1e-3), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ys, nref.layer_norm_forward(x + a, gamma, beta, 1e-3), rtol=1e-12, atol=1e-12)
+    for got, want in zip((dx, dg, db), nref.layer_norm_backward(x, gamma, dy, 1e-3)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    for got, want in zip((dxs, dg2, db2), nref.layer_norm_backward(x + a, gamma, dy + dyb, 1e-3)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
 
 
 # --------------------------------------------------------------- attention

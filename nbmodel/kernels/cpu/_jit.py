@@ -12,7 +12,7 @@ function.
 """
 import numba
 
-from ...config import FASTMATH
+from ...config import FASTMATH, get_num_threads
 
 jit = numba.njit(cache=True, fastmath=set(FASTMATH), error_model="numpy")
 pjit = numba.njit(cache=True, fastmath=set(FASTMATH), error_model="numpy", parallel=True)
@@ -34,3 +34,10 @@ prange = numba.prange
 #                        rows or chunks inside the kernel itself (losses, optim).
 PAR_MIN = 1 << 17
 PAR_MIN_ELEMENTWISE = 1 << 16
+
+
+def row_blocks(n: int, work: int, min_work: int | None = None) -> int:
+    """Blocks of rows (one per thread) to split a pass over n independent rows into:
+    1 (the serial loop) unless there is more than one thread and ``work`` elements
+    reach ``min_work`` (default PAR_MIN) and so repay the parallel region."""
+    return min(get_num_threads(), n) if work >= (PAR_MIN if min_work is None else min_work) else 1

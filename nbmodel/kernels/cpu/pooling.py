@@ -8,15 +8,13 @@ winning input, so backward is a scatter of dy without re-reading x. Padding
 Flat unsigned indices let numba skip its negative-index checks so the
 channel loops vectorize. Each pass is a serial body over a range of images
 and a wrapper that splits the images into one block per thread when there is
-enough work (PAR_MIN elements) and more than one thread; blocks of whole
-images keep the backward scatters free of races. The launch functions
-(max_pool_*, avg_pool_*, global_*) take no thread count: it is read here,
-from nbmodel.config.
+enough work (PAR_MIN elements) and more than one thread (``row_blocks``);
+blocks of whole images keep the backward scatters free of races. The launch
+functions (max_pool_*, avg_pool_*, global_*) take no thread count.
 """
 import numpy as np
 
-from ...config import get_num_threads
-from ._jit import PAR_MIN, jit, pjit, prange
+from ._jit import jit, pjit, prange, row_blocks
 
 
 @jit
@@ -130,11 +128,6 @@ def _avg_pool_backward(dy, ph, pw, sh, sw, pt, pl, b0, b1, dx):
                             dxf[np.uint64(d + ch)] += dyf[np.uint64(o + ch)] * inv
 
 
-def _blocks(n, work):
-    """Threads to split n images over: 1 unless the work repays a parallel region."""
-    return min(get_num_threads(), n) if work >= PAR_MIN else 1
-
-
 @pjit
 def _max_pool_forward_par(x, ph, pw, sh, sw, pt, pl, out, arg, nb):
     n = x.shape[0]
@@ -148,7 +141,7 @@ def max_pool_forward(x, ph, pw, sh, sw, pt, pl, out, arg):
     x (n, h, w, c), out and arg (n, oh, ow, c); windows ph x pw, strides
     sh, sw, padding before pt (top), pl (left).
     """
-    nb = _blocks(x.shape[0], x.size)
+    nb = row_blocks(x.shape[0], x.size)
     if nb > 1:
         _max_pool_forward_par(x, ph, pw, sh, sw, pt, pl, out, arg, nb)
     else:
@@ -164,7 +157,7 @@ def _max_pool_backward_par(dy, arg, dx, nb):
 
 def max_pool_backward(dy, arg, dx):
     """dx = 0, then dy routed to each window's recorded maximum."""
-    nb = _blocks(dx.shape[0], dx.size)
+    nb = row_blocks(dx.shape[0], dx.size)
     if nb > 1:
         _max_pool_backward_par(dy, arg, dx, nb)
     else:
@@ -180,7 +173,7 @@ def _avg_pool_forward_par(x, ph, pw, sh, sw, pt, pl, out, nb):
 
 def avg_pool_forward(x, ph, pw, sh, sw, pt, pl, out):
     """out = mean of the real (unpadded) elements of each window."""
-    nb = _blocks(x.shape[0], x.size)
+    nb = row_blocks(x.shape[0], x.size)
     if nb > 1:
         _avg_pool_forward_par(x, ph, pw, sh, sw, pt, pl, out, nb)
     else:
@@ -196,7 +189,7 @@ def _avg_pool_backward_par(dy, ph, pw, sh, sw, pt, pl, dx, nb):
 
 def avg_pool_backward(dy, ph, pw, sh, sw, pt, pl, dx):
     """dx = 0, then each window's dy / count spread over its real elements."""
-    nb = _blocks(dx.shape[0], dx.size)
+    nb = row_blocks(dx.shape[0], dx.size)
     if nb > 1:
         _avg_pool_backward_par(dy, ph, pw, sh, sw, pt, pl, dx, nb)
     else:
