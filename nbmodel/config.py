@@ -6,6 +6,7 @@ so ``import nbmodel`` compiles nothing and starts no thread pool.
 from __future__ import annotations
 
 import os
+import sys
 
 # OpenMP workers (numba's thread pool) spin after each parallel region by
 # default; on a 2-core machine they then hold the core that the BLAS call which
@@ -22,6 +23,11 @@ _ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}
 ENV_SET_HERE = tuple(k for k in _ENV_DEFAULTS if k not in os.environ)
 for _k in ENV_SET_HERE:
     os.environ[_k] = _ENV_DEFAULTS[_k]
+# NumPy imported before nbmodel (the usual order) loaded its own OpenBLAS with the
+# long default spin: its idle workers then spin after every threaded product. Kernels
+# that would call NumPy's BLAS between numba's parallel regions use the kernels' BLAS
+# (SciPy's, loaded after this import) instead when this is true.
+NUMPY_BLAS_SPINS = "numpy" in sys.modules and "OPENBLAS_THREAD_TIMEOUT" in ENV_SET_HERE
 
 import numpy as np  # noqa: E402
 

@@ -136,3 +136,25 @@ def test_batch_blocks_decision(monkeypatch):
     assert cpu.batch_blocks(64, 2, 8, 1, 0) == 0  # 1024 multiply-adds
     monkeypatch.setattr(cpu, "get_num_threads", lambda: 8)
     assert cpu.batch_blocks(12, 32, 128, 4, 0) == 3
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU-reset-before"])
+def test_outer_products_same_through_either_blas(kind, monkeypatch):
+    """NUMPY_BLAS_SPINS (NumPy imported before nbmodel) moves the products outside the time
+    loops from NumPy's BLAS to the kernels' at more than one thread: same results, and the
+    kernels' BLAS really runs."""
+    case = CASES["seq-mask-dropout-init"]
+    before = get_num_threads()
+    try:
+        nb.set_num_threads(2)
+        monkeypatch.setattr(cpu, "NUMPY_BLAS_SPINS", False)
+        numpy_blas = _run(kind, "float64", 6, **case)
+        used = []
+        monkeypatch.setattr(cpu, "_kernel_blas_dot", lambda *a, _f=cpu._kernel_blas_dot: used.append(1) or _f(*a))
+        monkeypatch.setattr(cpu, "NUMPY_BLAS_SPINS", True)
+        kernel_blas = _run(kind, "float64", 6, **case)
+    finally:
+        nb.set_num_threads(before)
+    assert len(used) == 3  # input projection, dkernel, drecurrent (dx, input-masked, in the mask loop)
+    for a, b in zip(numpy_blas, kernel_blas):
+        np.testing.assert_allclose(b, a, **TOL["float64"])

@@ -20,11 +20,16 @@ the kernels work time-major so that every step's slice is one contiguous
 Threads. The entry points are Python launchers (as in conv.py): the input
 projection (one GEMM, BLAS's own threads), then the time loop, then (backward)
 the weight and bias gradients (large GEMMs, BLAS's own threads). The GEMMs
-outside the time loop are NumPy's (``project_blocks``, ``weight_grads``): on
-these transposed products NumPy's BLAS measured 8-20% faster than the SciPy
-BLAS that numba's np.dot calls (LSTM weight gradients at the reference shapes,
-1 and 2 threads, AVX2 and AVX-512 kernels). Rows never
-interact inside a time loop (each sample's recurrence is its own), so with
+outside the time loop (``outer_dot``) are NumPy's: on these transposed
+products NumPy's BLAS measured 8-20% faster than the SciPy BLAS that numba's
+np.dot calls (LSTM weight gradients at the reference shapes, AVX2 and AVX-512
+kernels). The exception: more than one thread, and NumPy imported before
+nbmodel (``config.NUMPY_BLAS_SPINS``: NumPy's OpenBLAS then keeps its long spin
+after each product, and its idle workers take cores from the time loop's
+threads). Then they use the kernels' BLAS, the one pool every other kernel
+uses. Measured at 2 threads, NumPy imported first: lstm step 0.8x, gru 0.85x.
+
+Rows never interact inside a time loop (each sample's recurrence is its own), so with
 more than one thread the loop can be split into one block of batch rows per
 thread (``batch_blocks`` decides): each block runs every step for its rows
 b0..b1 with a one-thread GEMM (``kernel_blas_serial``) and its own gate
@@ -68,7 +73,7 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
-from ...config import FASTMATH, get_num_threads, kernel_blas_serial
+from ...config import FASTMATH, NUMPY_BLAS_SPINS, get_num_threads, kernel_blas_serial
 from ..codes import SIGMOID, TANH
 from ._jit import inline, jit, pjit, prange
 from .activations import act_grad_scalar, act_scalar, sigmoid_scalar
@@ -291,11 +296,27 @@ def masked_time_major(x, reverse, mask_x, n_mx, xs):
                     out[t, b, k] = x[b, src, k] * m[b, k]
 
 
+@jit
+def _kernel_blas_dot(a, b, out):
+    np.dot(a, b, out)
+
+
+def outer_dot(a, b, out):
+    """out = a @ b for a product outside the time loops: NumPy's BLAS, or the kernels'
+    (numba's np.dot, SciPy's) where NumPy's would spin against the loop's threads
+    (module doc, "Threads"). The per-gate mask products stay NumPy's: their column
+    blocks are not contiguous."""
+    if not NUMPY_BLAS_SPINS or get_num_threads() == 1:
+        np.dot(a, b, out=out)
+    else:
+        _kernel_blas_dot(a, b, out)
+
+
 def project_blocks(a, n_mask, w, out):
     """out (R, n) = a[s] (R, d) @ w[:, block s] for every mask set s (one product
     over all columns when n_mask <= 1); a (K, R, d). NumPy's BLAS (module doc)."""
     if n_mask <= 1:
-        np.dot(a[0], w, out=out)
+        outer_dot(a[0], w, out)
         return
     bw = out.shape[1] // n_mask
     for s in range(n_mask):
@@ -391,7 +412,7 @@ def recurrent_grad(dZ, t, recurrent_kernel, mask_h, n_mh, b0, b1, dhT, dh):
 def _grad_blocks(a, n_mask, z, out):
     """out (d, n) = a[s].T @ z[:, block s] per mask set (one product when n_mask <= 1)."""
     if n_mask <= 1:
-        np.dot(a[0].T, z, out=out)
+        outer_dot(a[0].T, z, out)
         return
     bw = z.shape[1] // n_mask
     for s in range(n_mask):
@@ -434,7 +455,7 @@ def weight_grads(xs, kernel, H, HM, Z, R, mask_x, n_mx, n_mh, use_init, need_dx,
     if T > s0:
         R2 = R[s0:T].reshape((T - s0) * B, n)
         if n_mh == 0:
-            np.dot(H[s0:T].reshape((T - s0) * B, u).T, R2, out=drecurrent)
+            outer_dot(H[s0:T].reshape((T - s0) * B, u).T, R2, drecurrent)
         else:
             _grad_blocks(HM[:, s0:T].reshape(HM.shape[0], (T - s0) * B, u), n_mh, R2, drecurrent)
     else:
@@ -443,7 +464,7 @@ def weight_grads(xs, kernel, H, HM, Z, R, mask_x, n_mx, n_mh, use_init, need_dx,
         return
     dxs2 = dxs.reshape(T * B, D)
     if n_mx == 0:
-        np.dot(Z2, kernel.T, out=dxs2)
+        outer_dot(Z2, kernel.T, dxs2)
         from_time_major(dxs, reverse, dx)
         return
     dx[:, :, :] = 0
