@@ -154,6 +154,27 @@ def test_act_grad_sums_by_blocks_match_one_pass():
     np.testing.assert_allclose(db1, (dy * y * (1 - y)).sum(0), rtol=1e-12)
 
 
+@pytest.mark.parametrize("code", [RELU, SIGMOID, ELU, LINEAR])
+def test_act_grad_rows_touch_only_their_rows(code):
+    # the gradient runs as one flat loop over rows r0..r1 and the sums in blocks of
+    # 4096 // features rows: a range that starts and ends inside blocks
+    n, m, r0, r1 = 2000, 5, 7, 1900
+    pre = rng(5).standard_normal((n, m))
+    y = pre.copy()
+    act.bias_act_rows(y, np.zeros(m), code, False, 0, n, y)
+    dy = rng(6).standard_normal((n, m))
+    deriv = {RELU: (pre > 0) * 1.0, SIGMOID: y * (1 - y), ELU: np.where(pre > 0, 1.0, y + 1), LINEAR: 1.0}[code]
+    want = dy * deriv
+    dz, dz_sum = np.full_like(dy, 7.0), np.full_like(dy, 7.0)
+    acc = np.ones(m)
+    act.act_grad_rows(pre, y, dy, code, r0, r1, dz)
+    act.act_grad_sum_rows(pre, y, dy, code, r0, r1, dz_sum, acc)
+    for out in (dz, dz_sum):
+        np.testing.assert_allclose(out[r0:r1], want[r0:r1], rtol=1e-12, atol=1e-15)
+        assert (out[:r0] == 7.0).all() and (out[r1:] == 7.0).all()
+    np.testing.assert_allclose(acc, 1 + want[r0:r1].sum(0), rtol=1e-12)
+
+
 @pytest.mark.parametrize("code", [RELU, GELU, LINEAR])
 def test_conv_launchers_match_reference_in_chunks(code, monkeypatch, threads):
     # at one thread the batch runs in chunks of images that fit CHUNK_BYTES: make them tiny
