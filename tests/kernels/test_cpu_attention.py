@@ -63,8 +63,12 @@ def test_ffn_kernels_stay_float32():
     hid, pre, out = np.zeros((4, 8), f), np.zeros((4, 8), f), np.zeros((4, 6), f)
     for code in (1, 4):  # relu, gelu
         assert float64_ops(K.ffn_forward, x, w1, b1, w2, b2, code, True, pre, hid, out) == []
-        assert float64_ops(K.ffn_backward, x, w1, w2, pre, hid, out, code, True, hid.copy(), w1.copy(),
+        assert float64_ops(K._ffn_backward_serial, x, w1, w2, pre, hid, out, code, True, hid.copy(), w1.copy(),
                            b1.copy(), w2.copy(), b2.copy(), x.copy()) == []
+        assert float64_ops(K._ffn_input_grads_blocks, w1, w2, pre, hid, out, code, True, 2, hid.copy(),
+                           np.zeros((2, 8), f), x.copy()) == []
+        assert float64_ops(K._ffn_weight_grads, x, hid, out, hid.copy(), w1.copy(), w2.copy(), b2.copy()) == []
+
 
 
 def test_every_encoder_kernel_stays_float32(monkeypatch):
@@ -75,7 +79,7 @@ def test_every_encoder_kernel_stays_float32(monkeypatch):
     # mha_self_forward/backward and the layer norms are Python launchers: record the compiled
     # stages they call
     names = {KA: ["_project_self", "_attend_forward", "_output_projection", "_output_backward", "_attend_backward",
-                  "_project_backward", "ffn_forward", "ffn_backward"],
+                  "_project_backward", "ffn_forward", "_ffn_backward_serial"],
              KN: ["_add_ln_forward_rows", "_ln_backward_rows"]}
     calls = {}
     for mod, fns in names.items():

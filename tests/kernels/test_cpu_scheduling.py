@@ -283,6 +283,35 @@ def test_shared_row_pieces_stay_float32():
     assert float64_ops(act.act_grad_sum_rows, pre, out, z, GELU, 0, 6, dz, acc) == []
 
 
+# --------------------------------------------------------------- feed-forward
+
+@pytest.mark.parametrize("code", [1, 4])  # relu, gelu
+def test_ffn_backward_row_blocks_match_serial(code, monkeypatch, threads):
+    # 2 threads, thresholds lowered so that a small case runs in blocks of rows
+    from scipy.special import erf
+
+    from nbmodel.kernels.cpu import attention as K
+
+    x = rng().standard_normal((37, 6))
+    w1, w2 = rng(1).standard_normal((6, 9)), rng(2).standard_normal((9, 6))
+    pre = x @ w1 + rng(3).standard_normal(9)
+    hid = np.maximum(pre, 0) if code == 1 else pre * 0.5 * (1 + erf(pre / np.sqrt(2)))
+    dout = rng(4).standard_normal((37, 6))
+    outs = {}
+    for name, par_min in (("serial", 1 << 40), ("blocks", 0)):
+        monkeypatch.setattr(K, "FFN_PAR_MIN", par_min)
+        monkeypatch.setattr(K, "FFN_MIN_BLOCK_ROWS", 4)
+        threads(2)
+        got = [np.full_like(a, np.nan) for a in (hid, w1, w1[0], w2, w2[0], x)]
+        K.ffn_backward(x, w1, w2, pre, hid, dout, code, True, *got)
+        outs[name] = got
+    dz_ref = (dout @ w2.T) * ((pre > 0) if code == 1 else
+                              0.5 * (1 + erf(pre / np.sqrt(2))) + pre * np.exp(-pre ** 2 / 2) / np.sqrt(2 * np.pi))
+    want = [dz_ref, x.T @ dz_ref, dz_ref.sum(0), hid.T @ dout, dout.sum(0), dz_ref @ w1.T]
+    for a, b, c in zip(outs["serial"], outs["blocks"], want):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(b, c, rtol=1e-10, atol=1e-10)
+
 # --------------------------------------------------------------- pooling
 def test_pool_threaded_passes_match_serial():
     # blocks of images across threads must give exactly the serial result
