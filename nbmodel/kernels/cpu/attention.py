@@ -33,7 +33,7 @@ GEMMs (``ffn_backward``). The launchers (``mha_forward``, ``ffn_backward``,
 import numpy as np
 
 from ...config import get_num_threads, kernel_blas_serial
-from ._jit import PAR_MIN_ELEMENTWISE, jit, pjit, prange
+from ._jit import PAR_MIN_ELEMENTWISE, inline, jit, pjit, prange
 from ._math import exp_store, row_dot, row_max, scale_row
 from .activations import act_grad_sum_rows, bias_act_rows
 
@@ -45,23 +45,48 @@ FFN_MIN_BLOCK_ROWS = 16
 FFN_PAR_MIN = 1 << 22
 
 
+@inline
+def _copy_block(src, s_row, s_col, dst, d_row, d_col, rows, width, scale):
+    """dst[d_row + i, d_col + e] = src[s_row + i, s_col + e] * scale for i < rows, e < width.
+
+    Between a head's block and its columns of the flattened tokens. 2-D
+    C-contiguous arrays, flat unsigned indices: with 2-D indexing at computed
+    column offsets the loop did not vectorize (6x slower for 32 columns).
+    """
+    sf = src.reshape(-1)
+    df = dst.reshape(-1)
+    sw = src.shape[1]
+    dw = dst.shape[1]
+    for i in range(rows):
+        s = (s_row + i) * sw + s_col
+        d = (d_row + i) * dw + d_col
+        for e in range(width):
+            df[np.uint64(d + e)] = sf[np.uint64(s + e)] * scale
+
+
 @jit
 def _split_heads(tmp, off, b, use_bias, scale, batch, t, heads, dim, out):
     """out[b, h, i, :] = (tmp + b)[b*t + i, off + h*dim : off + (h+1)*dim] * scale.
 
     tmp is the output of a projection GEMM; ``off`` picks the column block
-    of one projection when Q, K and V come from one fused GEMM.
+    of one projection when Q, K and V come from one fused GEMM. Flat unsigned
+    indices, as in _copy_block (150 -> 24 us for one of the transformer's).
     """
+    tf = tmp.reshape(-1)
+    of = out.reshape(-1)
+    width = tmp.shape[1]
     for bb in range(batch):
-        for i in range(t):
-            r = bb * t + i
-            for h in range(heads):
-                c0 = off + h * dim
-                for e in range(dim):
-                    v = tmp[r, c0 + e]
-                    if use_bias:
-                        v += b[c0 + e]
-                    out[bb, h, i, e] = v * scale
+        for h in range(heads):
+            c0 = off + h * dim
+            for i in range(t):
+                s = (bb * t + i) * width + c0
+                d = ((bb * heads + h) * t + i) * dim
+                if use_bias:
+                    for e in range(dim):
+                        of[np.uint64(d + e)] = (tf[np.uint64(s + e)] + b[np.uint64(c0 + e)]) * scale
+                else:
+                    for e in range(dim):
+                        of[np.uint64(d + e)] = tf[np.uint64(s + e)] * scale
 
 
 @jit
@@ -120,11 +145,7 @@ def _attend_block(qh, kh, vh, mask, has_mask, causal, rate, u, b, h, p, pdrop, o
         np.dot(pdrop, vh[b, h], otmp)
     else:
         np.dot(p, vh[b, h], otmp)
-    c0 = h * vd
-    for i in range(tq):
-        r = b * tq + i
-        for e in range(vd):
-            o2[r, c0 + e] = otmp[i, e]
+    _copy_block(otmp, 0, 0, o2, b * tq, h * vd, tq, vd, one)
 
 
 @jit
@@ -273,10 +294,7 @@ def _attend_block_backward(qh, kh, vh, probs, rate, u, do2, dscores, has_dscores
     zero = one - one
     p = probs[b, h]
     cv = h * vd
-    for i in range(tq):
-        r = b * tq + i
-        for e in range(vd):
-            dotmp[i, e] = do2[r, cv + e]
+    _copy_block(do2, b * tq, cv, dotmp, 0, 0, tq, vd, one)
     np.dot(dotmp, vh[b, h].T, dp)
     if rate > zero:
         inv_keep = one / (one - rate)
@@ -289,10 +307,7 @@ def _attend_block_backward(qh, kh, vh, probs, rate, u, do2, dscores, has_dscores
         np.dot(pdrop.T, dotmp, tvtmp)
     else:
         np.dot(p.T, dotmp, tvtmp)
-    for j in range(tk):
-        r = b * tk + j
-        for e in range(vd):
-            gv[r, vo + cv + e] = tvtmp[j, e]
+    _copy_block(tvtmp, 0, 0, gv, b * tk, vo + cv, tk, vd, one)
     # softmax backward, fused: dS = P * (dP - sum_j P dP)
     for i in range(tq):
         if has_dscores:
@@ -304,14 +319,8 @@ def _attend_block_backward(qh, kh, vh, probs, rate, u, do2, dscores, has_dscores
     np.dot(dp, kh[b, h], tqtmp)
     np.dot(dp.T, qh[b, h], tktmp)
     ck = h * kd
-    for i in range(tq):
-        r = b * tq + i
-        for e in range(kd):
-            gq[r, qo + ck + e] = tqtmp[i, e] * scale
-    for j in range(tk):
-        r = b * tk + j
-        for e in range(kd):
-            gk[r, ko + ck + e] = tktmp[j, e]
+    _copy_block(tqtmp, 0, 0, gq, b * tq, qo + ck, tq, kd, scale)
+    _copy_block(tktmp, 0, 0, gk, b * tk, ko + ck, tk, kd, one)
 
 
 @jit
