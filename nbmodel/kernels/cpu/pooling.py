@@ -14,7 +14,31 @@ functions (max_pool_*, avg_pool_*, global_*) take no thread count.
 """
 import numpy as np
 
-from ._jit import jit, pjit, prange, row_blocks
+from ._jit import inline, jit, pjit, prange, row_blocks
+
+
+@inline
+def _max_of_four(xf, s00, s01, s10, s11, first, w, of, af, o, c):
+    """A whole 2 x 2 window (the usual pool) in one loop over the channels: the
+    first maximum in scan order and its flat spatial index. One vectorized
+    loop instead of one per window position (the cnn's first pool, one thread: 0.55 -> 0.21 ms)."""
+    for ch in range(c):
+        m = xf[np.uint64(s00 + ch)]
+        a = first
+        v = xf[np.uint64(s01 + ch)]
+        if v > m:
+            m = v
+            a = first + 1
+        v = xf[np.uint64(s10 + ch)]
+        if v > m:
+            m = v
+            a = first + w
+        v = xf[np.uint64(s11 + ch)]
+        if v > m:
+            m = v
+            a = first + w + 1
+        of[np.uint64(o + ch)] = m
+        af[np.uint64(o + ch)] = a
 
 
 @jit
@@ -35,6 +59,9 @@ def _max_pool_forward(x, ph, pw, sh, sw, pt, pl, b0, b1, out, arg):
             o = ((b * oh + i) * ow + j) * c
             s = ((b * h + h0) * w + w0) * c
             first = h0 * w + w0
+            if h1 - h0 == 2 and w1 - w0 == 2:
+                _max_of_four(xf, s, s + c, s + w * c, s + (w + 1) * c, first, w, of, af, o, c)
+                continue
             for ch in range(c):
                 of[np.uint64(o + ch)] = xf[np.uint64(s + ch)]
                 af[np.uint64(o + ch)] = first
