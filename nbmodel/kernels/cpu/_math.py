@@ -176,25 +176,31 @@ def row_sum(r, shift, square):
 
 @inline
 def row_dot(a, b):
-    """sum_j a[j] * b[j] over two 1-D rows, in row_sum's 8 interleaved partial sums
-    (a single running sum is a chain of dependent adds: scalar, 4x slower on rows of 64)."""
+    """sum_j a[j] * b[j] over two 1-D rows (row_dot_centered with no shift: same bits)."""
+    return row_dot_centered(a, b, a.dtype.type(0))
+
+
+@inline
+def row_dot_centered(a, b, shift):
+    """sum_j a[j] * (b[j] - shift) over two 1-D rows, in row_sum's 8 interleaved partial
+    sums (a single running sum is a chain of dependent adds: scalar, 4x slower on rows of 64)."""
     c = a.size
     s0 = a.dtype.type(0)
     s1 = s2 = s3 = s4 = s5 = s6 = s7 = s0
     j = 0
     while j + 8 <= c:
-        s0 += a[j] * b[j]
-        s1 += a[j + 1] * b[j + 1]
-        s2 += a[j + 2] * b[j + 2]
-        s3 += a[j + 3] * b[j + 3]
-        s4 += a[j + 4] * b[j + 4]
-        s5 += a[j + 5] * b[j + 5]
-        s6 += a[j + 6] * b[j + 6]
-        s7 += a[j + 7] * b[j + 7]
+        s0 += a[j] * (b[j] - shift)
+        s1 += a[j + 1] * (b[j + 1] - shift)
+        s2 += a[j + 2] * (b[j + 2] - shift)
+        s3 += a[j + 3] * (b[j + 3] - shift)
+        s4 += a[j + 4] * (b[j + 4] - shift)
+        s5 += a[j + 5] * (b[j + 5] - shift)
+        s6 += a[j + 6] * (b[j + 6] - shift)
+        s7 += a[j + 7] * (b[j + 7] - shift)
         j += 8
     s = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
     while j < c:
-        s += a[j] * b[j]
+        s += a[j] * (b[j] - shift)
         j += 1
     return s
 

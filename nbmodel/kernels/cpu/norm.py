@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from ._jit import jit, pjit, prange, row_blocks
-from ._math import row_sum
+from ._math import row_dot_centered, row_sum
 
 # Elements a layer-norm pass needs before its rows are split across threads. Measured
 # at 2 threads (float32, rows of 128, blocks / serial): 2**17 elements forward 1.4,
@@ -115,26 +115,21 @@ def _ln_backward_rows(x, gamma, mean, rstd, dya, dyb, has_dyb, use_scale, use_ce
     for i in range(i0, i1):
         mu = mean[i]
         r = rstd[i]
-        sg = zero
-        sgx = zero
+        # three passes over the row, each of which vectorizes: g (times gamma) into dx with
+        # the dgamma/dbeta sums; the row's two sums in interleaved partials (one running sum
+        # with the stores in its loop ran scalar, 1.3 ns per element); then dx
         for j in range(d):
-            xh = (x[i, j] - mu) * r
-            gy = dya[i, j] + dyb[i, j] if has_dyb else dya[i, j]
-            if use_scale:
-                dgamma[j] += gy * xh
-                gy = gy * gamma[j]
-            if use_center:
-                dbeta[j] += dya[i, j] + dyb[i, j] if has_dyb else dya[i, j]
-            sg += gy
-            sgx += gy * xh
-        sg *= inv_d
-        sgx *= inv_d
-        for j in range(d):
-            xh = (x[i, j] - mu) * r
             g = dya[i, j] + dyb[i, j] if has_dyb else dya[i, j]
+            if use_center:
+                dbeta[j] += g
             if use_scale:
+                dgamma[j] += g * ((x[i, j] - mu) * r)
                 g = g * gamma[j]
-            dx[i, j] = r * (g - sg - xh * sgx)
+            dx[i, j] = g
+        sg = row_sum(dx[i], zero, False) * inv_d
+        sgx = r * row_dot_centered(dx[i], x[i], mu) * inv_d
+        for j in range(d):
+            dx[i, j] = r * (dx[i, j] - sg - (x[i, j] - mu) * r * sgx)
 
 
 @pjit
