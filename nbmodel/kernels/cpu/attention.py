@@ -457,24 +457,8 @@ def ffn_forward(x, w1, b1, w2, b2, code, keep_pre, pre, hid, out):
 @jit
 def _ffn_backward_serial(x, w1, w2, pre, hid, dout, code, need_dx, dz, dw1, db1, dw2, db2, dx):
     """ffn_backward in one pass over all rows, with BLAS's own threads."""
-    _ffn_weight_grads_out(hid, dout, dw2, db2)
-    np.dot(dout, w2.T, dz)
-    db1[:] = 0
-    act_grad_sum_rows(pre, hid, dz, code, 0, dz.shape[0], dz, db1)
-    np.dot(x.T, dz, dw1)
-    if need_dx:
-        np.dot(dz, w1.T, dx)
-
-
-@jit
-def _ffn_weight_grads_out(hid, dout, dw2, db2):
-    """dw2 = hid^T dout, db2 = the column sums of dout."""
-    np.dot(hid.T, dout, dw2)
-    db2[:] = 0
-    n2, m2 = dout.shape
-    for i in range(n2):
-        for j in range(m2):
-            db2[j] += dout[i, j]
+    _ffn_input_grads_rows(w1, w2, pre, hid, dout, code, need_dx, 0, dz.shape[0], dz, db1, dx)
+    _ffn_weight_grads(x, hid, dout, dz, dw1, dw2, db2)
 
 
 @jit
@@ -500,7 +484,13 @@ def _ffn_input_grads_blocks(w1, w2, pre, hid, dout, code, need_dx, nblocks, dz, 
 
 @jit
 def _ffn_weight_grads(x, hid, dout, dz, dw1, dw2, db2):
-    _ffn_weight_grads_out(hid, dout, dw2, db2)
+    """dw1 = x^T dz, dw2 = hid^T dout, db2 = the column sums of dout."""
+    np.dot(hid.T, dout, dw2)
+    db2[:] = 0
+    n2, m2 = dout.shape
+    for i in range(n2):
+        for j in range(m2):
+            db2[j] += dout[i, j]
     np.dot(x.T, dz, dw1)
 
 
