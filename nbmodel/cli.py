@@ -173,6 +173,8 @@ def write_history(history, out_dir):
     except ImportError:
         return None
     metrics = [k for k in keys if not k.startswith("val_") and k != "learning_rate"]
+    if not metrics:  # no epoch ran (a resumed backup already past --epochs): nothing to draw
+        return None
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.5), squeeze=False)
     epochs = [e + 1 for e in history.epoch]
     for ax, k in zip(axes[0], metrics):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import nbmodel as nb
-from nbmodel.cli import main
+from nbmodel.cli import main, write_history
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "examples", "digits_mlp.toml")
@@ -277,3 +277,14 @@ def test_backup_freq_needs_backup_dir(tmp_path, capsys):
     cfg = write(tmp_path, GOOD_MODEL + "[compile]\nloss = 'mse'\n[fit]\nbackup_freq = 3\n")
     assert main(["train", cfg, "--epochs", "1", "--verbose", "0"]) == 2
     assert "backup_freq needs backup_dir" in capsys.readouterr().err
+
+
+def test_write_history_with_no_epochs_writes_a_header_only(tmp_path):
+    # a run resumed from a backup already past --epochs trains nothing; its history is empty
+    class Empty:
+        history: dict = {}
+        epoch: list = []
+
+    assert write_history(Empty(), str(tmp_path)) is None
+    assert (tmp_path / "history.csv").read_text() == "epoch\n"
+    assert not (tmp_path / "history.png").exists()
