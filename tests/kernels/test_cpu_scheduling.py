@@ -52,6 +52,9 @@ def threads():
 # ------------------------------------------------------------------ conv
 # (n, h, w, c, filters, kh, kw, sh, sw, dh, dw, pads (t, b, l, r))
 GEO = (5, 7, 6, 3, 4, 3, 3, 2, 1, 1, 1, (1, 1, 1, 1))
+# one input channel: the patch matrix is kept transposed (conv module doc)
+GEO_ONE = (5, 7, 6, 1, 4, 3, 3, 2, 1, 1, 1, (1, 1, 1, 1))
+GEO_ONE_STRIDED = (4, 6, 9, 1, 3, 2, 3, 1, 2, 1, 2, (0, 1, 2, 1))
 
 
 def _geometry(geo):
@@ -95,12 +98,13 @@ def _run_conv(x, kernel, bias, code, geo, for_backward=True, dy=None, use_bias=T
 
 @pytest.mark.parametrize("code", [RELU, GELU, LINEAR])
 @pytest.mark.parametrize("nblocks", [2, 3])
-def test_conv_thread_blocks_match_serial_bodies(code, nblocks):
+@pytest.mark.parametrize("case", [GEO, GEO_ONE])
+def test_conv_thread_blocks_match_serial_bodies(code, nblocks, case):
     # blocks of whole images (5 images: uneven blocks) must give the serial result: the
     # forward exactly, the gradients up to the order in which block partials are summed
-    n, f, kh, kw, sh, sw, dh, dw, pads = GEO[0], *GEO[4:]
-    oh, ow = _geometry(GEO)
-    x, kernel, bias = _conv_case(GEO, np.float64)
+    n, c, f, kh, kw, sh, sw, dh, dw, pads = case[0], *case[3:]
+    oh, ow = _geometry(case)
+    x, kernel, bias = _conv_case(case, np.float64)
     k2 = kernel.reshape(-1, f)
     kk, rows = k2.shape[0], n * oh * ow
     geo = (kh, kw, sh, sw, dh, dw, pads[0], pads[2], oh, ow)
@@ -110,7 +114,8 @@ def test_conv_thread_blocks_match_serial_bodies(code, nblocks):
     cols_s, cols_b = np.empty((rows, kk)), np.empty((rows, kk))
     kconv._forward_images(x, k2, bias, code, keep, *geo, 0, n, 2, True, 0, cols_s, p_s, y_s)
     kconv._forward_blocks(x, k2, bias, code, keep, *geo, 2, True, nblocks, cols_b, p_b, y_b)
-    np.testing.assert_array_equal(cols_s, cols_b)
+    if c > 1:  # one channel: each chunk's transposed patches in its own place (conv module doc)
+        np.testing.assert_array_equal(cols_s, cols_b)
     np.testing.assert_array_equal(y_s, y_b)
     # inference: one chunk of patch rows per block, in the block's own slot
     y_i = np.empty_like(y_s)
@@ -122,13 +127,15 @@ def test_conv_thread_blocks_match_serial_bodies(code, nblocks):
     dz_s = np.empty_like(dy) if code != LINEAR else dy
     db_s, part = np.zeros(f), np.empty(f)
     kconv._dz_rows(p_s, y_s, dy, code, True, 0, rows, dz_s, part, db_s)
-    dk_s = cols_s.T @ dz_s
+    patches = np.empty((rows, kk))
+    kconv._im2col_rows(x, *geo, 0, n * oh, patches, 0)
+    dk_s = patches.T @ dz_s
     dx_s = np.empty_like(x)
     kconv._dx_images(dz_s, k2, *geo, 0, n, 2, 0, np.empty((2 * oh * ow, kk)), dx_s)
     dz_b = np.empty_like(dy) if code != LINEAR else dy
     dbp, dkp = np.empty((nblocks, f)), np.empty((nblocks, kk, f))
     dx_b = np.full_like(x, np.nan)  # every image is written
-    kconv._backward_blocks(p_b, y_b, dy, code, True, True, cols_b, k2, *geo, 2, nblocks, dz_b,
+    kconv._backward_blocks(x, p_b, y_b, dy, code, True, True, cols_b, k2, *geo, 2, nblocks, dz_b,
                            np.empty((nblocks, f)), dbp, dkp, np.empty((nblocks * 2 * oh * ow, kk)), dx_b)
     db_b, dk_b = np.empty(f), np.empty((kk, f))
     kconv._sum_blocks(dbp, db_b)
@@ -176,17 +183,17 @@ def test_act_grad_rows_touch_only_their_rows(code):
 
 
 @pytest.mark.parametrize("code", [RELU, GELU, LINEAR])
-def test_conv_launchers_match_reference_in_chunks(code, monkeypatch, threads):
+@pytest.mark.parametrize("geo", [GEO, GEO_ONE, GEO_ONE_STRIDED])
+def test_conv_launchers_match_reference_in_chunks(code, geo, monkeypatch, threads):
     # at one thread the batch runs in chunks of images that fit CHUNK_BYTES: make them tiny
     threads(1)
-    geo = GEO
     n, c, f, kh, kw, sh, sw, dh, dw, pads = geo[0], *geo[3:]
     x, kernel, bias = _conv_case(geo, np.float64)
     oh, ow = _geometry(geo)
     dy = rng(5).standard_normal((n * oh * ow, f))
     whole = _run_conv(x, kernel, bias, code, geo, dy=dy)
     per_image = oh * ow * kh * kw * c * 8
-    monkeypatch.setattr(kconv, "CHUNK_BYTES", 2 * per_image)  # chunks of 2 images: 2 + 2 + 1
+    monkeypatch.setattr(kconv, "CHUNK_BYTES", 2 * per_image)  # chunks of 2 images: 2 + 2 + 1 (+ ...)
     chunked = _run_conv(x, kernel, bias, code, geo, dy=dy)
     name = {RELU: "relu", GELU: "gelu", LINEAR: None}[code]
     ry = ref.conv_forward(x, kernel, bias, (sh, sw), pads, (dh, dw), name).reshape(-1, f)
@@ -207,12 +214,36 @@ def test_conv_launchers_match_reference_in_chunks(code, monkeypatch, threads):
         np.testing.assert_allclose(res["db"], rdb, rtol=1e-11, atol=1e-11)
     # the whole patch matrix is kept for backward; dcols holds one chunk of images
     assert whole["scratch"].arrays["cols"].shape == (n * oh * ow, kh * kw * c)
+    if c == 1:  # one channel: backward rebuilds the patches, transposed, in their own buffer
+        assert whole["scratch"].arrays["cols_t"].shape == (kh * kw, n * oh * ow)
+        assert chunked["scratch"].arrays["cols"].shape == (2 * oh * ow, kh * kw)
+    else:
+        assert "cols_t" not in whole["scratch"].arrays
     assert chunked["scratch"].arrays["dcols"].shape == (2 * oh * ow, kh * kw * c)
 
 
-def test_conv_inference_keeps_only_one_chunk(monkeypatch, threads):
+@pytest.mark.parametrize("kh, kw, sh, sw, dh, dw, pt, pl", [
+    (3, 3, 1, 1, 1, 1, 1, 1), (1, 5, 1, 3, 1, 1, 0, 3), (3, 2, 2, 2, 2, 2, 2, 1), (2, 5, 1, 2, 1, 2, 0, 5)])
+@pytest.mark.parametrize("w", [1, 6, 11])
+def test_transposed_patches_are_the_patch_matrix_transposed(kh, kw, sh, sw, dh, dw, pt, pl, w):
+    # one channel: each tap's row of the transposed patches, padding (zeros) at both
+    # ends, strides and dilations, for output rows 3..9 written from column slot 5
+    n, h = 5, 4
+    oh = (h + 2 * pt - (kh - 1) * dh - 1) // sh + 1
+    ow = (w + 2 * pl - (kw - 1) * dw - 1) // sw + 1
+    assert oh >= 2 and ow >= 1
+    x = rng(7).standard_normal((n, h, w, 1))
+    rows = np.full((n * oh * ow, kh * kw), np.nan)
+    kconv._im2col_rows(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, 0, n * oh, rows, 0)
+    cols_t = np.full((kh * kw, 6 * ow + 5), np.nan)
+    kconv._im2col_t_rows(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, 3, 9, cols_t, 3 * ow - 5)
+    np.testing.assert_array_equal(cols_t[:, 5:], rows[3 * ow:9 * ow].T)
+    assert np.isnan(cols_t[:, :5]).all()
+
+
+@pytest.mark.parametrize("geo", [GEO, GEO_ONE])
+def test_conv_inference_keeps_only_one_chunk(geo, monkeypatch, threads):
     threads(1)
-    geo = GEO
     c, kh, kw = geo[3], geo[5], geo[6]
     oh, ow = _geometry(geo)
     x, kernel, bias = _conv_case(geo, np.float32)
@@ -270,8 +301,14 @@ def test_conv_private_bodies_stay_float32():
     dcols, dx = np.empty((25, 18), np.float32), np.empty_like(x)
     assert float64_ops(kconv._dx_images, dz, k2, *geo, 0, 2, 1, 0, dcols, dx) == []
     parts, dkp = np.empty((2, 3), np.float32), np.empty((2, 18, 3), np.float32)
-    assert float64_ops(kconv._backward_blocks, pre, y, y, GELU, True, True, cols, k2, *geo, 1, 2, dz, parts,
+    assert float64_ops(kconv._backward_blocks, x, pre, y, y, GELU, True, True, cols, k2, *geo, 1, 2, dz, parts,
                        parts, dkp, cols, dx) == []
+    # one channel: transposed patches
+    x1 = x[..., :1].copy()
+    k1 = k2[:9].copy()
+    assert float64_ops(kconv._forward_images, x1, k1, b, RELU, False, *geo, 0, 2, 1, False, 0, cols, y, y) == []
+    assert float64_ops(kconv._backward_blocks, x1, pre, y, y, GELU, True, True, cols, k1, *geo, 1, 2, dz, parts,
+                       parts, np.empty((2, 9, 3), np.float32), np.empty((50, 9), np.float32), x1.copy()) == []
 
 
 def test_shared_row_pieces_stay_float32():

@@ -19,6 +19,17 @@ decide everything about scheduling here: chunk sizes, thread counts (read
 from nbmodel.config), and which BLAS runs each product. Everything else in
 this module is a private helper.
 
+A one-channel input (a grayscale image, a single signal) builds its patches
+transposed, (kh*kw, pixels): one row per kernel tap, so each output row's run
+of a tap is one read along an input row, a loop that vectorizes, where
+row-major patch rows would be kh copies of kw floats per pixel. Each chunk's
+(or block's) transposed patches are contiguous in ``cols``'s memory and feed
+the GEMMs as they are (forward ``patches.T @ k2``, weight grad ``patches @
+dz``). They are never kept: backward rebuilds them (0.1 ms for the cnn's first
+layer) rather than forward writing them all out. The cnn's first layer (64 x
+28 x 28 x 1, 32 filters, layer forward / backward, medians of 5 x 40 calls):
+1 thread 1.01 / 1.39 -> 0.64 / 1.45 ms, 2 threads 0.94 / 1.35 -> 0.66 / 1.46.
+
 Patches are built and the GEMM runs in chunks of whole images whose patch rows
 fit in the L2 cache, so the GEMM reads what im2col has just written, and
 bias + activation run on each chunk's output while it is still hot. In
@@ -105,6 +116,57 @@ def _im2col_rows(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, r0, r1, cols, row0):
                     d += c
 
 
+@inline
+def _patches_transposed(c):
+    """Whether the patch matrix of an input with c channels is kept transposed (module doc)."""
+    return c == 1
+
+
+@inline
+def _transposed_block(cols, kk, p0, p1):
+    """The contiguous (kk, p1 - p0) view of cols's memory from element p0 * kk: where
+    the transposed patches of pixels p0..p1 (of a chunk or a block) live."""
+    return cols.reshape(-1)[p0 * kk:p1 * kk].reshape(kk, p1 - p0)
+
+
+@jit
+def _im2col_t_rows(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, r0, r1, cols_t, col0):
+    """The transposed patch matrix of a one-channel x: cols_t[ki*kw + kj, p - col0] for
+    the pixels p = (n*oh + i)*ow + j of output rows r0..r1 (r = n*oh + i); padding is
+    zeros. Per tap and output row, the pixels whose input column j*sw + kj*dw - pl lies
+    inside the image are one strided read of an input row (contiguous for sw = 1)."""
+    _, h, w, _ = x.shape
+    xf = x.reshape(-1)
+    zero = x.dtype.type(0)
+    for ki in range(kh):
+        for kj in range(kw):
+            dst = cols_t[ki * kw + kj]
+            off = kj * dw - pl
+            # output columns j0..j1 read inside the image: j*sw + off in [0, w)
+            j0 = min(ow, max(0, (sw - 1 - off) // sw))
+            j1 = max(j0, min(ow, (w - off + sw - 1) // sw))
+            for r in range(r0, r1):
+                n = r // oh
+                i = r - n * oh
+                d = r * ow - col0
+                ih = i * sh + ki * dh - pt
+                if ih < 0 or ih >= h:
+                    for j in range(ow):
+                        dst[np.uint64(d + j)] = zero
+                    continue
+                for j in range(j0):
+                    dst[np.uint64(d + j)] = zero
+                s = (n * h + ih) * w + off
+                if sw == 1:
+                    for j in range(j0, j1):
+                        dst[np.uint64(d + j)] = xf[np.uint64(s + j)]
+                else:
+                    for j in range(j0, j1):
+                        dst[np.uint64(d + j)] = xf[np.uint64(s + j * sw)]
+                for j in range(j1, ow):
+                    dst[np.uint64(d + j)] = zero
+
+
 @jit
 def _col2im_images(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, row0, dx):
     """dx[n] += the patch gradients of images n0..n1 (rows (n*oh*ow + p) - row0).
@@ -151,16 +213,25 @@ def _forward_images(x, k2, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl,
 
     cols holds every pixel's patch row when ``full`` (kept for the weight
     gradient), otherwise one chunk's rows starting at row ``slot0`` (each
-    thread block has its own slot). pre keeps z when keep_pre.
+    thread block has its own slot). A one-channel x (never ``full``) puts each
+    chunk's transposed patches in its slot's memory (module doc). pre keeps z
+    when keep_pre.
     """
     per = oh * ow
+    kk = k2.shape[0]
+    transposed = _patches_transposed(x.shape[3])
     for c0 in range(n0, n1, chunk):
         c1 = min(n1, c0 + chunk)
         r0 = c0 * per
         r1 = c1 * per
         row0 = 0 if full else r0 - slot0
-        _im2col_rows(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, c0 * oh, c1 * oh, cols, row0)
-        np.dot(cols[r0 - row0: r1 - row0], k2, out[r0:r1])
+        if transposed:
+            patches = _transposed_block(cols, kk, r0 - row0, r1 - row0)
+            _im2col_t_rows(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, c0 * oh, c1 * oh, patches, r0)
+            np.dot(patches.T, k2, out[r0:r1])
+        else:
+            _im2col_rows(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, c0 * oh, c1 * oh, cols, row0)
+            np.dot(cols[r0 - row0: r1 - row0], k2, out[r0:r1])
         bias_act_rows(out, bias, code, keep_pre, r0, r1, pre)
 
 
@@ -214,13 +285,14 @@ def _dx_images(dz, k2, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, chunk, sl
 
 
 @pjit
-def _backward_blocks(pre, y, dy, code, use_bias, need_dx, cols, k2, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
+def _backward_blocks(x, pre, y, dy, code, use_bias, need_dx, cols, k2, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
                      chunk, nblocks, dz, part, dbias_parts, dk_parts, dcols, dx):
     """The whole backward pass over ``nblocks`` blocks of whole images, one per thread:
     dz and the bias-gradient partial of its pixels, the weight-gradient partial
-    cols.T @ dz over its pixels, and dx of its images. The caller sums the
-    partials in block order."""
-    n = dx.shape[0]
+    cols.T @ dz over its pixels (a one-channel x: its transposed patches, built
+    here), and dx of its images. The caller sums the partials in block order."""
+    n = x.shape[0]
+    kk = k2.shape[0]
     per = oh * ow
     for b in prange(nblocks):
         n0 = n * b // nblocks
@@ -229,7 +301,12 @@ def _backward_blocks(pre, y, dy, code, use_bias, need_dx, cols, k2, kh, kw, sh, 
         r1 = n1 * per
         dbias_parts[b] = 0
         _dz_rows(pre, y, dy, code, use_bias, r0, r1, dz, part[b], dbias_parts[b])
-        np.dot(cols[r0:r1].T, dz[r0:r1], dk_parts[b])
+        if _patches_transposed(x.shape[3]):
+            patches = _transposed_block(cols, kk, r0, r1)
+            _im2col_t_rows(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0 * oh, n1 * oh, patches, r0)
+            np.dot(patches, dz[r0:r1], dk_parts[b])
+        else:
+            np.dot(cols[r0:r1].T, dz[r0:r1], dk_parts[b])
         if need_dx:
             _dx_images(dz, k2, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, chunk, b * chunk * per, dcols, dx)
 
@@ -243,9 +320,10 @@ def _sum_blocks(parts, out):
 
 
 @jit
-def _weight_grad(cols, dz, dk2):
-    """dk2 = cols.T @ dz, one GEMM over every output pixel (through numba's BLAS)."""
-    np.dot(cols.T, dz, dk2)
+def _weight_grad(cols_t, dz, dk2):
+    """dk2 = cols_t @ dz (cols_t: the patch matrix as (kh*kw*c, pixels), a transposed
+    view or the transposed layout), one GEMM over every output pixel (numba's BLAS)."""
+    np.dot(cols_t, dz, dk2)
 
 
 # ------------------------------------------------------------ launch functions
@@ -268,7 +346,8 @@ def conv_forward(x, kernel, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl
     output size oh, ow. keep_pre: pre = conv + bias as well (pre may be
     ``out`` otherwise). for_backward: conv_backward will follow, so the whole
     patch matrix is kept in scratch("cols", (n*oh*ow, kh*kw*c)); otherwise
-    the patches live in a buffer of one chunk of images per thread.
+    (and always for one input channel, module doc) the patches live in a
+    buffer of one chunk of images per thread.
     scratch(key, shape, dtype=None) returns an uninitialized C-contiguous
     array, the same one for the same key, shape and dtype.
     """
@@ -276,15 +355,16 @@ def conv_forward(x, kernel, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl
     kk = kernel.shape[0]
     chunk = _chunk_images(n, oh, ow, kk, x.itemsize)
     blocks = _thread_blocks(n, oh, ow, kk)
-    rows_kept = n if for_backward else min(n, chunk) * max(blocks, 1)
+    full = for_backward and not _patches_transposed(x.shape[3])
+    rows_kept = n if full else min(n, chunk) * max(blocks, 1)
     cols = scratch("cols", (rows_kept * oh * ow, kk), x.dtype)
     if blocks:
         with kernel_blas_serial():
             _forward_blocks(x, kernel, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
-                            chunk, for_backward, blocks, cols, pre, out)
+                            chunk, full, blocks, cols, pre, out)
     else:
         _forward_images(x, kernel, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
-                        0, n, chunk, for_backward, 0, cols, pre, out)
+                        0, n, chunk, full, 0, cols, pre, out)
 
 
 def conv_backward(x, kernel, pre, y, dy, code, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow,
@@ -296,15 +376,17 @@ def conv_backward(x, kernel, pre, y, dy, code, kh, kw, sh, sw, dh, dw, pt, pl, o
     softmax backward for a softmax layer (code is then LINEAR). Writes
     dkernel (kh*kw*c, filters), dbias (filters,) (None: no bias) and dx
     (n, h, w, c) (None: no input gradient needed). Work buffers come from
-    scratch (keys "cols", "dz", "dcols", "bias_work" and, with threads,
-    "dk_parts", "dbias_parts").
+    scratch (keys "cols" or, for one input channel, "cols_t", "dz", "dcols",
+    "bias_work" and, with threads, "dk_parts", "dbias_parts").
     """
     n = x.shape[0]
     kk, f = kernel.shape
     dtype = x.dtype
     chunk = _chunk_images(n, oh, ow, kk, x.itemsize)
     blocks = _thread_blocks(n, oh, ow, kk)
-    cols = scratch("cols", (n * oh * ow, kk), dtype)
+    transposed = _patches_transposed(x.shape[3])
+    # one channel: its transposed patches are rebuilt here, in their own buffer (module doc)
+    cols = scratch("cols_t", (kk, n * oh * ow), dtype) if transposed else scratch("cols", (n * oh * ow, kk), dtype)
     dz = scratch("dz", dy.shape, dtype) if code != LINEAR else dy
     use_bias = dbias is not None
     need_dx = dx is not None
@@ -314,7 +396,7 @@ def conv_backward(x, kernel, pre, y, dy, code, kh, kw, sh, sw, dh, dw, pt, pl, o
         dbias_parts = scratch("dbias_parts", (blocks, f), dtype)
         dk_parts = scratch("dk_parts", (blocks, kk, f), dtype)
         with kernel_blas_serial():
-            _backward_blocks(pre, y, dy, code, use_bias, need_dx, cols, kernel, kh, kw, sh, sw, dh, dw, pt, pl,
+            _backward_blocks(x, pre, y, dy, code, use_bias, need_dx, cols, kernel, kh, kw, sh, sw, dh, dw, pt, pl,
                              oh, ow, chunk, blocks, dz, part, dbias_parts, dk_parts, dcols,
                              dx if need_dx else x)
         _sum_blocks(dk_parts, dkernel)
@@ -325,10 +407,13 @@ def conv_backward(x, kernel, pre, y, dy, code, kh, kw, sh, sw, dh, dw, pt, pl, o
     if use_bias:
         dbias[:] = 0
     _dz_rows(pre, y, dy, code, use_bias, 0, n * oh * ow, dz, part, dbias if use_bias else part)
+    if transposed:
+        _im2col_t_rows(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, 0, n * oh, cols, 0)
+    cols_t = cols if transposed else cols.T
     if get_num_threads() == 1:  # NumPy's BLAS is faster on this product (module doc)
-        np.dot(cols.T, dz, out=dkernel)
+        np.dot(cols_t, dz, out=dkernel)
     else:
-        _weight_grad(cols, dz, dkernel)
+        _weight_grad(cols_t, dz, dkernel)
     if need_dx:
         _dx_images(dz, kernel, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, 0, n, chunk, 0, dcols, dx)
 
