@@ -37,7 +37,7 @@ def compute_fans(shape):
         return shape[0], shape[0]
     if len(shape) == 2:
         return shape[0], shape[1]
-    receptive = int(np.prod(shape[:-2]))
+    receptive = math.prod(shape[:-2])
     return shape[-2] * receptive, shape[-1] * receptive
 
 
@@ -74,7 +74,7 @@ def ones(shape, dtype, rng=None):
 
 
 def orthogonal(shape, dtype, rng):
-    rows = int(np.prod(shape[:-1]))
+    rows = math.prod(shape[:-1])
     cols = shape[-1]
     a = rng.standard_normal(size=(max(rows, cols), min(rows, cols)))
     q, r = np.linalg.qr(a)

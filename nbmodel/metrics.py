@@ -25,6 +25,7 @@ gives the result of one big batch. They run on the host in NumPy.
 """
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 
@@ -222,7 +223,7 @@ class _Matches(Metric):
                              f"got shape {y_pred.shape}")
         c = y_pred.shape[-1]
         lab_shape = y_pred.shape[:-1]
-        n = int(np.prod(lab_shape))
+        n = math.prod(lab_shape)
         yp = dev.asarray(y_pred, y_pred.dtype if y_pred.dtype in (np.float32, np.float64) else np.float64)
         yp = yp.reshape(n, c)
         out = dev.empty(n, np.float64)

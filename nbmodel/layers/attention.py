@@ -266,8 +266,8 @@ class MultiHeadAttention(Layer):
             self.kernels("reshaping").permute(x, perm, moved)
             x = moved
         nb_, na = self._groups
-        lead = int(np.prod(x.shape[:1 + nb_]))
-        return x.reshape(lead, int(np.prod(x.shape[1 + nb_:1 + nb_ + na])), x.shape[-1])
+        lead = math.prod(x.shape[:1 + nb_])
+        return x.reshape(lead, math.prod(x.shape[1 + nb_:1 + nb_ + na]), x.shape[-1])
 
     def _from3(self, y, query_shape, key):
         """The kernels' (batch', time', *tail) back to (batch, a..., *tail), the axis order of an
@@ -308,7 +308,7 @@ class MultiHeadAttention(Layer):
         rate = self.dropout if (training and self.dropout > 0.0) else 0.0
         keep = keeps_backward_cache(training) or bool(return_attention_scores)
         ws = self.workspace
-        dout = int(np.prod(self._out_tail))
+        dout = math.prod(self._out_tail)
         p = self.params
         zero_b = ws("nobias", (1,))
         args = (
@@ -370,7 +370,7 @@ class MultiHeadAttention(Layer):
         if axes != tuple(range(dy.ndim)):
             moved = self.workspace("perm_dy", tuple(dy.shape[a] for a in axes))
             self.kernels("reshaping").permute(dy, axes, moved)
-        lead = int(np.prod(moved.shape[:1 + self._groups[0]]))
+        lead = math.prod(moved.shape[:1 + self._groups[0]])
         grads = self._backward3(moved.reshape((lead, -1) + tuple(dy.shape[r:])))
         if grads is None:
             return None
@@ -384,7 +384,7 @@ class MultiHeadAttention(Layer):
         if isinstance(dy, (list, tuple)):
             dy, dscores = dy[0], (dy[1] if len(dy) > 1 else None)
         h, kd, vd = self.num_heads, self.key_dim, self.value_dim
-        dout = int(np.prod(self._out_tail))
+        dout = math.prod(self._out_tail)
         dt = self.dtype.type
         ws = self.workspace
         dy2 = self.asarray(dy).reshape(b * tq, dout)

@@ -12,6 +12,8 @@ gets the whole gradient (PyTorch and JAX split it instead).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import activations as act_codes
@@ -206,9 +208,9 @@ class Dropout(Layer):
                 runs.append([a, a + 1])
         cur_shape = list(ns)
         for i, (a0, a1) in enumerate(runs):
-            p = int(np.prod(cur_shape[:a0]))
-            q = int(np.prod(cur_shape[a1:]))
-            m = int(np.prod(shape[a0:a1]))
+            p = math.prod(cur_shape[:a0])
+            q = math.prod(cur_shape[a1:])
+            m = math.prod(shape[a0:a1])
             cur_shape[a0:a1] = shape[a0:a1]
             nxt = self.workspace("u" if i == len(runs) - 1 else ("noise", i), cur_shape)
             self.kernels("reshaping").repeat_rows(cur.reshape(p, q), nxt.reshape(p, m, q))
@@ -341,7 +343,7 @@ class Flatten(Layer):
 
     def compute_output_shape(self, input_shape):
         rest = input_shape[1:]
-        size = None if any(s is None for s in rest) else int(np.prod(rest))
+        size = None if any(s is None for s in rest) else math.prod(rest)
         return (input_shape[0], size)
 
     def forward(self, x, training=False):
@@ -363,10 +365,10 @@ class Reshape(Layer):
             raise ValueError(f"{self.name}: at most one -1 in target_shape, got {self.target_shape}")
 
     def _resolve(self, sample_shape):
-        size = int(np.prod(sample_shape))
-        known = int(np.prod([s for s in self.target_shape if s != -1]))
+        size = math.prod(sample_shape)
+        known = math.prod([s for s in self.target_shape if s != -1])
         shape = tuple(size // known if s == -1 else s for s in self.target_shape)
-        if int(np.prod(shape)) != size:
+        if math.prod(shape) != size:
             raise ValueError(f"{self.name}: cannot reshape samples of shape {tuple(sample_shape)} "
                              f"to {self.target_shape}")
         return shape
@@ -573,7 +575,7 @@ class Minimum(_Extremum):
 
 def _blocks3(a, axis):
     """C-contiguous ``a`` viewed as (outer, a.shape[axis], inner) around ``axis``."""
-    return a.reshape(int(np.prod(a.shape[:axis])), a.shape[axis], int(np.prod(a.shape[axis + 1:])))
+    return a.reshape(math.prod(a.shape[:axis]), a.shape[axis], math.prod(a.shape[axis + 1:]))
 
 
 class Concatenate(_Merge):
@@ -735,7 +737,7 @@ class Dot(_Merge):
         if self.normalize:
             for i, (x, a) in enumerate(zip(xs, axes)):
                 xn = self.workspace(("xn", i), x.shape)
-                inv = self.workspace(("inv", i), (int(np.prod(x.shape[:a])), int(np.prod(x.shape[a + 1:]))))
+                inv = self.workspace(("inv", i), (math.prod(x.shape[:a]), math.prod(x.shape[a + 1:])))
                 k.l2_normalize(_blocks3(x, a), NORMALIZE_EPSILON, _blocks3(xn, a), inv)
                 norms.append((xn, inv))
             xs = [xn for xn, _ in norms]

@@ -4,6 +4,8 @@ Kernels: nbmodel/kernels/cpu/norm.py.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .base import Layer
@@ -75,7 +77,7 @@ class LayerNormalization(Layer):
         if x.ndim < k + 1 or tuple(x.shape[x.ndim - k:]) != self._pshape:
             raise ValueError(f"{self.name}: expected input whose trailing dimensions are {self._pshape}, "
                              f"got shape {x.shape}")
-        d = int(np.prod(self._pshape))
+        d = math.prod(self._pshape)
         x2 = x.reshape(-1, d)
         n = x2.shape[0]
         y = self.workspace("y", x.shape)
@@ -125,7 +127,7 @@ class _ChannelAxis(Layer):
 
     def _channels_last(self, a, ax, key):
         """``a`` with axis ``ax`` moved last, in a workspace (C-contiguous)."""
-        p, c = int(np.prod(a.shape[:ax])), a.shape[ax]
+        p, c = math.prod(a.shape[:ax]), a.shape[ax]
         out = self.workspace(key, a.shape[:ax] + a.shape[ax + 1:] + (c,))
         self.kernels("array").move_axis_last(a.reshape(p, c, -1), out.reshape(p, -1, c))
         return out
@@ -133,7 +135,7 @@ class _ChannelAxis(Layer):
     def _channels_back(self, a, shape, key):
         """The inverse of _channels_last: ``a`` (channels last) back to ``shape``."""
         ax = self._channel_axis(len(shape))
-        p, c = int(np.prod(shape[:ax])), shape[ax]
+        p, c = math.prod(shape[:ax]), shape[ax]
         out = self.workspace(key, shape)
         self.kernels("array").move_axis_back(a.reshape(p, -1, c), out.reshape(p, c, -1))
         return out

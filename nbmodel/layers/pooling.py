@@ -7,6 +7,8 @@ padding element at the end, padding never counted in an average.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .base import Layer
@@ -169,7 +171,7 @@ class _GlobalPool(Layer):
     def backward(self, dy):
         n, c = self._shape[0], self._shape[-1]
         dy2 = self.asarray(dy).reshape(n, c)
-        dx = self.workspace("dx", (n, int(np.prod(self._shape[1:-1])), c))
+        dx = self.workspace("dx", (n, math.prod(self._shape[1:-1]), c))
         k = self.kernels("pooling")
         if self.mode == "max":
             k.global_max_backward(dy2, self.workspace("arg", (n, c), np.int32), dx)
