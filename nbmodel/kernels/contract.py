@@ -117,7 +117,8 @@ CONTRACT: dict[str, dict[str, tuple[str, str]]] = {
     "pooling": {
         "max_pool_forward": ("x, ph, pw, sh, sw, pt, pl, out, arg",
                              "window maxima of x (n, h, w, c); arg (int32) records each one's position"),
-        "max_pool_backward": ("dy, arg, dx", "dx = dy routed to the recorded positions"),
+        "max_pool_backward": ("dy, arg, ph, pw, sh, sw, pt, pl, dx",
+                              "dx = dy routed to the positions arg recorded (same geometry), 0 elsewhere"),
         "avg_pool_forward": ("x, ph, pw, sh, sw, pt, pl, out", "window means, padding not counted"),
         "avg_pool_backward": ("dy, ph, pw, sh, sw, pt, pl, dx", "dy spread evenly over each window"),
         "global_avg_forward": ("x, part, out", "mean over axis 1 of x (n, steps, c); part: (c,) scratch"),

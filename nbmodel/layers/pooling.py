@@ -94,7 +94,8 @@ class _Pool(Layer):
         dx = self.workspace("dx", x4_shape)
         k = self.kernels("pooling")
         if self.mode == "max":
-            k.max_pool_backward(dy4, self.workspace("arg", (n, oh, ow, c), np.int32), dx)
+            k.max_pool_backward(dy4, self.workspace("arg", (n, oh, ow, c), np.int32), ps[0], ps[1], st[0], st[1],
+                                pt, pl, dx)
         else:
             k.avg_pool_backward(dy4, ps[0], ps[1], st[0], st[1], pt, pl, dx)
         return dx.reshape(x_shape)

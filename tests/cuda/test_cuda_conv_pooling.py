@@ -157,8 +157,8 @@ def test_max_pool_matches_cpu(pool, name, dtype):
 
     dy = r.standard_normal(out_shape).astype(dtype)
     dx, dx_d = np.empty(x_shape, dtype), dev.full(x_shape, np.nan, dtype)
-    kh.max_pool_backward(dy, arg, dx)
-    kc.max_pool_backward(dev.asarray(dy), arg_d, dx_d)
+    kh.max_pool_backward(dy, arg, *window, dx)
+    kc.max_pool_backward(dev.asarray(dy), arg_d, *window, dx_d)
     np.testing.assert_array_equal(dev.to_host(dx_d), dx)  # the same additions in the same order
 
 

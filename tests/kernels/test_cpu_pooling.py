@@ -21,10 +21,15 @@ def test_global_pooling_kernels_stay_float32():
 
 
 @pytest.mark.parametrize("pool, strides, pads", [((2, 2), (2, 2), (0, 0, 0, 0)), ((2, 2), (1, 1), (0, 0, 0, 0)),
-                                                  ((3, 3), (2, 2), (1, 1, 1, 1)), ((2, 2), (2, 2), (0, 1, 0, 1))])
+                                                  ((3, 3), (2, 2), (1, 1, 1, 1)), ((2, 2), (2, 2), (0, 1, 0, 1)),
+                                                  ((3, 2), (3, 2), (0, 0, 0, 0)), ((3, 3), (3, 3), (1, 1, 1, 0)),
+                                                  ((2, 3), (3, 3), (0, 0, 0, 0))])
 def test_max_pool_ties_route_to_first_maximum(pool, strides, pads):
     # small integers: most windows hold ties; whole 2 x 2 windows (and 3 x 3 ones clipped to
-    # 2 x 2 at a padded corner) take their own loop, which must keep the first maximum
+    # 2 x 2 at a padded corner) take their own loop, which must keep the first maximum.
+    # Backward writes each input once where the windows tile it (strides = pool), with the
+    # inputs past the last window (7 rows, 6 columns: pool 2 or 3 leaves some) zeroed;
+    # strides larger than the pool leave gaps between windows (the scatter path)
     from nbmodel.kernels.cpu import pooling as kpool
     from nbmodel.kernels.reference import pooling as pref
 
@@ -36,6 +41,6 @@ def test_max_pool_ties_route_to_first_maximum(pool, strides, pads):
     kpool.max_pool_forward(x, *pool, *strides, pads[0], pads[2], out, arg)
     np.testing.assert_array_equal(out, pref.max_pool_forward(x, pool, strides, pads))
     dy = np.random.default_rng(1).standard_normal(out.shape).astype(np.float32)
-    dx = np.empty_like(x)
-    kpool.max_pool_backward(dy, arg, dx)
+    dx = np.full_like(x, np.nan)  # every element must be written
+    kpool.max_pool_backward(dy, arg, *pool, *strides, pads[0], pads[2], dx)
     np.testing.assert_allclose(dx, pref.max_pool_backward(x, dy, pool, strides, pads), rtol=1e-6, atol=1e-6)

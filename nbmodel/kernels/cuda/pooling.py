@@ -12,12 +12,16 @@ neighbouring channels (coalesced):
   window in the CPU's order (the same maximum, position and sum).
 - ``_avg_pool_grad``: one thread per element of dx, gathering dy / count from
   every window that covers it, in the CPU's order of additions.
-- max backward: dx is zeroed (``array.fill``), then ``_max_pool_scatter``
-  runs one thread per (image, channel), adding that column's dy to the
-  recorded positions output by output. A gather would need the windows,
-  which the contract does not pass (only dy and arg), and one thread per
-  output with atomic adds would sum overlapping windows in a varying order;
-  this way the result is deterministic and in the CPU's order.
+- max backward where the windows tile the input (strides equal to the
+  pool size, the usual pool): ``_max_pool_route``, one thread per element
+  of dx, which lies in at most one window: that window's dy where its
+  recorded maximum is this element, else 0 (as the CPU writes it).
+- max backward with overlapping windows (or gaps between them): dx is
+  zeroed (``array.fill``), then ``_max_pool_scatter`` runs one thread per
+  (image, channel), adding that column's dy to the recorded positions output
+  by output. One thread per output with atomic adds would sum overlapping
+  windows in a varying order; this way the result is deterministic and in
+  the CPU's order.
 
 Global pools over x (n, steps, c): ``_global_avg`` and ``_global_max``, one
 block per (image, up to 32 channels), up to 8 lanes striding over the steps,
@@ -94,6 +98,28 @@ def _max_pool(x, ph, pw, sh, sw, pt, pl, out, arg):
                     at = ih * w + iw
         out[b, i, j, ch] = best
         arg[b, i, j, ch] = at
+
+
+@kernel(*[(_img(t), _ARG4, *_WINDOW[2:], _img(t)) for t in FLOATS])
+def _max_pool_route(dy, arg, sh, sw, pt, pl, dx):
+    """Windows that tile the input (strides = pool size): dx[b, ih, iw, ch] = dy of the
+    one window holding it if the window's maximum was recorded there, else 0; inputs
+    past the last window get 0. One thread per element of dx."""
+    e = cuda.grid(1)
+    if e < dx.size:
+        c = dx.shape[3]
+        w = dx.shape[2]
+        h = dx.shape[1]
+        ch = e % c
+        iw = (e // c) % w
+        ih = (e // (c * w)) % h
+        b = e // (c * w * h)
+        i = (ih + pt) // sh
+        j = (iw + pl) // sw
+        v = dx.dtype.type(0)
+        if i < dy.shape[1] and j < dy.shape[2] and arg[b, i, j, ch] == ih * w + iw:
+            v = dy[b, i, j, ch]
+        dx[b, ih, iw, ch] = v
 
 
 @kernel(*[(_seq(t), _ARG3, _seq(t)) for t in FLOATS])
@@ -279,8 +305,12 @@ def max_pool_forward(x, ph: int, pw: int, sh: int, sw: int, pt: int, pl: int, ou
         _max_pool[launch_1d(out.size)](x, ph, pw, sh, sw, pt, pl, out, arg)
 
 
-def max_pool_backward(dy, arg, dx) -> None:
-    """dx = 0, then dy routed to each window's recorded maximum."""
+def max_pool_backward(dy, arg, ph: int, pw: int, sh: int, sw: int, pt: int, pl: int, dx) -> None:
+    """dx = dy routed to each window's recorded maximum, 0 elsewhere (module doc)."""
+    if sh == ph and sw == pw:
+        if dx.size:
+            _max_pool_route[launch_1d(dx.size)](dy, arg, sh, sw, pt, pl, dx)
+        return
     fill(dx, 0)
     n, oh, ow, c = dy.shape
     if n * c and oh * ow:
