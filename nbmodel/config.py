@@ -132,12 +132,15 @@ def set_num_threads(n: int) -> None:
 
 
 class kernel_blas_serial:
-    """Context: the BLAS that numba's ``np.dot`` calls (SciPy's) on one thread.
+    """Context: the BLAS libraries the kernels call (SciPy's, which numba's
+    ``np.dot`` uses, and NumPy's, which ``kernels.cpu._blas.gemm`` uses when it
+    runs on one thread) on one thread.
 
     For kernels whose ``prange`` blocks each run their own GEMM (conv over
     blocks of images): every thread then owns a whole product, and BLAS's pool
     does not spin against numba's. Restores the policy's count on exit. A
-    ctypes call each way (about 2 us), so it can wrap every kernel launch.
+    ctypes call each way per library (about 2 us), so it can wrap every kernel
+    launch.
     """
 
     _libs: list | None = None
@@ -148,10 +151,7 @@ class kernel_blas_serial:
             import scipy.linalg.cython_blas  # noqa: F401 - loaded, so threadpoolctl sees it
             from threadpoolctl import ThreadpoolController
 
-            blas = ThreadpoolController().select(user_api="blas").lib_controllers
-            # NumPy's own copy (wheels ship one in numpy.libs) keeps its threads; where both
-            # use one shared library (e.g. conda) that one is the kernels' BLAS
-            cls._libs = [lib for lib in blas if "numpy" not in (lib.filepath or "")] or blas
+            cls._libs = ThreadpoolController().select(user_api="blas").lib_controllers
         for lib in cls._libs:
             lib.set_num_threads(1)
         return self

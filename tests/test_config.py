@@ -23,6 +23,27 @@ def test_set_num_threads_sets_numba_and_every_blas_pool():
         nb.set_num_threads(before)
 
 
+
+def test_kernel_blas_serial_puts_every_blas_pool_on_one_thread_and_back():
+    """Both BLAS libraries the kernels call (SciPy's through np.dot, NumPy's through
+    kernels.cpu._blas.gemm) run on one thread inside, the policy's count after."""
+    from threadpoolctl import threadpool_info
+
+    from nbmodel.config import kernel_blas_serial
+
+    def counts():
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    before = nb.get_num_threads()
+    try:
+        nb.set_num_threads(2)
+        with kernel_blas_serial():
+            inside = counts()
+        assert inside and all(c == 1 for c in inside)
+        assert all(c == 2 for c in counts())
+    finally:
+        nb.set_num_threads(before)
+
 def test_set_num_threads_rejects_zero():
     with pytest.raises(ValueError, match="set_num_threads"):
         nb.set_num_threads(0)

@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from ._blas import gemm
 from ._jit import jit
 
 
@@ -111,13 +112,13 @@ def take_where(dy, arg, index, dx):
 def _batch_matmul(a, b, ta, tb, out):
     for p in range(out.shape[0]):
         if ta and tb:
-            np.dot(a[p].T, b[p].T, out[p])
+            gemm(a[p].T, b[p].T, out[p])
         elif ta:
-            np.dot(a[p].T, b[p], out[p])
+            gemm(a[p].T, b[p], out[p])
         elif tb:
-            np.dot(a[p], b[p].T, out[p])
+            gemm(a[p], b[p].T, out[p])
         else:
-            np.dot(a[p], b[p], out[p])
+            gemm(a[p], b[p], out[p])
 
 
 def batch_matmul(a, b, ta, tb, out):

@@ -33,6 +33,7 @@ GEMMs (``ffn_backward``). The launchers (``mha_forward``, ``ffn_backward``,
 import numpy as np
 
 from ...config import get_num_threads, kernel_blas_serial
+from ._blas import gemm
 from ._jit import PAR_MIN_ELEMENTWISE, inline, jit, pjit, prange
 from ._math import exp_store, row_dot, row_max, scale_row
 from .activations import act_grad_sum_rows, bias_act_rows
@@ -134,7 +135,7 @@ def _attend_block(qh, kh, vh, mask, has_mask, causal, rate, u, b, h, p, pdrop, o
     zero = one - one
     mb = b if mask.shape[0] > 1 else 0
     mh = h if mask.shape[1] > 1 else 0
-    np.dot(qh[b, h], kh[b, h].T, p)
+    gemm(qh[b, h], kh[b, h].T, p)
     _softmax_block(p, mask, has_mask, mb, mh, causal)
     if rate > zero:
         inv_keep = one / (one - rate)
@@ -142,9 +143,9 @@ def _attend_block(qh, kh, vh, mask, has_mask, causal, rate, u, b, h, p, pdrop, o
         for i in range(tq):
             for j in range(tk):
                 pdrop[i, j] = p[i, j] * inv_keep if ub[i, j] >= rate else zero
-        np.dot(pdrop, vh[b, h], otmp)
+        gemm(pdrop, vh[b, h], otmp)
     else:
-        np.dot(p, vh[b, h], otmp)
+        gemm(p, vh[b, h], otmp)
     _copy_block(otmp, 0, 0, o2, b * tq, h * vd, tq, vd, one)
 
 
@@ -194,7 +195,7 @@ def _core_threads(qh, kh):
 
 @jit
 def _output_projection(o2, wo, bo, use_bias, out):
-    np.dot(o2, wo, out)
+    gemm(o2, wo, out)
     if use_bias:
         n, m = out.shape
         for r in range(n):
@@ -206,11 +207,11 @@ def _output_projection(o2, wo, bo, use_bias, out):
 def _project_heads(q2, k2, v2, wq, bq, wk, bk, wv, bv, use_bias, scale, batch, tq, tk, heads, kd, vd,
                    qtmp, ktmp, vtmp, qh, kh, vh):
     one = qh.dtype.type(1)
-    np.dot(q2, wq, qtmp)
+    gemm(q2, wq, qtmp)
     _split_heads(qtmp, 0, bq, use_bias, scale, batch, tq, heads, kd, qh)
-    np.dot(k2, wk, ktmp)
+    gemm(k2, wk, ktmp)
     _split_heads(ktmp, 0, bk, use_bias, one, batch, tk, heads, kd, kh)
-    np.dot(v2, wv, vtmp)
+    gemm(v2, wv, vtmp)
     _split_heads(vtmp, 0, bv, use_bias, one, batch, tk, heads, vd, vh)
 
 
@@ -239,7 +240,7 @@ def mha_forward(q2, k2, v2, wq, bq, wk, bk, wv, bv, wo, bo, use_bias, scale, bat
 def _project_self(x2, wcat, bcat, use_bias, scale, batch, t, heads, kd, vd, qkv, qh, kh, vh):
     one = qh.dtype.type(1)
     hk = heads * kd
-    np.dot(x2, wcat, qkv)
+    gemm(x2, wcat, qkv)
     _split_heads(qkv, 0, bcat, use_bias, scale, batch, t, heads, kd, qh)
     _split_heads(qkv, hk, bcat, use_bias, one, batch, t, heads, kd, kh)
     _split_heads(qkv, 2 * hk, bcat, use_bias, one, batch, t, heads, vd, vh)
@@ -257,7 +258,7 @@ def mha_self_forward(x2, wcat, bcat, wo, bo, use_bias, scale, batch, t, heads, k
 @jit
 def _project_backward(x, w, g, use_bias, need_dx, dw, db, dx):
     """dw = x^T g, db = sum_rows(g), dx = g w^T for one projection GEMM."""
-    np.dot(x.T, g, dw)
+    gemm(x.T, g, dw)
     if use_bias:
         db[:] = 0
         n, m = g.shape
@@ -265,19 +266,19 @@ def _project_backward(x, w, g, use_bias, need_dx, dw, db, dx):
             for c in range(m):
                 db[c] += g[r, c]
     if need_dx:
-        np.dot(g, w.T, dx)
+        gemm(g, w.T, dx)
 
 
 @jit
 def _output_backward(o2, wo, dout, use_bias, dwo, dbo, do2):
-    np.dot(o2.T, dout, dwo)
+    gemm(o2.T, dout, dwo)
     if use_bias:
         dbo[:] = 0
         n, m = dout.shape
         for r in range(n):
             for c in range(m):
                 dbo[c] += dout[r, c]
-    np.dot(dout, wo.T, do2)
+    gemm(dout, wo.T, do2)
 
 
 @jit
@@ -295,7 +296,7 @@ def _attend_block_backward(qh, kh, vh, probs, rate, u, do2, dscores, has_dscores
     p = probs[b, h]
     cv = h * vd
     _copy_block(do2, b * tq, cv, dotmp, 0, 0, tq, vd, one)
-    np.dot(dotmp, vh[b, h].T, dp)
+    gemm(dotmp, vh[b, h].T, dp)
     if rate > zero:
         inv_keep = one / (one - rate)
         ub = u[b, h]
@@ -304,9 +305,9 @@ def _attend_block_backward(qh, kh, vh, probs, rate, u, do2, dscores, has_dscores
                 keepij = ub[i, j] >= rate
                 pdrop[i, j] = p[i, j] * inv_keep if keepij else zero
                 dp[i, j] = dp[i, j] * inv_keep if keepij else zero
-        np.dot(pdrop.T, dotmp, tvtmp)
+        gemm(pdrop.T, dotmp, tvtmp)
     else:
-        np.dot(p.T, dotmp, tvtmp)
+        gemm(p.T, dotmp, tvtmp)
     _copy_block(tvtmp, 0, 0, gv, b * tk, vo + cv, tk, vd, one)
     # softmax backward, fused: dS = P * (dP - sum_j P dP)
     for i in range(tq):
@@ -316,8 +317,8 @@ def _attend_block_backward(qh, kh, vh, probs, rate, u, do2, dscores, has_dscores
         dot = row_dot(p[i], dp[i])
         for j in range(tk):
             dp[i, j] = p[i, j] * (dp[i, j] - dot)
-    np.dot(dp, kh[b, h], tqtmp)
-    np.dot(dp.T, qh[b, h], tktmp)
+    gemm(dp, kh[b, h], tqtmp)
+    gemm(dp.T, qh[b, h], tktmp)
     ck = h * kd
     _copy_block(tqtmp, 0, 0, gq, b * tq, qo + ck, tq, kd, scale)
     _copy_block(tktmp, 0, 0, gk, b * tk, ko + ck, tk, kd, one)
@@ -445,9 +446,9 @@ def ffn_forward(x, w1, b1, w2, b2, code, keep_pre, pre, hid, out):
     gradient needs it). Bias + activation is the activations family's row
     pass (one loop specialized per activation, so it vectorizes).
     """
-    np.dot(x, w1, hid)
+    gemm(x, w1, hid)
     bias_act_rows(hid, b1, code, keep_pre, 0, hid.shape[0], pre)
-    np.dot(hid, w2, out)
+    gemm(hid, w2, out)
     n2, m2 = out.shape
     for i in range(n2):
         for j in range(m2):
@@ -465,11 +466,11 @@ def _ffn_backward_serial(x, w1, w2, pre, hid, dout, code, need_dx, dz, dw1, db1,
 def _ffn_input_grads_rows(w1, w2, pre, hid, dout, code, need_dx, r0, r1, dz, db1, dx):
     """Rows r0..r1 of dz = act'(pre) * (dout w2^T) and dx = dz w1^T; db1 = the column
     sums of those dz rows (db1 is one block's partial)."""
-    np.dot(dout[r0:r1], w2.T, dz[r0:r1])
+    gemm(dout[r0:r1], w2.T, dz[r0:r1])
     db1[:] = 0
     act_grad_sum_rows(pre, hid, dz, code, r0, r1, dz, db1)
     if need_dx:
-        np.dot(dz[r0:r1], w1.T, dx[r0:r1])
+        gemm(dz[r0:r1], w1.T, dx[r0:r1])
 
 
 @pjit
@@ -485,13 +486,13 @@ def _ffn_input_grads_blocks(w1, w2, pre, hid, dout, code, need_dx, nblocks, dz, 
 @jit
 def _ffn_weight_grads(x, hid, dout, dz, dw1, dw2, db2):
     """dw1 = x^T dz, dw2 = hid^T dout, db2 = the column sums of dout."""
-    np.dot(hid.T, dout, dw2)
+    gemm(hid.T, dout, dw2)
     db2[:] = 0
     n2, m2 = dout.shape
     for i in range(n2):
         for j in range(m2):
             db2[j] += dout[i, j]
-    np.dot(x.T, dz, dw1)
+    gemm(x.T, dz, dw1)
 
 
 def ffn_backward(x, w1, w2, pre, hid, dout, code, need_dx, dz, dw1, db1, dw2, db2, dx):

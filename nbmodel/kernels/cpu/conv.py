@@ -46,14 +46,15 @@ inside (``config.kernel_blas_serial``), so every thread owns whole products
 and one pool runs at a time; the partials are summed in block order. This is
 the structure that scales with cores: nothing is serial but the partial sums
 (kh*kw*c x filters per block). Small passes run the serial bodies, with
-BLAS's own threads. At one thread the weight-gradient GEMM goes through NumPy:
-for this transposed product numba's np.dot (SciPy's OpenBLAS) measured 1.4x
-slower than NumPy's (conv2 of the cnn model: 9.3 ms vs 6.5 ms).
+BLAS's own threads. Every product is ``_blas.gemm``: on one BLAS thread (the
+blocks, a one-thread policy) it runs the transposed weight-gradient product on
+NumPy's OpenBLAS, 1.4x faster than numba's np.dot on it (module doc there).
 """
 import numpy as np
 
 from ...config import get_num_threads, kernel_blas_serial
 from ..codes import LINEAR
+from ._blas import gemm
 from ._jit import PAR_MIN, inline, jit, pjit, prange
 from .activations import act_grad_rows, act_grad_sum_rows, bias_act_rows
 
@@ -228,10 +229,10 @@ def _forward_images(x, k2, bias, code, keep_pre, kh, kw, sh, sw, dh, dw, pt, pl,
         if transposed:
             patches = _transposed_block(cols, kk, r0 - row0, r1 - row0)
             _im2col_t_rows(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, c0 * oh, c1 * oh, patches, r0)
-            np.dot(patches.T, k2, out[r0:r1])
+            gemm(patches.T, k2, out[r0:r1])
         else:
             _im2col_rows(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, c0 * oh, c1 * oh, cols, row0)
-            np.dot(cols[r0 - row0: r1 - row0], k2, out[r0:r1])
+            gemm(cols[r0 - row0: r1 - row0], k2, out[r0:r1])
         bias_act_rows(out, bias, code, keep_pre, r0, r1, pre)
 
 
@@ -280,7 +281,7 @@ def _dx_images(dz, k2, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, chunk, sl
         c1 = min(n1, c0 + chunk)
         r0 = c0 * per
         r1 = c1 * per
-        np.dot(dz[r0:r1], k2t, dcols[slot0: slot0 + r1 - r0])
+        gemm(dz[r0:r1], k2t, dcols[slot0: slot0 + r1 - r0])
         _col2im_images(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, c0, c1, r0 - slot0, dx)
 
 
@@ -304,9 +305,9 @@ def _backward_blocks(x, pre, y, dy, code, use_bias, need_dx, cols, k2, kh, kw, s
         if _patches_transposed(x.shape[3]):
             patches = _transposed_block(cols, kk, r0, r1)
             _im2col_t_rows(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0 * oh, n1 * oh, patches, r0)
-            np.dot(patches, dz[r0:r1], dk_parts[b])
+            gemm(patches, dz[r0:r1], dk_parts[b])
         else:
-            np.dot(cols[r0:r1].T, dz[r0:r1], dk_parts[b])
+            gemm(cols[r0:r1].T, dz[r0:r1], dk_parts[b])
         if need_dx:
             _dx_images(dz, k2, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, n0, n1, chunk, b * chunk * per, dcols, dx)
 
@@ -322,8 +323,8 @@ def _sum_blocks(parts, out):
 @jit
 def _weight_grad(cols_t, dz, dk2):
     """dk2 = cols_t @ dz (cols_t: the patch matrix as (kh*kw*c, pixels), a transposed
-    view or the transposed layout), one GEMM over every output pixel (numba's BLAS)."""
-    np.dot(cols_t, dz, dk2)
+    view or the transposed layout), one GEMM over every output pixel."""
+    gemm(cols_t, dz, dk2)
 
 
 # ------------------------------------------------------------ launch functions
@@ -409,11 +410,7 @@ def conv_backward(x, kernel, pre, y, dy, code, kh, kw, sh, sw, dh, dw, pt, pl, o
     _dz_rows(pre, y, dy, code, use_bias, 0, n * oh * ow, dz, part, dbias if use_bias else part)
     if transposed:
         _im2col_t_rows(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, 0, n * oh, cols, 0)
-    cols_t = cols if transposed else cols.T
-    if get_num_threads() == 1:  # NumPy's BLAS is faster on this product (module doc)
-        np.dot(cols_t, dz, out=dkernel)
-    else:
-        _weight_grad(cols_t, dz, dkernel)
+    _weight_grad(cols if transposed else cols.T, dz, dkernel)
     if need_dx:
         _dx_images(dz, kernel, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, 0, n, chunk, 0, dcols, dx)
 
@@ -467,9 +464,9 @@ def _transpose_backward_images(x, k2, pre, y, dy, code, use_bias, need_dx, kh, k
     r1 = n1 * h * w
     _im2col_rows(dz4, kh, kw, sh, sw, dh, dw, pt, pl, h, w, n0 * h, n1 * h, cols, 0)
     x2 = x.reshape(n * h * w, c)
-    np.dot(cols[r0:r1].T, x2[r0:r1], dk)
+    gemm(cols[r0:r1].T, x2[r0:r1], dk)
     if need_dx:
-        np.dot(cols[r0:r1], k2, dx.reshape(n * h * w, c)[r0:r1])
+        gemm(cols[r0:r1], k2, dx.reshape(n * h * w, c)[r0:r1])
 
 
 @pjit

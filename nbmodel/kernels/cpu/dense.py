@@ -1,13 +1,12 @@
 """Dense layer: y = act(x @ kernel + bias), forward and backward; Dropout.
 
-The GEMMs go to BLAS (``np.dot(a, b, out)``); bias and activation are fused
+The GEMMs go to BLAS (``_blas.gemm(a, b, out)``); bias and activation are fused
 into one pass over the GEMM output, and in backward the activation gradient
 and the bias gradient come from one pass over dy before the two GEMMs.
 Layers without a bias pass a zero vector (one add per element costs nothing
 next to the GEMM and keeps one specialized loop per activation).
 """
-import numpy as np
-
+from ._blas import gemm
 from ._jit import jit
 from .activations import act_grad_bias, bias_act
 
@@ -19,7 +18,7 @@ def dense_forward(x, kernel, bias, code, pre, out):
     x (n, d_in), kernel (d_in, units), bias (units,), pre/out (n, units);
     pre may be ``out`` when the activation does not need it.
     """
-    np.dot(x, kernel, out)
+    gemm(x, kernel, out)
     bias_act(out, bias, code, pre)
 
 
@@ -31,9 +30,9 @@ def dense_backward(x, kernel, pre, y, dy, code, need_dx, dz, dkernel, dbias, dx)
     dx = dz @ kernel.T (skipped when need_dx is False, e.g. the first layer).
     """
     act_grad_bias(dy, pre, y, code, dz, dbias)
-    np.dot(x.T, dz, dkernel)
+    gemm(x.T, dz, dkernel)
     if need_dx:
-        np.dot(dz, kernel.T, dx)
+        gemm(dz, kernel.T, dx)
 
 
 @jit

@@ -75,6 +75,7 @@ from numba.extending import overload
 
 from ...config import FASTMATH, NUMPY_BLAS_SPINS, get_num_threads, kernel_blas_serial
 from ..codes import SIGMOID, TANH
+from ._blas import gemm
 from ._jit import inline, jit, pjit, prange
 from .activations import act_grad_scalar, act_scalar, sigmoid_scalar
 
@@ -298,7 +299,7 @@ def masked_time_major(x, reverse, mask_x, n_mx, xs):
 
 @jit
 def _kernel_blas_dot(a, b, out):
-    np.dot(a, b, out)
+    gemm(a, b, out)
 
 
 def outer_dot(a, b, out):
@@ -370,7 +371,7 @@ def recurrent_product(H, t, recurrent_kernel, kernel_t, mask_h, n_mh, HM, b0, b1
         for j in range(u):
             for b in range(b0, b1):
                 hT[j, b - b0] = H[t, b, j]
-        np.dot(kernel_t, hT, recT)
+        gemm(kernel_t, hT, recT)
         _rows_from_feature_major(recT, rec, b0)
         return
     u = mask_h.shape[2]
@@ -379,12 +380,12 @@ def recurrent_product(H, t, recurrent_kernel, kernel_t, mask_h, n_mh, HM, b0, b1
             for j in range(u):
                 HM[s, t, b, j] = H[t, b, j] * mask_h[b, s, j]
     if n_mh == 1:
-        np.dot(HM[0, t, b0:b1], recurrent_kernel, rec[b0:b1])
+        gemm(HM[0, t, b0:b1], recurrent_kernel, rec[b0:b1])
         return
     bw = rec.shape[1] // n_mh
     tmp = np.empty((b1 - b0, bw), rec.dtype)
     for s in range(n_mh):
-        np.dot(HM[s, t, b0:b1], np.ascontiguousarray(recurrent_kernel[:, s * bw:(s + 1) * bw]), tmp)
+        gemm(HM[s, t, b0:b1], np.ascontiguousarray(recurrent_kernel[:, s * bw:(s + 1) * bw]), tmp)
         rec[b0:b1, s * bw:(s + 1) * bw] = tmp
 
 
@@ -394,7 +395,7 @@ def recurrent_grad(dZ, t, recurrent_kernel, mask_h, n_mh, b0, b1, dhT, dh):
     is dZ[t] (B, n), over rows b0..b1; without masks as recurrent_kernel @ dZ[t].T into
     the feature-major workspace dhT (u, b1 - b0)."""
     if n_mh == 0:
-        np.dot(recurrent_kernel, dZ[t, b0:b1].T, dhT)
+        gemm(recurrent_kernel, dZ[t, b0:b1].T, dhT)
         _rows_from_feature_major(dhT, dh, b0)
         return
     u = dh.shape[1]
@@ -402,7 +403,7 @@ def recurrent_grad(dZ, t, recurrent_kernel, mask_h, n_mh, b0, b1, dhT, dh):
     tmp = np.empty((b1 - b0, u), dh.dtype)
     _zero_rows(dh, b0, b1)
     for s in range(n_mh):
-        np.dot(np.ascontiguousarray(dZ[t, b0:b1, s * bw:(s + 1) * bw]),
+        gemm(np.ascontiguousarray(dZ[t, b0:b1, s * bw:(s + 1) * bw]),
                np.ascontiguousarray(recurrent_kernel[:, s * bw:(s + 1) * bw].T), tmp)
         for b in range(b0, b1):
             for j in range(u):
@@ -825,7 +826,7 @@ def _gru_forward_steps(recurrent_kernel, u_h, bias, use_init, act, rec_act, rese
                 _gru_zr_before(G, H, RH, HM, n_mh, rec, b_in, t, has_prev, SIGMOID, one, b0, b1)
             else:
                 _gru_zr_before(G, H, RH, HM, n_mh, rec, b_in, t, has_prev, rec_act, one, b0, b1)
-            np.dot(RH[t, b0:b1], u_h, rech[b0:b1])
+            gemm(RH[t, b0:b1], u_h, rech[b0:b1])
             if std:
                 _gru_h_before(G, H, rech, b_in, t, TANH, one, b0, b1)
             else:
@@ -1023,7 +1024,7 @@ def _gru_backward_steps(recurrent_kernel, u_h, G, H, RH, dy, has_seq, act, rec_a
             else:
                 _gru_h_before_backward(G, H, dy, dh, dhz, dZ, dR, dph, t, has_seq, act, rec_act, one, step_mask,
                                        has_step_mask, zero_masked, reverse, b0, b1)
-            np.dot(dph[b0:b1], u_h.T, drh[b0:b1])
+            gemm(dph[b0:b1], u_h.T, drh[b0:b1])
             _gru_r_before_backward(G, H, HM, n_mh, mask_h, drh, dhz, dZ, dR, t, t > 0 or use_init, rec_act, one,
                                    b0, b1)
         # dh_{t-1} = dhz (direct path through z) + dR_t @ U.T; dhz is added at
