@@ -390,21 +390,21 @@ def recurrent_product(H, t, recurrent_kernel, kernel_t, mask_h, n_mh, HM, b0, b1
 
 
 @jit
-def recurrent_grad(dZ, t, recurrent_kernel, mask_h, n_mh, b0, b1, dhT, dh):
+def recurrent_grad(dZ, t, kernel_rt, mask_h, n_mh, b0, b1, dh):
     """dh[b0:b1] = gradient of h_{t-1} through the recurrent product whose output gradient
-    is dZ[t] (B, n), over rows b0..b1; without masks as recurrent_kernel @ dZ[t].T into
-    the feature-major workspace dhT (u, b1 - b0)."""
+    is dZ[t] (B, n), over rows b0..b1: dZ[t] @ recurrent_kernel.T, through kernel_rt
+    (recurrent_kernel.T, C-contiguous (n, u)) so that both operands are in rows
+    (``_blas.gemm`` then runs NumPy's BLAS: 0.9x the time of the feature-major
+    ``recurrent_kernel @ dZ[t].T`` on SciPy's, and no transpose back)."""
     if n_mh == 0:
-        gemm(recurrent_kernel, dZ[t, b0:b1].T, dhT)
-        _rows_from_feature_major(dhT, dh, b0)
+        gemm(dZ[t, b0:b1], kernel_rt, dh[b0:b1])
         return
     u = dh.shape[1]
     bw = dZ.shape[2] // n_mh
     tmp = np.empty((b1 - b0, u), dh.dtype)
     _zero_rows(dh, b0, b1)
     for s in range(n_mh):
-        gemm(np.ascontiguousarray(dZ[t, b0:b1, s * bw:(s + 1) * bw]),
-               np.ascontiguousarray(recurrent_kernel[:, s * bw:(s + 1) * bw].T), tmp)
+        gemm(np.ascontiguousarray(dZ[t, b0:b1, s * bw:(s + 1) * bw]), kernel_rt[s * bw:(s + 1) * bw], tmp)
         for b in range(b0, b1):
             for j in range(u):
                 dh[b, j] += tmp[b - b0, j] * mask_h[b, s, j]
@@ -681,7 +681,7 @@ def _lstm_backward_steps(recurrent_kernel, G, C, TC, dy, has_seq, act, rec_act, 
     T = G.shape[0]
     one = G.dtype.type(1)
     std = act == TANH and rec_act == SIGMOID
-    dhT = np.empty((recurrent_kernel.shape[0], b1 - b0), recurrent_kernel.dtype)
+    kernel_rt = np.ascontiguousarray(recurrent_kernel.T)
     for t in range(T - 1, -1, -1):
         if std:
             _lstm_gates_backward(G, C, TC, dy, dh, dc, dZ, t, has_seq, TANH, SIGMOID, one, step_mask, has_step_mask,
@@ -690,7 +690,7 @@ def _lstm_backward_steps(recurrent_kernel, G, C, TC, dy, has_seq, act, rec_act, 
             _lstm_gates_backward(G, C, TC, dy, dh, dc, dZ, t, has_seq, act, rec_act, one, step_mask, has_step_mask,
                                  zero_masked, reverse, carry, b0, b1)
         if t > 0 or use_init:
-            recurrent_grad(dZ, t, recurrent_kernel, mask_h, n_mh, b0, b1, dhT, dh)
+            recurrent_grad(dZ, t, kernel_rt, mask_h, n_mh, b0, b1, dh)
             if has_step_mask:
                 _restore_skipped(dh, carry, t, step_mask, reverse, b0, b1)
         else:
@@ -1008,7 +1008,7 @@ def _gru_backward_steps(recurrent_kernel, u_h, G, H, RH, dy, has_seq, act, rec_a
     one = G.dtype.type(1)
     std = act == TANH and rec_act == SIGMOID
     _zero_rows(dhz, b0, b1)
-    dhT = np.empty((recurrent_kernel.shape[0], b1 - b0), recurrent_kernel.dtype)
+    kernel_rt = np.ascontiguousarray(recurrent_kernel.T)
     for t in range(T - 1, -1, -1):
         if reset_after:
             if std:
@@ -1030,7 +1030,7 @@ def _gru_backward_steps(recurrent_kernel, u_h, G, H, RH, dy, has_seq, act, rec_a
         # dh_{t-1} = dhz (direct path through z) + dR_t @ U.T; dhz is added at
         # the start of the next step's pass
         if t > 0 or use_init:
-            recurrent_grad(dR, t, recurrent_kernel, mask_h, n_mh, b0, b1, dhT, dh)
+            recurrent_grad(dR, t, kernel_rt, mask_h, n_mh, b0, b1, dh)
         else:
             _zero_rows(dh, b0, b1)
     for b in range(b0, b1):
@@ -1188,7 +1188,7 @@ def _rnn_backward_steps(recurrent_kernel, H, dy, has_seq, act, mask_h, n_mh, ste
     """The time loop of simple_rnn_backward for rows b0..b1: dZ, and dh of the initial state."""
     T = dZ.shape[0]
     one = dZ.dtype.type(1)
-    dhT = np.empty((recurrent_kernel.shape[0], b1 - b0), recurrent_kernel.dtype)
+    kernel_rt = np.ascontiguousarray(recurrent_kernel.T)
     for t in range(T - 1, -1, -1):
         if act == TANH:
             _rnn_step_backward(H, dy, dh, dZ, t, has_seq, TANH, one, step_mask, has_step_mask, zero_masked, reverse,
@@ -1197,7 +1197,7 @@ def _rnn_backward_steps(recurrent_kernel, H, dy, has_seq, act, mask_h, n_mh, ste
             _rnn_step_backward(H, dy, dh, dZ, t, has_seq, act, one, step_mask, has_step_mask, zero_masked, reverse,
                                carry, b0, b1)
         if t > 0 or use_init:
-            recurrent_grad(dZ, t, recurrent_kernel, mask_h, n_mh, b0, b1, dhT, dh)
+            recurrent_grad(dZ, t, kernel_rt, mask_h, n_mh, b0, b1, dh)
             if has_step_mask:
                 _restore_skipped(dh, carry, t, step_mask, reverse, b0, b1)
         else:
