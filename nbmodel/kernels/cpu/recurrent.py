@@ -355,11 +355,13 @@ def _step_workspaces(recurrent_kernel, rows):
     return np.ascontiguousarray(recurrent_kernel.T), np.empty((u, rows), dt), np.empty((n, rows), dt)
 
 
-# The per-step products run in the orientation BLAS is fastest at for a few rows
+# The forward step product runs in the orientation BLAS is fastest at for a few rows
 # against a wide kernel: the kernel on the left and the rows as feature-major columns,
-# e.g. kernel.T (4u, u) @ h.T (u, rows) rather than h @ kernel. Measured (float32,
-# u=128, LSTM kernel, 32 products): 1.4-1.5x faster forward at 16 and 32 rows, 1.3-1.7x
-# backward, AVX2 and AVX-512 kernels; the transposes around them cost a few percent.
+# kernel.T (4u, u) @ h.T (u, rows) rather than h @ kernel. Measured (float32, u=128,
+# LSTM kernel, 32 products): 1.4-1.5x faster at 16 and 32 rows on SciPy's BLAS, AVX2
+# and AVX-512 kernels; on NumPy's (``_blas.gemm`` at one thread) 1.72-1.75 vs 1.91-1.95
+# ms; the transposes around it cost a few percent. (The backward product, on NumPy's
+# BLAS, is faster on rows: recurrent_grad.)
 @jit
 def recurrent_product(H, t, recurrent_kernel, kernel_t, mask_h, n_mh, HM, b0, b1, hT, recT, rec):
     """rec[b0:b1] = h_{t-1} @ recurrent_kernel over rows b0..b1 (h_{t-1} = H[t]); without
