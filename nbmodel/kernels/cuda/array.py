@@ -14,7 +14,8 @@ import math
 
 import numpy as np
 
-from .runtime import cuda, kernel, launch_1d, result_buffer, types
+from ..cpu._jit import inline
+from .runtime import cuda, kernel, launch_1d, result_buffer, shared_helper, types
 
 _F = (types.float32, types.float64)
 _I = types.int64
@@ -27,6 +28,19 @@ def _flat(a):
 
 def _one(t):
     return t[::1]
+
+
+@inline
+def _nhwc_index_of(e, a):
+    """Flat element e of a C-contiguous (n, h, w, c) array as (b, i, j, ch): the index
+    of the one-thread-per-element image kernels (conv, pooling)."""
+    c = a.shape[3]
+    w = a.shape[2]
+    h = a.shape[1]
+    return e // (c * w * h), (e // (c * w)) % h, (e // c) % w, e % c
+
+
+nhwc_index = shared_helper(_nhwc_index_of)
 
 
 @kernel(*[(_one(t), t) for t in _F])

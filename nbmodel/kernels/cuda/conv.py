@@ -47,6 +47,7 @@ from collections.abc import Callable
 
 from ..codes import LINEAR
 from ..cpu.activations import act_grad, act_scalar
+from .array import nhwc_index
 from .dense import bias_act
 from .gemm import FLOATS, column_sums, gemm
 from .runtime import cuda, kernel, launch_1d, types
@@ -107,13 +108,8 @@ def _col2im(dcols, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, dx):
     the first, so the output pixels come in ascending order: the CPU's order of additions."""
     e = cuda.grid(1)
     if e < dx.size:
-        h = dx.shape[1]
-        w = dx.shape[2]
+        b, ih, iw, ch = nhwc_index(e, dx)
         c = dx.shape[3]
-        ch = e % c
-        iw = (e // c) % w
-        ih = (e // (c * w)) % h
-        b = e // (c * w * h)
         acc = dx.dtype.type(0)
         for ki in range(kh - 1, -1, -1):
             t = ih + pt - ki * dh  # = i * sh for the output row i that reads ih through tap ki
@@ -338,14 +334,8 @@ def _dw_input_grad(dz, k2, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, dx):
     (the CPU's order). One thread per element of dx."""
     e = cuda.grid(1)
     if e < dx.size:
-        h = dx.shape[1]
-        w = dx.shape[2]
-        c = dx.shape[3]
-        m = dz.shape[1] // c
-        ch = e % c
-        iw = (e // c) % w
-        ih = (e // (c * w)) % h
-        b = e // (c * w * h)
+        m = dz.shape[1] // dx.shape[3]
+        b, ih, iw, ch = nhwc_index(e, dx)
         zero = dx.dtype.type(0)
         acc = zero
         for ki in range(kh):

@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 
 from ..cpu._jit import inline
-from .array import fill
+from .array import fill, nhwc_index
 from .gemm import FLOATS, per_dtype
 from .runtime import cuda, kernel, launch_1d, shared_helper, types
 
@@ -64,13 +64,7 @@ def _mat(t):
 def _window_of(e, x, out, ph, pw, sh, sw, pt, pl):
     """Output element e of out (n, oh, ow, c) as (b, i, j, ch) and its window's rows
     h0..h1 and columns w0..w1 inside x (padding cut off)."""
-    oh = out.shape[1]
-    ow = out.shape[2]
-    c = out.shape[3]
-    ch = e % c
-    j = (e // c) % ow
-    i = (e // (c * ow)) % oh
-    b = e // (c * ow * oh)
+    b, i, j, ch = nhwc_index(e, out)
     h0 = max(i * sh - pt, 0)
     h1 = min(i * sh - pt + ph, x.shape[1])
     w0 = max(j * sw - pl, 0)
@@ -107,17 +101,11 @@ def _max_pool_route(dy, arg, sh, sw, pt, pl, dx):
     past the last window get 0. One thread per element of dx."""
     e = cuda.grid(1)
     if e < dx.size:
-        c = dx.shape[3]
-        w = dx.shape[2]
-        h = dx.shape[1]
-        ch = e % c
-        iw = (e // c) % w
-        ih = (e // (c * w)) % h
-        b = e // (c * w * h)
+        b, ih, iw, ch = nhwc_index(e, dx)
         i = (ih + pt) // sh
         j = (iw + pl) // sw
         v = dx.dtype.type(0)
-        if i < dy.shape[1] and j < dy.shape[2] and arg[b, i, j, ch] == ih * w + iw:
+        if i < dy.shape[1] and j < dy.shape[2] and arg[b, i, j, ch] == ih * dx.shape[2] + iw:
             v = dy[b, i, j, ch]
         dx[b, ih, iw, ch] = v
 
@@ -156,13 +144,9 @@ def _avg_pool_grad(dy, ph, pw, sh, sw, pt, pl, dx):
     if e < dx.size:
         h = dx.shape[1]
         w = dx.shape[2]
-        c = dx.shape[3]
         oh = dy.shape[1]
         ow = dy.shape[2]
-        ch = e % c
-        iw = (e // c) % w
-        ih = (e // (c * w)) % h
-        b = e // (c * w * h)
+        b, ih, iw, ch = nhwc_index(e, dx)
         # windows i cover ih when i*sh - pt <= ih < i*sh - pt + ph (numerators kept >= 0 for //)
         i_lo = 0 if ih + pt < ph else (ih + pt - ph) // sh + 1
         i_hi = min((ih + pt) // sh, oh - 1)
