@@ -5,6 +5,7 @@ so ``import nbmodel`` compiles nothing and starts no thread pool.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 
@@ -15,21 +16,61 @@ import sys
 # before numba starts its pool; a value the user set wins.
 # Idle OpenBLAS workers spin 2**28 cycles by default; 2**4 lets them sleep at
 # once. Reaches the BLAS libraries loaded after this import (SciPy's, which
-# numba's np.dot calls). Measured, cnn step at 2 threads on the shared
-# 2-core machine: 1.5 s with the default, 53 ms with this (PyTorch: 39 ms).
+# numba's np.dot calls); NumPy's, loaded before, is restarted with it
+# (_quiet_numpy_blas). Measured, cnn step at 2 threads on the shared 2-core
+# machine: 1.5 s with the default, 53 ms with this (PyTorch: 39 ms).
 _ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}
 # the ones this import set (not the user): a process that runs another framework for
 # comparison (nbmodel bench --vs torch) starts without them
 ENV_SET_HERE = tuple(k for k in _ENV_DEFAULTS if k not in os.environ)
+_IMPORTED_BEFORE = frozenset(sys.modules)
 for _k in ENV_SET_HERE:
     os.environ[_k] = _ENV_DEFAULTS[_k]
-# NumPy imported before nbmodel (the usual order) loaded its own OpenBLAS with the
-# long default spin: its idle workers then spin after every threaded product. Kernels
-# that would call NumPy's BLAS between numba's parallel regions use the kernels' BLAS
-# (SciPy's, loaded after this import) instead when this is true.
-NUMPY_BLAS_SPINS = "numpy" in sys.modules and "OPENBLAS_THREAD_TIMEOUT" in ENV_SET_HERE
 
 import numpy as np  # noqa: E402
+
+
+def numpy_blas_library():
+    """ctypes handle through which NumPy's bundled OpenBLAS (``scipy_openblas64_``
+    symbols) is reached, or None. dlsym on NumPy's extension module searches the
+    libraries it links, so no path to the BLAS itself is needed."""
+    try:
+        from numpy._core import _multiarray_umath
+
+        lib = ctypes.CDLL(_multiarray_umath.__file__)
+        lib.scipy_cblas_sgemm64_, lib.openblas_read_env, lib.blas_thread_shutdown_  # noqa: B018
+        return lib
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
+def _quiet_numpy_blas() -> bool:
+    """Give NumPy's OpenBLAS the short idle spin it missed; True when it has it now.
+
+    NumPy imported before nbmodel (the usual order) loaded its OpenBLAS before the
+    timeout above was set: its idle workers then spin 2**28 cycles after every
+    threaded product (about 100 ms of a core measured here, against the kernels'
+    threads and the next parallel region). OpenBLAS reads the setting when its pool
+    starts, so re-read the environment and stop the pool; the next threaded product
+    starts it again with the short spin. Done once, at import: stopping the pool
+    under a product that another thread is running would not be safe, and scripts
+    import before they compute.
+    """
+    if "numpy" not in _IMPORTED_BEFORE or "OPENBLAS_THREAD_TIMEOUT" not in ENV_SET_HERE:
+        return True
+    lib = numpy_blas_library()
+    if lib is None:
+        return False
+    lib.openblas_read_env()
+    lib.blas_thread_shutdown_()
+    return True
+
+
+# True when NumPy's BLAS may still spin after a threaded product (a NumPy linked to a
+# BLAS other than its bundled OpenBLAS, imported before nbmodel). Kernels that would call
+# NumPy's BLAS between numba's parallel regions use the kernels' BLAS (SciPy's, loaded
+# after this import) instead.
+NUMPY_BLAS_SPINS = not _quiet_numpy_blas()
 
 # fastmath flags for every CPU kernel. Never "nnan"/"ninf": they let LLVM delete
 # the NaN checks that training relies on to stop on a non-finite loss. Never

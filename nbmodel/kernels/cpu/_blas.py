@@ -13,11 +13,12 @@ called from numba, one thread, the reference models' shapes, AVX-512 kernels.)
 So ``gemm`` calls NumPy's ``cblas_?gemm`` directly for every product whose
 right operand is in rows, whenever NumPy's BLAS runs on one thread: inside the
 kernels' per-thread blocks (``config.kernel_blas_serial``) and under a
-one-thread policy. Otherwise it is ``np.dot``. With more threads NumPy's
-OpenBLAS must stay out of the kernels: it is usually loaded before nbmodel
-sets ``OPENBLAS_THREAD_TIMEOUT`` (``config.NUMPY_BLAS_SPINS``), so its idle
-workers would spin after every threaded product and take the cores of the
-parallel region that follows.
+one-thread policy. Otherwise it is ``np.dot``: threaded products stay in one
+BLAS pool, the kernels'. (NumPy's pool no longer spins when idle: importing
+nbmodel restarts it with the short timeout, ``config._quiet_numpy_blas``. Its
+threaded products with a transposed left operand, 0.89-0.93x the time of
+SciPy's alone, measured no faster in the step: ``benchmarks.compare`` at two
+threads, 8 rounds, gru 1.10, transformer 1.05, the rest within 4%.)
 
 The kernels call three symbols of our own, bound here to NumPy's library's
 addresses: numba links them by name, so a kernel cached on disk stays valid
@@ -33,6 +34,7 @@ from llvmlite import binding as llvm
 from numba import cfunc, types
 from numba.extending import overload
 
+from ...config import numpy_blas_library
 from ._jit import inline
 
 # CBLAS enums
@@ -41,14 +43,14 @@ _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
 def _numpy_blas_symbols():
     """Addresses of NumPy's (s, d)gemm and get_num_threads (its bundled OpenBLAS, 64-bit
-    integers), or None. dlsym on NumPy's extension module searches what it links."""
+    integers), or None."""
+    lib = numpy_blas_library()
+    if lib is None:
+        return None
+    names = ("scipy_cblas_sgemm64_", "scipy_cblas_dgemm64_", "scipy_openblas_get_num_threads64_")
     try:
-        from numpy._core import _multiarray_umath
-
-        lib = ctypes.CDLL(_multiarray_umath.__file__)
-        names = ("scipy_cblas_sgemm64_", "scipy_cblas_dgemm64_", "scipy_openblas_get_num_threads64_")
         return [ctypes.cast(getattr(lib, name), ctypes.c_void_p).value for name in names]
-    except (ImportError, OSError, AttributeError):
+    except AttributeError:  # pragma: no cover - one OpenBLAS build exports all three
         return None
 
 

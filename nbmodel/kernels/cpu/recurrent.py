@@ -23,11 +23,12 @@ the weight and bias gradients (large GEMMs, BLAS's own threads). The GEMMs
 outside the time loop (``outer_dot``) are NumPy's: on these transposed
 products NumPy's BLAS measured 8-20% faster than the SciPy BLAS that numba's
 np.dot calls (LSTM weight gradients at the reference shapes, AVX2 and AVX-512
-kernels). The exception: more than one thread, and NumPy imported before
-nbmodel (``config.NUMPY_BLAS_SPINS``: NumPy's OpenBLAS then keeps its long spin
-after each product, and its idle workers take cores from the time loop's
-threads). Then they use the kernels' BLAS, the one pool every other kernel
-uses. Measured at 2 threads, NumPy imported first: lstm step 0.8x, gru 0.85x.
+kernels). The exception: more than one thread, and a NumPy BLAS that may spin
+after each product (``config.NUMPY_BLAS_SPINS``: a NumPy on another BLAS,
+imported before nbmodel; NumPy's own OpenBLAS is restarted without the spin at
+import), whose idle workers would take cores from the time loop's threads.
+Then they use the kernels' BLAS, the one pool every other kernel uses.
+Measured at 2 threads with a spinning NumPy pool: lstm step 0.8x, gru 0.85x.
 
 Rows never interact inside a time loop (each sample's recurrence is its own), so with
 more than one thread the loop can be split into one block of batch rows per
