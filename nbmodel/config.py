@@ -16,8 +16,8 @@ import sys
 # before numba starts its pool; a value the user set wins.
 # Idle OpenBLAS workers spin 2**28 cycles by default; 2**4 lets them sleep at
 # once. Reaches the BLAS libraries loaded after this import (SciPy's, which
-# numba's np.dot calls); NumPy's, loaded before, is restarted with it
-# (_quiet_numpy_blas). Measured, cnn step at 2 threads on the shared 2-core
+# numba's np.dot calls); those loaded before (NumPy's, usually) are restarted
+# with it (_quiet_openblas_loaded_before). Measured, cnn step at 2 threads on the shared 2-core
 # machine: 1.5 s with the default, 53 ms with this (PyTorch: 39 ms).
 _ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}
 # the ones this import set (not the user): a process that runs another framework for
@@ -44,33 +44,46 @@ def numpy_blas_library():
         return None
 
 
-def _quiet_numpy_blas() -> bool:
-    """Give NumPy's OpenBLAS the short idle spin it missed; True when it has it now.
+def _quiet_openblas_loaded_before() -> bool:
+    """Give the OpenBLAS libraries loaded before this import the short idle spin they
+    missed; True when NumPy's own has it now (or never lacked it).
 
     NumPy imported before nbmodel (the usual order) loaded its OpenBLAS before the
-    timeout above was set: its idle workers then spin 2**28 cycles after every
-    threaded product (about 100 ms of a core measured here, against the kernels'
-    threads and the next parallel region). OpenBLAS reads the setting when its pool
-    starts, so re-read the environment and stop the pool; the next threaded product
-    starts it again with the short spin. Done once, at import: stopping the pool
-    under a product that another thread is running would not be safe, and scripts
-    import before they compute.
+    timeout above was set, and SciPy's too where ``scipy.linalg`` was imported (by
+    the script, or by a library it imports): their idle workers then spin 2**28
+    cycles after every threaded product, about 100 ms of a core measured here,
+    against the kernels' threads and the next parallel region. SciPy's is the BLAS
+    the kernels' threaded products use. OpenBLAS reads the setting when its pool
+    starts, so each library re-reads the environment and stops its pool; its next
+    threaded product starts it again with the short spin. Done once, at import:
+    stopping a pool under a product that another thread is running would not be
+    safe, and scripts import before they compute.
     """
     if "numpy" not in _IMPORTED_BEFORE or "OPENBLAS_THREAD_TIMEOUT" not in ENV_SET_HERE:
         return True
-    lib = numpy_blas_library()
-    if lib is None:
-        return False
-    lib.openblas_read_env()
-    lib.blas_thread_shutdown_()
-    return True
+    from threadpoolctl import ThreadpoolController
+
+    numpy_lib = numpy_blas_library()
+    libs = [numpy_lib] if numpy_lib is not None else []
+    for controller in ThreadpoolController().select(internal_api="openblas").lib_controllers:
+        try:
+            libs.append(ctypes.CDLL(controller.filepath))
+        except OSError:  # pragma: no cover - a loaded library can be opened again
+            pass
+    for lib in libs:  # NumPy's may come twice: a second restart finds no pool and does nothing
+        try:
+            read_env, shutdown = lib.openblas_read_env, lib.blas_thread_shutdown_
+        except AttributeError:  # pragma: no cover - an OpenBLAS older than 0.3
+            continue
+        read_env()
+        shutdown()
+    return numpy_lib is not None
 
 
 # True when NumPy's BLAS may still spin after a threaded product (a NumPy linked to a
 # BLAS other than its bundled OpenBLAS, imported before nbmodel). Kernels that would call
-# NumPy's BLAS between numba's parallel regions use the kernels' BLAS (SciPy's, loaded
-# after this import) instead.
-NUMPY_BLAS_SPINS = not _quiet_numpy_blas()
+# NumPy's BLAS between numba's parallel regions use the kernels' BLAS (SciPy's) instead.
+NUMPY_BLAS_SPINS = not _quiet_openblas_loaded_before()
 
 # fastmath flags for every CPU kernel. Never "nnan"/"ninf": they let LLVM delete
 # the NaN checks that training relies on to stop on a non-finite loss. Never
