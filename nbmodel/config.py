@@ -17,8 +17,9 @@ import sys
 # Idle OpenBLAS workers spin 2**28 cycles by default; 2**4 lets them sleep at
 # once. Reaches the BLAS libraries loaded after this import (SciPy's, which
 # numba's np.dot calls); those loaded before (NumPy's, usually) are restarted
-# with it (_quiet_openblas_loaded_before). Measured, cnn step at 2 threads on the shared 2-core
-# machine: 1.5 s with the default, 53 ms with this (PyTorch: 39 ms).
+# with it (_quiet_openblas_loaded_before). Measured, cnn step at 2 threads on
+# the shared 2-core machine: 1.5 s with the default, 53 ms with this (PyTorch:
+# 39 ms).
 _ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}
 # the ones this import set (not the user): a process that runs another framework for
 # comparison (nbmodel bench --vs torch) starts without them
@@ -63,21 +64,15 @@ def _quiet_openblas_loaded_before() -> bool:
         return True
     from threadpoolctl import ThreadpoolController
 
-    numpy_lib = numpy_blas_library()
-    libs = [numpy_lib] if numpy_lib is not None else []
     for controller in ThreadpoolController().select(internal_api="openblas").lib_controllers:
-        try:
-            libs.append(ctypes.CDLL(controller.filepath))
-        except OSError:  # pragma: no cover - a loaded library can be opened again
-            pass
-    for lib in libs:  # NumPy's may come twice: a second restart finds no pool and does nothing
-        try:
+        try:  # the library is loaded, so this only returns its handle
+            lib = ctypes.CDLL(controller.filepath)
             read_env, shutdown = lib.openblas_read_env, lib.blas_thread_shutdown_
-        except AttributeError:  # pragma: no cover - an OpenBLAS older than 0.3
+        except (OSError, AttributeError):  # pragma: no cover - an OpenBLAS older than 0.3
             continue
         read_env()
         shutdown()
-    return numpy_lib is not None
+    return numpy_blas_library() is not None  # NumPy's bundled OpenBLAS: one of those restarted
 
 
 # True when NumPy's BLAS may still spin after a threaded product (a NumPy linked to a

@@ -15,8 +15,8 @@ right operand is in rows, whenever NumPy's BLAS runs on one thread: inside the
 kernels' per-thread blocks (``config.kernel_blas_serial``) and under a
 one-thread policy. Otherwise it is ``np.dot``: threaded products stay in one
 BLAS pool, the kernels'. (NumPy's pool no longer spins when idle: importing
-nbmodel restarts it with the short timeout, ``config._quiet_openblas_loaded_before``. Its
-threaded products with a transposed left operand, 0.89-0.93x the time of
+nbmodel restarts it with the short timeout,
+``config._quiet_openblas_loaded_before``. Its threaded products with a transposed left operand, 0.89-0.93x the time of
 SciPy's alone, measured no faster in the step: ``benchmarks.compare`` at two
 threads, 8 rounds, gru 1.10, transformer 1.05, the rest within 4%.)
 
